@@ -1,0 +1,548 @@
+"""Global configuration: typed, validated, reloadable.
+
+Every option the Mizu specs name (and the few mizud adds) is declared once
+in L{OPTIONS} with its type, default, whether it may change while the daemon
+runs, and a one-line meaning.  Sources are an ini file (section
+C{[global]}, keys case-insensitive) and C{--set key=value} overrides, later
+sources winning.  Parsing produces a frozen L{Config}; every failure is one
+L{ConfigError} naming the key and, for the file, the line.
+
+L{Settings} holds the current L{Config} and re-reads the same sources on
+L{Settings.reload}, applying only the options declared live.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A configuration value, key or file is wrong; says which and where."""
+
+    def __init__(self, key: str | None, message: str, where: str | None = None) -> None:
+        self.key = key
+        self.message = message
+        self.where = where
+        text = message if key is None else f"{key}: {message}"
+        if where:
+            text = f"{where}: {text}"
+        super().__init__(text)
+
+
+# -- value parsers -----------------------------------------------------------
+# Each takes the raw string and returns the typed value or raises ValueError
+# with a message fit for an operator.
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(raw: str) -> bool:
+    """Parse a boolean written as 1/0, true/false, yes/no or on/off."""
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false, yes/no, on/off), got {raw!r}")
+
+
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    """Return a parser for an integer in [low, high]."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip(), 10)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {value}")
+        return value
+
+    parse.__doc__ = f"integer {low}..{high}"
+    return parse
+
+
+parse_port = int_range(0, 65535)
+parse_port.__doc__ = "port 0..65535 (0 disables)"
+
+
+def parse_optional_port(raw: str) -> int | None:
+    """Parse a port, or an empty value meaning 'the same as the main port'."""
+    if not raw.strip():
+        return None
+    return parse_port(raw)
+
+
+def parse_str(raw: str) -> str:
+    """Return the string with surrounding white space removed."""
+    return raw.strip()
+
+
+def parse_secret(raw: str) -> str:
+    """A secret string; no constraint beyond being printable ASCII."""
+    value = raw.strip()
+    if any(ord(c) < 0x20 or ord(c) > 0x7E for c in value):
+        raise ValueError("must be printable ASCII")
+    return value
+
+
+def parse_ip_list(raw: str) -> tuple[IPNetwork, ...]:
+    """Parse comma- or space-separated IP addresses or CIDR networks."""
+    networks: list[IPNetwork] = []
+    for item in re.split(r"[,\s]+", raw.strip()):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP address or network: {item!r}") from None
+    return tuple(networks)
+
+
+def parse_listen_address(raw: str) -> str:
+    """Parse the address listeners bind to (an IPv4 or IPv6 address)."""
+    value = raw.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"not an IP address: {raw!r}") from None
+    return value
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(raw: str) -> float:
+    """Parse a duration in seconds: C{30}, C{30s}, C{10m}, C{2h}, C{1d}, C{250ms}."""
+    match = _DURATION.match(raw)
+    if not match:
+        raise ValueError(f"expected a duration such as 30s, 10m, 2h, got {raw!r}")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(raw: str) -> int:
+    """Parse a size in bytes: C{1490}, C{64k}, C{8MiB}, C{1g}."""
+    match = _SIZE.match(raw)
+    if not match:
+        raise ValueError(f"expected a size such as 1490, 64k, 8MiB, got {raw!r}")
+    unit = (match.group(2) or "").lower()[:1]
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def parse_decimal(raw: str) -> Decimal:
+    """Parse an exact decimal number (never a float)."""
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        raise ValueError(f"expected a decimal number, got {raw!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"expected a finite decimal number, got {raw!r}")
+    return value
+
+
+def parse_currency(raw: str) -> str:
+    """Parse a three-letter ISO 4217 currency code."""
+    value = raw.strip().upper()
+    if not re.fullmatch(r"[A-Z]{3}", value):
+        raise ValueError(f"expected a three-letter currency code, got {raw!r}")
+    return value
+
+
+def parse_database(raw: str) -> str:
+    """Parse the database: a SQLite file path or a postgresql:// DSN."""
+    value = raw.strip()
+    if not value:
+        raise ValueError("must name a SQLite file or a postgresql:// DSN")
+    if "://" in value and not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"unsupported database URL scheme in {value.split('://')[0]!r}")
+    return value
+
+
+def parse_bootstrap_admin(raw: str) -> tuple[str, str] | None:
+    """Parse C{username:password}, or empty for no bootstrap admin."""
+    value = raw.strip()
+    if not value:
+        return None
+    username, sep, password = value.partition(":")
+    if not sep or not username or not password:
+        raise ValueError("expected username:password")
+    if not re.fullmatch(r"[A-Za-z0-9_.@+-]{1,64}", username):
+        raise ValueError("username may hold letters, digits and _ . @ + - (1 to 64)")
+    if len(password) < 8:
+        raise ValueError("the bootstrap admin password needs at least 8 characters")
+    return username, password
+
+
+# -- option table --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One global option: its name, parser, default (as written), meaning."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    doc: str
+    live: bool = False
+    aliases: tuple[str, ...] = ()
+    group: str = "general"
+
+
+def _opt(
+    name: str,
+    parse: Callable[[str], Any],
+    default: str,
+    doc: str,
+    *,
+    live: bool = False,
+    aliases: Sequence[str] = (),
+    group: str,
+) -> Option:
+    return Option(name, parse, default, doc, live, tuple(aliases), group)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # Listeners.  Rebinding ports needs a restart.
+    _opt("listenaddress", parse_listen_address, "0.0.0.0",
+         "Address every listener binds to.", group="listeners"),
+    _opt("mainaport", parse_port, "80",
+         "Shared service port for the API, WebSocket, raw TCP/UDP, SIP and STUN.",
+         group="listeners"),
+    _opt("usemainaport", parse_bool, "true",
+         "Serve the shared service port at all.", group="listeners"),
+    _opt("mainaportudp", parse_optional_port, "",
+         "UDP port for API datagrams, SIP and STUN; empty means the same as mainaport, 0 disables UDP.",
+         group="listeners"),
+    _opt("sslportmain", parse_port, "443",
+         "TLS port serving the same services as mainaport.", group="listeners"),
+    _opt("sslportweb", parse_port, "443",
+         "TLS port of the web portal (the same listener as sslportmain when equal).",
+         group="listeners"),
+    _opt("httpserver", parse_port, "8084",
+         "Port of the old HTTP interface (/xmapi/).", group="listeners"),
+    _opt("sipport", parse_port, "5060",
+         "Dedicated SIP port (UDP and TCP).", group="listeners"),
+    _opt("localtsport", parse_port, "5061",
+         "SIPS (SIP over TLS) port.", group="listeners"),
+    _opt("adminport", parse_port, "0",
+         "Telnet admin console port; 0 (default) keeps the clear-text console off.",
+         group="listeners"),
+    _opt("tlscert", parse_str, "",
+         "PEM certificate for TLS; empty generates a self-signed one into var/.",
+         group="listeners"),
+    _opt("tlskey", parse_str, "",
+         "PEM private key for tlscert.", group="listeners"),
+    # API authentication and access (see spec: Authentication, Hardened access).
+    _opt("apiv2key", parse_secret, "",
+         "API key clients send as authkey; empty means no key is required.",
+         live=True, group="api"),
+    _opt("apiv2md5salt", parse_secret, "",
+         "Server salt mixed into authmd5; set it to a random value.", live=True, group="api"),
+    _opt("apiv2ipauth", parse_ip_list, "",
+         "Addresses allowed for functions with req_ip=1 (empty: local addresses only).",
+         live=True, aliases=("apiv2ipaauth",), group="api"),
+    _opt("apiv2auth", int_range(0, 6), "2",
+         "Default user authentication mode (req_user_mode): 2 user+pwd or pin, 4 user or pwd or pin, 6 user+pwd only.",
+         live=True, group="api"),
+    _opt("trustediplist", parse_ip_list, "",
+         "Extra trusted source addresses (for example your web server).", live=True, group="api"),
+    _opt("trustlanip", parse_bool, "true",
+         "Trust private (LAN) source addresses.", live=True, group="api"),
+    _opt("trustedproxies", parse_ip_list, "",
+         "Reverse proxies whose X-Forwarded-For names the real client address.",
+         live=True, group="api"),
+    _opt("allowtrustedip", int_range(0, 4), "3",
+         "Trusted-IP use: 0 no, 1 my IP only, 2 private IPs only, 3 yes, 4 everywhere including the console.",
+         live=True, group="api"),
+    _opt("apitrustediponly", int_range(0, 1), "0",
+         "1 accepts API requests from trusted sources only.", live=True, group="api"),
+    _opt("apideftrustadmin", int_range(0, 4), "1",
+         "How admins are recognised: 0 no, 1 admin if trusted IP, 2 IP only, 3 auth only, 4 IP+auth.",
+         live=True, group="api"),
+    _opt("apiauth", int_range(-1, 1), "-1",
+         "Alternative authentication: -1 auto, 0 strict username/password, 1 all modes (clear text, PIN).",
+         live=True, group="api"),
+    _opt("apitrustfromconsole", int_range(0, 2), "2",
+         "Console requests: 0 authenticate each, 1 trusted, 2 run as the logged-in admin.",
+         live=True, group="api"),
+    _opt("apidefneedlogin", int_range(0, 3), "0",
+         "Nonce login: 0 no, 1 from untrusted sources, 2 always, 3 always with IP check.",
+         live=True, group="api"),
+    _opt("apidefneedregister", int_range(0, 2), "0",
+         "User API only for SIP-registered users: 0 no, 1 yes, 2 yes and same IP.",
+         live=True, group="api"),
+    _opt("remoteadmin", int_range(0, 5), "1",
+         "Console access: 0 off, 1 localhost, 2 same machine, 3 trusted, 4 LAN, 5 everywhere (spec default 5; mizud 1).",
+         live=True, group="api"),
+    _opt("httpstrictrtspose", parse_bool, "false",
+         "Put the answer's code in the HTTP status instead of always 200.",
+         live=True, aliases=("httpstrictresponse",), group="api"),
+    _opt("enablejsonp", int_range(0, 2), "1",
+         "JSONP: 0 off, 1 format=jsonp answers, 2 also the remote jppget forwarder.",
+         live=True, group="api"),
+    _opt("httpapiencryptkey", parse_secret, "",
+         "XOR key for mcrfs / oenc1_ encrypted requests; empty disables decryption.",
+         live=True, group="api"),
+    _opt("mincreditonroute", parse_decimal, "0",
+         "Minimum credit for calls and for req_user_credit=2.", live=True, group="api"),
+    # The old HTTP interface (spec/mizu-http-interface-legacy.md).
+    _opt("httpapikey", parse_secret, "",
+         "Key the old /xmapi/ interface requires; empty requires none.",
+         live=True, group="legacy"),
+    _opt("httpapimd5salt", parse_secret, "87159643",
+         "Salt of the old interface's md5auth.", live=True, aliases=("httppimd5salt",),
+         group="legacy"),
+    _opt("httpapiallowedip", parse_ip_list, "",
+         "Old interface: accept commands only from these addresses (empty: all).",
+         live=True, aliases=("httppapiallowedip",), group="legacy"),
+    _opt("httpapiallowedip2", parse_ip_list, "",
+         "Old interface: addresses allowed sensitive operations without a password.",
+         live=True, aliases=("httppapiallowedip2",), group="legacy"),
+    _opt("httpsmscallbackip", parse_ip_list, "",
+         "Old interface: accept SMS commands only from these addresses (empty: all).",
+         live=True, group="legacy"),
+    _opt("callingcardauth", int_range(0, 2), "0",
+         "PIN authentication: 0 pin field, 1 pin or username+password concatenated, 2 off.",
+         live=True, group="legacy"),
+    _opt("defcallbackivr", parse_str, "",
+         "IVR campaign or access number a callback connects to.", live=True, group="calls"),
+    # Billing and storage (mizud's own).
+    _opt("database", parse_database, "var/mizud.sqlite",
+         "SQLite file path, or a postgresql:// DSN.", group="storage"),
+    _opt("dbpoolsize", int_range(1, 200), "8",
+         "PostgreSQL connections in the pool.", group="storage"),
+    _opt("sqlitebatch", int_range(1, 10000), "256",
+         "Most SQLite transactions grouped into one commit.", group="storage"),
+    _opt("defaultcurrency", parse_currency, "USD",
+         "Currency of users created without one.", live=True, group="storage"),
+    _opt("defaulttariff", int_range(0, 2**31 - 1), "0",
+         "Tariff plan for users whose tariffid is 0.", live=True, group="storage"),
+    _opt("bootstrapadmin", parse_bootstrap_admin, "",
+         "username:password of an admin created at start if missing.", group="storage"),
+    _opt("logfile", parse_str, "",
+         "File to append the log to, beside twistd's own log; empty for none.", group="storage"),
+)
+
+_BY_NAME: dict[str, Option] = {}
+for _option in OPTIONS:
+    for _name in (_option.name, *_option.aliases):
+        _BY_NAME[_name] = _option
+
+
+def option(name: str) -> Option:
+    """Return the option called C{name} (or one of its aliases), case-insensitive."""
+    try:
+        return _BY_NAME[name.strip().lower()]
+    except KeyError:
+        raise ConfigError(name, "unknown option") from None
+
+
+# -- sources ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One raw value from a source, with where it came from."""
+
+    key: str
+    raw: str
+    where: str
+
+
+def read_ini(path: str) -> list[Setting]:
+    """Read the C{[global]} section of an ini file, keeping line numbers.
+
+    Comments start with C{;} or C{#}.  A key outside C{[global]}, in any other
+    section, or given twice, is an error.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(None, f"cannot read config file: {error}", path) from None
+    settings: list[Setting] = []
+    seen: dict[str, str] = {}
+    section: str | None = None
+    for number, line in enumerate(lines, 1):
+        where = f"{path}:{number}"
+        text = line.strip()
+        if not text or text[0] in ";#":
+            continue
+        if text.startswith("["):
+            if not text.endswith("]"):
+                raise ConfigError(None, f"malformed section header {text!r}", where)
+            section = text[1:-1].strip().lower()
+            if section != "global":
+                raise ConfigError(None, f"unknown section [{section}] (only [global])", where)
+            continue
+        key, sep, raw = text.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            raise ConfigError(None, f"expected key = value, got {text!r}", where)
+        if section is None:
+            raise ConfigError(key, "outside the [global] section", where)
+        canonical = option(key).name if key in _BY_NAME else key
+        if canonical in seen:
+            raise ConfigError(key, f"given twice (first at {seen[canonical]})", where)
+        seen[canonical] = where
+        settings.append(Setting(key, raw, where))
+    return settings
+
+
+def parse_set(assignment: str) -> Setting:
+    """Parse one C{--set key=value} argument."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(None, f"--set expects key=value, got {assignment!r}")
+    return Setting(key.strip().lower(), raw, "--set")
+
+
+# -- the frozen config -------------------------------------------------------------
+
+
+class Config(Mapping[str, Any]):
+    """Immutable, typed global configuration; read values as attributes or items."""
+
+    def __init__(self, values: Mapping[str, Any], origins: Mapping[str, str]) -> None:
+        self._values = MappingProxyType(dict(values))
+        self.origins = MappingProxyType(dict(origins))
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __iter__(self) -> Any:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Config({dict(self._values)!r})"
+
+    @property
+    def engine(self) -> str:
+        """C{"postgresql"} or C{"sqlite"}, from the database option."""
+        return "postgresql" if "://" in self.database else "sqlite"
+
+
+def build(settings: Iterable[Setting] = ()) -> Config:
+    """Turn raw settings (later ones win) into a validated L{Config}."""
+    raw: dict[str, Setting] = {}
+    for setting in settings:
+        try:
+            opt = option(setting.key)
+        except ConfigError:
+            raise ConfigError(setting.key, "unknown option", setting.where) from None
+        raw[opt.name] = setting
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for opt in OPTIONS:
+        given = raw.get(opt.name)
+        text = opt.default if given is None else given.raw
+        try:
+            values[opt.name] = opt.parse(text)
+        except ValueError as error:
+            where = given.where if given else "default"
+            raise ConfigError(opt.name if given is None else given.key, str(error), where) from None
+        origins[opt.name] = given.where if given else "default"
+    return Config(values, origins)
+
+
+def load(path: str | None = None, sets: Sequence[str] = ()) -> Config:
+    """Read the ini file (if any), apply C{--set} overrides, and validate."""
+    settings: list[Setting] = []
+    if path:
+        settings.extend(read_ini(path))
+    settings.extend(parse_set(item) for item in sets)
+    return build(settings)
+
+
+@dataclass
+class Settings:
+    """The current configuration and the sources it was read from.
+
+    L{reload} re-reads the sources.  Options declared C{live} take their new
+    value at once; any other changed option is reported and keeps its old
+    value until the next restart.
+    """
+
+    path: str | None = None
+    sets: tuple[str, ...] = ()
+    current: Config = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.current = load(self.path, self.sets)
+
+    def reload(self) -> tuple[list[str], list[str]]:
+        """Re-read the sources; return (applied, needing restart) option names.
+
+        Raises L{ConfigError} and keeps the current config if the sources are
+        now invalid.
+        """
+        fresh = load(self.path, self.sets)
+        applied: list[str] = []
+        pending: list[str] = []
+        values = dict(self.current)
+        origins = dict(self.current.origins)
+        for opt in OPTIONS:
+            if fresh[opt.name] == self.current[opt.name]:
+                continue
+            if opt.live:
+                values[opt.name] = fresh[opt.name]
+                origins[opt.name] = fresh.origins[opt.name]
+                applied.append(opt.name)
+            else:
+                pending.append(opt.name)
+        self.current = Config(values, origins)
+        return applied, pending
+
+
+def sample_ini() -> str:
+    """Return the documented sample config (etc/mizud.ini) with every option."""
+    lines = [
+        "; mizud sample configuration: every option with its default and meaning.",
+        "; Keys are case-insensitive; aliases from the Mizu specs are accepted too.",
+        "; Live options are re-read by the reload function without a restart.",
+        "",
+        "[global]",
+    ]
+    group = None
+    for opt in OPTIONS:
+        if opt.group != group:
+            group = opt.group
+            lines.extend(["", f"; --- {group} ---"])
+        notes = []
+        if opt.live:
+            notes.append("live")
+        if opt.aliases:
+            notes.append("alias: " + ", ".join(opt.aliases))
+        suffix = f" [{'; '.join(notes)}]" if notes else ""
+        lines.append(f"; {opt.doc}{suffix}")
+        lines.append(f";{opt.name} = {opt.default}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - regenerates etc/mizud.ini
+    import sys
+
+    sys.stdout.write(sample_ini())

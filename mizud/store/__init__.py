@@ -1,0 +1,1 @@
+"""The billing store: engines, schema, transactions, money."""

@@ -1,0 +1,559 @@
+"""The billing store: users, balances and every operation that moves money.
+
+Invariants, on both engines:
+
+  - money is an exact L{Decimal} with six places, never a float;
+  - every change of C{tb_users.credit} writes exactly one row to the ledger
+    C{tb_credits} in the same transaction, carrying the signed amount and the
+    balance after it, so a user's ledger always sums to the balance;
+  - a debit is one conditional UPDATE (never below zero for prepaid users,
+    never below C{-creditlimit} for postpaid ones), so concurrent debits can
+    never overspend;
+  - a transfer locks both accounts in id order, then debits and credits in
+    one transaction;
+  - a recharge PIN is claimed with a conditional UPDATE, so it succeeds
+    exactly once;
+  - an optional client transaction id (C{txid}) makes an operation
+    idempotent per user: the first successful operation with that id is
+    remembered in C{tb_moneyops} in the same transaction, and a repeat
+    returns its result without moving money again.  A refused operation
+    rolls back entirely and consumes no id, so a retry after a refusal is
+    judged afresh.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Awaitable, Callable
+
+from twisted.internet.interfaces import IReactorTime
+
+from .database import Database, Txn
+from .money import (
+    BadPin,
+    CurrencyMismatch,
+    HoldClosed,
+    InsufficientCredit,
+    InvalidAmount,
+    MoneyError,
+    TxIdConflict,
+    UnknownUser,
+    parse_amount,
+)
+
+# tb_users.type values, after the Mizu admin guide where it names them.
+USER_ENDUSER = 0
+USER_SUBENDUSER = 1
+USER_OPERATOR = 2
+USER_CALLINGCARD = 3
+USER_RESELLER = 4
+USER_TRAFFICSENDER = 5
+USER_OWNER = 6
+USER_SIPSERVER = 9
+USER_ISDNGW = 11
+USER_MSGGATEWAY = 12
+USER_SUPPORT = 14
+USER_ADMIN = 15
+USER_OTHER = 17
+
+HOLD_OPEN = 0
+HOLD_SETTLED = 1
+HOLD_RELEASED = 2
+
+#: Columns of tb_users a caller may give to L{BillingStore.create_user}.
+USER_FIELDS = frozenset(
+    {
+        "name", "email", "phone", "address", "country", "tariffid", "enabled",
+        "temporarydisabled", "pin", "parentid", "deviceid",
+    }
+)
+
+
+@dataclass(frozen=True)
+class User:
+    """The account fields the billing and auth code needs."""
+
+    id: int
+    type: int
+    username: str
+    password: str
+    currency: str
+    credit: Decimal
+    postpaid: bool
+    creditlimit: Decimal
+    tariffid: int
+    enabled: bool
+    temporarydisabled: bool
+    pin: str | None
+
+
+@dataclass(frozen=True)
+class MoneyResult:
+    """The outcome of a money operation.
+
+    C{balance} is the balance of C{userid} after the operation; C{ledgerid}
+    the ledger row written (None when nothing changed, e.g. a zero refund);
+    C{replayed} is true when a repeated transaction id returned the first
+    result.  C{extra} carries operation-specific values (the other balance
+    of a transfer, the hold id, the PIN value).
+    """
+
+    userid: int
+    balance: Decimal
+    ledgerid: int | None
+    replayed: bool = False
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def get(self, key: str) -> str | None:
+        """An operation-specific value, by name."""
+        return dict(self.extra).get(key)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row of the credit ledger."""
+
+    id: int
+    userid: int
+    amount: Decimal
+    balance: Decimal
+    kind: str
+    reference: str
+    txid: str | None
+    comment: str
+    created: datetime
+
+
+_USER_COLUMNS = (
+    "id, type, username, password, currency, credit, postpaid, creditlimit, "
+    "tariffid, enabled, temporarydisabled, pin"
+)
+
+
+def _check_txid(txid: str | None) -> str | None:
+    if txid is None:
+        return None
+    if not isinstance(txid, str) or not 1 <= len(txid) <= 128 or not txid.isprintable():
+        raise MoneyError("transaction id must be 1 to 128 printable characters")
+    return txid
+
+
+class BillingStore:
+    """Users and money on one L{Database} (SQLite or PostgreSQL)."""
+
+    def __init__(self, db: Database, clock: IReactorTime, default_currency: str = "USD") -> None:
+        self.db = db
+        self.engine = db.engine
+        self.clock = clock
+        self.default_currency = default_currency
+
+    def now(self) -> datetime:
+        """The current time from the injected clock, as naive UTC."""
+        return datetime.fromtimestamp(self.clock.seconds(), timezone.utc).replace(tzinfo=None)
+
+    # -- users ---------------------------------------------------------------
+
+    def _user(self, row: tuple[Any, ...]) -> User:
+        money = self.engine.money
+        return User(
+            id=int(row[0]), type=int(row[1]), username=row[2], password=row[3],
+            currency=row[4], credit=money(row[5]), postpaid=bool(row[6]),
+            creditlimit=money(row[7]), tariffid=int(row[8]), enabled=bool(row[9]),
+            temporarydisabled=bool(row[10]), pin=row[11],
+        )
+
+    async def create_user(
+        self,
+        username: str,
+        password: str,
+        *,
+        type: int = USER_ENDUSER,
+        credit: Any = 0,
+        postpaid: bool = False,
+        creditlimit: Any = 0,
+        currency: str | None = None,
+        **fields: Any,
+    ) -> int:
+        """Insert a user and return its id; opening credit goes through the ledger."""
+        unknown = set(fields) - USER_FIELDS
+        if unknown:
+            raise ValueError(f"unknown user fields: {', '.join(sorted(unknown))}")
+        opening = parse_amount(credit, allow_zero=True)
+        limit = parse_amount(creditlimit, allow_zero=True)
+        names = sorted(fields)
+
+        async def create_user_txn(txn: Txn) -> int:
+            now = self.now()
+            columns = ["type", "username", "password", "currency", "postpaid", "creditlimit", "created", *names]
+            values = [type, username, password, currency or self.default_currency,
+                      int(postpaid), limit, now, *(fields[n] for n in names)]
+            marks = ", ".join("?" * len(columns))
+            result = await txn.execute(
+                f"INSERT INTO tb_users ({', '.join(columns)}) VALUES ({marks}) RETURNING id", values
+            )
+            userid = int(result.rows[0][0])
+            if opening:
+                await self._change_balance_txn(txn, userid, opening, "initial", now=now)
+            return userid
+
+        return await self.db.run_interaction("create_user", create_user_txn)
+
+    async def get_user(self, userid: int) -> User | None:
+        """The user with this id, or None."""
+
+        async def get_user_txn(txn: Txn) -> User | None:
+            row = (await txn.execute(f"SELECT {_USER_COLUMNS} FROM tb_users WHERE id = ?", (userid,))).one()
+            return self._user(row) if row else None
+
+        return await self.db.run_interaction("get_user", get_user_txn)
+
+    async def find_user(self, username: str) -> User | None:
+        """The user with this username, or None."""
+
+        async def find_user_txn(txn: Txn) -> User | None:
+            row = (
+                await txn.execute(f"SELECT {_USER_COLUMNS} FROM tb_users WHERE username = ?", (username,))
+            ).one()
+            return self._user(row) if row else None
+
+        return await self.db.run_interaction("find_user", find_user_txn)
+
+    async def balance(self, userid: int) -> Decimal:
+        """The user's credit; raises L{UnknownUser}."""
+        user = await self.get_user(userid)
+        if user is None:
+            raise UnknownUser(f"no user with id {userid}")
+        return user.credit
+
+    # -- ledger primitives (run inside a transaction) --------------------------
+
+    async def _change_balance_txn(
+        self,
+        txn: Txn,
+        userid: int,
+        amount: Decimal,
+        kind: str,
+        *,
+        now: datetime,
+        reference: str = "",
+        txid: str | None = None,
+        comment: str = "",
+        check: bool = True,
+    ) -> tuple[Decimal, int]:
+        """Add C{amount} (negative to debit) and write its ledger row.
+
+        With C{check}, a debit only happens if the balance stays at or above
+        zero (prepaid) or C{-creditlimit} (postpaid); otherwise raises
+        L{InsufficientCredit} (or L{UnknownUser}).  Returns (balance, ledger id).
+        """
+        if amount < 0 and check:
+            result = await txn.execute(
+                "UPDATE tb_users SET credit = credit + ? WHERE id = ? AND "
+                "credit + ? >= CASE WHEN postpaid <> 0 THEN 0 - creditlimit ELSE 0 END "
+                "RETURNING credit",
+                (amount, userid, amount),
+            )
+        else:
+            result = await txn.execute(
+                "UPDATE tb_users SET credit = credit + ? WHERE id = ? RETURNING credit", (amount, userid)
+            )
+        row = result.one()
+        if row is None:
+            exists = await txn.execute("SELECT id FROM tb_users WHERE id = ?", (userid,))
+            if not exists.rows:
+                raise UnknownUser(f"no user with id {userid}")
+            raise InsufficientCredit("insufficient credit")
+        balance = self.engine.money(row[0])
+        ledger = await txn.execute(
+            "INSERT INTO tb_credits (userid, amount, balance, kind, reference, txid, comment, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (userid, amount, balance, kind, reference, txid, comment, now),
+        )
+        return balance, int(ledger.rows[0][0])
+
+    async def _idempotent_txn(
+        self,
+        txn: Txn,
+        userid: int,
+        txid: str | None,
+        op: str,
+        body: Callable[[], Awaitable[MoneyResult]],
+    ) -> MoneyResult:
+        """Run C{body} once per (userid, txid); a repeat returns the first result."""
+        if txid is None:
+            return await body()
+        claimed = await txn.execute(
+            "INSERT INTO tb_moneyops (userid, txid, op, created) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (userid, txid) DO NOTHING RETURNING id",
+            (userid, txid, op, self.now()),
+        )
+        if not claimed.rows:
+            row = (
+                await txn.execute(
+                    "SELECT op, result FROM tb_moneyops WHERE userid = ? AND txid = ?", (userid, txid)
+                )
+            ).one()
+            assert row is not None
+            if row[0] != op:
+                raise TxIdConflict(f"transaction id {txid!r} was used for a different operation")
+            return _decode_result(row[1])
+        result = await body()
+        await txn.execute(
+            "UPDATE tb_moneyops SET result = ? WHERE id = ?", (_encode_result(result), claimed.rows[0][0])
+        )
+        return result
+
+    # -- operations ------------------------------------------------------------
+
+    async def debit(self, userid: int, amount: Any, *, txid: str | None = None, comment: str = "") -> MoneyResult:
+        """Take C{amount} from the user, within the limit its account allows."""
+        value = parse_amount(amount)
+        txid = _check_txid(txid)
+
+        async def debit_txn(txn: Txn) -> MoneyResult:
+            async def body() -> MoneyResult:
+                balance, ledgerid = await self._change_balance_txn(
+                    txn, userid, -value, "debit", now=self.now(), txid=txid, comment=comment
+                )
+                return MoneyResult(userid, balance, ledgerid)
+
+            return await self._idempotent_txn(txn, userid, txid, f"debit:{value}", body)
+
+        return await self.db.run_interaction("debit", debit_txn)
+
+    async def credit(self, userid: int, amount: Any, *, txid: str | None = None, comment: str = "") -> MoneyResult:
+        """Add C{amount} to the user's balance."""
+        value = parse_amount(amount)
+        txid = _check_txid(txid)
+
+        async def credit_txn(txn: Txn) -> MoneyResult:
+            async def body() -> MoneyResult:
+                balance, ledgerid = await self._change_balance_txn(
+                    txn, userid, value, "credit", now=self.now(), txid=txid, comment=comment
+                )
+                return MoneyResult(userid, balance, ledgerid)
+
+            return await self._idempotent_txn(txn, userid, txid, f"credit:{value}", body)
+
+        return await self.db.run_interaction("credit", credit_txn)
+
+    async def transfer(
+        self, from_id: int, to_id: int, amount: Any, *, txid: str | None = None, comment: str = ""
+    ) -> MoneyResult:
+        """Move C{amount} from one user to another in one transaction.
+
+        The result's balance is the payer's; C{extra} holds C{to_balance}.
+        Both accounts must keep the same currency.
+        """
+        value = parse_amount(amount)
+        txid = _check_txid(txid)
+        if from_id == to_id:
+            raise MoneyError("cannot transfer to the same account")
+
+        async def transfer_txn(txn: Txn) -> MoneyResult:
+            async def body() -> MoneyResult:
+                # Lock both rows in id order so opposite transfers cannot deadlock.
+                rows = (
+                    await txn.execute(
+                        "SELECT id, currency FROM tb_users WHERE id IN (?, ?) ORDER BY id" + self.engine.for_update,
+                        (from_id, to_id),
+                    )
+                ).rows
+                currencies = {int(r[0]): r[1] for r in rows}
+                for needed in (from_id, to_id):
+                    if needed not in currencies:
+                        raise UnknownUser(f"no user with id {needed}")
+                if currencies[from_id] != currencies[to_id]:
+                    raise CurrencyMismatch("the two accounts keep different currencies")
+                now = self.now()
+                balance, ledgerid = await self._change_balance_txn(
+                    txn, from_id, -value, "transfer_out", now=now, reference=str(to_id), txid=txid, comment=comment
+                )
+                to_balance, _ = await self._change_balance_txn(
+                    txn, to_id, value, "transfer_in", now=now, reference=str(from_id), txid=txid, comment=comment
+                )
+                return MoneyResult(from_id, balance, ledgerid, extra=(("to_balance", str(to_balance)),))
+
+            return await self._idempotent_txn(txn, from_id, txid, f"transfer:{to_id}:{value}", body)
+
+        return await self.db.run_interaction("transfer", transfer_txn)
+
+    async def create_pin(self, pin: str, credit: Any, currency: str | None = None) -> int:
+        """Create a recharge PIN worth C{credit}; returns its id."""
+        value = parse_amount(credit)
+        if not pin or not pin.isprintable() or len(pin) > 64:
+            raise BadPin("a PIN is 1 to 64 printable characters")
+
+        async def create_pin_txn(txn: Txn) -> int:
+            result = await txn.execute(
+                "INSERT INTO tb_pins (pin, credit, currency, created) VALUES (?, ?, ?, ?) RETURNING id",
+                (pin, value, currency or self.default_currency, self.now()),
+            )
+            return int(result.rows[0][0])
+
+        return await self.db.run_interaction("create_pin", create_pin_txn)
+
+    async def redeem_pin(self, userid: int, pin: str, *, txid: str | None = None) -> MoneyResult:
+        """Claim an unused PIN for the user and credit its value, exactly once."""
+        txid = _check_txid(txid)
+        if not isinstance(pin, str) or not pin:
+            raise BadPin("invalid PIN")
+
+        async def redeem_pin_txn(txn: Txn) -> MoneyResult:
+            async def body() -> MoneyResult:
+                user = (await txn.execute("SELECT currency FROM tb_users WHERE id = ?", (userid,))).one()
+                if user is None:
+                    raise UnknownUser(f"no user with id {userid}")
+                now = self.now()
+                claimed = (
+                    await txn.execute(
+                        "UPDATE tb_pins SET used = 1, usedby = ?, useddate = ? "
+                        "WHERE pin = ? AND used = 0 AND currency = ? RETURNING id, credit",
+                        (userid, now, pin, user[0]),
+                    )
+                ).one()
+                if claimed is None:
+                    raise BadPin("invalid or used PIN")
+                value = self.engine.money(claimed[1])
+                balance, ledgerid = await self._change_balance_txn(
+                    txn, userid, value, "pin", now=now, reference=f"pin:{claimed[0]}", txid=txid
+                )
+                return MoneyResult(userid, balance, ledgerid, extra=(("credit", str(value)),))
+
+            return await self._idempotent_txn(txn, userid, txid, f"pin:{pin}", body)
+
+        return await self.db.run_interaction("redeem_pin", redeem_pin_txn)
+
+    async def hold(self, userid: int, amount: Any, *, reference: str = "", txid: str | None = None) -> MoneyResult:
+        """Reserve funds: debit them now (checked) and open a hold.
+
+        The result's C{extra} holds C{holdid}.  Concurrent holds of one user
+        can never reserve more than the account allows.
+        """
+        value = parse_amount(amount)
+        txid = _check_txid(txid)
+
+        async def hold_txn(txn: Txn) -> MoneyResult:
+            async def body() -> MoneyResult:
+                now = self.now()
+                if not (await txn.execute("SELECT id FROM tb_users WHERE id = ?", (userid,))).rows:
+                    raise UnknownUser(f"no user with id {userid}")
+                hold = await txn.execute(
+                    "INSERT INTO tb_holds (userid, amount, status, reference, created) "
+                    "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                    (userid, value, HOLD_OPEN, reference, now),
+                )
+                holdid = int(hold.rows[0][0])
+                balance, ledgerid = await self._change_balance_txn(
+                    txn, userid, -value, "hold", now=now, reference=f"hold:{holdid}", txid=txid
+                )
+                return MoneyResult(userid, balance, ledgerid, extra=(("holdid", str(holdid)),))
+
+            return await self._idempotent_txn(txn, userid, txid, f"hold:{value}", body)
+
+        return await self.db.run_interaction("hold", hold_txn)
+
+    async def settle(self, holdid: int, cost: Any) -> MoneyResult:
+        """Close a hold charging C{cost} (at most the held amount); refund the rest."""
+        value = parse_amount(cost, allow_zero=True)
+
+        async def settle_txn(txn: Txn) -> MoneyResult:
+            row = await self._close_hold_txn(txn, holdid, HOLD_SETTLED, value)
+            userid, held = row
+            if value > held:
+                raise InvalidAmount(f"cost {value} exceeds the held {held}")
+            refund = held - value
+            if refund == 0:
+                balance = self.engine.money(
+                    (await txn.execute("SELECT credit FROM tb_users WHERE id = ?", (userid,))).rows[0][0]
+                )
+                return MoneyResult(userid, balance, None)
+            balance, ledgerid = await self._change_balance_txn(
+                txn, userid, refund, "settle", now=self.now(), reference=f"hold:{holdid}"
+            )
+            return MoneyResult(userid, balance, ledgerid)
+
+        return await self.db.run_interaction("settle", settle_txn)
+
+    async def release(self, holdid: int) -> MoneyResult:
+        """Close a hold without charging: the whole amount returns."""
+
+        async def release_txn(txn: Txn) -> MoneyResult:
+            userid, held = await self._close_hold_txn(txn, holdid, HOLD_RELEASED, None)
+            balance, ledgerid = await self._change_balance_txn(
+                txn, userid, held, "release", now=self.now(), reference=f"hold:{holdid}"
+            )
+            return MoneyResult(userid, balance, ledgerid)
+
+        return await self.db.run_interaction("release", release_txn)
+
+    async def _close_hold_txn(
+        self, txn: Txn, holdid: int, status: int, cost: Decimal | None
+    ) -> tuple[int, Decimal]:
+        row = (
+            await txn.execute(
+                "UPDATE tb_holds SET status = ?, cost = ?, closed = ? WHERE id = ? AND status = ? "
+                "RETURNING userid, amount",
+                (status, cost, self.now(), holdid, HOLD_OPEN),
+            )
+        ).one()
+        if row is None:
+            raise HoldClosed(f"hold {holdid} does not exist or is closed")
+        return int(row[0]), self.engine.money(row[1])
+
+    # -- reading the ledger -------------------------------------------------------
+
+    async def ledger(self, userid: int) -> list[LedgerEntry]:
+        """The user's ledger rows, oldest first."""
+
+        async def ledger_txn(txn: Txn) -> list[LedgerEntry]:
+            rows = (
+                await txn.execute(
+                    "SELECT id, userid, amount, balance, kind, reference, txid, comment, created "
+                    "FROM tb_credits WHERE userid = ? ORDER BY id",
+                    (userid,),
+                )
+            ).rows
+            money, time = self.engine.money, self.engine.time
+            return [
+                LedgerEntry(int(r[0]), int(r[1]), money(r[2]), money(r[3]), r[4], r[5], r[6], r[7], time(r[8]))  # type: ignore[arg-type]
+                for r in rows
+            ]
+
+        return await self.db.run_interaction("ledger", ledger_txn)
+
+    async def audit(self) -> list[tuple[int, Decimal, Decimal]]:
+        """Users whose ledger does not sum to their balance: (id, credit, ledger sum).
+
+        An empty list means every balance is accounted for.
+        """
+
+        async def audit_txn(txn: Txn) -> list[tuple[int, Decimal, Decimal]]:
+            rows = (
+                await txn.execute(
+                    "SELECT u.id, u.credit, coalesce(sum(c.amount), 0) FROM tb_users u "
+                    "LEFT JOIN tb_credits c ON c.userid = u.id GROUP BY u.id, u.credit"
+                )
+            ).rows
+            money = self.engine.money
+            return [(int(r[0]), money(r[1]), money(r[2])) for r in rows if money(r[1]) != money(r[2])]
+
+        return await self.db.run_interaction("audit", audit_txn)
+
+
+def _encode_result(result: MoneyResult) -> str:
+    return json.dumps(
+        {"userid": result.userid, "balance": str(result.balance), "ledgerid": result.ledgerid,
+         "extra": [list(pair) for pair in result.extra]}
+    )
+
+
+def _decode_result(text: str) -> MoneyResult:
+    data = json.loads(text)
+    return MoneyResult(
+        int(data["userid"]), Decimal(data["balance"]), data["ledgerid"], True,
+        tuple((k, v) for k, v in data["extra"]),
+    )

@@ -1,0 +1,411 @@
+"""Running named transactions on SQLite or PostgreSQL, with one interface.
+
+A transaction function is written once, as C{async def something_txn(txn,
+...)}, and awaits nothing but C{txn.execute(sql, params)}.  Both databases
+run it inside one transaction and fire the caller's L{Deferred} only after
+the commit:
+
+  - L{PostgresDatabase} runs it on a pooled txpostgres connection (truly
+    asynchronous, many at once) and retries serialization failures and
+    deadlocks.
+  - L{SqliteDatabase} runs it on one writer thread that owns the connection.
+    Its C{execute} completes synchronously, so the coroutine runs straight
+    through without yielding.  Transactions that queue up while a commit is
+    in progress are grouped: each runs inside its own SAVEPOINT (a failure
+    rolls back only its own work), then one COMMIT makes the whole group
+    durable with one fsync, and only then is every caller answered.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Coroutine, Generator, Protocol, Sequence, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .engines import Engine, PostgresEngine, SqliteEngine
+
+T = TypeVar("T")
+log = Logger()
+
+
+class DatabaseError(Exception):
+    """The database could not be reached or refused a statement."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one statement returned: its rows (if any) and the row count."""
+
+    rows: list[tuple[Any, ...]]
+    rowcount: int
+
+    def one(self) -> tuple[Any, ...] | None:
+        """The first row, or None."""
+        return self.rows[0] if self.rows else None
+
+
+class Txn(Protocol):
+    """The handle a transaction function receives."""
+
+    engine: Engine
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Awaitable[Result]:
+        """Run one statement written with C{?} placeholders."""
+
+
+TxnFunction = Callable[..., Coroutine[Any, Any, T]]
+
+
+class Database(Protocol):
+    """A database that runs named transaction functions."""
+
+    engine: Engine
+
+    def run_interaction(self, name: str, func: TxnFunction[T], *args: Any) -> defer.Deferred[T]:
+        """Run C{func(txn, *args)} in one transaction; fire after commit."""
+
+    def start(self) -> defer.Deferred[None]:
+        """Open connections."""
+
+    def close(self) -> defer.Deferred[None]:
+        """Finish queued work and close connections."""
+
+
+# -- SQLite ------------------------------------------------------------------
+
+
+class _Ready:
+    """An awaitable that is already complete, so awaiting it never yields."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Result) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, Result]:
+        return self.value
+        yield  # pragma: no cover - makes this a generator
+
+
+class _SqliteTxn:
+    engine: Engine
+
+    def __init__(self, connection: sqlite3.Connection, engine: Engine) -> None:
+        self.connection = connection
+        self.engine = engine
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Ready:
+        cursor = self.connection.execute(sql, self.engine.params(params))
+        rows = cursor.fetchall()
+        return _Ready(Result(rows, cursor.rowcount))
+
+
+def run_synchronously(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Drive a coroutine that must complete without suspending."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a transaction function awaited something other than txn.execute")
+
+
+def connect_sqlite(path: str) -> sqlite3.Connection:
+    """Open a SQLite connection in autocommit mode (transactions are explicit)."""
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    connection.execute("PRAGMA foreign_keys = ON")
+    return connection
+
+
+@dataclass
+class _Job:
+    name: str
+    func: TxnFunction[Any]
+    args: tuple[Any, ...]
+    deferred: defer.Deferred[Any]
+
+
+_STOP = object()
+
+
+class SqliteDatabase:
+    """SQLite with one writer thread and group commit (see the module doc).
+
+    C{max_batch} caps how many queued transactions share one commit; 1 gives
+    one synced commit per transaction (the benchmark's baseline).
+    """
+
+    def __init__(self, path: str, reactor: IReactorFromThreads, max_batch: int = 256) -> None:
+        self.path = path
+        self.engine: Engine = SqliteEngine()
+        self._reactor = reactor
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped: defer.Deferred[None] | None = None
+        self.commits = 0
+        self.transactions = 0
+
+    def start(self) -> defer.Deferred[None]:
+        """Open the connection (WAL, fully synced commits) and start the writer."""
+        try:
+            connection = connect_sqlite(self.path)
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as error:
+            return defer.fail(DatabaseError(f"cannot open SQLite database {self.path}: {error}"))
+        self._stopped = defer.Deferred()
+        self._thread = threading.Thread(
+            target=self._writer, args=(connection,), name="mizud-sqlite-writer", daemon=True
+        )
+        self._thread.start()
+        return defer.succeed(None)
+
+    def run_interaction(self, name: str, func: TxnFunction[T], *args: Any) -> defer.Deferred[T]:
+        """Queue C{func(txn, *args)}; the Deferred fires after its group commits."""
+        if self._thread is None:
+            return defer.fail(DatabaseError("the database is not open"))
+        d: defer.Deferred[T] = defer.Deferred()
+        self._queue.put(_Job(name, func, args, d))
+        return d
+
+    def close(self) -> defer.Deferred[None]:
+        """Let queued transactions finish, then close the connection."""
+        if self._thread is None or self._stopped is None:
+            return defer.succeed(None)
+        self._thread = None
+        self._queue.put(_STOP)
+        return self._stopped
+
+    # The rest runs on the writer thread.
+
+    def _writer(self, connection: sqlite3.Connection) -> None:
+        txn = _SqliteTxn(connection, self.engine)
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    stopping = True
+                    break
+                batch.append(job)
+            outcomes = self._run_batch(connection, txn, batch)
+            self._reactor.callFromThread(_deliver, batch, outcomes)
+        connection.close()
+        assert self._stopped is not None
+        self._reactor.callFromThread(self._stopped.callback, None)
+
+    def _run_batch(
+        self, connection: sqlite3.Connection, txn: _SqliteTxn, batch: list[_Job]
+    ) -> list[Any]:
+        outcomes: list[Any] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            failure = Failure(DatabaseError(f"cannot begin a transaction: {error}"))
+            return [failure] * len(batch)
+        for job in batch:
+            connection.execute("SAVEPOINT job")
+            try:
+                outcome: Any = run_synchronously(job.func(txn, *job.args))
+            except BaseException:
+                outcome = Failure()
+                connection.execute("ROLLBACK TO job")
+            connection.execute("RELEASE job")
+            outcomes.append(outcome)
+        try:
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            connection.execute("ROLLBACK")
+            failure = Failure(DatabaseError(f"commit failed: {error}"))
+            return [failure] * len(batch)
+        self.commits += 1
+        self.transactions += len(batch)
+        return outcomes
+
+
+def _deliver(batch: list[_Job], outcomes: list[Any]) -> None:
+    for job, outcome in zip(batch, outcomes):
+        if isinstance(outcome, Failure):
+            job.deferred.errback(outcome)
+        else:
+            job.deferred.callback(outcome)
+
+
+# -- PostgreSQL -------------------------------------------------------------------
+
+
+class _PgTxn:
+    engine: Engine
+
+    def __init__(self, cursor: Any, engine: Engine) -> None:
+        self.cursor = cursor
+        self.engine = engine
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        if params:
+            await self.cursor.execute(self.engine.sql(sql), self.engine.params(params))
+        else:
+            await self.cursor.execute(sql)
+        rows = self.cursor.fetchall() if self.cursor.description is not None else []
+        return Result(rows, self.cursor.rowcount)
+
+
+class PostgresDatabase:
+    """PostgreSQL through a pool of txpostgres connections.
+
+    A connection that breaks is closed and replaced by a fresh one; the
+    transaction that saw it break fails with L{DatabaseError}.  Serialization
+    failures and deadlocks are retried up to C{retries} times.
+    """
+
+    retries = 5
+
+    def __init__(self, dsn: str, reactor: IReactorTime, pool_size: int = 8) -> None:
+        self.dsn = dsn
+        self.engine: Engine = PostgresEngine()
+        self._reactor = reactor
+        self._pool_size = pool_size
+        self._idle: defer.DeferredQueue[Any] = defer.DeferredQueue()
+        self._connections: set[Any] = set()
+        self._closing = False
+
+    async def _connect(self) -> Any:
+        from txpostgres import txpostgres
+
+        connection = txpostgres.Connection(reactor=self._reactor)
+        try:
+            await connection.connect(self.dsn)
+        except Exception as error:
+            raise DatabaseError(f"cannot connect to PostgreSQL: {_first_line(error)}") from None
+        self._connections.add(connection)
+        return connection
+
+    def start(self) -> defer.Deferred[None]:
+        """Open C{pool_size} connections; fail if any cannot be opened."""
+
+        async def open_all() -> None:
+            try:
+                for _ in range(self._pool_size):
+                    self._idle.put(await self._connect())
+            except Exception:
+                self._close_all()
+                raise
+
+        return defer.ensureDeferred(open_all())
+
+    def run_interaction(self, name: str, func: TxnFunction[T], *args: Any) -> defer.Deferred[T]:
+        """Run C{func(txn, *args)} on a free connection, retrying conflicts."""
+        return defer.ensureDeferred(self._run(name, func, args))
+
+    async def _run(self, name: str, func: TxnFunction[T], args: tuple[Any, ...]) -> T:
+        from txpostgres.txpostgres import RollbackFailed
+
+        if self._closing:
+            raise DatabaseError("the database is closing")
+        attempt = 0
+        while True:
+            connection = await self._idle.get()
+            broken = False
+            try:
+                return await connection.runInteraction(  # type: ignore[no-any-return]
+                    lambda cursor: defer.ensureDeferred(func(_PgTxn(cursor, self.engine), *args))
+                )
+            except Exception as error:
+                broken = isinstance(error, RollbackFailed) or bool(connection.closed)
+                if broken:
+                    raise DatabaseError(f"{name}: {_first_line(error)}") from None
+                if self.engine.is_retryable(error) and attempt < self.retries:
+                    attempt += 1
+                    log.debug("{name}: retrying after {error}", name=name, error=error)
+                    continue
+                raise
+            finally:
+                if broken and not self._closing:
+                    self._replace(connection)
+                else:
+                    self._release(connection)
+
+    def _release(self, connection: Any) -> None:
+        if self._closing:
+            connection.close()
+            self._connections.discard(connection)
+        else:
+            self._idle.put(connection)
+
+    def _replace(self, connection: Any) -> None:
+        log.warn("replacing a broken PostgreSQL connection")
+        self._connections.discard(connection)
+        try:
+            connection.close()
+        except Exception:
+            pass
+
+        async def reconnect() -> None:
+            delay = 0.5
+            while not self._closing:
+                try:
+                    self._idle.put(await self._connect())
+                    return
+                except DatabaseError as error:
+                    log.error("{error}; retrying in {delay}s", error=error, delay=delay)
+                    await _sleep(self._reactor, delay)
+                    delay = min(delay * 2, 30.0)
+
+        defer.ensureDeferred(reconnect())
+
+    def _close_all(self) -> None:
+        for connection in list(self._connections):
+            try:
+                connection.close()
+            except Exception:
+                pass
+        self._connections.clear()
+
+    def close(self) -> defer.Deferred[None]:
+        """Close idle connections now and busy ones when they are released."""
+        self._closing = True
+        while self._idle.pending:
+            connection = self._idle.pending.pop()
+            connection.close()
+            self._connections.discard(connection)
+        if not self._connections:
+            return defer.succeed(None)
+
+        async def wait() -> None:
+            while self._connections:
+                await _sleep(self._reactor, 0.05)
+
+        return defer.ensureDeferred(wait())
+
+
+def _sleep(reactor: IReactorTime, seconds: float) -> defer.Deferred[None]:
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def open_database(database: str, reactor: Any, pool_size: int = 8, max_batch: int = 256) -> Database:
+    """Build (without opening) the database for a C{database} option value."""
+    if database.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(database, reactor, pool_size)
+    return SqliteDatabase(database, reactor, max_batch)
