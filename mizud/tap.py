@@ -27,7 +27,6 @@ class Options(usage.Options):
     """Command line of C{twistd mizud}."""
 
     synopsis = "[--config FILE] [--set key=value ...]"
-    longdesc = _describe_options()
     optParameters = [["config", "c", None, "ini file whose [global] section sets options"]]
 
     def __init__(self) -> None:
@@ -40,6 +39,10 @@ class Options(usage.Options):
         self["set"].append(assignment)
 
     opt_s = opt_set
+
+    def getUsage(self, width: int | None = None) -> str:
+        """twistd's usage text followed by every global option, unwrapped."""
+        return super().getUsage(width) + "\n" + _describe_options() + "\n"
 
     def postOptions(self) -> None:
         """Read and validate the configuration; a bad one ends the start here."""

@@ -115,23 +115,25 @@ async def test_unknown_user(store: BillingStore) -> None:
             await call()
 
 
-@pytest.mark.parametrize(
-    "amount",
-    ["-1", "abc", "1.0000001", "NaN", "Infinity", "1e30", "", " ", "0x10", 1.5, True, None, "0", "1,5"],
-)
+BAD_AMOUNTS: list[Any] = [
+    "-1", "abc", "1.0000001", "NaN", "Infinity", "1e30", "", " ", "0x10", 1.5, True, None, "0", "1,5",
+]
+
+
 @pytest_twisted.ensureDeferred
-async def test_bad_amounts_refused(store: BillingStore, amount: Any) -> None:
+async def test_bad_amounts_refused(store: BillingStore) -> None:
     """Negative, non-numeric, over-precise, huge, zero or float amounts are refused."""
     uid = await store.create_user("u", "pw", credit="5")
     other = await store.create_user("v", "pw")
-    for call in (
-        lambda: store.debit(uid, amount),
-        lambda: store.credit(uid, amount),
-        lambda: store.transfer(uid, other, amount),
-        lambda: store.hold(uid, amount),
-    ):
-        with pytest.raises(InvalidAmount):
-            await call()
+    for amount in BAD_AMOUNTS:
+        for call in (
+            lambda: store.debit(uid, amount),
+            lambda: store.credit(uid, amount),
+            lambda: store.transfer(uid, other, amount),
+            lambda: store.hold(uid, amount),
+        ):
+            with pytest.raises(InvalidAmount):
+                await call()
     assert await store.balance(uid) == D(5)
     assert len(await store.ledger(uid)) == 1
 

@@ -1,0 +1,135 @@
+"""The twistd plugin: options, and the service tree makeService builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.application.service import IServiceCollection, IServiceMaker
+from twisted.internet import reactor as global_reactor
+from twisted.plugin import getPlugins
+
+from mizud.config import OPTIONS
+from mizud.service import LogFileService, MizudService, describe, redact_database
+from mizud.store.billing import USER_ADMIN
+from mizud.store.service import StoreService
+from mizud.tap import Options, makeService
+
+
+def options(*argv: str) -> Options:
+    """Parse a twistd mizud command line."""
+    opts = Options()
+    opts.parseOptions(list(argv))
+    return opts
+
+
+def test_plugin_is_discoverable() -> None:
+    """twistd finds the mizud ServiceMaker through the plugin system."""
+    from twisted import plugins
+
+    makers = {p.tapname: p for p in getPlugins(IServiceMaker, plugins)}
+    assert "mizud" in makers
+    assert makers["mizud"].options is not None
+
+
+def test_make_service_builds_tree_without_binding() -> None:
+    """makeService returns the root with the store child and opens nothing."""
+    root = makeService(options("--set", "database=/nonexistent/dir/x.sqlite"))
+    assert isinstance(root, MizudService)
+    children = list(IServiceCollection(root))
+    assert [type(c) for c in children] == [StoreService]
+    store = IServiceCollection(root).getServiceNamed("store")
+    assert isinstance(store, StoreService)
+    assert store.database is None and not store.running
+
+
+def test_logfile_service_comes_first(tmp_path: Path) -> None:
+    """With logfile set, the log file service precedes the store."""
+    root = makeService(options("--set", f"logfile={tmp_path / 'm.log'}"))
+    assert [type(c) for c in IServiceCollection(root)] == [LogFileService, StoreService]
+    assert not (tmp_path / "m.log").exists()
+
+
+def test_config_file_and_sets(tmp_path: Path) -> None:
+    """--config and repeated --set (or -s) both reach the config."""
+    ini = tmp_path / "m.ini"
+    ini.write_text("[global]\napiv2key = k1\nhttpserver = 8000\n")
+    opts = options("--config", str(ini), "--set", "apiv2key=k2", "-s", "adminport=2323")
+    cfg = opts["settings"].current
+    assert (cfg.apiv2key, cfg.httpserver, cfg.adminport) == ("k2", 8000, 2323)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("--set", "mainaport=x"), "mizud: config error: --set: mainaport: expected an integer"),
+        (("--set", "bogus=1"), "mizud: config error: --set: bogus: unknown option"),
+    ],
+)
+def test_bad_config_exits_with_one_line(argv: tuple[str, ...], message: str) -> None:
+    """A bad option ends parsing with SystemExit carrying one line naming the key."""
+    with pytest.raises(SystemExit) as caught:
+        options(*argv)
+    assert str(caught.value.code).startswith(message)
+    assert "\n" not in str(caught.value.code)
+
+
+def test_help_documents_every_option() -> None:
+    """The --help text names every option, its default and its aliases."""
+    text = str(Options())
+    for opt in OPTIONS:
+        assert f"  {', '.join((opt.name, *opt.aliases))} = {opt.default}" in text
+
+
+def test_start_line_redacts_password() -> None:
+    """The start line names engine, database and ports, never the DB password."""
+    cfg = options("--set", "database=postgresql://mizud:s3cret@db.local:5432/m").get("settings").current
+    line = describe(cfg)
+    assert "s3cret" not in line
+    assert "database=postgresql://mizud:***@db.local:5432/m" in line
+    assert "engine=postgresql" in line and "mainaport=80" in line
+    assert redact_database("var/x.sqlite") == "var/x.sqlite"
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_service_bootstraps_admin_once(tmp_path: Path) -> None:
+    """Starting twice creates the bootstrap admin once, with admin type."""
+    db = str(tmp_path / "m.sqlite")
+    for _ in range(2):
+        cfg = options("--set", f"database={db}", "--set", "bootstrapadmin=root:longenough").get("settings").current
+        service = StoreService(cfg, global_reactor)
+        service.privilegedStartService()
+        service.startService()
+        store = await service.ready
+        user = await store.find_user("root")
+        assert user is not None and user.type == USER_ADMIN and user.password == "longenough"
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_root_stops_children_in_reverse(tmp_path: Path) -> None:
+    """The root stops children last-first, awaiting each before the next."""
+    from twisted.application.service import Service
+    from twisted.internet import defer
+
+    order: list[str] = []
+
+    class Slow(Service):
+        def __init__(self, name: str, delay: float) -> None:
+            self.name = name
+            self.delay = delay
+
+        def stopService(self) -> Any:
+            order.append(f"{self.name} begins")
+            d: defer.Deferred[None] = defer.Deferred()
+            global_reactor.callLater(self.delay, lambda: (order.append(f"{self.name} ends"), d.callback(None)))
+            return d
+
+    root = MizudService(options()["settings"])
+    Slow("first", 0.01).setServiceParent(root)
+    Slow("second", 0.05).setServiceParent(root)
+    root.running = True
+    await root.stopService()
+    assert order == ["second begins", "second ends", "first begins", "first ends"]

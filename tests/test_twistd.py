@@ -1,0 +1,138 @@
+"""The real daemon: `twistd -n mizud` started and stopped as a process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+
+
+def environment() -> dict[str, str]:
+    """The test environment, with the checkout importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_to_end(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run twistd mizud expecting it to exit by itself."""
+    return subprocess.run(
+        [*TWISTD, "mizud", *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
+    """twistd -n mizud creates var/mizud.sqlite, logs start and stop lines, shuts down cleanly."""
+    process = subprocess.Popen(
+        [*TWISTD, "mizud", "--set", "bootstrapadmin=boss:correcthorse"],
+        cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "bootstrap admin boss created" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=30)
+    output = "".join(lines) + rest
+    # twistd shuts down cleanly, then ends itself with the signal it got.
+    assert process.returncode == -signal.SIGTERM, output
+    assert "Server Shut Down." in output
+    assert "starting mizud 0.1.0 engine=sqlite database=var/mizud.sqlite mainaport=80" in output
+    assert "stopped mizud 0.1.0" in output
+    connection = sqlite3.connect(tmp_path / "var" / "mizud.sqlite")
+    assert connection.execute("SELECT type FROM tb_users WHERE username = 'boss'").fetchall() == [(15,)]
+
+
+def test_bad_config_value_exits_nonzero(tmp_path: Path) -> None:
+    """A bad --set value stops the start with one line naming the key."""
+    result = run_to_end(tmp_path, "--set", "mainaport=eighty")
+    assert result.returncode != 0
+    assert "mizud: config error: --set: mainaport: expected an integer, got 'eighty'" in result.stderr
+    assert not (tmp_path / "var").exists()
+
+
+def test_unknown_key_in_file_exits_nonzero(tmp_path: Path) -> None:
+    """An unknown key in the config file names the key and the line."""
+    ini = tmp_path / "m.ini"
+    ini.write_text("[global]\nmainaport = 8080\nfoo = bar\n")
+    result = run_to_end(tmp_path, "--config", str(ini))
+    assert result.returncode != 0
+    assert f"{ini}:3: foo: unknown option" in result.stderr
+
+
+def failed_start(result: subprocess.CompletedProcess[str]) -> str:
+    """The one critical line of a refused start; asserts the exit status."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [l for l in result.stdout.splitlines() if "mizud: cannot start:" in l]
+    assert len(lines) == 1, result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    """A database from a newer mizud stops the start, byte-identical afterwards."""
+    db = tmp_path / "m.sqlite"
+    connection = sqlite3.connect(db)
+    connection.execute("CREATE TABLE tb_schema_version (version INTEGER PRIMARY KEY, name TEXT, applied TEXT)")
+    connection.execute("INSERT INTO tb_schema_version VALUES (99, 'future', 'x')")
+    connection.commit()
+    connection.close()
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    line = failed_start(run_to_end(tmp_path, "--set", f"database={db}"))
+    assert "schema version 99 is newer than this mizud" in line
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_unopenable_database_path(tmp_path: Path) -> None:
+    """A database path in a missing directory is refused; nothing is created."""
+    line = failed_start(run_to_end(tmp_path, "--set", f"database={tmp_path}/missing/m.sqlite"))
+    assert "directory" in line and "does not exist" in line
+    assert not (tmp_path / "missing").exists()
+
+
+def test_unreachable_postgres(tmp_path: Path) -> None:
+    """An unreachable PostgreSQL is one line and exit status 1."""
+    line = failed_start(run_to_end(tmp_path, "--set", "database=postgresql://mizud:pw@127.0.0.1:1/mizud"))
+    assert "cannot connect to PostgreSQL" in line
+    assert "pw@" not in line
+
+
+def test_postgres_start(tmp_path: Path, pg_database: str) -> None:
+    """The daemon starts on PostgreSQL, migrates and creates the bootstrap admin."""
+    import psycopg2
+
+    process = subprocess.Popen(
+        [*TWISTD, "mizud", "--set", f"database={pg_database}", "--set", "bootstrapadmin=boss:correcthorse"],
+        cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert process.stdout is not None
+    output = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        output.append(line)
+        if not line or "bootstrap admin boss created" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGTERM, "".join(output) + rest
+    assert "engine=postgresql" in "".join(output)
+    with psycopg2.connect(pg_database) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT type FROM tb_users WHERE username = 'boss'")
+        assert cursor.fetchall() == [(15,)]
