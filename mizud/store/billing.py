@@ -27,11 +27,11 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, NoReturn
 
 from twisted.internet.interfaces import IReactorTime
 
-from .database import Database, Txn
+from .database import Database, Result, Txn
 from .money import (
     BadPin,
     CurrencyMismatch,
@@ -133,6 +133,21 @@ _USER_COLUMNS = (
 )
 
 
+# A debit never takes the balance below zero (prepaid) or -creditlimit (postpaid).
+_CAN_PAY = "credit + ? >= CASE WHEN postpaid <> 0 THEN 0 - creditlimit ELSE 0 END"
+_LEDGER_COLUMNS = "userid, amount, balance, kind, reference, txid, comment, created"
+
+# PostgreSQL only: the balance update and its ledger row as one statement, so a
+# debit or credit without a transaction id is one autocommit round trip.
+# SQLite cannot feed an UPDATE's RETURNING into an INSERT, so there the same
+# two statements run in one transaction (_change_balance_txn).
+_CHANGE_BALANCE_ONE_STATEMENT = (
+    "WITH changed AS (UPDATE tb_users SET credit = credit + ? WHERE id = ? {check}RETURNING id, credit) "
+    f"INSERT INTO tb_credits ({_LEDGER_COLUMNS}) "
+    "SELECT id, ?, credit, ?, ?, NULL, ?, ? FROM changed RETURNING balance, id"
+)
+
+
 def _check_txid(txid: str | None) -> str | None:
     if txid is None:
         return None
@@ -203,23 +218,15 @@ class BillingStore:
 
     async def get_user(self, userid: int) -> User | None:
         """The user with this id, or None."""
-
-        async def get_user_txn(txn: Txn) -> User | None:
-            row = (await txn.execute(f"SELECT {_USER_COLUMNS} FROM tb_users WHERE id = ?", (userid,))).one()
-            return self._user(row) if row else None
-
-        return await self.db.run_interaction("get_user", get_user_txn)
+        sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE id = ?"
+        row = (await self.db.run_statement("get_user", sql, (userid,))).one()
+        return self._user(row) if row else None
 
     async def find_user(self, username: str) -> User | None:
         """The user with this username, or None."""
-
-        async def find_user_txn(txn: Txn) -> User | None:
-            row = (
-                await txn.execute(f"SELECT {_USER_COLUMNS} FROM tb_users WHERE username = ?", (username,))
-            ).one()
-            return self._user(row) if row else None
-
-        return await self.db.run_interaction("find_user", find_user_txn)
+        sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE username = ?"
+        row = (await self.db.run_statement("find_user", sql, (username,))).one()
+        return self._user(row) if row else None
 
     async def balance(self, userid: int) -> Decimal:
         """The user's credit; raises L{UnknownUser}."""
@@ -251,9 +258,7 @@ class BillingStore:
         """
         if amount < 0 and check:
             result = await txn.execute(
-                "UPDATE tb_users SET credit = credit + ? WHERE id = ? AND "
-                "credit + ? >= CASE WHEN postpaid <> 0 THEN 0 - creditlimit ELSE 0 END "
-                "RETURNING credit",
+                f"UPDATE tb_users SET credit = credit + ? WHERE id = ? AND {_CAN_PAY} RETURNING credit",
                 (amount, userid, amount),
             )
         else:
@@ -262,17 +267,43 @@ class BillingStore:
             )
         row = result.one()
         if row is None:
-            exists = await txn.execute("SELECT id FROM tb_users WHERE id = ?", (userid,))
-            if not exists.rows:
-                raise UnknownUser(f"no user with id {userid}")
-            raise InsufficientCredit("insufficient credit")
+            await self._why_unchanged(txn.execute, userid)
         balance = self.engine.money(row[0])
         ledger = await txn.execute(
-            "INSERT INTO tb_credits (userid, amount, balance, kind, reference, txid, comment, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            f"INSERT INTO tb_credits ({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (userid, amount, balance, kind, reference, txid, comment, now),
         )
         return balance, int(ledger.rows[0][0])
+
+    @staticmethod
+    async def _why_unchanged(execute: Callable[..., Awaitable[Result]], userid: int) -> NoReturn:
+        """A conditional balance update matched no row: say whether the user is missing."""
+        if not (await execute("SELECT id FROM tb_users WHERE id = ?", (userid,))).rows:
+            raise UnknownUser(f"no user with id {userid}")
+        raise InsufficientCredit("insufficient credit")
+
+    async def _change_balance(self, userid: int, amount: Decimal, kind: str, comment: str) -> MoneyResult:
+        """A debit or credit without a transaction id, in one statement where the engine can."""
+        if not self.engine.data_modifying_cte:
+
+            async def change_balance_txn(txn: Txn) -> MoneyResult:
+                balance, ledgerid = await self._change_balance_txn(
+                    txn, userid, amount, kind, now=self.now(), comment=comment
+                )
+                return MoneyResult(userid, balance, ledgerid)
+
+            return await self.db.run_interaction(kind, change_balance_txn)
+        if amount < 0:
+            sql = _CHANGE_BALANCE_ONE_STATEMENT.format(check=f"AND {_CAN_PAY} ")
+            params: tuple[Any, ...] = (amount, userid, amount)
+        else:
+            sql = _CHANGE_BALANCE_ONE_STATEMENT.format(check="")
+            params = (amount, userid)
+        result = await self.db.run_statement(kind, sql, (*params, amount, kind, "", comment, self.now()))
+        row = result.one()
+        if row is None:
+            await self._why_unchanged(lambda *a: self.db.run_statement(kind + "_check", *a), userid)
+        return MoneyResult(userid, self.engine.money(row[0]), int(row[1]))
 
     async def _idempotent_txn(
         self,
@@ -313,6 +344,9 @@ class BillingStore:
         value = parse_amount(amount)
         txid = _check_txid(txid)
 
+        if txid is None:
+            return await self._change_balance(userid, -value, "debit", comment)
+
         async def debit_txn(txn: Txn) -> MoneyResult:
             async def body() -> MoneyResult:
                 balance, ledgerid = await self._change_balance_txn(
@@ -328,6 +362,9 @@ class BillingStore:
         """Add C{amount} to the user's balance."""
         value = parse_amount(amount)
         txid = _check_txid(txid)
+
+        if txid is None:
+            return await self._change_balance(userid, value, "credit", comment)
 
         async def credit_txn(txn: Txn) -> MoneyResult:
             async def body() -> MoneyResult:
@@ -509,21 +546,16 @@ class BillingStore:
     async def ledger(self, userid: int) -> list[LedgerEntry]:
         """The user's ledger rows, oldest first."""
 
-        async def ledger_txn(txn: Txn) -> list[LedgerEntry]:
-            rows = (
-                await txn.execute(
-                    "SELECT id, userid, amount, balance, kind, reference, txid, comment, created "
-                    "FROM tb_credits WHERE userid = ? ORDER BY id",
-                    (userid,),
-                )
-            ).rows
-            money, time = self.engine.money, self.engine.time
-            return [
-                LedgerEntry(int(r[0]), int(r[1]), money(r[2]), money(r[3]), r[4], r[5], r[6], r[7], time(r[8]))  # type: ignore[arg-type]
-                for r in rows
-            ]
-
-        return await self.db.run_interaction("ledger", ledger_txn)
+        result = await self.db.run_statement(
+            "ledger",
+            f"SELECT id, {_LEDGER_COLUMNS} FROM tb_credits WHERE userid = ? ORDER BY id",
+            (userid,),
+        )
+        money, time = self.engine.money, self.engine.time
+        return [
+            LedgerEntry(int(r[0]), int(r[1]), money(r[2]), money(r[3]), r[4], r[5], r[6], r[7], time(r[8]))  # type: ignore[arg-type]
+            for r in result.rows
+        ]
 
     async def audit(self) -> list[tuple[int, Decimal, Decimal]]:
         """Users whose ledger does not sum to their balance: (id, credit, ledger sum).
@@ -531,17 +563,13 @@ class BillingStore:
         An empty list means every balance is accounted for.
         """
 
-        async def audit_txn(txn: Txn) -> list[tuple[int, Decimal, Decimal]]:
-            rows = (
-                await txn.execute(
-                    "SELECT u.id, u.credit, coalesce(sum(c.amount), 0) FROM tb_users u "
-                    "LEFT JOIN tb_credits c ON c.userid = u.id GROUP BY u.id, u.credit"
-                )
-            ).rows
-            money = self.engine.money
-            return [(int(r[0]), money(r[1]), money(r[2])) for r in rows if money(r[1]) != money(r[2])]
-
-        return await self.db.run_interaction("audit", audit_txn)
+        result = await self.db.run_statement(
+            "audit",
+            "SELECT u.id, u.credit, coalesce(sum(c.amount), 0) FROM tb_users u "
+            "LEFT JOIN tb_credits c ON c.userid = u.id GROUP BY u.id, u.credit",
+        )
+        money = self.engine.money
+        return [(int(r[0]), money(r[1]), money(r[2])) for r in result.rows if money(r[1]) != money(r[2])]
 
 
 def _encode_result(result: MoneyResult) -> str:

@@ -71,6 +71,9 @@ class Database(Protocol):
     def run_interaction(self, name: str, func: TxnFunction[T], *args: Any) -> defer.Deferred[T]:
         """Run C{func(txn, *args)} in one transaction; fire after commit."""
 
+    def run_statement(self, name: str, sql: str, params: Sequence[Any] = ()) -> defer.Deferred[Result]:
+        """Run one statement, atomically and durably, in a single round trip if possible."""
+
     def start(self) -> defer.Deferred[None]:
         """Open connections."""
 
@@ -176,6 +179,10 @@ class SqliteDatabase:
         self._queue.put(_Job(name, func, args, d))
         return d
 
+    def run_statement(self, name: str, sql: str, params: Sequence[Any] = ()) -> defer.Deferred[Result]:
+        """Queue one statement as a transaction of its own."""
+        return self.run_interaction(name, _one_statement, sql, params)
+
     def close(self) -> defer.Deferred[None]:
         """Let queued transactions finish, then close the connection."""
         if self._thread is None or self._stopped is None:
@@ -238,6 +245,10 @@ class SqliteDatabase:
         return outcomes
 
 
+async def _one_statement(txn: Txn, sql: str, params: Sequence[Any]) -> Result:
+    return await txn.execute(sql, params)
+
+
 def _deliver(batch: list[_Job], outcomes: list[Any]) -> None:
     for job, outcome in zip(batch, outcomes):
         if isinstance(outcome, Failure):
@@ -250,19 +261,35 @@ def _deliver(batch: list[_Job], outcomes: list[Any]) -> None:
 
 
 class _PgTxn:
+    """A transaction on one txpostgres connection, begun lazily.
+
+    psycopg2's asynchronous connections are in autocommit mode, so the
+    transaction is opened explicitly; C{BEGIN} travels in the same message as
+    the first statement, saving a round trip.
+    """
+
     engine: Engine
 
     def __init__(self, cursor: Any, engine: Engine) -> None:
         self.cursor = cursor
         self.engine = engine
+        self.begun = False
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
-        if params:
-            await self.cursor.execute(self.engine.sql(sql), self.engine.params(params))
-        else:
-            await self.cursor.execute(sql)
-        rows = self.cursor.fetchall() if self.cursor.description is not None else []
-        return Result(rows, self.cursor.rowcount)
+        prefix = ""
+        if not self.begun:
+            self.begun = True
+            prefix = "BEGIN;"
+        return await _pg_execute(self.cursor, self.engine, prefix + sql, params)
+
+
+async def _pg_execute(cursor: Any, engine: Engine, sql: str, params: Sequence[Any]) -> Result:
+    if params:
+        await cursor.execute(engine.sql(sql), engine.params(params))
+    else:
+        await cursor.execute(sql)
+    rows = cursor.fetchall() if cursor.description is not None else []
+    return Result(rows, cursor.rowcount)
 
 
 class PostgresDatabase:
@@ -309,12 +336,16 @@ class PostgresDatabase:
         return defer.ensureDeferred(open_all())
 
     def run_interaction(self, name: str, func: TxnFunction[T], *args: Any) -> defer.Deferred[T]:
-        """Run C{func(txn, *args)} on a free connection, retrying conflicts."""
-        return defer.ensureDeferred(self._run(name, func, args))
+        """Run C{func(txn, *args)} in a transaction on a free connection, retrying conflicts."""
+        return defer.ensureDeferred(self._run(name, lambda connection: self._transaction(connection, func, args)))
 
-    async def _run(self, name: str, func: TxnFunction[T], args: tuple[Any, ...]) -> T:
-        from txpostgres.txpostgres import RollbackFailed
+    def run_statement(self, name: str, sql: str, params: Sequence[Any] = ()) -> defer.Deferred[Result]:
+        """Run one statement in autocommit mode: atomic, one round trip."""
+        return defer.ensureDeferred(
+            self._run(name, lambda connection: _pg_execute(connection.cursor(), self.engine, sql, params))
+        )
 
+    async def _run(self, name: str, work: Callable[[Any], Awaitable[T]]) -> T:
         if self._closing:
             raise DatabaseError("the database is closing")
         attempt = 0
@@ -322,11 +353,9 @@ class PostgresDatabase:
             connection = await self._idle.get()
             broken = False
             try:
-                return await connection.runInteraction(  # type: ignore[no-any-return]
-                    lambda cursor: defer.ensureDeferred(func(_PgTxn(cursor, self.engine), *args))
-                )
+                return await work(connection)
             except Exception as error:
-                broken = isinstance(error, RollbackFailed) or bool(connection.closed)
+                broken = isinstance(error, _RollbackFailed) or bool(connection.closed)
                 if broken:
                     raise DatabaseError(f"{name}: {_first_line(error)}") from None
                 if self.engine.is_retryable(error) and attempt < self.retries:
@@ -339,6 +368,21 @@ class PostgresDatabase:
                     self._replace(connection)
                 else:
                     self._release(connection)
+
+    async def _transaction(self, connection: Any, func: TxnFunction[T], args: tuple[Any, ...]) -> T:
+        txn = _PgTxn(connection.cursor(), self.engine)
+        try:
+            result = await func(txn, *args)
+        except BaseException:
+            if txn.begun:
+                try:
+                    await txn.cursor.execute("ROLLBACK")
+                except Exception as error:
+                    raise _RollbackFailed(_first_line(error)) from None
+            raise
+        if txn.begun:
+            await txn.cursor.execute("COMMIT")
+        return result
 
     def _release(self, connection: Any) -> None:
         if self._closing:
@@ -391,6 +435,10 @@ class PostgresDatabase:
                 await _sleep(self._reactor, 0.05)
 
         return defer.ensureDeferred(wait())
+
+
+class _RollbackFailed(Exception):
+    """ROLLBACK failed: the connection's state is unknown, so it is replaced."""
 
 
 def _sleep(reactor: IReactorTime, seconds: float) -> defer.Deferred[None]:

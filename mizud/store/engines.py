@@ -37,6 +37,8 @@ class Engine(ABC):
     types: dict[str, str] = {}
     #: Appended to a SELECT that must lock the rows it reads.
     for_update = ""
+    #: Whether UPDATE ... RETURNING may feed an INSERT in one statement (WITH).
+    data_modifying_cte = False
 
     def sql(self, statement: str) -> str:
         """Return the statement in this engine's placeholder style."""
@@ -115,6 +117,7 @@ class PostgresEngine(Engine):
         ":bigint:": "BIGINT",
     }
     for_update = " FOR UPDATE"
+    data_modifying_cte = True
 
     def sql(self, statement: str) -> str:
         """Rewrite C{?} placeholders to psycopg2's C{%s}."""
