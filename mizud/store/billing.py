@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, NoReturn
+from typing import Any, Awaitable, Callable, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -137,14 +137,15 @@ _USER_COLUMNS = (
 _CAN_PAY = "credit + ? >= CASE WHEN postpaid <> 0 THEN 0 - creditlimit ELSE 0 END"
 _LEDGER_COLUMNS = "userid, amount, balance, kind, reference, txid, comment, created"
 
-# PostgreSQL only: the balance update and its ledger row as one statement, so a
-# debit or credit without a transaction id is one autocommit round trip.
-# SQLite cannot feed an UPDATE's RETURNING into an INSERT, so there the same
-# two statements run in one transaction (_change_balance_txn).
-_CHANGE_BALANCE_ONE_STATEMENT = (
-    "WITH changed AS (UPDATE tb_users SET credit = credit + ? WHERE id = ? {check}RETURNING id, credit) "
-    f"INSERT INTO tb_credits ({_LEDGER_COLUMNS}) "
-    "SELECT id, ?, credit, ?, ?, NULL, ?, ? FROM changed RETURNING balance, id"
+# The balance update and its ledger row.  Where the engine can feed an
+# UPDATE's RETURNING into an INSERT (PostgreSQL), that is one statement: one
+# round trip inside a transaction, or a whole autocommit transaction by
+# itself.  SQLite cannot, so there it is two statements in one transaction.
+_UPDATE_BALANCE = "UPDATE tb_users SET credit = credit + ? WHERE id = ? {check}RETURNING id, credit"
+_INSERT_LEDGER = f"INSERT INTO tb_credits ({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING balance, id"
+_UPDATE_BALANCE_AND_LEDGER = (
+    f"WITH changed AS ({_UPDATE_BALANCE}) INSERT INTO tb_credits ({_LEDGER_COLUMNS}) "
+    "SELECT id, ?, credit, ?, ?, ?, ?, ? FROM changed RETURNING balance, id"
 )
 
 
@@ -248,62 +249,68 @@ class BillingStore:
         reference: str = "",
         txid: str | None = None,
         comment: str = "",
-        check: bool = True,
     ) -> tuple[Decimal, int]:
-        """Add C{amount} (negative to debit) and write its ledger row.
+        """Inside a transaction: add C{amount} (negative to debit) and write its ledger row."""
+        return await self._apply_change(txn.execute, userid, amount, kind, now, reference, txid, comment)
 
-        With C{check}, a debit only happens if the balance stays at or above
-        zero (prepaid) or C{-creditlimit} (postpaid); otherwise raises
-        L{InsufficientCredit} (or L{UnknownUser}).  Returns (balance, ledger id).
+    async def _apply_change(
+        self,
+        execute: Callable[[str, Sequence[Any]], Awaitable[Result]],
+        userid: int,
+        amount: Decimal,
+        kind: str,
+        now: datetime,
+        reference: str = "",
+        txid: str | None = None,
+        comment: str = "",
+    ) -> tuple[Decimal, int]:
+        """Change a balance through C{execute}; returns (balance, ledger id).
+
+        A debit only happens if the balance stays at or above zero (prepaid)
+        or C{-creditlimit} (postpaid); otherwise raises L{InsufficientCredit}
+        (or L{UnknownUser}).
         """
-        if amount < 0 and check:
-            result = await txn.execute(
-                f"UPDATE tb_users SET credit = credit + ? WHERE id = ? AND {_CAN_PAY} RETURNING credit",
-                (amount, userid, amount),
-            )
+        if amount < 0:
+            check, params = f"AND {_CAN_PAY} ", (amount, userid, amount)
         else:
-            result = await txn.execute(
-                "UPDATE tb_users SET credit = credit + ? WHERE id = ? RETURNING credit", (amount, userid)
-            )
-        row = result.one()
-        if row is None:
-            await self._why_unchanged(txn.execute, userid)
-        balance = self.engine.money(row[0])
-        ledger = await txn.execute(
-            f"INSERT INTO tb_credits ({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (userid, amount, balance, kind, reference, txid, comment, now),
-        )
-        return balance, int(ledger.rows[0][0])
-
-    @staticmethod
-    async def _why_unchanged(execute: Callable[..., Awaitable[Result]], userid: int) -> NoReturn:
-        """A conditional balance update matched no row: say whether the user is missing."""
-        if not (await execute("SELECT id FROM tb_users WHERE id = ?", (userid,))).rows:
-            raise UnknownUser(f"no user with id {userid}")
-        raise InsufficientCredit("insufficient credit")
+            check, params = "", (amount, userid)
+        if self.engine.data_modifying_cte:
+            row = (
+                await execute(
+                    _UPDATE_BALANCE_AND_LEDGER.format(check=check),
+                    (*params, amount, kind, reference, txid, comment, now),
+                )
+            ).one()
+        else:
+            changed = (await execute(_UPDATE_BALANCE.format(check=check), params)).one()
+            row = changed and (
+                await execute(
+                    _INSERT_LEDGER, (userid, amount, changed[1], kind, reference, txid, comment, now)
+                )
+            ).one()
+        if not row:
+            if not (await execute("SELECT id FROM tb_users WHERE id = ?", (userid,))).rows:
+                raise UnknownUser(f"no user with id {userid}")
+            raise InsufficientCredit("insufficient credit")
+        return self.engine.money(row[0]), int(row[1])
 
     async def _change_balance(self, userid: int, amount: Decimal, kind: str, comment: str) -> MoneyResult:
-        """A debit or credit without a transaction id, in one statement where the engine can."""
-        if not self.engine.data_modifying_cte:
+        """A debit or credit without a transaction id: one autocommit statement where possible."""
+        if self.engine.data_modifying_cte:
 
-            async def change_balance_txn(txn: Txn) -> MoneyResult:
-                balance, ledgerid = await self._change_balance_txn(
-                    txn, userid, amount, kind, now=self.now(), comment=comment
-                )
-                return MoneyResult(userid, balance, ledgerid)
+            def execute(sql: str, params: Sequence[Any]) -> Awaitable[Result]:
+                return self.db.run_statement(kind, sql, params)
 
-            return await self.db.run_interaction(kind, change_balance_txn)
-        if amount < 0:
-            sql = _CHANGE_BALANCE_ONE_STATEMENT.format(check=f"AND {_CAN_PAY} ")
-            params: tuple[Any, ...] = (amount, userid, amount)
-        else:
-            sql = _CHANGE_BALANCE_ONE_STATEMENT.format(check="")
-            params = (amount, userid)
-        result = await self.db.run_statement(kind, sql, (*params, amount, kind, "", comment, self.now()))
-        row = result.one()
-        if row is None:
-            await self._why_unchanged(lambda *a: self.db.run_statement(kind + "_check", *a), userid)
-        return MoneyResult(userid, self.engine.money(row[0]), int(row[1]))
+            balance, ledgerid = await self._apply_change(execute, userid, amount, kind, self.now(), comment=comment)
+            return MoneyResult(userid, balance, ledgerid)
+
+        async def change_balance_txn(txn: Txn) -> MoneyResult:
+            balance, ledgerid = await self._change_balance_txn(
+                txn, userid, amount, kind, now=self.now(), comment=comment
+            )
+            return MoneyResult(userid, balance, ledgerid)
+
+        return await self.db.run_interaction(kind, change_balance_txn)
 
     async def _idempotent_txn(
         self,
