@@ -68,10 +68,10 @@ class Database(Protocol):
 
     engine: Engine
 
-    def run_interaction(self, name: str, func: TxnFunction[T], *args: Any) -> defer.Deferred[T]:
-        """Run C{func(txn, *args)} in one transaction; fire after commit."""
+    def run_interaction(self, name: str, func: TxnFunction[T], *args: Any) -> Awaitable[T]:
+        """Run C{func(txn, *args)} in one transaction; complete after commit."""
 
-    def run_statement(self, name: str, sql: str, params: Sequence[Any] = ()) -> defer.Deferred[Result]:
+    def run_statement(self, name: str, sql: str, params: Sequence[Any] = ()) -> Awaitable[Result]:
         """Run one statement, atomically and durably, in a single round trip if possible."""
 
     def start(self) -> defer.Deferred[None]:
@@ -335,15 +335,16 @@ class PostgresDatabase:
 
         return defer.ensureDeferred(open_all())
 
-    def run_interaction(self, name: str, func: TxnFunction[T], *args: Any) -> defer.Deferred[T]:
-        """Run C{func(txn, *args)} in a transaction on a free connection, retrying conflicts."""
-        return defer.ensureDeferred(self._run(name, lambda connection: self._transaction(connection, func, args)))
+    # These are coroutines rather than Deferreds: the store awaits them from
+    # its own coroutines, and a native await chain is cheaper on this hot path.
 
-    def run_statement(self, name: str, sql: str, params: Sequence[Any] = ()) -> defer.Deferred[Result]:
+    async def run_interaction(self, name: str, func: TxnFunction[T], *args: Any) -> T:
+        """Run C{func(txn, *args)} in a transaction on a free connection, retrying conflicts."""
+        return await self._run(name, lambda connection: self._transaction(connection, func, args))
+
+    async def run_statement(self, name: str, sql: str, params: Sequence[Any] = ()) -> Result:
         """Run one statement in autocommit mode: atomic, one round trip."""
-        return defer.ensureDeferred(
-            self._run(name, lambda connection: _pg_execute(connection.cursor(), self.engine, sql, params))
-        )
+        return await self._run(name, lambda connection: _pg_execute(connection.cursor(), self.engine, sql, params))
 
     async def _run(self, name: str, work: Callable[[Any], Awaitable[T]]) -> T:
         if self._closing:
