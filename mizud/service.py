@@ -47,7 +47,7 @@ def describe(config: Config) -> str:
 class LogFileService(Service):
     """Appends the log to the file named by the C{logfile} option while running."""
 
-    name = "logfile"
+    name = "logfile"  # type: ignore[assignment]
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -65,8 +65,9 @@ class LogFileService(Service):
                 self._file = open(self.path, "a", encoding="utf-8")
             except OSError as error:
                 raise StartupError(f"cannot open logfile {self.path}: {error.strerror}") from None
-            self._observer = textFileLogObserver(self._file)
-            globalLogPublisher.addObserver(self._observer)
+            observer: ILogObserver = textFileLogObserver(self._file)  # type: ignore[assignment]
+            self._observer = observer
+            globalLogPublisher.addObserver(observer)
 
     def startService(self) -> None:
         """Start logging to the file (opening it if the privileged step did not)."""

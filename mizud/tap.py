@@ -5,7 +5,6 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from twisted.application.service import IService
 from twisted.python import usage
 
 from .config import OPTIONS, ConfigError, Settings
@@ -52,7 +51,7 @@ class Options(usage.Options):
             raise SystemExit(f"mizud: config error: {error}") from None
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:
+def makeService(options: Options, reactor: Any = None) -> MizudService:
     """Assemble the service tree from the options; binds and opens nothing."""
     settings: Settings = options["settings"]
     config = settings.current

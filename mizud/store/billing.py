@@ -27,9 +27,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
-from twisted.internet.interfaces import IReactorTime
 
 from .database import Database, Result, Txn
 from .money import (
@@ -70,6 +69,13 @@ USER_FIELDS = frozenset(
         "temporarydisabled", "pin", "parentid", "deviceid",
     }
 )
+
+
+class Clock(Protocol):
+    """What the store needs of a clock: the reactor, or task.Clock in tests."""
+
+    def seconds(self) -> float:
+        """Seconds since the epoch."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +166,7 @@ def _check_txid(txid: str | None) -> str | None:
 class BillingStore:
     """Users and money on one L{Database} (SQLite or PostgreSQL)."""
 
-    def __init__(self, db: Database, clock: IReactorTime, default_currency: str = "USD") -> None:
+    def __init__(self, db: Database, clock: Clock, default_currency: str = "USD") -> None:
         self.db = db
         self.engine = db.engine
         self.clock = clock
@@ -270,10 +276,10 @@ class BillingStore:
         or C{-creditlimit} (postpaid); otherwise raises L{InsufficientCredit}
         (or L{UnknownUser}).
         """
+        params: tuple[Any, ...] = (amount, userid)
+        check = ""
         if amount < 0:
             check, params = f"AND {_CAN_PAY} ", (amount, userid, amount)
-        else:
-            check, params = "", (amount, userid)
         if self.engine.data_modifying_cte:
             row = (
                 await execute(

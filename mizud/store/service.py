@@ -27,7 +27,7 @@ class StoreService(Service):
     services wait for L{ready}, which fires with the L{BillingStore}.
     """
 
-    name = "store"
+    name = "store"  # type: ignore[assignment]
 
     def __init__(self, config: Config, reactor: Any = None) -> None:
         if reactor is None:
