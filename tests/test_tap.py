@@ -133,3 +133,28 @@ async def test_root_stops_children_in_reverse(tmp_path: Path) -> None:
     root.running = True
     await root.stopService()
     assert order == ["second begins", "second ends", "first begins", "first ends"]
+
+
+def test_logfile_service_writes_the_log(tmp_path: Path) -> None:
+    """While running, log events are appended to the configured file; after stop, not."""
+    from twisted.logger import Logger
+
+    path = tmp_path / "mizud.log"
+    service = LogFileService(str(path))
+    service.privilegedStartService()
+    service.startService()
+    Logger(namespace="test").info("hello {who}", who="operator")
+    service.stopService()
+    Logger(namespace="test").info("after stop")
+    text = path.read_text()
+    assert "[test#info] hello operator" in text
+    assert "after stop" not in text
+
+
+def test_logfile_unwritable_is_a_startup_error(tmp_path: Path) -> None:
+    """A log file that cannot be opened stops the start with one line."""
+    from mizud.store.schema import StartupError
+
+    service = LogFileService(str(tmp_path / "missing" / "m.log"))
+    with pytest.raises(StartupError, match="cannot open logfile"):
+        service.privilegedStartService()

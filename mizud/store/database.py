@@ -219,26 +219,29 @@ class SqliteDatabase:
     def _run_batch(
         self, connection: sqlite3.Connection, txn: _SqliteTxn, batch: list[_Job]
     ) -> list[Any]:
-        outcomes: list[Any] = []
+        """Run a batch in one transaction; never raises (the writer must not die)."""
         try:
             connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as error:
-            failure = Failure(DatabaseError(f"cannot begin a transaction: {error}"))
-            return [failure] * len(batch)
-        for job in batch:
-            connection.execute("SAVEPOINT job")
-            try:
-                outcome: Any = run_synchronously(job.func(txn, *job.args))
-            except BaseException:
-                outcome = Failure()
-                connection.execute("ROLLBACK TO job")
-            connection.execute("RELEASE job")
-            outcomes.append(outcome)
-        try:
+            outcomes: list[Any] = []
+            for job in batch:
+                connection.execute("SAVEPOINT job")
+                try:
+                    outcome: Any = run_synchronously(job.func(txn, *job.args))
+                except Exception:
+                    outcome = Failure()
+                    connection.execute("ROLLBACK TO job")
+                connection.execute("RELEASE job")
+                outcomes.append(outcome)
             connection.execute("COMMIT")
-        except sqlite3.Error as error:
-            connection.execute("ROLLBACK")
-            failure = Failure(DatabaseError(f"commit failed: {error}"))
+        except Exception as error:
+            # Only the database itself failing gets here (BEGIN, SAVEPOINT,
+            # COMMIT): nothing of the batch is kept and every caller hears so.
+            if connection.in_transaction:
+                try:
+                    connection.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            failure = Failure(DatabaseError(f"transaction failed: {error}"))
             return [failure] * len(batch)
         self.commits += 1
         self.transactions += len(batch)
