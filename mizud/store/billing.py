@@ -300,24 +300,6 @@ class BillingStore:
             raise InsufficientCredit("insufficient credit")
         return self.engine.money(row[0]), int(row[1])
 
-    async def _change_balance(self, userid: int, amount: Decimal, kind: str, comment: str) -> MoneyResult:
-        """A debit or credit without a transaction id: one autocommit statement where possible."""
-        if self.engine.data_modifying_cte:
-
-            def execute(sql: str, params: Sequence[Any]) -> Awaitable[Result]:
-                return self.db.run_statement(kind, sql, params)
-
-            balance, ledgerid = await self._apply_change(execute, userid, amount, kind, self.now(), comment=comment)
-            return MoneyResult(userid, balance, ledgerid)
-
-        async def change_balance_txn(txn: Txn) -> MoneyResult:
-            balance, ledgerid = await self._change_balance_txn(
-                txn, userid, amount, kind, now=self.now(), comment=comment
-            )
-            return MoneyResult(userid, balance, ledgerid)
-
-        return await self.db.run_interaction(kind, change_balance_txn)
-
     async def _idempotent_txn(
         self,
         txn: Txn,
@@ -354,41 +336,35 @@ class BillingStore:
 
     async def debit(self, userid: int, amount: Any, *, txid: str | None = None, comment: str = "") -> MoneyResult:
         """Take C{amount} from the user, within the limit its account allows."""
-        value = parse_amount(amount)
-        txid = _check_txid(txid)
-
-        if txid is None:
-            return await self._change_balance(userid, -value, "debit", comment)
-
-        async def debit_txn(txn: Txn) -> MoneyResult:
-            async def body() -> MoneyResult:
-                balance, ledgerid = await self._change_balance_txn(
-                    txn, userid, -value, "debit", now=self.now(), txid=txid, comment=comment
-                )
-                return MoneyResult(userid, balance, ledgerid)
-
-            return await self._idempotent_txn(txn, userid, txid, f"debit:{value}", body)
-
-        return await self.db.run_interaction("debit", debit_txn)
+        return await self._adjust(userid, -parse_amount(amount), "debit", txid, comment)
 
     async def credit(self, userid: int, amount: Any, *, txid: str | None = None, comment: str = "") -> MoneyResult:
         """Add C{amount} to the user's balance."""
-        value = parse_amount(amount)
+        return await self._adjust(userid, parse_amount(amount), "credit", txid, comment)
+
+    async def _adjust(
+        self, userid: int, amount: Decimal, kind: str, txid: str | None, comment: str
+    ) -> MoneyResult:
         txid = _check_txid(txid)
+        if txid is None and self.engine.data_modifying_cte:
+            # Nothing to remember and one statement to run: a single
+            # autocommit round trip is the whole transaction.
+            def execute(sql: str, params: Sequence[Any]) -> Awaitable[Result]:
+                return self.db.run_statement(kind, sql, params)
 
-        if txid is None:
-            return await self._change_balance(userid, value, "credit", comment)
+            balance, ledgerid = await self._apply_change(execute, userid, amount, kind, self.now(), comment=comment)
+            return MoneyResult(userid, balance, ledgerid)
 
-        async def credit_txn(txn: Txn) -> MoneyResult:
+        async def adjust_txn(txn: Txn) -> MoneyResult:
             async def body() -> MoneyResult:
                 balance, ledgerid = await self._change_balance_txn(
-                    txn, userid, value, "credit", now=self.now(), txid=txid, comment=comment
+                    txn, userid, amount, kind, now=self.now(), txid=txid, comment=comment
                 )
                 return MoneyResult(userid, balance, ledgerid)
 
-            return await self._idempotent_txn(txn, userid, txid, f"credit:{value}", body)
+            return await self._idempotent_txn(txn, userid, txid, f"{kind}:{abs(amount)}", body)
 
-        return await self.db.run_interaction("credit", credit_txn)
+        return await self.db.run_interaction(kind, adjust_txn)
 
     async def transfer(
         self, from_id: int, to_id: int, amount: Any, *, txid: str | None = None, comment: str = ""
