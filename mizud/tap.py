@@ -9,7 +9,9 @@ from twisted.python import usage
 
 from .config import OPTIONS, ConfigError, Settings
 from .service import LogFileService, MizudService
+from .api.service import ApiService, ListenService
 from .store.service import StoreService
+from .wire.http import make_site
 
 
 def _describe_options() -> str:
@@ -60,5 +62,13 @@ def makeService(options: Options, reactor: Any = None) -> MizudService:
         # First, so that everything after it is logged to the file too.
         LogFileService(config.logfile).setServiceParent(root)
     # The store starts before and stops after everything that uses it.
-    StoreService(config, reactor).setServiceParent(root)
+    store = StoreService(config, reactor)
+    store.setServiceParent(root)
+    api = ApiService(settings, store, store.reactor)
+    api.setServiceParent(root)
+    # Listeners last, so they stop first and no request arrives after the
+    # dispatcher or the store has gone.
+    if config.usemainaport and config.mainaport:
+        site = make_site(settings, api.current)
+        ListenService("mainaport", store.reactor, config.listenaddress, config.mainaport, site).setServiceParent(root)
     return root

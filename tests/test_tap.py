@@ -12,6 +12,7 @@ from twisted.internet import reactor as global_reactor
 from twisted.plugin import getPlugins
 
 from mizud.config import OPTIONS
+from mizud.api.service import ApiService, ListenService
 from mizud.service import LogFileService, MizudService, describe, redact_database
 from mizud.store.billing import USER_ADMIN
 from mizud.store.service import StoreService
@@ -35,20 +36,30 @@ def test_plugin_is_discoverable() -> None:
 
 
 def test_make_service_builds_tree_without_binding() -> None:
-    """makeService returns the root with the store child and opens nothing."""
-    root = makeService(options("--set", "database=/nonexistent/dir/x.sqlite"))
+    """makeService returns store, API and listener children and opens nothing."""
+    root = makeService(options("--set", "database=/nonexistent/dir/x.sqlite", "--set", "mainaport=8123"))
     assert isinstance(root, MizudService)
     children = list(IServiceCollection(root))
-    assert [type(c) for c in children] == [StoreService]
+    assert [type(c) for c in children] == [StoreService, ApiService, ListenService]
     store = IServiceCollection(root).getServiceNamed("store")
     assert isinstance(store, StoreService)
     assert store.database is None and not store.running
+    listener = children[2]
+    assert isinstance(listener, ListenService)
+    assert (listener.address, listener.port, listener.listening) == ("0.0.0.0", 8123, None)
+
+
+def test_main_port_can_be_turned_off() -> None:
+    """usemainaport=false or mainaport=0 leaves the shared port unbound."""
+    for setting in ("usemainaport=false", "mainaport=0"):
+        root = makeService(options("--set", setting))
+        assert ListenService not in [type(c) for c in IServiceCollection(root)]
 
 
 def test_logfile_service_comes_first(tmp_path: Path) -> None:
     """With logfile set, the log file service precedes the store."""
-    root = makeService(options("--set", f"logfile={tmp_path / 'm.log'}"))
-    assert [type(c) for c in IServiceCollection(root)] == [LogFileService, StoreService]
+    root = makeService(options("--set", f"logfile={tmp_path / 'm.log'}", "--set", "mainaport=0"))
+    assert [type(c) for c in IServiceCollection(root)] == [LogFileService, StoreService, ApiService]
     assert not (tmp_path / "m.log").exists()
 
 

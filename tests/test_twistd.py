@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 
 
@@ -27,14 +35,16 @@ def environment() -> dict[str, str]:
 def run_to_end(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run twistd mizud expecting it to exit by itself."""
     return subprocess.run(
-        [*TWISTD, "mizud", *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=60
+        [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={free_port()}", *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=60
     )
 
 
 def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
-    """twistd -n mizud creates var/mizud.sqlite, logs start and stop lines, shuts down cleanly."""
+    """twistd -n mizud creates var/mizud.sqlite, answers the API, logs start and stop, shuts down cleanly."""
+    port = free_port()
     process = subprocess.Popen(
-        [*TWISTD, "mizud", "--set", "bootstrapadmin=boss:correcthorse"],
+        [*TWISTD, "mizud", "--set", "bootstrapadmin=boss:correcthorse", "--set", "listenaddress=127.0.0.1",
+         "--set", f"mainaport={port}"],
         cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert process.stdout is not None
@@ -45,15 +55,19 @@ def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
         if not line:
             break
         lines.append(line)
-        if "bootstrap admin boss created" in line:
+        if "API ready" in line:
             break
+    answer = subprocess.run(
+        ["curl", "-s", f"http://127.0.0.1:{port}/mvapireq/?apientry=apitest1"], capture_output=True, text=True, timeout=30
+    ).stdout
     process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=30)
     output = "".join(lines) + rest
+    assert answer == "OK: API test passed", output
     # twistd shuts down cleanly, then ends itself with the signal it got.
     assert process.returncode == -signal.SIGTERM, output
     assert "Server Shut Down." in output
-    assert "starting mizud 0.1.0 engine=sqlite database=var/mizud.sqlite mainaport=80" in output
+    assert f"starting mizud 0.1.0 engine=sqlite database=var/mizud.sqlite mainaport={port}" in output
     assert "stopped mizud 0.1.0" in output
     connection = sqlite3.connect(tmp_path / "var" / "mizud.sqlite")
     assert connection.execute("SELECT type FROM tb_users WHERE username = 'boss'").fetchall() == [(15,)]
@@ -118,7 +132,8 @@ def test_postgres_start(tmp_path: Path, pg_database: str) -> None:
     import psycopg2
 
     process = subprocess.Popen(
-        [*TWISTD, "mizud", "--set", f"database={pg_database}", "--set", "bootstrapadmin=boss:correcthorse"],
+        [*TWISTD, "mizud", "--set", f"database={pg_database}", "--set", "bootstrapadmin=boss:correcthorse",
+         "--set", "mainaport=0"],
         cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert process.stdout is not None

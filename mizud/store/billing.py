@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
@@ -234,6 +234,24 @@ class BillingStore:
         sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE username = ?"
         row = (await self.db.run_statement("find_user", sql, (username,))).one()
         return self._user(row) if row else None
+
+    async def find_user_by_pin(self, pin: str) -> User | None:
+        """The user whose PIN this is, or None."""
+        sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE pin = ?"
+        row = (await self.db.run_statement("find_user_by_pin", sql, (pin,))).one()
+        return self._user(row) if row else None
+
+    async def is_registered(self, userid: int, within: float = 8640.0) -> bool:
+        """Whether the registrar saw the user (status > 0) within C{within} seconds.
+
+        The spec's own test: C{status > 0 and statusdate > getdate() - 0.1}
+        (a tenth of a day).
+        """
+        since = self.now() - timedelta(seconds=within)
+        result = await self.db.run_statement(
+            "is_registered", "SELECT id FROM tb_users WHERE id = ? AND status > 0 AND statusdate > ?", (userid, since)
+        )
+        return bool(result.rows)
 
     async def balance(self, userid: int) -> Decimal:
         """The user's credit; raises L{UnknownUser}."""

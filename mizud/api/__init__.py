@@ -1,0 +1,1 @@
+"""The Mizu API: request decoding, authentication, dispatch, answers."""

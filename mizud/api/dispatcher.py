@@ -1,0 +1,408 @@
+"""The one dispatcher every front end calls: access checks, then the handler.
+
+For each request, in this order (each refusal is one C{ERROR: ...} answer
+with the status strict mode uses):
+
+ 1. the function exists (406) and is enabled (406), or is not supported (406);
+ 2. rate limits: global, per source address, per function and address (429);
+ 3. bans of the source address (403);
+ 4. C{apitrustediponly}: untrusted sources refused (403);
+ 5. C{req_ip}: the source is in C{apiv2ipauth} or trusted (403);
+ 6. C{req_key}: C{authkey} equals C{apiv2key} unless the source is trusted
+    or no key is configured (403, counted as a failed authentication);
+ 7. the caller: see L{Api.identify} (403 on failure, counted);
+ 8. nonce login when C{req_user_login}/C{apidefneedlogin} demand it
+    (C{ERROR: new nonce is:NONCEEOF});
+ 9. privilege: the caller's level is at or below C{req_user} (403);
+10. C{req_user_register} / C{apidefneedregister} and C{req_user_credit};
+11. the per-user rate limit (429), then the handler.
+
+A wrong key, an unknown user and a wrong password all answer
+C{ERROR: wrong authentication}; each failure is logged on one line
+(C{authentication failure from ADDRESS user=NAME function=NAME reason=...})
+and counted; C{authfailmax} failures within C{authfailwindow} ban the
+address (and the user) for C{authbantime}, in the database so every node
+honours it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.logger import Logger
+
+
+from ..config import Settings
+from ..store.billing import USER_ADMIN, USER_OWNER, USER_RESELLER, USER_SUPPORT, BillingStore, User
+from ..store.database import Database
+from ..store.money import MoneyError
+from . import answer
+from .answer import ApiAnswer, error
+from .auth import Trust, authmd5_full, authmd5_simple, same, secret_equal
+from .ratelimit import Clock, FailureCounter, LeakyBucket
+from .registry import (
+    REQ_ADMINS,
+    REQ_ALL,
+    REQ_DISABLED,
+    REQ_OWNERS,
+    REQ_PUBLIC,
+    REQ_SIPUSERS,
+    REQ_SRVADMIN,
+    REQ_SUPPORT,
+    Access,
+    ApiFunction,
+    Category,
+    Registry,
+)
+from .request import ApiRequest, RequestError
+from .state import Bans, Nonces
+
+log = Logger()
+
+WRONG_AUTH = "wrong authentication"
+
+#: The privilege level of each user type (lower is more privileged).
+LEVEL_BY_TYPE = {USER_ADMIN: REQ_SRVADMIN, USER_SUPPORT: REQ_SUPPORT, USER_RESELLER: REQ_OWNERS, USER_OWNER: REQ_OWNERS}
+
+
+@dataclass
+class Caller:
+    """Who is calling: a user (or none), a privilege level, and how it was proven."""
+
+    user: User | None
+    level: int
+    trusted: bool
+    how: str
+
+
+@dataclass
+class Call:
+    """One call of a handler: the request, the function, the caller, the API."""
+
+    api: Api
+    request: ApiRequest
+    function: ApiFunction
+    caller: Caller
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def arg(self, name: str, default: str = "") -> str:
+        """A parameter by name, or by position (C{paramN}) in the documented order."""
+        value = self.request.params.get(name)
+        if value:
+            return value
+        if name in self.function.params:
+            value = self.request.params.get(f"param{self.function.params.index(name) + 1}")
+            if value:
+                return value
+        return default
+
+    def require(self, name: str) -> str:
+        """A parameter that must be present; raises L{RequestError} (421) if not."""
+        value = self.arg(name)
+        if not value:
+            raise RequestError(f"missing parameter: {name}", answer.MISSING_PARAMETER)
+        return value
+
+
+class AuthFailure(Exception):
+    """Authentication failed; C{reason} goes to the log, never to the client."""
+
+    def __init__(self, reason: str, username: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.username = username
+
+
+class NewNonce(Exception):
+    """The request needs a (new) nonce; the answer carries one."""
+
+
+class Api:
+    """The API application: registry, access rules, limits, and the dispatcher."""
+
+    def __init__(self, settings: Settings, registry: Registry, store: BillingStore, clock: Clock) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.db: Database = store.db
+        self.clock = clock
+        self.nonces = Nonces(self.db, clock)
+        self.bans = Bans(self.db, clock)
+        self.overrides: dict[str, Access] = {}
+        self.started = clock.seconds()
+        self.requests = 0
+        self._limits_from(settings)
+
+    def _limits_from(self, settings: Settings) -> None:
+        config = settings.current
+        ip, user, total = (float(config.ratelimitip), float(config.ratelimituser), float(config.ratelimitglobal))
+        self.limit_ip = LeakyBucket(self.clock, ip, ip * 2)
+        self.limit_user = LeakyBucket(self.clock, user, user * 2)
+        self.limit_global = LeakyBucket(self.clock, total, total * 2)
+        self.failures = FailureCounter(self.clock, config.authfailmax, config.authfailwindow)
+
+    def reload(self) -> tuple[list[str], list[str]]:
+        """Re-read the config (see L{Settings.reload}) and rebuild the limiters."""
+        applied, pending = self.settings.reload()
+        self._limits_from(self.settings)
+        return applied, pending
+
+    async def reload_access(self) -> int:
+        """Load the C{tb_api} overrides; returns how many rows were read."""
+        result = await self.db.run_statement(
+            "load_tb_api",
+            "SELECT fname, req_key, req_ip, req_user, req_user_mode, req_user_credit, req_user_register, "
+            "req_user_login, customsql, custom_action, custom_action_body, enabled FROM tb_api",
+        )
+        overrides = {}
+        for row in result.rows:
+            overrides[str(row[0]).strip().lower()] = Access(
+                req_key=int(row[1]), req_ip=int(row[2]), req_user=int(row[3]), req_user_mode=int(row[4]),
+                req_user_credit=self.db.engine.money(row[5]),
+                req_user_register=None if row[6] is None else int(row[6]),
+                req_user_login=None if row[7] is None else int(row[7]),
+                customsql=row[8] or "", custom_action=int(row[9]), custom_action_body=row[10] or "",
+                enabled=bool(row[11]),
+            )
+        self.overrides = overrides
+        return len(overrides)
+
+    def access(self, function: ApiFunction) -> Access:
+        """The function's access rule: its tb_api row, else its default."""
+        rule = self.overrides.get(function.name, function.access)
+        if rule.req_user == 0:
+            default = function.access.req_user or (REQ_ADMINS if function.category in (Category.ADMIN, Category.SENSITIVE) else REQ_ALL)
+            rule = Access(**{**rule.__dict__, "req_user": default})
+        return rule
+
+    # -- dispatch --------------------------------------------------------------------
+
+    async def dispatch(self, request: ApiRequest) -> ApiAnswer:
+        """Answer one request.  Never raises; never puts a traceback in an answer."""
+        self.requests += 1
+        try:
+            return await self._dispatch(request)
+        except RequestError as problem:
+            return error(problem.message, problem.status)
+        except MoneyError as problem:
+            return error(str(problem), answer.BAD_PIN if problem.code == "bad_pin" else answer.FAILED)
+        except Exception:
+            log.failure("API {function} from {source} failed", function=request.function, source=request.source)
+            return error("internal error", answer.OTHER)
+
+    async def _dispatch(self, request: ApiRequest) -> ApiAnswer:
+        config = self.settings.current
+        if not request.function:
+            return error("missing apientry (the function name)", answer.BAD_FUNCTION)
+        function = self.registry.get(request.function)
+        if function is None:
+            return error(f"unknown function: {request.function[:64]}", answer.BAD_FUNCTION)
+        rule = self.access(function)
+        if not rule.enabled or rule.req_user == REQ_DISABLED:
+            return error(f"function disabled: {function.name}", answer.BAD_FUNCTION)
+        if function.handler is None:
+            return error(f"not supported: {function.unsupported}", answer.BAD_FUNCTION)
+        source = request.source
+        if not (self.limit_global.allow("*") and self.limit_ip.allow(source)):
+            return error("rate limited", answer.RATE_LIMITED)
+        if await self.bans.is_banned("ip", source):
+            return error("banned: too many failed authentications", answer.AUTH_FAILED)
+        trust = Trust(config)
+        trusted = trust.trusted(source)
+        if config.apitrustediponly and not trusted:
+            return error("access only from trusted addresses", answer.AUTH_FAILED)
+        if rule.req_ip and not trust.ip_allowed(source):
+            return error("access not allowed from this address", answer.AUTH_FAILED)
+        try:
+            if rule.req_key and config.apiv2key and not trusted:
+                if not secret_equal(request.get("authkey"), config.apiv2key):
+                    raise AuthFailure("wrong or missing authkey", request.get("authid"))
+            caller = await self.identify(request, rule, trusted)
+        except AuthFailure as failure:
+            await self._failed(request, failure)
+            return error(WRONG_AUTH, answer.AUTH_FAILED)
+        except NewNonce:
+            nonce = await self.nonces.issue(source, config.apinoncettl)
+            return error(f"new nonce is:{nonce}EOF", answer.AUTH_FAILED)
+        if caller.level > rule.req_user:
+            return error("access denied", answer.AUTH_FAILED)
+        user = caller.user
+        if user is not None:
+            if await self.bans.is_banned("user", user.username):
+                return error("banned: too many failed authentications", answer.AUTH_FAILED)
+            if not self.limit_user.allow(user.id):
+                return error("rate limited", answer.RATE_LIMITED)
+            refusal = await self._user_conditions(user, rule, caller)
+            if refusal is not None:
+                return refusal
+            self.failures.clear(("user", user.username))
+        call = Call(self, request, function, caller)
+        return await function.handler(call)
+
+    async def _user_conditions(self, user: User, rule: Access, caller: Caller) -> ApiAnswer | None:
+        config = self.settings.current
+        if caller.level <= REQ_ADMINS:
+            return None
+        register = rule.req_user_register if rule.req_user_register is not None else config.apidefneedregister
+        if register and not await self.store.is_registered(user.id):
+            return error("the user is not registered", answer.AUTH_FAILED)
+        threshold = rule.req_user_credit
+        if threshold == 2:
+            threshold = config.mincreditonroute
+        elif threshold in (0, 1):
+            threshold = None
+        if threshold is not None:
+            available = user.credit + (user.creditlimit if user.postpaid else 0)
+            if available < threshold:
+                return error("not enough credit", answer.FAILED)
+        return None
+
+    async def _failed(self, request: ApiRequest, failure: AuthFailure) -> None:
+        config = self.settings.current
+        username = failure.username[:64]
+        log.warn(
+            "authentication failure from {source} user={user} function={function} reason={reason}",
+            source=request.source, user=username or "-", function=request.function[:64], reason=failure.reason,
+        )
+        if self.failures.fail(("ip", request.source)):
+            await self.bans.ban("ip", request.source, config.authbantime, "failed authentications")
+            log.warn("banned {source} for {seconds}s after failed authentications", source=request.source,
+                     seconds=config.authbantime)
+        if username and self.failures.fail(("user", username)):
+            await self.bans.ban("user", username, config.authbantime, "failed authentications")
+            log.warn("banned user {user} for {seconds}s after failed authentications", user=username,
+                     seconds=config.authbantime)
+
+    # -- who is calling -----------------------------------------------------------------
+
+    async def identify(self, request: ApiRequest, rule: Access, trusted: bool) -> Caller:
+        """Establish the caller from the request's credentials and source.
+
+        - Trusted source, no authid: admin when C{apideftrustadmin} is 1 or 2,
+          else anonymous.
+        - Trusted source, authid without proof: that user (a trusted web
+          server acting for its users), except with C{apideftrustadmin} 4.
+        - authid with authpwd (clear password, or PIN where allowed) or
+          authmd5 (either form): that user, if the proof is right.
+        - authid alone where C{req_user_mode} is 4 ("user or pwd or pin"),
+          or for public functions: that user, with no privilege beyond public.
+        - Admin users are admins only as C{apideftrustadmin} allows (3: by
+          credentials; 4: credentials from a trusted address; 2: the
+          address only).
+        - C{targetuser}: an admin acts as another user.
+        """
+        config = self.settings.current
+        authid = request.get("authid")
+        trust_admin = config.apideftrustadmin
+        login = rule.req_user_login if rule.req_user_login is not None else config.apidefneedlogin
+        needs_nonce = login in (2, 3) or (login == 1 and not trusted)
+        if not authid:
+            if needs_nonce and not trusted:
+                raise NewNonce()
+            if trusted and trust_admin in (1, 2):
+                return await self._impersonate(request, Caller(None, REQ_SRVADMIN, True, "trusted address"))
+            return Caller(None, REQ_PUBLIC, trusted, "anonymous")
+        user = await self._find(authid)
+        proof = request.get("authpwd") or request.get("authmd5")
+        if not proof:
+            if needs_nonce:
+                raise NewNonce()
+            if user is None:
+                if rule.req_user >= REQ_PUBLIC:
+                    return Caller(None, REQ_PUBLIC, trusted, "anonymous")
+                raise AuthFailure("unknown user", authid)
+            self._check_enabled(user, authid)
+            if trusted and trust_admin != 4:
+                return await self._impersonate(request, Caller(user, self._level(user, trusted), trusted, "trusted address"))
+            mode = rule.req_user_mode or config.apiv2auth
+            if mode == 4 or rule.req_user >= REQ_PUBLIC:
+                return Caller(user, max(self._level(user, trusted), REQ_ALL), trusted, "username")
+            raise AuthFailure("no password or authmd5", authid)
+        if user is None:
+            raise AuthFailure("unknown user", authid)
+        self._check_enabled(user, authid)
+        how = await self._verify(request, user, authid, rule, trusted, needs_nonce)
+        caller = Caller(user, self._level(user, trusted), trusted, how)
+        return await self._impersonate(request, caller)
+
+    def _level(self, user: User, trusted: bool) -> int:
+        config = self.settings.current
+        level = LEVEL_BY_TYPE.get(user.type, REQ_ALL)
+        if level <= REQ_ADMINS:
+            mode = config.apideftrustadmin
+            if (mode == 2 and not trusted) or (mode == 4 and not trusted):
+                return REQ_ALL
+        return level
+
+    @staticmethod
+    def _check_enabled(user: User, authid: str) -> None:
+        if not user.enabled or user.temporarydisabled:
+            raise AuthFailure("user disabled", authid)
+
+    async def _find(self, authid: str) -> User | None:
+        """The user an authid names: username, else numeric id, else PIN."""
+        user = await self.store.find_user(authid)
+        if user is None and authid.isdigit() and len(authid) < 19:
+            user = await self.store.get_user(int(authid))
+        if user is None and self.settings.current.apiauth != 0:
+            user = await self.store.find_user_by_pin(authid)
+        return user
+
+    async def _verify(
+        self, request: ApiRequest, user: User, authid: str, rule: Access, trusted: bool, needs_nonce: bool
+    ) -> str:
+        config = self.settings.current
+        mode = rule.req_user_mode or config.apiv2auth
+        authpwd = request.get("authpwd")
+        if authpwd:
+            if needs_nonce:
+                raise NewNonce()
+            if secret_equal(authpwd, user.password):
+                return "password"
+            if mode != 6 and config.apiauth != 0 and user.pin and secret_equal(authpwd, user.pin):
+                return "pin"
+            raise AuthFailure("wrong password", authid)
+        given = request.get("authmd5").strip()
+        salt1, salt2 = request.get("authsalt1"), request.get("authsalt2")
+        serversalt = config.apiv2md5salt
+        nonce_param = request.get("nonce")
+        if nonce_param:
+            for nonce in await self.nonces.find(nonce_param):
+                if login_ip_check(rule, config) and nonce.address != request.source:
+                    continue
+                expected = authmd5_full(authid, user.password, salt1, salt2, serversalt, nonce.nonce)
+                if same(given, expected) or same("authv3_" + given, expected):
+                    if not await self.nonces.use(nonce, expected):
+                        raise AuthFailure("replayed authmd5", authid)
+                    return "authmd5 with nonce"
+            if needs_nonce:
+                raise NewNonce()
+            raise AuthFailure("wrong authmd5 or unknown nonce", authid)
+        if needs_nonce:
+            raise NewNonce()
+        full = authmd5_full(authid, user.password, salt1, salt2, serversalt, "")
+        simple = authmd5_simple(authid, user.password, serversalt, salt1)
+        if same(given, full) or same("authv3_" + given, full) or same(given, simple):
+            return "authmd5"
+        raise AuthFailure("wrong authmd5", authid)
+
+    async def _impersonate(self, request: ApiRequest, caller: Caller) -> Caller:
+        target = request.get("targetuser")
+        if not target:
+            return caller
+        if caller.level > REQ_ADMINS:
+            raise AuthFailure("targetuser needs an admin", caller.user.username if caller.user else "")
+        user = await self._find(target)
+        if user is None:
+            raise RequestError(f"no such user: {target[:64]}", answer.NOT_FOUND)
+        return Caller(user, caller.level, caller.trusted, f"{caller.how}, as {user.username}")
+
+
+def login_ip_check(rule: Access, config: Any) -> bool:
+    """Whether nonces are bound to the address they were issued to (login mode 3)."""
+    login = rule.req_user_login if rule.req_user_login is not None else config.apidefneedlogin
+    return bool(login == 3)
+
+
+

@@ -1,0 +1,16 @@
+"""API function handlers, one module per area; each registers into REGISTRY."""
+
+from __future__ import annotations
+
+from .. import catalogue
+from ..registry import Registry
+
+
+def build_registry() -> Registry:
+    """A registry with every spec function and every implemented handler."""
+    from . import core
+
+    registry = Registry()
+    catalogue.load(registry)
+    core.register(registry)
+    return registry

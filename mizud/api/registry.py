@@ -1,0 +1,153 @@
+"""The one registry of API functions, and each function's default access rule.
+
+A function is registered once, by name, with its aliases, its parameters in
+the spec's documented order (so C{param1..paramN} map onto them), its
+category and its default access (the same fields as a C{tb_api} row, which
+overrides them per function).  Functions the spec names that mizud does not
+serve are registered too, with the reason, so C{help} and docs/api.md list
+everything and the dispatcher answers C{ERROR: not supported: REASON}.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .answer import ApiAnswer
+    from .dispatcher import Call
+
+
+class Category(enum.Enum):
+    """The spec's four kinds of function."""
+
+    PUBLIC = "public"
+    USER = "user"
+    ADMIN = "admin"
+    SENSITIVE = "sensitive"
+
+
+# req_user thresholds (spec, tb_api.req_user): a caller whose level is at or
+# below the threshold may call the function.
+REQ_DEFAULT = 0
+REQ_DISABLED = 2
+REQ_SRVADMIN = 4
+REQ_ADMINS = 6
+REQ_OWNERS = 8
+REQ_SUPPORT = 10
+REQ_SIPUSERS = 11
+REQ_ALL = 12
+REQ_PUBLIC = 14
+
+
+@dataclass(frozen=True)
+class Access:
+    """An access rule: the fields of a C{tb_api} row (see docs/schema.md)."""
+
+    req_key: int = 1
+    req_ip: int = 0
+    req_user: int = REQ_ALL
+    req_user_mode: int = 0
+    req_user_credit: Any = 0
+    req_user_register: int | None = None
+    req_user_login: int | None = None
+    customsql: str = ""
+    custom_action: int = 0
+    custom_action_body: str = ""
+    enabled: bool = True
+
+
+DEFAULT_ACCESS = {
+    Category.PUBLIC: Access(req_key=1, req_user=REQ_PUBLIC),
+    Category.USER: Access(req_key=1, req_user=REQ_ALL),
+    Category.ADMIN: Access(req_key=1, req_user=REQ_ADMINS),
+    Category.SENSITIVE: Access(req_key=1, req_ip=1, req_user=REQ_ADMINS),
+}
+
+Handler = Callable[["Call"], Awaitable["ApiAnswer"]]
+
+
+@dataclass(frozen=True)
+class ApiFunction:
+    """One API function as the registry knows it."""
+
+    name: str
+    category: Category
+    params: tuple[str, ...]
+    summary: str
+    access: Access
+    aliases: tuple[str, ...] = ()
+    handler: Handler | None = None
+    unsupported: str | None = None
+
+    @property
+    def status(self) -> str:
+        """C{implemented}, or C{not supported: REASON}."""
+        return "implemented" if self.handler else f"not supported: {self.unsupported}"
+
+
+class Registry:
+    """Functions by name and alias; the decorator registers a handler."""
+
+    def __init__(self) -> None:
+        self._functions: dict[str, ApiFunction] = {}
+        self._names: dict[str, str] = {}
+
+    def add(self, function: ApiFunction) -> None:
+        """Add or replace a function (a handler replaces its catalogue entry)."""
+        for name in (function.name, *function.aliases):
+            owner = self._names.get(name)
+            if owner is not None and owner != function.name:
+                raise ValueError(f"API name {name} is already used by {owner}")
+        old = self._functions.get(function.name)
+        if old is not None:
+            for alias in old.aliases:
+                self._names.pop(alias, None)
+        self._functions[function.name] = function
+        for name in (function.name, *function.aliases):
+            self._names[name] = function.name
+
+    def function(
+        self,
+        name: str,
+        category: Category,
+        summary: str,
+        params: tuple[str, ...] = (),
+        aliases: tuple[str, ...] = (),
+        access: Access | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator: register an C{async def handler(call)} under C{name}."""
+
+        def register(handler: Handler) -> Handler:
+            existing = self._functions.get(name)
+            self.add(
+                ApiFunction(
+                    name=name,
+                    category=category,
+                    params=params or (existing.params if existing else ()),
+                    summary=summary,
+                    access=access or DEFAULT_ACCESS[category],
+                    aliases=tuple(dict.fromkeys((*(existing.aliases if existing else ()), *aliases))),
+                    handler=handler,
+                )
+            )
+            return handler
+
+        return register
+
+    def get(self, name: str) -> ApiFunction | None:
+        """The function called C{name} (or one of its aliases), or None."""
+        canonical = self._names.get(name)
+        return self._functions[canonical] if canonical else None
+
+    def __iter__(self) -> Iterator[ApiFunction]:
+        return iter(sorted(self._functions.values(), key=lambda f: f.name))
+
+    def __len__(self) -> int:
+        return len(self._functions)
+
+    def with_access(self, name: str, access: Access) -> ApiFunction:
+        """A copy of a function with another access rule (for tb_api overrides)."""
+        function = self._functions[name]
+        return replace(function, access=access)

@@ -1,0 +1,99 @@
+"""The API as a service: listeners bound early, the dispatcher ready after the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from ..config import Settings
+from ..store.billing import BillingStore
+from ..store.schema import StartupError
+from ..store.service import StoreService
+from .dispatcher import Api
+from .functions import build_registry
+
+log = Logger()
+
+
+class ListenService(Service):
+    """Listens on one TCP port, bound in privilegedStartService (before
+    privileges are dropped); a port that cannot be bound is a L{StartupError}."""
+
+    def __init__(self, name: str, reactor: Any, address: str, port: int, factory: Factory) -> None:
+        self.name = name
+        self.reactor = reactor
+        self.address = address
+        self.port = port
+        self.factory = factory
+        self.listening: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        """Bind the port now."""
+        super().privilegedStartService()
+        self._bind()
+
+    def startService(self) -> None:
+        """Bind the port if the privileged step did not."""
+        super().startService()
+        self._bind()
+
+    def _bind(self) -> None:
+        if self.listening is not None:
+            return
+        endpoint_type = TCP6ServerEndpoint if ":" in self.address else TCP4ServerEndpoint
+        endpoint = endpoint_type(self.reactor, self.port, interface=self.address)
+        d = endpoint.listen(self.factory)
+        failures: list[Any] = []
+        d.addCallbacks(lambda port: setattr(self, "listening", port), failures.append)
+        if failures:
+            error = failures[0].value
+            reason = error.socketError if isinstance(error, CannotListenError) else error
+            raise StartupError(f"cannot listen on {self.address}:{self.port} ({self.name}): {reason}")
+
+    def stopService(self) -> Any:
+        """Stop listening."""
+        super().stopService()
+        listening, self.listening = self.listening, None
+        if listening is None:
+            return defer.succeed(None)
+        return listening.stopListening()
+
+
+class ApiService(Service):
+    """Builds the L{Api} once the store is open and loads the tb_api rules."""
+
+    name = "api"  # type: ignore[assignment]
+
+    def __init__(self, settings: Settings, store_service: StoreService, reactor: Any) -> None:
+        self.settings = settings
+        self.store_service = store_service
+        self.reactor = reactor
+        self.registry = build_registry()
+        self.api: Api | None = None
+        self.ready: defer.Deferred[Api] = defer.Deferred()
+
+    def current(self) -> Api | None:
+        """The dispatcher, or None while the store is still opening."""
+        return self.api
+
+    def startService(self) -> None:
+        """Wait for the store, then build the dispatcher."""
+        super().startService()
+        d = self.store_service.ready
+        d.addCallback(lambda store: defer.ensureDeferred(self._start(store)))
+        d.addErrback(lambda failure: log.failure("API not started", failure))
+
+    async def _start(self, store: BillingStore) -> BillingStore:
+        api = Api(self.settings, self.registry, store, self.reactor)
+        rules = await api.reload_access()
+        self.api = api
+        log.info("API ready: {count} functions, {rules} tb_api rules", count=len(self.registry), rules=rules)
+        self.ready.callback(api)
+        return store

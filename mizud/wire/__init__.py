@@ -1,0 +1,1 @@
+"""Front ends: protocols that turn bytes into API requests and answers into bytes."""

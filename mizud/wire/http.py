@@ -1,0 +1,182 @@
+"""HTTP front end: any path containing /mvapireq is an API request.
+
+The resource decodes the request (query string and body) into an
+L{ApiRequest}, hands it to the dispatcher and writes the answer in the
+requested format.  HTTP/1.0 and 1.1 with keep-alive come from twisted.web.
+The status is 200 for every answered request unless C{httpstrictrtspose} is
+on; then a failure carries its specific status (403, 404, 406, 412, 420,
+421, 429, 499).
+
+The client address is the TCP peer, or, when the peer is listed in
+C{trustedproxies}, the nearest address in X-Forwarded-For that is not
+itself a trusted proxy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from ..api import answer
+from ..api.answer import ApiAnswer, encode, error
+from ..api.auth import in_networks
+from ..api.request import MAX_BODY, MAX_URL, ApiRequest, RequestError, decode
+from ..config import Settings
+
+log = Logger()
+
+Dispatch = Callable[[ApiRequest], "defer.Deferred[ApiAnswer] | Any"]
+
+
+def client_address(request: Request, settings: Settings) -> str:
+    """The real client address (see the module doc)."""
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", "") or ""
+    proxies = settings.current.trustedproxies
+    if not proxies or not in_networks(host, proxies):
+        return str(host)
+    forwarded = request.getHeader("x-forwarded-for") or ""
+    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+    while hops:
+        hop = hops.pop()
+        if not in_networks(hop, proxies):
+            return hop
+    return str(host)
+
+
+class ApiResource(Resource):
+    """Answers every request under it as an API request."""
+
+    isLeaf = True
+
+    def __init__(self, settings: Settings, dispatch: Callable[[], Any]) -> None:
+        super().__init__()
+        self.settings = settings
+        #: Returns the current dispatcher (None while the store is starting).
+        self.dispatcher = dispatch
+
+    def render_GET(self, request: Request) -> Any:
+        """GET: parameters in the query string."""
+        return self._render(request)
+
+    def render_POST(self, request: Request) -> Any:
+        """POST: parameters in the body (any supported format) and the query."""
+        return self._render(request)
+
+    def render_HEAD(self, request: Request) -> Any:
+        """HEAD: answered like GET, without the body."""
+        return self._render(request)
+
+    def _render(self, request: Request) -> Any:
+        fmt = "text"
+        callback = None
+        try:
+            api_request = self._decode(request)
+            fmt = api_request.answer_format
+            callback = api_request.params.get("callback") or api_request.params.get("jsonp")
+            if fmt == "jsonp" and not self.settings.current.enablejsonp:
+                fmt = "json"
+        except RequestError as problem:
+            self._write(request, error(problem.message, problem.status), fmt, None)
+            return NOT_DONE_YET
+        api = self.dispatcher()
+        if api is None:
+            self._write(request, error("starting, try again", answer.OTHER), fmt, callback, status=503)
+            return NOT_DONE_YET
+        finished = request.notifyFinish()
+        gone: list[bool] = []
+        finished.addErrback(lambda _: gone.append(True))
+        d = defer.ensureDeferred(api.dispatch(api_request))
+        d.addCallback(lambda result: None if gone else self._write(request, result, fmt, callback))
+        d.addErrback(log.failure, "writing an API answer")
+        return NOT_DONE_YET
+
+    def _decode(self, request: Request) -> ApiRequest:
+        uri = request.uri.decode("latin-1")
+        if len(uri) > MAX_URL:
+            raise RequestError(f"request URL over {MAX_URL} characters")
+        body = b""
+        if request.method == b"POST" and request.content is not None:
+            length = request.getHeader("content-length")
+            if length and length.isdigit() and int(length) > MAX_BODY:
+                raise RequestError(f"request body over {MAX_BODY} bytes")
+            request.content.seek(0)
+            body = request.content.read(MAX_BODY + 1)
+        query = uri.split("?", 1)[1] if "?" in uri else ""
+        return decode(
+            query=query,
+            body=body,
+            content_type=request.getHeader("content-type") or "",
+            source=client_address(request, self.settings),
+            transport="https" if request.isSecure() else "http",
+            secure=request.isSecure(),
+            encrypt_key=self.settings.current.httpapiencryptkey,
+        )
+
+    def _write(
+        self, request: Request, result: ApiAnswer, fmt: str, callback: str | None, status: int | None = None
+    ) -> None:
+        body, content_type = encode(result, fmt, callback)
+        if status is None:
+            status = 200
+            if self.settings.current.httpstrictrtspose and not result.ok:
+                status = result.status
+        request.setResponseCode(status, http.RESPONSES.get(status, b"API error"))
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        for name, value in result.headers:
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+
+
+class RootResource(Resource):
+    """Routes by path: anything containing /mvapireq goes to the API."""
+
+    def __init__(self, api: ApiResource) -> None:
+        super().__init__()
+        self.api = api
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        """Any path containing /mvapireq is the API; the rest is not found."""
+        if b"/mvapireq" in request.path.lower():
+            return self.api
+        return _NOT_FOUND
+
+    def render(self, request: Request) -> bytes:
+        """The bare root: not found."""
+        return _NOT_FOUND.render(request)
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"ERROR: not found"
+
+
+_NOT_FOUND = _NotFound()
+
+
+class QuietSite(Site):
+    """A Site without a per-request access log (failures are logged where decided)."""
+
+    def log(self, request: Request) -> None:
+        """No access log line per request."""
+
+
+def make_site(settings: Settings, dispatch: Callable[[], Any]) -> Site:
+    """The HTTP site of the shared service port."""
+    site = QuietSite(RootResource(ApiResource(settings, dispatch)))
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
