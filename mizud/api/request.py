@@ -223,7 +223,9 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str]]:
             continue
         if part.get_filename():
             raise RequestError("file uploads are not accepted")
-        payload = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            payload = b""
         try:
             pairs.append((str(name), payload.decode("utf-8")))
         except UnicodeDecodeError:

@@ -8,8 +8,6 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ..config import Settings
@@ -26,13 +24,13 @@ class ListenService(Service):
     """Listens on one TCP port, bound in privilegedStartService (before
     privileges are dropped); a port that cannot be bound is a L{StartupError}."""
 
-    def __init__(self, name: str, reactor: Any, address: str, port: int, factory: Factory) -> None:
-        self.name = name
+    def __init__(self, name: str, reactor: Any, address: str, port: int, factory: Any) -> None:
+        self.name = name  # type: ignore[assignment]
         self.reactor = reactor
         self.address = address
         self.port = port
         self.factory = factory
-        self.listening: IListeningPort | None = None
+        self.listening: Any = None  # an IListeningPort once bound
 
     def privilegedStartService(self) -> None:
         """Bind the port now."""

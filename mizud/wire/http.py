@@ -93,7 +93,7 @@ class ApiResource(Resource):
         finished.addErrback(lambda _: gone.append(True))
         d = defer.ensureDeferred(api.dispatch(api_request))
         d.addCallback(lambda result: None if gone else self._write(request, result, fmt, callback))
-        d.addErrback(log.failure, "writing an API answer")
+        d.addErrback(lambda failure: log.failure("writing an API answer", failure))
         return NOT_DONE_YET
 
     def _decode(self, request: Request) -> ApiRequest:
@@ -170,7 +170,7 @@ _NOT_FOUND = _NotFound()
 class QuietSite(Site):
     """A Site without a per-request access log (failures are logged where decided)."""
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """No access log line per request."""
 
 
