@@ -82,10 +82,18 @@ def is_loopback(text: str) -> bool:
     return address is not None and address.is_loopback
 
 
+#: LAN ranges: RFC 1918, link-local, IPv6 unique-local and link-local.  Not
+#: Python's wider is_private, which also counts documentation and other
+#: special ranges that are no operator's LAN.
+LAN_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "fc00::/7", "fe80::/10")
+)
+
+
 def is_private(text: str) -> bool:
-    """A private (LAN), link-local or unique-local address."""
-    address = _address(text)
-    return address is not None and (address.is_private or address.is_link_local) and not address.is_loopback
+    """A private (LAN) or link-local address."""
+    return in_networks(text, LAN_NETWORKS)
 
 
 class Trust:

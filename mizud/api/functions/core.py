@@ -9,7 +9,7 @@ from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import REQ_PUBLIC, Access, Category, Registry
 
-NO_AUTH = Access(req_key=0, req_user=REQ_PUBLIC)
+NO_AUTH = Access(req_key=0, req_user=REQ_PUBLIC, req_user_login=0)
 
 
 def register(registry: Registry) -> None:

@@ -1,0 +1,330 @@
+"""The dispatcher: authentication exactly per spec, access rules, limits, lockout.
+
+Hashes are computed here independently, from the spec's formulas, with
+hashlib; the server code is not used to compute what it must accept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+
+from mizud.api.answer import ApiAnswer
+from mizud.api.dispatcher import Api
+from mizud.api.functions import build_registry
+from mizud.api.request import decode
+from mizud.config import Settings
+from mizud.store.billing import USER_ADMIN, BillingStore
+from mizud.store.database import SqliteDatabase
+from mizud.store.schema import migrate
+
+PUBLIC_IP = "1.2.3.4"
+OTHER_IP = "5.6.7.8"
+KEY = "apikey123"
+SALT = "srvsalt"
+
+
+def md5(text: str) -> str:
+    """Hex MD5, independently of the server's helper."""
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+class Harness:
+    """An Api on a real SQLite store, a fake clock, and requests from any address."""
+
+    def __init__(self, api: Api, store: BillingStore, clock: Clock, db: SqliteDatabase) -> None:
+        self.api = api
+        self.store = store
+        self.clock = clock
+        self.db = db
+
+    async def call(self, query: str, source: str = PUBLIC_IP) -> ApiAnswer:
+        """Dispatch a query string from C{source}."""
+        return await self.api.dispatch(decode(query=query, source=source))
+
+
+async def make_harness(tmp_path: Path, *sets: str) -> Harness:
+    """A harness with users alice (enduser) and root (admin)."""
+    path = str(tmp_path / "api.sqlite")
+    migrate(path, "2026-01-01")
+    db = SqliteDatabase(path, global_reactor)
+    await db.start()
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    store = BillingStore(db, clock)
+    await store.create_user("alice", "alicepw", credit="5", pin="777111")
+    await store.create_user("root", "rootpw", type=USER_ADMIN)
+    settings = Settings(None, (f"apiv2key={KEY}", f"apiv2md5salt={SALT}", *sets))
+    api = Api(settings, build_registry(), store, clock)
+    await api.reload_access()
+    return Harness(api, store, clock, db)
+
+
+@pytest_twisted.async_yield_fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    """The default harness."""
+    harness = await make_harness(tmp_path)
+    yield harness
+    await harness.db.close()
+
+
+def line(answer: ApiAnswer) -> str:
+    """The answer's text line."""
+    return answer.text
+
+
+@pytest_twisted.ensureDeferred
+async def test_apitest1_needs_nothing(h: Harness) -> None:
+    """apitest1 answers anyone, without key or credentials."""
+    assert line(await h.call("apientry=apitest1")) == "OK: API test passed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_key_required_from_untrusted(h: Harness) -> None:
+    """A missing or wrong authkey from an untrusted address is wrong authentication."""
+    for query in ("apientry=apitest&authid=alice&authpwd=alicepw", f"apientry=apitest&authkey=x{KEY}&authid=alice&authpwd=alicepw"):
+        answer = await h.call(query)
+        assert (answer.text, answer.status) == ("ERROR: wrong authentication", 403)
+    answer = await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=alicepw")
+    assert answer.text == "OK: API test passed (alice, password)"
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password_and_unknown_user_look_the_same(h: Harness) -> None:
+    """An unknown user and a wrong password get the same answer."""
+    wrong = await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=nope")
+    unknown = await h.call(f"apientry=apitest&authkey={KEY}&authid=nobody&authpwd=nope", OTHER_IP)
+    assert wrong == unknown
+    assert wrong.text == "ERROR: wrong authentication"
+
+
+@pytest_twisted.ensureDeferred
+async def test_authmd5_simplified_form(h: Harness) -> None:
+    """MD5(ck5Gp + authid + authpwd + serversalt + authsalt1) authenticates, in any case."""
+    digest = md5("ck5Gp" + "alice" + "alicepw" + SALT + "4242")
+    answer = await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authmd5={digest.upper()}&authsalt=4242")
+    assert answer.text == "OK: API test passed (alice, authmd5)"
+    bad = md5("ck5Gp" + "alice" + "alicepw" + SALT + "4243")
+    assert (await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authmd5={bad}&authsalt=4242")).ok is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_authmd5_full_form_without_nonce(h: Harness) -> None:
+    """authv3_ + MD5(MD5(tU29m + authid + authpwd + salt1) + salt2 + serversalt) authenticates."""
+    digest = "authv3_" + md5(md5("tU29m" + "alice" + "alicepw" + "s1") + "s2" + SALT)
+    answer = await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authmd5={digest}&authsalt1=s1&authsalt2=s2")
+    assert answer.ok, answer.text
+    wrong_salt = await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authmd5={digest}&authsalt1=s1&authsalt2=s3")
+    assert wrong_salt.text == "ERROR: wrong authentication"
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_functions(h: Harness) -> None:
+    """Admin functions refuse endusers, accept admins, and trust loopback as admin by default."""
+    denied = await h.call(f"apientry=version&authkey={KEY}&authid=alice&authpwd=alicepw")
+    assert (denied.text, denied.status) == ("ERROR: access denied", 403)
+    assert (await h.call(f"apientry=version&authkey={KEY}&authid=root&authpwd=rootpw")).text == "OK: mizud 0.1.0"
+    assert (await h.call("apientry=version", "127.0.0.1")).ok
+    assert (await h.call("apientry=version", "192.168.1.20")).ok  # LAN is trusted by default
+    assert not (await h.call("apientry=version")).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_trust_options(tmp_path: Path) -> None:
+    """apideftrustadmin=3 needs admin credentials even from loopback; trustlanip=false distrusts the LAN."""
+    h = await make_harness(tmp_path, "apideftrustadmin=3", "trustlanip=false")
+    assert (await h.call("apientry=version", "127.0.0.1")).text == "ERROR: access denied"
+    assert (await h.call("apientry=version&authid=root&authpwd=rootpw", "127.0.0.1")).ok
+    assert (await h.call("apientry=version&authid=root&authpwd=rootpw", "10.1.2.3")).text == "ERROR: wrong authentication"
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_trusted_only_and_req_ip(tmp_path: Path) -> None:
+    """apitrustediponly refuses the internet; trustediplist admits one address."""
+    h = await make_harness(tmp_path, "apitrustediponly=1", f"trustediplist={OTHER_IP}")
+    assert (await h.call("apientry=apitest1")).text == "ERROR: access only from trusted addresses"
+    assert (await h.call("apientry=apitest1", OTHER_IP)).ok
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pin_authentication(h: Harness) -> None:
+    """authid may be a PIN, and authpwd may carry the PIN."""
+    assert (await h.call(f"apientry=login&authkey={KEY}&authid=777111&authpwd=alicepw")).ok
+    assert (await h.call(f"apientry=login&authkey={KEY}&authid=alice&authpwd=777111")).text.startswith("OK: ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_nonce_login_flow(tmp_path: Path) -> None:
+    """With apidefneedlogin=2: no nonce gets a new one; the right hash passes once; fresh salts keep working."""
+    h = await make_harness(tmp_path, "apidefneedlogin=2")
+    first = await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=alicepw")
+    assert first.text.startswith("ERROR: new nonce is:") and first.text.endswith("EOF")
+    pre = await h.call("apientry=preauth")
+    nonce = pre.text.removeprefix("OK: new nonce is:").removesuffix("EOF")
+    assert len(nonce) == 32
+
+    def query(salt2: str) -> str:
+        digest = "authv3_" + md5(md5("tU29m" + "alice" + "alicepw" + "a1") + salt2 + SALT + nonce)
+        return f"apientry=apitest&authkey={KEY}&authid=alice&authmd5={digest}&authsalt1=a1&authsalt2={salt2}&nonce={nonce[:10]}"
+
+    assert (await h.call(query("b1"))).text == "OK: API test passed (alice, authmd5 with nonce)"
+    replay = await h.call(query("b1"))
+    assert replay.text == "ERROR: wrong authentication"
+    assert (await h.call(query("b2"))).ok
+    unknown = await h.call(query("b3").replace(f"nonce={nonce[:10]}", "nonce=0123456789"))
+    assert unknown.text.startswith("ERROR: new nonce is:")
+    h.clock.advance(31 * 60)  # apinoncettl 30m
+    assert (await h.call(query("b4"))).text.startswith("ERROR: new nonce is:")
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nonce_bound_to_address(tmp_path: Path) -> None:
+    """With apidefneedlogin=3 a nonce from another address is refused with a new nonce."""
+    h = await make_harness(tmp_path, "apidefneedlogin=3")
+    nonce = (await h.call("apientry=preauth", OTHER_IP)).text.removeprefix("OK: new nonce is:").removesuffix("EOF")
+    digest = "authv3_" + md5(md5("tU29m" + "alice" + "alicepw" + "a") + "b" + SALT + nonce)
+    query = f"apientry=apitest&authkey={KEY}&authid=alice&authmd5={digest}&authsalt1=a&authsalt2=b&nonce={nonce[:12]}"
+    assert (await h.call(query)).text.startswith("ERROR: new nonce is:")
+    assert (await h.call(query, OTHER_IP)).ok
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_needed_only_from_untrusted(tmp_path: Path) -> None:
+    """apidefneedlogin=1 asks untrusted clients for a nonce and lets trusted ones through."""
+    h = await make_harness(tmp_path, "apidefneedlogin=1")
+    assert (await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=alicepw")).text.startswith("ERROR: new nonce")
+    assert (await h.call("apientry=apitest&authid=alice&authpwd=alicepw", "127.0.0.1")).ok
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tb_api_overrides_apply_on_apireload(h: Harness) -> None:
+    """A tb_api row changes a function's access only after apireload; enabled=0 disables it."""
+    await h.db.run_statement("x", "INSERT INTO tb_api (fname, req_key, req_user) VALUES ('version', 0, 14)")
+    assert (await h.call(f"apientry=version&authkey={KEY}")).text == "ERROR: access denied"
+    assert (await h.call("apientry=apireload", "127.0.0.1")).text == "OK: 1 tb_api rules loaded"
+    assert (await h.call("apientry=version")).text == "OK: mizud 0.1.0"
+    await h.db.run_statement("x", "UPDATE tb_api SET enabled = 0 WHERE fname = 'version'")
+    await h.api.reload_access()
+    answer = await h.call("apientry=version")
+    assert (answer.text, answer.status) == ("ERROR: function disabled: version", 406)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_and_unsupported_functions(h: Harness) -> None:
+    """Unknown names and unsupported functions are 406 errors, never fake successes."""
+    unknown = await h.call("apientry=nosuch")
+    assert (unknown.text, unknown.status) == ("ERROR: unknown function: nosuch", 406)
+    gk = await h.call("apientry=gk", "127.0.0.1")
+    assert gk.text == "ERROR: not supported: H.323 is not part of mizud"
+    assert (await h.call("now=1")).text == "ERROR: missing apientry (the function name)"
+
+
+@pytest_twisted.ensureDeferred
+async def test_aliases_reach_the_same_function(h: Harness) -> None:
+    """Old names (cb, adduser, newuser) are aliases of the documented function."""
+    for alias, name in (("cb", "callback"), ("adduser", "newuseri"), ("newuser", "newuseri")):
+        assert h.api.registry.get(alias) is h.api.registry.get(name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rate_limit_per_address(tmp_path: Path) -> None:
+    """ratelimitip=1 allows a burst of 2, then one per second (leaky bucket on the clock)."""
+    h = await make_harness(tmp_path, "ratelimitip=1")
+    answers = [await h.call("apientry=apitest1") for _ in range(3)]
+    assert [a.ok for a in answers] == [True, True, False]
+    assert (answers[2].text, answers[2].status) == ("ERROR: rate limited", 429)
+    assert (await h.call("apientry=apitest1", OTHER_IP)).ok
+    h.clock.advance(0.999)
+    assert not (await h.call("apientry=apitest1")).ok
+    h.clock.advance(0.002)
+    assert (await h.call("apientry=apitest1")).ok
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lockout_after_failures(h: Harness) -> None:
+    """5 failures in 10 minutes ban the address and the user for 10 minutes; delbanned lifts it."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for _ in range(5):
+            await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=bad")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e["log_format"].format(**e) for e in events if "authentication failure" in e.get("log_format", "")]
+    assert lines[0] == f"authentication failure from {PUBLIC_IP} user=alice function=apitest reason=wrong password"
+    good = f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=alicepw"
+    assert (await h.call(good)).text == "ERROR: banned: too many failed authentications"
+    assert (await h.call(good, OTHER_IP)).text == "ERROR: banned: too many failed authentications"
+    listed = await h.call("apientry=bannedlist", "127.0.0.1")
+    assert sorted((r["kind"], r["value"]) for r in listed.records or []) == [("ip", PUBLIC_IP), ("user", "alice")]
+    h.clock.advance(601)
+    h.api.bans._loaded = float("-inf")
+    assert (await h.call(good)).ok
+    for _ in range(5):
+        await h.call(f"apientry=apitest&authkey={KEY}&authid=nobody&authpwd=bad")
+    assert not (await h.call(good)).ok
+    assert (await h.call(f"apientry=delbanned&ip={PUBLIC_IP}", "127.0.0.1")).text == "OK: 1 bans lifted"
+    assert (await h.call(good)).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_disabled_user_refused(h: Harness) -> None:
+    """Disabled and temporarily disabled users cannot authenticate."""
+    for column in ("enabled = 0", "temporarydisabled = 1"):
+        await h.db.run_statement("x", f"UPDATE tb_users SET enabled = 1, temporarydisabled = 0, {column} WHERE username = 'alice'")
+        answer = await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=alicepw")
+        assert answer.text == "ERROR: wrong authentication"
+
+
+@pytest_twisted.ensureDeferred
+async def test_targetuser_for_admins_only(h: Harness) -> None:
+    """An admin acts as another user with targetuser; an enduser cannot."""
+    alice = await h.store.find_user("alice")
+    assert alice is not None
+    answer = await h.call(f"apientry=login&authkey={KEY}&authid=root&authpwd=rootpw&targetuser=alice")
+    assert answer.text == f"OK: {alice.id}"
+    assert not (await h.call(f"apientry=login&authkey={KEY}&authid=alice&authpwd=alicepw&targetuser=root")).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_positional_parameters(h: Harness) -> None:
+    """param1..N map onto a function's documented parameters."""
+    answer = await h.call("apientry=help&param1=cb")
+    assert answer.text == "OK: callback: initiate a callback call"
+
+
+@pytest_twisted.ensureDeferred
+async def test_help_lists_every_function(h: Harness) -> None:
+    """help lists every registered function with its status."""
+    answer = await h.call("apientry=help")
+    names = {r["name"] for r in answer.records or []}
+    assert {"balance", "p2p", "gk", "apitest", "preauth"} <= names
+    assert len(names) == len(h.api.registry)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_applies_live_options(tmp_path: Path) -> None:
+    """reload re-reads the config file; a new apiv2key takes effect at once."""
+    ini = tmp_path / "m.ini"
+    ini.write_text("[global]\napiv2key = one\n")
+    h = await make_harness(tmp_path)
+    h.api.settings = Settings(str(ini))
+    assert (await h.call("apientry=apitest&authkey=one&authid=alice&authpwd=alicepw")).ok
+    ini.write_text("[global]\napiv2key = two\nmainaport = 81\n")
+    answer = await h.call("apientry=reload", "127.0.0.1")
+    assert answer.text == "OK: reloaded; changed: apiv2key; need a restart: mainaport"
+    assert not (await h.call("apientry=apitest&authkey=one&authid=alice&authpwd=alicepw", OTHER_IP)).ok
+    await h.db.close()
