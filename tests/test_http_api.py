@@ -1,0 +1,175 @@
+"""The HTTP front end on a real socket, driven by curl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet.utils import getProcessOutputAndValue
+
+from mizud.api.dispatcher import Api
+from mizud.api.functions import build_registry
+from mizud.config import Settings
+from mizud.store.billing import BillingStore
+from mizud.store.database import SqliteDatabase
+from mizud.store.schema import migrate
+from mizud.wire.http import make_site
+
+
+class Server:
+    """mizud's HTTP site on 127.0.0.1, an ephemeral port."""
+
+    def __init__(self, port: int, api: Api) -> None:
+        self.port = port
+        self.api = api
+        self.base = f"http://127.0.0.1:{port}"
+
+    async def curl(self, *args: str) -> tuple[int, str, str]:
+        """Run curl; returns (HTTP status of the last response, headers, body)."""
+        out, err, code = await getProcessOutputAndValue(
+            "curl", ["-s", "-S", "-D", "-", "--max-time", "20", *args], env={"PATH": "/usr/bin:/bin"}
+        )
+        assert code == 0, err
+        text = out.decode("utf-8")
+        head, _, body = text.rpartition("\r\n\r\n")
+        status = int(head.rsplit("HTTP/1.1 ", 1)[1].split(" ", 1)[0])
+        return status, head, body
+
+
+async def start(tmp_path: Path, *sets: str) -> tuple[Server, object, SqliteDatabase]:
+    """Start a server with the given options."""
+    path = str(tmp_path / "h.sqlite")
+    migrate(path, "2026-01-01")
+    db = SqliteDatabase(path, global_reactor)
+    await db.start()
+    store = BillingStore(db, global_reactor)
+    await store.create_user("alice", "alicepw")
+    settings = Settings(None, ("apiv2key=k", *sets))
+    api = Api(settings, build_registry(), store, global_reactor)
+    port = global_reactor.listenTCP(0, make_site(settings, lambda: api), interface="127.0.0.1")
+    return Server(port.getHost().port, api), port, db
+
+
+@pytest_twisted.async_yield_fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    """A server with default options."""
+    srv, port, db = await start(tmp_path)
+    yield srv
+    await port.stopListening()  # type: ignore[attr-defined]
+    await db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_answers_text(server: Server) -> None:
+    """GET /mvapireq/?apientry=apitest1 answers OK in text."""
+    status, head, body = await server.curl(f"{server.base}/mvapireq/?apientry=apitest1&now=555")
+    assert (status, body) == (200, "OK: API test passed")
+    assert "content-type: text/plain; charset=utf-8" in head.lower()
+
+
+@pytest_twisted.ensureDeferred
+async def test_any_path_containing_mvapireq(server: Server) -> None:
+    """Any path containing /mvapireq is the API; other paths are 404."""
+    assert (await server.curl(f"{server.base}/some/prefix/mvapireq?apientry=apitest1"))[2] == "OK: API test passed"
+    assert (await server.curl(f"{server.base}/other"))[0] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_json_mirrors_json(server: Server) -> None:
+    """A JSON POST gets a JSON answer."""
+    status, _, body = await server.curl(
+        "-H", "Content-Type: application/json", "--data-binary", '{"apientry":"apitest","authkey":"k","authid":"alice","authpwd":"alicepw"}',
+        f"{server.base}/mvapireq/",
+    )
+    assert json.loads(body) == {"code": 200, "status": "OK", "message": "API test passed (alice, password)"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_form_and_xml(server: Server) -> None:
+    """Form and XML bodies work; XML answers mirror XML."""
+    assert (await server.curl("-d", "apientry=apitest1", f"{server.base}/mvapireq/"))[2] == "OK: API test passed"
+    _, head, body = await server.curl(
+        "-H", "Content-Type: text/xml", "--data-binary", "<r><apientry>apitest1</apientry></r>", f"{server.base}/mvapireq/"
+    )
+    assert body.endswith("<response><code>200</code><status>OK</status><message>API test passed</message></response>")
+
+
+@pytest_twisted.ensureDeferred
+async def test_keep_alive_serves_several_requests(server: Server) -> None:
+    """HTTP/1.1 keep-alive: curl reuses one connection for several requests."""
+    url = f"{server.base}/mvapireq/?apientry=apitest1"
+    out, err, code = await getProcessOutputAndValue("curl", ["-s", "-v", url, url, url], env={"PATH": "/usr/bin:/bin"})
+    assert code == 0
+    assert out.decode() == "OK: API test passed" * 3
+    assert err.decode().count("Re-using existing connection") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_1_0(server: Server) -> None:
+    """HTTP/1.0 requests are answered."""
+    out, err, code = await getProcessOutputAndValue(
+        "curl", ["-s", "-0", f"{server.base}/mvapireq/?apientry=apitest1"], env={"PATH": "/usr/bin:/bin"}
+    )
+    assert out == b"OK: API test passed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_statuses_are_200_unless_strict(tmp_path: Path) -> None:
+    """Failures answer HTTP 200 by default and their specific code when httpstrictrtspose is on."""
+    srv, port, db = await start(tmp_path, "httpstrictrtspose=1", "trustlanip=0", "allowtrustedip=0")
+    cases = [
+        ("apientry=nosuch", 406),
+        ("apientry=apitest&authkey=k&authid=alice&authpwd=x", 403),
+        ("apientry=delbanned&authkey=k", 403),
+        ("apientry=help&param1=nosuch", 406),
+    ]
+    for query, expected in cases:
+        status, _, body = await srv.curl(f"{srv.base}/mvapireq/?{query}")
+        assert status == expected, body
+        assert body.startswith("ERROR: ")
+    await port.stopListening()  # type: ignore[attr-defined]
+    await db.close()
+    (tmp_path / "b").mkdir()
+    srv2, port2, db2 = await start(tmp_path / "b")
+    assert (await srv2.curl(f"{srv2.base}/mvapireq/?apientry=nosuch"))[0] == 200
+    await port2.stopListening()  # type: ignore[attr-defined]
+    await db2.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_input_gets_clean_errors(server: Server, tmp_path: Path) -> None:
+    """Malformed bodies, bad UTF-8 and oversized requests get ERROR answers, never tracebacks."""
+    cases = [
+        ("-H", "Content-Type: application/json", "--data-binary", "{bad json"),
+        ("-H", "Content-Type: text/xml", "--data-binary", '<!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>'),
+        ("--data-binary", "apientry=%ff%fe"),
+    ]
+    for args in cases:
+        status, _, body = await server.curl(*args, f"{server.base}/mvapireq/")
+        assert status == 200 and body.startswith("ERROR: ") and "Traceback" not in body
+    status, _, body = await server.curl(f"{server.base}/mvapireq/?a={'x' * 9000}")
+    assert body == "ERROR: request URL over 8192 characters"
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"a=" + b"x" * (2 * 1024 * 1024))
+    status, _, body = await server.curl("--data-binary", f"@{big}", f"{server.base}/mvapireq/")
+    assert body == "ERROR: request body over 1048576 bytes"
+    assert (await server.curl(f"{server.base}/mvapireq/?apientry=apitest1"))[2] == "OK: API test passed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_trusted_proxy_forwarded_address(tmp_path: Path) -> None:
+    """X-Forwarded-For is believed only from a listed proxy."""
+    srv, port, db = await start(tmp_path, "trustedproxies=127.0.0.1", "allowtrustedip=1")
+    forwarded = ("-H", "X-Forwarded-For: 9.9.9.9")
+    assert (await srv.curl(*forwarded, f"{srv.base}/mvapireq/?apientry=version"))[2] == "ERROR: wrong authentication"
+    await port.stopListening()  # type: ignore[attr-defined]
+    await db.close()
+    (tmp_path / "x").mkdir()
+    srv, port, db = await start(tmp_path / "x", "allowtrustedip=1")
+    assert (await srv.curl(*forwarded, f"{srv.base}/mvapireq/?apientry=version"))[2] == "OK: mizud 0.1.0"
+    await port.stopListening()  # type: ignore[attr-defined]
+    await db.close()
