@@ -438,6 +438,16 @@ class Config(Mapping[str, Any]):
     def __init__(self, values: Mapping[str, Any], origins: Mapping[str, str]) -> None:
         self._values = MappingProxyType(dict(values))
         self.origins = MappingProxyType(dict(origins))
+        # Plain attributes too: options are read on every API request, and
+        # an instance attribute is much cheaper than __getattr__.
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        self._frozen = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError("Config is immutable")
+        object.__setattr__(self, name, value)
 
     def __getitem__(self, name: str) -> Any:
         return self._values[name]

@@ -271,7 +271,7 @@ async def test_lockout_after_failures(h: Harness) -> None:
     listed = await h.call("apientry=bannedlist", "127.0.0.1")
     assert sorted((r["kind"], r["value"]) for r in listed.records or []) == [("ip", PUBLIC_IP), ("user", "alice")]
     h.clock.advance(601)
-    h.api.bans._loaded = float("-inf")
+    await h.api.bans.refresh()
     assert (await h.call(good)).ok
     for _ in range(5):
         await h.call(f"apientry=apitest&authkey={KEY}&authid=nobody&authpwd=bad")
@@ -328,3 +328,30 @@ async def test_reload_applies_live_options(tmp_path: Path) -> None:
     assert answer.text == "OK: reloaded; changed: apiv2key; need a restart: mainaport"
     assert not (await h.call("apientry=apitest&authkey=one&authid=alice&authpwd=alicepw", OTHER_IP)).ok
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_balance(h: Harness) -> None:
+    """balance answers the caller's credit; made public in tb_api it needs only authid."""
+    digest = md5("ck5Gp" + "alice" + "alicepw" + SALT + "9")
+    answer = await h.call(f"apientry=balance&authkey={KEY}&authid=alice&authmd5={digest}&authsalt=9")
+    assert answer.text == "OK: 5.00"
+    assert answer.records == [{"credit": "5.00", "currency": "USD"}]
+    assert not (await h.call(f"apientry=balance&authkey={KEY}&authid=alice")).ok
+    await h.db.run_statement("x", "INSERT INTO tb_api (fname, req_key, req_user, req_user_mode) VALUES ('balance', 0, 14, 4)")
+    await h.api.reload_access()
+    assert (await h.call("apientry=balance&authid=alice")).text == "OK: 5.00"
+
+
+@pytest_twisted.ensureDeferred
+async def test_register_and_credit_conditions(h: Harness) -> None:
+    """req_user_register needs a current registration; req_user_credit a minimum credit."""
+    await h.db.run_statement("x", "INSERT INTO tb_api (fname, req_user_register, req_user_credit) VALUES ('balance', 1, 0)")
+    await h.api.reload_access()
+    query = f"apientry=balance&authkey={KEY}&authid=alice&authpwd=alicepw"
+    assert (await h.call(query)).text == "ERROR: the user is not registered"
+    await h.db.run_statement("x", "UPDATE tb_users SET status = 2, statusdate = ? WHERE username = 'alice'", (h.store.now(),))
+    assert (await h.call(query)).ok
+    await h.db.run_statement("x", "UPDATE tb_api SET req_user_register = 0, req_user_credit = ?", (__import__("decimal").Decimal("6"),))
+    await h.api.reload_access()
+    assert (await h.call(query)).text == "ERROR: not enough credit"

@@ -150,7 +150,7 @@ class Api:
 
     async def reload_access(self) -> int:
         """Load the C{tb_api} overrides; returns how many rows were read."""
-        result = await self.db.run_statement(
+        result = await self.db.run_query(
             "load_tb_api",
             "SELECT fname, req_key, req_ip, req_user, req_user_mode, req_user_credit, req_user_register, "
             "req_user_login, customsql, custom_action, custom_action_body, enabled FROM tb_api",
@@ -206,7 +206,7 @@ class Api:
         source = request.source
         if not (self.limit_global.allow("*") and self.limit_ip.allow(source)):
             return error("rate limited", answer.RATE_LIMITED)
-        if await self.bans.is_banned("ip", source):
+        if self.bans.is_banned("ip", source):
             return error("banned: too many failed authentications", answer.AUTH_FAILED)
         trust = Trust(config)
         trusted = trust.trusted(source)
@@ -229,7 +229,7 @@ class Api:
             return error("access denied", answer.AUTH_FAILED)
         user = caller.user
         if user is not None:
-            if await self.bans.is_banned("user", user.username):
+            if self.bans.is_banned("user", user.username):
                 return error("banned: too many failed authentications", answer.AUTH_FAILED)
             if not self.limit_user.allow(user.id):
                 return error("rate limited", answer.RATE_LIMITED)
@@ -381,9 +381,10 @@ class Api:
             raise AuthFailure("wrong authmd5 or unknown nonce", authid)
         if needs_nonce:
             raise NewNonce()
+        if not given.lower().startswith("authv3_") and same(given, authmd5_simple(authid, user.password, serversalt, salt1)):
+            return "authmd5"
         full = authmd5_full(authid, user.password, salt1, salt2, serversalt, "")
-        simple = authmd5_simple(authid, user.password, serversalt, salt1)
-        if same(given, full) or same("authv3_" + given, full) or same(given, simple):
+        if same(given, full) or same("authv3_" + given, full):
             return "authmd5"
         raise AuthFailure("wrong authmd5", authid)
 

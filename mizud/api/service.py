@@ -8,6 +8,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..config import Settings
@@ -64,6 +65,12 @@ class ListenService(Service):
         return listening.stopListening()
 
 
+#: Seconds between reloads of the bans (so other nodes' bans reach this one).
+BAN_REFRESH = 5.0
+#: Seconds between deletions of expired nonces.
+NONCE_EXPIRY = 300.0
+
+
 class ApiService(Service):
     """Builds the L{Api} once the store is open and loads the tb_api rules."""
 
@@ -76,6 +83,27 @@ class ApiService(Service):
         self.registry = build_registry()
         self.api: Api | None = None
         self.ready: defer.Deferred[Api] = defer.Deferred()
+
+    def _every(self, seconds: float, chore: Any) -> LoopingCall:
+        """Run an async chore every C{seconds}; a failure is logged and the chore goes on."""
+
+        async def run() -> None:
+            try:
+                await chore()
+            except Exception:
+                log.failure("periodic {chore} failed", chore=getattr(chore, "__qualname__", chore))
+
+        loop = LoopingCall(lambda: defer.ensureDeferred(run()))
+        loop.clock = self.reactor
+        loop.start(seconds, now=False)
+        return loop
+
+    def stopService(self) -> None:
+        """Stop the periodic chores."""
+        super().stopService()
+        for loop in getattr(self, "_chores", []):
+            if loop.running:
+                loop.stop()
 
     def current(self) -> Api | None:
         """The dispatcher, or None while the store is still opening."""
@@ -91,6 +119,11 @@ class ApiService(Service):
     async def _start(self, store: BillingStore) -> BillingStore:
         api = Api(self.settings, self.registry, store, self.reactor)
         rules = await api.reload_access()
+        await api.bans.refresh()
+        self._chores = [
+            self._every(BAN_REFRESH, api.bans.refresh),
+            self._every(NONCE_EXPIRY, api.nonces.expire),
+        ]
         self.api = api
         log.info("API ready: {count} functions, {rules} tb_api rules", count=len(self.registry), rules=rules)
         self.ready.callback(api)

@@ -19,6 +19,14 @@ def utcnow(clock: Clock) -> datetime:
     return datetime.fromtimestamp(clock.seconds(), timezone.utc).replace(tzinfo=None)
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _seconds(when: datetime) -> float:
+    """A naive UTC datetime as seconds since the epoch."""
+    return (when - _EPOCH).total_seconds()
+
+
 @dataclass(frozen=True)
 class Nonce:
     """An issued nonce."""
@@ -52,7 +60,7 @@ class Nonces:
         given = given.strip().lower()
         if len(given) < NONCE_PREFIX or len(given) > 64 or any(c not in "0123456789abcdef" for c in given):
             return []
-        result = await self.db.run_statement(
+        result = await self.db.run_query(
             "find_nonce",
             "SELECT id, nonce, address, expires FROM tb_nonces WHERE prefix = ? AND expires > ?",
             (given[:NONCE_PREFIX], utcnow(self.clock)),
@@ -99,32 +107,27 @@ class Ban:
 
 
 class Bans:
-    """Bans of addresses and users, kept in the database and cached briefly.
+    """Bans of addresses and users, kept in the database, checked from memory.
 
-    Every node reads the table at most every C{refresh} seconds, so a ban
-    made on one node reaches the others within that time; a node sees its
-    own bans at once.
+    L{is_banned} reads an in-memory copy, so the check costs nothing on the
+    request path.  L{refresh} reloads the copy from the database; the API
+    service runs it every few seconds, so a ban made on one node reaches the
+    others within that time.  A node sees its own bans at once.
     """
 
-    def __init__(self, db: Database, clock: Clock, refresh: float = 5.0) -> None:
+    def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
-        self.refresh = refresh
-        self._cache: dict[tuple[str, str], datetime] = {}
-        self._loaded = float("-inf")
+        self._until: dict[tuple[str, str], float] = {}
 
-    async def _current(self) -> dict[tuple[str, str], datetime]:
-        now = self.clock.seconds()
-        if now - self._loaded >= self.refresh:
-            self._loaded = now
-            bans = await self.active()
-            self._cache = {(b.kind, b.value): b.until for b in bans}
-        return self._cache
-
-    async def is_banned(self, kind: str, value: str) -> bool:
+    def is_banned(self, kind: str, value: str) -> bool:
         """Whether C{value} (an address or a username) is banned now."""
-        until = (await self._current()).get((kind, value))
-        return until is not None and until > utcnow(self.clock)
+        until = self._until.get((kind, value))
+        return until is not None and until > self.clock.seconds()
+
+    async def refresh(self) -> None:
+        """Reload the active bans from the database."""
+        self._until = {(b.kind, b.value): _seconds(b.until) for b in await self.active()}
 
     async def ban(self, kind: str, value: str, seconds: float, reason: str) -> None:
         """Ban C{value} for C{seconds}."""
@@ -135,11 +138,11 @@ class Bans:
             "INSERT INTO tb_banned (kind, value, reason, created, until) VALUES (?, ?, ?, ?, ?)",
             (kind, value, reason, now, until),
         )
-        self._cache[(kind, value)] = until
+        self._until[(kind, value)] = _seconds(until)
 
     async def active(self) -> list[Ban]:
         """Every ban in force, soonest ending first."""
-        result = await self.db.run_statement(
+        result = await self.db.run_query(
             "active_bans",
             "SELECT id, kind, value, reason, until FROM tb_banned WHERE until > ? ORDER BY until",
             (utcnow(self.clock),),
@@ -152,13 +155,13 @@ class Bans:
         now = utcnow(self.clock)
         if value is None:
             result = await self.db.run_statement("lift_bans", "UPDATE tb_banned SET until = ? WHERE until > ?", (now, now))
-            self._cache.clear()
+            self._until.clear()
         else:
             result = await self.db.run_statement(
                 "lift_ban", "UPDATE tb_banned SET until = ? WHERE value = ? AND until > ?", (now, value, now)
             )
-            for key in [k for k in self._cache if k[1] == value]:
-                del self._cache[key]
+            for key in [k for k in self._until if k[1] == value]:
+                del self._until[key]
         return result.rowcount
 
 

@@ -226,19 +226,19 @@ class BillingStore:
     async def get_user(self, userid: int) -> User | None:
         """The user with this id, or None."""
         sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE id = ?"
-        row = (await self.db.run_statement("get_user", sql, (userid,))).one()
+        row = (await self.db.run_query("get_user", sql, (userid,))).one()
         return self._user(row) if row else None
 
     async def find_user(self, username: str) -> User | None:
         """The user with this username, or None."""
         sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE username = ?"
-        row = (await self.db.run_statement("find_user", sql, (username,))).one()
+        row = (await self.db.run_query("find_user", sql, (username,))).one()
         return self._user(row) if row else None
 
     async def find_user_by_pin(self, pin: str) -> User | None:
         """The user whose PIN this is, or None."""
         sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE pin = ?"
-        row = (await self.db.run_statement("find_user_by_pin", sql, (pin,))).one()
+        row = (await self.db.run_query("find_user_by_pin", sql, (pin,))).one()
         return self._user(row) if row else None
 
     async def is_registered(self, userid: int, within: float = 8640.0) -> bool:
@@ -248,8 +248,10 @@ class BillingStore:
         (a tenth of a day).
         """
         since = self.now() - timedelta(seconds=within)
-        result = await self.db.run_statement(
-            "is_registered", "SELECT id FROM tb_users WHERE id = ? AND status > 0 AND statusdate > ?", (userid, since)
+        result = await self.db.run_query(
+            "is_registered",
+            "SELECT id FROM tb_users WHERE id = ? AND status > 0 AND statusdate > ?",
+            (userid, since),
         )
         return bool(result.rows)
 
@@ -553,7 +555,7 @@ class BillingStore:
     async def ledger(self, userid: int) -> list[LedgerEntry]:
         """The user's ledger rows, oldest first."""
 
-        result = await self.db.run_statement(
+        result = await self.db.run_query(
             "ledger",
             f"SELECT id, {_LEDGER_COLUMNS} FROM tb_credits WHERE userid = ? ORDER BY id",
             (userid,),

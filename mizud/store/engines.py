@@ -44,9 +44,9 @@ class Engine(ABC):
         """Return the statement in this engine's placeholder style."""
         return statement
 
-    def params(self, values: Sequence[Any]) -> tuple[Any, ...]:
+    def params(self, values: Sequence[Any]) -> Sequence[Any]:
         """Adapt Python values (Decimal money, datetime) for this engine."""
-        return tuple(values)
+        return values
 
     @abstractmethod
     def money(self, value: Any) -> Decimal:
@@ -78,9 +78,12 @@ class SqliteEngine(Engine):
         ":bigint:": "INTEGER",
     }
 
-    def params(self, values: Sequence[Any]) -> tuple[Any, ...]:
+    def params(self, values: Sequence[Any]) -> Sequence[Any]:
         """Decimals become exact integer micro-units; datetimes ISO text."""
-        return tuple(_sqlite_param(value) for value in values)
+        for value in values:
+            if isinstance(value, (Decimal, datetime)):
+                return tuple(_sqlite_param(v) for v in values)
+        return values
 
     def money(self, value: Any) -> Decimal:
         """Integer micro-units back to a L{Decimal} with six places."""

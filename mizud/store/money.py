@@ -94,3 +94,11 @@ def parse_amount(value: Any, *, allow_zero: bool = False) -> Decimal:
     if amount != amount.quantize(QUANTUM):
         raise InvalidAmount(f"amount has more than {MONEY_PLACES} decimal places: {amount}")
     return amount.quantize(QUANTUM)
+
+
+def format_money(amount: Decimal) -> str:
+    """An amount for answers: at least two decimals, no trailing zeros beyond them."""
+    text = f"{amount.quantize(QUANTUM):f}"
+    whole, _, fraction = text.partition(".")
+    fraction = fraction.rstrip("0").ljust(2, "0")
+    return f"{whole}.{fraction}"

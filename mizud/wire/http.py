@@ -88,10 +88,15 @@ class ApiResource(Resource):
         if api is None:
             self._write(request, error("starting, try again", answer.OTHER), fmt, callback, status=503)
             return NOT_DONE_YET
-        finished = request.notifyFinish()
-        gone: list[bool] = []
-        finished.addErrback(lambda _: gone.append(True))
         d = defer.ensureDeferred(api.dispatch(api_request))
+        if d.called:
+            # Answered without waiting (a read served from SQLite's reader,
+            # say): write now, without the bookkeeping a deferred answer needs.
+            d.addCallback(lambda result: self._write(request, result, fmt, callback))
+            d.addErrback(lambda failure: log.failure("writing an API answer", failure))
+            return NOT_DONE_YET
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
         d.addCallback(lambda result: None if gone else self._write(request, result, fmt, callback))
         d.addErrback(lambda failure: log.failure("writing an API answer", failure))
         return NOT_DONE_YET

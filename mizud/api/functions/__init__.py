@@ -8,9 +8,10 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import core
+    from . import account, core
 
     registry = Registry()
     catalogue.load(registry)
     core.register(registry)
+    account.register(registry)
     return registry
