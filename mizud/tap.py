@@ -68,7 +68,10 @@ def makeService(options: Options, reactor: Any = None) -> MizudService:
     api.setServiceParent(root)
     # Listeners last, so they stop first and no request arrives after the
     # dispatcher or the store has gone.
+    site = make_site(settings, api.current)
     if config.usemainaport and config.mainaport:
-        site = make_site(settings, api.current)
         ListenService("mainaport", store.reactor, config.listenaddress, config.mainaport, site).setServiceParent(root)
+    if config.httpserver and not (config.usemainaport and config.httpserver == config.mainaport):
+        # The old HTTP interface's own port (the same site: /xmapi/ and /mvapireq).
+        ListenService("httpserver", store.reactor, config.listenaddress, config.httpserver, site).setServiceParent(root)
     return root

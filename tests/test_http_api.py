@@ -173,3 +173,11 @@ async def test_trusted_proxy_forwarded_address(tmp_path: Path) -> None:
     assert (await srv.curl(*forwarded, f"{srv.base}/mvapireq/?apientry=version"))[2] == "OK: mizud 0.1.0"
     await port.stopListening()  # type: ignore[attr-defined]
     await db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_old_interface_over_http(server: Server) -> None:
+    """/xmapi/COMMAND answers on the same site; unknown paths stay 404."""
+    status, _, body = await server.curl(f"{server.base}/xmapi/balance?usr=alice&pwd=alicepw&now")
+    assert (status, body) == (200, "OK: 0.00")
+    assert (await server.curl(f"{server.base}/xmapi/balance?usr=alice&pwd=x"))[2] == "ERROR: wrong authentication"

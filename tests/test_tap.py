@@ -40,25 +40,26 @@ def test_make_service_builds_tree_without_binding() -> None:
     root = makeService(options("--set", "database=/nonexistent/dir/x.sqlite", "--set", "mainaport=8123"))
     assert isinstance(root, MizudService)
     children = list(IServiceCollection(root))
-    assert [type(c) for c in children] == [StoreService, ApiService, ListenService]
+    assert [type(c) for c in children] == [StoreService, ApiService, ListenService, ListenService]
     store = IServiceCollection(root).getServiceNamed("store")
     assert isinstance(store, StoreService)
     assert store.database is None and not store.running
     listener = children[2]
     assert isinstance(listener, ListenService)
     assert (listener.address, listener.port, listener.listening) == ("0.0.0.0", 8123, None)
+    assert (children[3].name, children[3].port) == ("httpserver", 8084)
 
 
 def test_main_port_can_be_turned_off() -> None:
     """usemainaport=false or mainaport=0 leaves the shared port unbound."""
     for setting in ("usemainaport=false", "mainaport=0"):
-        root = makeService(options("--set", setting))
+        root = makeService(options("--set", setting, "--set", "httpserver=0"))
         assert ListenService not in [type(c) for c in IServiceCollection(root)]
 
 
 def test_logfile_service_comes_first(tmp_path: Path) -> None:
     """With logfile set, the log file service precedes the store."""
-    root = makeService(options("--set", f"logfile={tmp_path / 'm.log'}", "--set", "mainaport=0"))
+    root = makeService(options("--set", f"logfile={tmp_path / 'm.log'}", "--set", "mainaport=0", "--set", "httpserver=0"))
     assert [type(c) for c in IServiceCollection(root)] == [LogFileService, StoreService, ApiService]
     assert not (tmp_path / "m.log").exists()
 

@@ -35,16 +35,16 @@ def environment() -> dict[str, str]:
 def run_to_end(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run twistd mizud expecting it to exit by itself."""
     return subprocess.run(
-        [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={free_port()}", *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=60
+        [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={free_port()}", "--set", "httpserver=0", *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=60
     )
 
 
 def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
     """twistd -n mizud creates var/mizud.sqlite, answers the API, logs start and stop, shuts down cleanly."""
-    port = free_port()
+    port, old_port = free_port(), free_port()
     process = subprocess.Popen(
         [*TWISTD, "mizud", "--set", "bootstrapadmin=boss:correcthorse", "--set", "listenaddress=127.0.0.1",
-         "--set", f"mainaport={port}"],
+         "--set", f"mainaport={port}", "--set", f"httpserver={old_port}"],
         cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert process.stdout is not None
@@ -60,10 +60,15 @@ def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
     answer = subprocess.run(
         ["curl", "-s", f"http://127.0.0.1:{port}/mvapireq/?apientry=apitest1"], capture_output=True, text=True, timeout=30
     ).stdout
+    old = subprocess.run(
+        ["curl", "-s", f"http://127.0.0.1:{old_port}/xmapi/balance?usr=boss&pwd=correcthorse&now"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout
     process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=30)
     output = "".join(lines) + rest
     assert answer == "OK: API test passed", output
+    assert old == "OK: 0.00", output
     # twistd shuts down cleanly, then ends itself with the signal it got.
     assert process.returncode == -signal.SIGTERM, output
     assert "Server Shut Down." in output
@@ -133,7 +138,7 @@ def test_postgres_start(tmp_path: Path, pg_database: str) -> None:
 
     process = subprocess.Popen(
         [*TWISTD, "mizud", "--set", f"database={pg_database}", "--set", "bootstrapadmin=boss:correcthorse",
-         "--set", "mainaport=0"],
+         "--set", "mainaport=0", "--set", "httpserver=0"],
         cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert process.stdout is not None

@@ -39,7 +39,8 @@ from ..store.database import Database
 from ..store.money import MoneyError
 from . import answer
 from .answer import ApiAnswer, error
-from .auth import Trust, authmd5_full, authmd5_simple, same, secret_equal
+from . import legacy
+from .auth import Trust, authmd5_full, authmd5_simple, in_networks, is_loopback, same, secret_equal
 from .ratelimit import Clock, FailureCounter, LeakyBucket
 from .registry import (
     REQ_ADMINS,
@@ -112,6 +113,10 @@ class AuthFailure(Exception):
         super().__init__(reason)
         self.reason = reason
         self.username = username
+
+
+class Refused(Exception):
+    """The request is refused for a reason the client may know (not a failed login)."""
 
 
 class NewNonce(Exception):
@@ -210,15 +215,22 @@ class Api:
             return error("banned: too many failed authentications", answer.AUTH_FAILED)
         trust = Trust(config)
         trusted = trust.trusted(source)
-        if config.apitrustediponly and not trusted:
-            return error("access only from trusted addresses", answer.AUTH_FAILED)
-        if rule.req_ip and not trust.ip_allowed(source):
-            return error("access not allowed from this address", answer.AUTH_FAILED)
+        legacy_request = bool(request.context.get("legacy"))
+        if not legacy_request:
+            if config.apitrustediponly and not trusted:
+                return error("access only from trusted addresses", answer.AUTH_FAILED)
+            if rule.req_ip and not trust.ip_allowed(source):
+                return error("access not allowed from this address", answer.AUTH_FAILED)
         try:
-            if rule.req_key and config.apiv2key and not trusted:
-                if not secret_equal(request.get("authkey"), config.apiv2key):
-                    raise AuthFailure("wrong or missing authkey", request.get("authid"))
-            caller = await self.identify(request, rule, trusted)
+            if legacy_request:
+                caller = await self.identify_legacy(request, function, trusted)
+            else:
+                if rule.req_key and config.apiv2key and not trusted:
+                    if not secret_equal(request.get("authkey"), config.apiv2key):
+                        raise AuthFailure("wrong or missing authkey", request.get("authid"))
+                caller = await self.identify(request, rule, trusted)
+        except Refused as refused:
+            return error(str(refused), answer.AUTH_FAILED)
         except AuthFailure as failure:
             await self._failed(request, failure)
             return error(WRONG_AUTH, answer.AUTH_FAILED)
@@ -325,6 +337,51 @@ class Api:
         how = await self._verify(request, user, authid, rule, trusted, needs_nonce)
         caller = Caller(user, self._level(user, trusted), trusted, how)
         return await self._impersonate(request, caller)
+
+    async def identify_legacy(self, request: ApiRequest, function: ApiFunction, trusted: bool) -> Caller:
+        """The old HTTP interface's authentication (see L{mizud.api.legacy})."""
+        config = self.settings.current
+        source = request.source
+        if not legacy.address_allowed(source, config.httpapiallowedip):
+            raise Refused("access not allowed from this address")
+        if function.name in legacy.SMS and not legacy.address_allowed(source, config.httpsmscallbackip):
+            raise Refused("SMS commands are not allowed from this address")
+        username = request.get("usr", "userid", "pin")
+        if config.httpapikey and not secret_equal(request.get("key"), config.httpapikey):
+            raise AuthFailure("wrong or missing key", username)
+        privileged = is_loopback(source) or in_networks(source, config.httpapiallowedip2)
+        if function.name in legacy.SENSITIVE:
+            if not privileged:
+                raise Refused("only allowed from httpapiallowedip2 addresses")
+            return Caller(None, REQ_SRVADMIN, True, "httpapiallowedip2")
+        user, how = await self._find_legacy(request)
+        if user is None:
+            raise AuthFailure("unknown user", username)
+        self._check_enabled(user, username)
+        if how != "pin":
+            pwd, md5auth = request.get("pwd"), request.get("md5auth")
+            if legacy.password_matches(pwd, md5auth, user.username, user.password, config.httpapimd5salt):
+                how = "md5auth" if md5auth and not pwd else "password"
+            elif privileged and not (pwd or md5auth):
+                how = "httpapiallowedip2"
+            else:
+                raise AuthFailure("wrong password or md5auth", username)
+        return Caller(user, self._level(user, trusted), trusted, how)
+
+    async def _find_legacy(self, request: ApiRequest) -> tuple[User | None, str]:
+        """The user of an old-interface request: usr, userid, or pin (per callingcardauth)."""
+        config = self.settings.current
+        usr, userid, pin = request.get("usr"), request.get("userid"), request.get("pin")
+        if usr:
+            return await self.store.find_user(usr), "user"
+        if userid.isdigit() and len(userid) < 19:
+            return await self.store.get_user(int(userid)), "user"
+        if pin and config.callingcardauth != 2:
+            user = await self.store.find_user_by_pin(pin)
+            if user is None and config.callingcardauth == 1:
+                user = await self.store.find_user_by_login(pin)
+            return user, "pin"
+        return None, "user"
 
     def _level(self, user: User, trusted: bool) -> int:
         config = self.settings.current

@@ -23,6 +23,7 @@ Invariants, on both engines:
 
 from __future__ import annotations
 
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -240,6 +241,15 @@ class BillingStore:
         sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE pin = ?"
         row = (await self.db.run_query("find_user_by_pin", sql, (pin,))).one()
         return self._user(row) if row else None
+
+    async def find_user_by_login(self, login: str) -> User | None:
+        """The user whose username followed by password is C{login} (old PIN form), or None."""
+        sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE username || password = ?"
+        for row in (await self.db.run_statement("find_user_by_login", sql, (login,))).rows:
+            user = self._user(row)
+            if hmac.compare_digest(user.username + user.password, login):
+                return user
+        return None
 
     async def is_registered(self, userid: int, within: float = 8640.0) -> bool:
         """Whether the registrar saw the user (status > 0) within C{within} seconds.

@@ -22,7 +22,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from ..api import answer
+from ..api import answer, legacy
 from ..api.answer import ApiAnswer, encode, error
 from ..api.auth import in_networks
 from ..api.request import MAX_BODY, MAX_URL, ApiRequest, RequestError, decode
@@ -54,11 +54,13 @@ class ApiResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings: Settings, dispatch: Callable[[], Any]) -> None:
+    def __init__(self, settings: Settings, dispatch: Callable[[], Any], legacy: bool = False) -> None:
         super().__init__()
         self.settings = settings
         #: Returns the current dispatcher (None while the store is starting).
         self.dispatcher = dispatch
+        #: Whether this serves the old interface (/xmapi/COMMAND).
+        self.legacy = legacy
 
     def render_GET(self, request: Request) -> Any:
         """GET: parameters in the query string."""
@@ -113,7 +115,7 @@ class ApiResource(Resource):
             request.content.seek(0)
             body = request.content.read(MAX_BODY + 1)
         query = uri.split("?", 1)[1] if "?" in uri else ""
-        return decode(
+        api_request = decode(
             query=query,
             body=body,
             content_type=request.getHeader("content-type") or "",
@@ -122,6 +124,11 @@ class ApiResource(Resource):
             secure=request.isSecure(),
             encrypt_key=self.settings.current.httpapiencryptkey,
         )
+        if self.legacy:
+            path = request.path.decode("latin-1")
+            command = path.lower().split("/xmapi/", 1)[1].strip("/") if "/xmapi/" in path.lower() else ""
+            return legacy.to_request(command, api_request)
+        return api_request
 
     def _write(
         self, request: Request, result: ApiAnswer, fmt: str, callback: str | None, status: int | None = None
@@ -143,16 +150,20 @@ class ApiResource(Resource):
 
 
 class RootResource(Resource):
-    """Routes by path: anything containing /mvapireq goes to the API."""
+    """Routes by path: /mvapireq anywhere in it is the API, /xmapi/ the old interface."""
 
-    def __init__(self, api: ApiResource) -> None:
+    def __init__(self, api: ApiResource, old: ApiResource) -> None:
         super().__init__()
         self.api = api
+        self.old = old
 
     def getChild(self, path: bytes, request: Request) -> Resource:
-        """Any path containing /mvapireq is the API; the rest is not found."""
-        if b"/mvapireq" in request.path.lower():
+        """Any path containing /mvapireq is the API; /xmapi/ the old one; the rest is not found."""
+        lowered = request.path.lower()
+        if b"/mvapireq" in lowered:
             return self.api
+        if lowered.startswith(b"/xmapi"):
+            return self.old
         return _NOT_FOUND
 
     def render(self, request: Request) -> bytes:
@@ -181,7 +192,7 @@ class QuietSite(Site):
 
 def make_site(settings: Settings, dispatch: Callable[[], Any]) -> Site:
     """The HTTP site of the shared service port."""
-    site = QuietSite(RootResource(ApiResource(settings, dispatch)))
+    site = QuietSite(RootResource(ApiResource(settings, dispatch), ApiResource(settings, dispatch, legacy=True)))
     site.displayTracebacks = False
     site.noisy = False
     return site

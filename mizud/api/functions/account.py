@@ -16,5 +16,5 @@ def register(registry: Registry) -> None:
         user = call.caller.user
         if user is None:
             return error("balance needs authid (the user)", 421)
-        credit = format_money(user.credit)
-        return ok(credit, [{"credit": credit, "currency": user.currency}])
+        # Just the number: clients of the Mizu API parse "OK: 12.34".
+        return ok(format_money(user.credit))
