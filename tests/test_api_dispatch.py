@@ -10,7 +10,6 @@ import hashlib
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import Clock

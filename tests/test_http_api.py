@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import AsyncIterator
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.utils import getProcessOutputAndValue

@@ -30,16 +30,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
-
 
 from ..config import Settings
 from ..store.billing import USER_ADMIN, USER_OWNER, USER_RESELLER, USER_SUPPORT, BillingStore, User
 from ..store.database import Database
 from ..store.money import MoneyError
-from . import answer
+from . import answer, custom, legacy
 from .answer import ApiAnswer, error
-from . import legacy
 from .auth import Trust, authmd5_full, authmd5_simple, in_networks, is_loopback, same, secret_equal
 from .ratelimit import Clock, FailureCounter, LeakyBucket
 from .registry import (
@@ -48,7 +47,6 @@ from .registry import (
     REQ_DISABLED,
     REQ_OWNERS,
     REQ_PUBLIC,
-    REQ_SIPUSERS,
     REQ_SRVADMIN,
     REQ_SUPPORT,
     Access,
@@ -133,6 +131,7 @@ class Api:
         self.db: Database = store.db
         self.clock = clock
         self.nonces = Nonces(self.db, clock)
+        self.actions = custom.Actions(self, clock)
         self.bans = Bans(self.db, clock)
         self.overrides: dict[str, Access] = {}
         self.started = clock.seconds()
@@ -197,13 +196,36 @@ class Api:
             return error("internal error", answer.OTHER)
 
     async def _dispatch(self, request: ApiRequest) -> ApiAnswer:
-        config = self.settings.current
         if not request.function:
             return error("missing apientry (the function name)", answer.BAD_FUNCTION)
         function = self.registry.get(request.function)
+        override = self.overrides.get(function.name if function else request.function)
+        if override is not None and override.customsql:
+            # A tb_api row with customsql defines a function, or replaces a predefined one.
+            function = ApiFunction(
+                name=function.name if function else request.function,
+                category=function.category if function else Category.USER,
+                params=function.params if function else (),
+                summary="custom SQL function (tb_api)",
+                access=override,
+                handler=self._custom_sql,
+            )
         if function is None:
             return error(f"unknown function: {request.function[:64]}", answer.BAD_FUNCTION)
         rule = self.access(function)
+        callers: list[Caller] = []
+        answered = await self._checked_call(request, function, rule, callers)
+        if rule.custom_action and self.actions.action_for(rule, answered):
+            user = callers[0].user if callers else None
+            values = await self._values(request.params, user, rule.custom_action_body)
+            defer.ensureDeferred(self.actions.run(rule, answered, values))
+        return answered
+
+    async def _checked_call(
+        self, request: ApiRequest, function: ApiFunction, rule: Access, callers: list[Caller]
+    ) -> ApiAnswer:
+        """Every check in the module doc's order, then the handler; the caller goes into C{callers}."""
+        config = self.settings.current
         if not rule.enabled or rule.req_user == REQ_DISABLED:
             return error(f"function disabled: {function.name}", answer.BAD_FUNCTION)
         if function.handler is None:
@@ -237,6 +259,7 @@ class Api:
         except NewNonce:
             nonce = await self.nonces.issue(source, config.apinoncettl)
             return error(f"new nonce is:{nonce}EOF", answer.AUTH_FAILED)
+        callers.append(caller)
         if caller.level > rule.req_user:
             return error("access denied", answer.AUTH_FAILED)
         user = caller.user
@@ -249,8 +272,22 @@ class Api:
             if refusal is not None:
                 return refusal
             self.failures.clear(("user", user.username))
-        call = Call(self, request, function, caller)
-        return await function.handler(call)
+        assert function.handler is not None
+        return await function.handler(Call(self, request, function, caller))
+
+    async def _values(self, params: dict[str, str], user: User | None, text: str) -> custom.Values:
+        """Placeholder values for custom SQL or an action body."""
+        fields = None
+        if user is not None and custom.needs_user_fields(text, params):
+            result = await self.db.run_query("user_fields", "SELECT * FROM tb_users WHERE id = ?", (user.id,))
+            if result.rows:
+                fields = dict(zip(result.columns, result.rows[0]))
+        return custom.Values(user, params, fields)
+
+    async def _custom_sql(self, call: Call) -> ApiAnswer:
+        rule = call.function.access
+        values = await self._values(call.request.params, call.caller.user, rule.customsql)
+        return await custom.run_custom_sql(self, rule, values, self.clock)
 
     async def _user_conditions(self, user: User, rule: Access, caller: Caller) -> ApiAnswer | None:
         config = self.settings.current

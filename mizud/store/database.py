@@ -45,6 +45,8 @@ class Result:
 
     rows: list[tuple[Any, ...]]
     rowcount: int
+    #: Column names of a statement that returns rows (else empty).
+    columns: tuple[str, ...] = ()
 
     def one(self) -> tuple[Any, ...] | None:
         """The first row, or None."""
@@ -110,7 +112,11 @@ class _SqliteTxn:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Ready:
         cursor = self.connection.execute(sql, self.engine.params(params))
         rows = cursor.fetchall()
-        return _Ready(Result(rows, cursor.rowcount))
+        return _Ready(Result(rows, cursor.rowcount, _columns(cursor)))
+
+
+def _columns(cursor: Any) -> tuple[str, ...]:
+    return tuple(d[0] for d in cursor.description) if cursor.description else ()
 
 
 def run_synchronously(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -202,7 +208,7 @@ class SqliteDatabase:
             return defer.fail(DatabaseError("the database is not open"))
         try:
             cursor = self._reader.execute(sql, self.engine.params(params))
-            return defer.succeed(Result(cursor.fetchall(), cursor.rowcount))
+            return defer.succeed(Result(cursor.fetchall(), cursor.rowcount, _columns(cursor)))
         except Exception:
             return defer.fail()
 
@@ -318,7 +324,7 @@ async def _pg_execute(cursor: Any, engine: Engine, sql: str, params: Sequence[An
     else:
         await cursor.execute(sql)
     rows = cursor.fetchall() if cursor.description is not None else []
-    return Result(rows, cursor.rowcount)
+    return Result(rows, cursor.rowcount, _columns(cursor))
 
 
 class PostgresDatabase:

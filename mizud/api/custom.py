@@ -1,0 +1,246 @@
+"""Custom functions (tb_api.customsql) and custom actions (tb_api.custom_action).
+
+Custom SQL placeholders -- C{[USERID]}, C{[USERNAME]}, C{[SPARAM1]} ..
+C{[SPARAM99]} and C{{name}} (a request parameter, else a field of the
+caller's tb_users row) -- become bound parameters, never text pasted into
+the SQL.  So a hostile value stays a value.  Placeholders inside quoted
+literals are refused (write C{'%' || [USERNAME]} instead), and so is more
+than one statement.
+
+A statement prefixed with C{*} runs before the answer, which reports its
+result or failure; without it the statement runs after the answer (errors
+are logged).  SELECT (or WITH) statements always run before the answer and
+return at most L{MAX_ROWS} rows.
+
+Actions run after the answer: on success codes 1..8, on failure 51..58.
+E-mail (1/51) goes through C{smtpserver}; SQL (8/58) is bound like custom
+SQL.  SMS (2/52) has no gateway yet and is refused.  Restart (4/54), reboot
+(6/56) and command lines (7/57) run only with C{customactioncommands}
+enabled (off by default): a command line is split like a shell would but
+run without one.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from email.message import EmailMessage
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .answer import ApiAnswer, error, ok
+from .registry import Access
+
+log = Logger()
+
+MAX_ROWS = 100
+
+_TOKENS = re.compile(
+    r"'(?:[^']|'')*'"  # a quoted literal
+    r"|\[(USERID|USERNAME|SPARAM[1-9][0-9]?)\]"  # [KEYWORD]
+    r"|\{([A-Za-z_][A-Za-z0-9_]{0,63})\}"  # {name}
+    r"|(\?)|(;)",
+    re.IGNORECASE,
+)
+_IN_LITERAL = re.compile(r"\[(USERID|USERNAME|SPARAM\d+)\]|\{[A-Za-z_]\w*\}", re.IGNORECASE)
+
+
+class CustomError(Exception):
+    """A custom function or action is written in a way mizud refuses to run."""
+
+
+class Values:
+    """Resolves placeholder names for one call: keywords, parameters, user fields."""
+
+    def __init__(self, user: Any, params: dict[str, str], user_fields: dict[str, Any] | None) -> None:
+        self.user = user
+        self.params = params
+        self.user_fields = user_fields or {}
+
+    def get(self, keyword: str | None, name: str | None) -> Any:
+        """The value of C{[KEYWORD]} or C{{name}}."""
+        if keyword:
+            word = keyword.upper()
+            if word == "USERID":
+                return self.user.id if self.user else None
+            if word == "USERNAME":
+                return self.user.username if self.user else ""
+            return self.params.get(word.lower(), "")
+        assert name is not None
+        key = name.lower()
+        if key in self.params:
+            return self.params[key]
+        if key in self.user_fields:
+            return self.user_fields[key]
+        raise CustomError(f"unknown placeholder {{{name}}}")
+
+
+def needs_user_fields(text: str, params: dict[str, str]) -> bool:
+    """Whether the text has C{{name}} placeholders that are not request parameters."""
+    return any(m.group(2) and m.group(2).lower() not in params for m in _TOKENS.finditer(text))
+
+
+def bind(sql: str, values: Values) -> tuple[str, list[Any]]:
+    """Replace placeholders with bound parameters; returns (statement, parameters)."""
+    bound: list[Any] = []
+
+    def replace(match: re.Match[str]) -> str:
+        literal, keyword, name, question, semicolon = (match.group(0), *match.groups())
+        if question:
+            raise CustomError("write [SPARAMn] or {name} placeholders, not ?")
+        if semicolon:
+            raise CustomError("one statement only")
+        if keyword or name:
+            bound.append(values.get(keyword, name))
+            return "?"
+        if _IN_LITERAL.search(literal):
+            raise CustomError("placeholders inside quoted strings are not supported; use || to join")
+        return literal
+
+    statement = _TOKENS.sub(replace, sql.strip().rstrip(";").strip())
+    return statement, bound
+
+
+def substitute(text: str, values: Values) -> str:
+    """Textual substitution of placeholders (for e-mail bodies, never for SQL)."""
+
+    def replace(match: re.Match[str]) -> str:
+        keyword, name = match.group(1), match.group(2)
+        if not (keyword or name):
+            return match.group(0)
+        try:
+            value = values.get(keyword, name)
+        except CustomError:
+            return match.group(0)
+        return "" if value is None else str(value)
+
+    return _TOKENS.sub(replace, text)
+
+
+def is_query(sql: str) -> bool:
+    """Whether the statement returns rows (SELECT or WITH)."""
+    first = sql.lstrip("*( \t\r\n").split(None, 1)
+    return bool(first) and first[0].lower() in ("select", "with")
+
+
+async def run_custom_sql(api: Any, rule: Access, values: Values, reactor: Any) -> ApiAnswer:
+    """Run a function's customsql and answer with its rows or its outcome."""
+    text = rule.customsql.strip()
+    synchronous = text.startswith("*")
+    if synchronous:
+        text = text[1:]
+    try:
+        statement, params = bind(text, values)
+    except CustomError as problem:
+        return error(f"custom function refused: {problem}", 412)
+    db = api.db
+    if is_query(statement):
+        try:
+            result = await db.run_statement(
+                "custom_sql", f"SELECT * FROM ({statement}) AS custom_query LIMIT {MAX_ROWS}", params
+            )
+        except Exception as problem:
+            return error(f"custom query failed: {_first_line(problem)}", 412)
+        records = [dict(zip(result.columns, row)) for row in result.rows]
+        return ok(f"{len(records)} rows", records)
+    if synchronous:
+        try:
+            result = await db.run_statement("custom_sql", statement, params)
+        except Exception as problem:
+            return error(f"custom statement failed: {_first_line(problem)}", 412)
+        return ok(f"{max(result.rowcount, 0)} rows affected")
+
+    async def later() -> None:
+        try:
+            await db.run_statement("custom_sql", statement, params)
+        except Exception as problem:
+            log.error("custom statement failed after answering: {problem}", problem=_first_line(problem))
+
+    reactor.callLater(0, lambda: defer.ensureDeferred(later()))
+    return ok("queued")
+
+
+def _first_line(problem: BaseException) -> str:
+    return (str(problem).strip().splitlines() or [type(problem).__name__])[0]
+
+
+SUCCESS_ACTIONS = {1: "email", 2: "sms", 4: "restart", 6: "reboot", 7: "command", 8: "sql"}
+FAILURE_ACTIONS = {code + 50: name for code, name in SUCCESS_ACTIONS.items()}
+
+
+class Actions:
+    """Runs tb_api custom actions after an answer (see the module doc)."""
+
+    def __init__(self, api: Any, reactor: Any) -> None:
+        self.api = api
+        self.reactor = reactor
+
+    def action_for(self, rule: Access, answered: ApiAnswer) -> str | None:
+        """The action this answer triggers, if any."""
+        table = SUCCESS_ACTIONS if answered.ok else FAILURE_ACTIONS
+        return table.get(rule.custom_action)
+
+    async def run(self, rule: Access, answered: ApiAnswer, values: Values) -> None:
+        """Run the triggered action; failures and refusals are logged."""
+        action = self.action_for(rule, answered)
+        if action is None:
+            return
+        config = self.api.settings.current
+        try:
+            if action == "email":
+                await self.email(substitute(rule.custom_action_body, values))
+            elif action == "sql":
+                statement, params = bind(rule.custom_action_body, values)
+                await self.api.db.run_statement("custom_action", statement, params)
+            elif action == "sms":
+                raise CustomError("SMS actions need an SMS gateway, which mizud does not have yet")
+            elif not config.customactioncommands:
+                raise CustomError(f"{action} actions are disabled; set customactioncommands=true to allow them")
+            elif action == "command":
+                self.command(shlex.split(substitute(rule.custom_action_body, values)))
+            elif action == "reboot":
+                self.command(["/sbin/reboot"])
+            elif action == "restart":
+                log.warn("custom action: stopping so that the service manager restarts mizud")
+                self.reactor.callLater(0, self.reactor.stop)
+        except Exception as problem:
+            log.error("custom action {action} refused or failed: {problem}", action=action, problem=_first_line(problem))
+
+    def command(self, argv: list[str]) -> None:
+        """Run a program with arguments, no shell; its exit is logged."""
+        if not argv:
+            raise CustomError("empty command line")
+        from twisted.internet.protocol import ProcessProtocol
+
+        class Logged(ProcessProtocol):
+            def processEnded(self, reason: Any) -> None:
+                log.info("custom action command {argv} ended: {reason}", argv=argv, reason=reason.getErrorMessage())
+
+        self.reactor.spawnProcess(Logged(), argv[0], argv, env=None)
+
+    async def email(self, body: str) -> None:
+        """Send an e-mail through smtpserver; ***TO and ***SUBJECT lines set the headers."""
+        from twisted.mail.smtp import sendmail
+
+        config = self.api.settings.current
+        if not config.smtpserver:
+            raise CustomError("no smtpserver is configured")
+        recipient, subject, lines = config.adminemail, "mizud API action", []
+        for line in body.splitlines():
+            if line.startswith("***TO"):
+                recipient = line[5:].lstrip(": ").strip()
+            elif line.startswith("***SUBJECT"):
+                subject = line[10:].lstrip(": ").strip()
+            else:
+                lines.append(line)
+        if not recipient:
+            raise CustomError("no recipient: set adminemail or a ***TO line")
+        message = EmailMessage()
+        message["From"] = config.smtpfrom
+        message["To"] = recipient
+        message["Subject"] = subject
+        message.set_content("\n".join(lines) + "\n")
+        host, _, port = config.smtpserver.partition(":")
+        await sendmail(host, config.smtpfrom, [recipient], message.as_bytes(), port=int(port or 25), reactor=self.reactor)

@@ -1,0 +1,207 @@
+"""tb_api custom functions (customsql) and custom actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+from twisted.protocols.basic import LineReceiver
+
+from mizud.api.custom import CustomError, Values, bind
+from test_api_dispatch import KEY, Harness, make_harness
+
+AUTH = f"authkey={KEY}&authid=alice&authpwd=alicepw"
+
+
+async def define(h: Harness, fname: str, customsql: str = "", action: int = 0, body: str = "") -> None:
+    """Insert a tb_api row and reload the rules."""
+    await h.db.run_statement(
+        "x",
+        "INSERT INTO tb_api (fname, req_key, customsql, custom_action, custom_action_body) VALUES (?, 1, ?, ?, ?)",
+        (fname, customsql, action, body),
+    )
+    await h.api.reload_access()
+
+
+@pytest_twisted.ensureDeferred
+async def test_select_with_userid(tmp_path: Path) -> None:
+    """A custom SELECT returns the caller's rows, with column names."""
+    h = await make_harness(tmp_path)
+    await define(h, "myaccount", "SELECT username, email FROM tb_users WHERE id = [USERID]")
+    answer = await h.call(f"apientry=myaccount&{AUTH}")
+    assert answer.text == "OK: 1 rows"
+    assert answer.records == [{"username": "alice", "email": ""}]
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_values_stay_values(tmp_path: Path) -> None:
+    """An injection attempt in a parameter is bound as a value: no extra rows, no damage."""
+    h = await make_harness(tmp_path)
+    await define(h, "lookup", "SELECT id FROM tb_users WHERE username = [SPARAM1]")
+    hostile = quote("x' OR '1'='1")
+    assert (await h.call(f"apientry=lookup&{AUTH}&sparam1={hostile}")).records == []
+    await define(h, "setmail", "*UPDATE tb_users SET email = {email} WHERE id = [USERID]")
+    evil = "a'; DROP TABLE tb_users; --"
+    assert (await h.call(f"apientry=setmail&{AUTH}&email={quote(evil)}")).text == "OK: 1 rows affected"
+    row = (await h.db.run_query("x", "SELECT email FROM tb_users WHERE username = 'alice'")).rows
+    assert row == [(evil,)]
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_statement_runs_after_answer(tmp_path: Path) -> None:
+    """Without *, the statement runs after the answer."""
+    h = await make_harness(tmp_path)
+    await define(h, "touchname", "UPDATE tb_users SET name = [SPARAM1] WHERE id = [USERID]")
+    assert (await h.call(f"apientry=touchname&{AUTH}&sparam1=Alice")).text == "OK: queued"
+    h.clock.advance(0)
+    await deferLater(global_reactor, 0.2, lambda: None)
+    assert (await h.db.run_query("x", "SELECT name FROM tb_users WHERE username = 'alice'")).rows == [("Alice",)]
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_at_most_100_rows_and_user_fields(tmp_path: Path) -> None:
+    """SELECT returns at most 100 rows; {field} falls back to the caller's tb_users fields."""
+    h = await make_harness(tmp_path)
+    for i in range(150):
+        await h.db.run_statement("x", "INSERT INTO tb_pins (pin, credit, created) VALUES (?, 1, '2026')", (f"p{i}",))
+    await define(h, "pins", "SELECT pin FROM tb_pins WHERE currency = {currency}")
+    answer = await h.call(f"apientry=pins&{AUTH}")
+    assert len(answer.records or []) == 100
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_custom_sql_replaces_predefined(tmp_path: Path) -> None:
+    """customsql on a predefined function replaces its behaviour."""
+    h = await make_harness(tmp_path)
+    await define(h, "apitest", "SELECT 'custom' AS answer")
+    assert (await h.call(f"apientry=apitest&{AUTH}")).records == [{"answer": "custom"}]
+    await h.db.close()
+
+
+@pytest.mark.parametrize(
+    "sql, message",
+    [
+        ("SELECT id FROM tb_users WHERE name LIKE '%[USERNAME]%'", "inside quoted strings"),
+        ("SELECT id FROM tb_users WHERE id = ?", "not ?"),
+        ("UPDATE tb_users SET name = 'x'; DELETE FROM tb_users", "one statement"),
+        ("SELECT {nosuch}", "unknown placeholder"),
+    ],
+)
+def test_refused_custom_sql(sql: str, message: str) -> None:
+    """Custom SQL mizud cannot bind safely is refused."""
+    with pytest.raises(CustomError, match=message):
+        bind(sql, Values(None, {}, {}))
+
+
+def test_bind_keeps_literals() -> None:
+    """Literals stay; keywords and names become ? with their values in order."""
+    statement, params = bind("SELECT ';', [SPARAM2], {x} FROM t WHERE a = 'it''s';", Values(None, {"sparam2": "v", "x": "w"}, {}))
+    assert statement == "SELECT ';', ?, ? FROM t WHERE a = 'it''s'"
+    assert params == ["v", "w"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sql_actions_on_success_and_failure(tmp_path: Path) -> None:
+    """Action 8 runs SQL after a success; 58 after a failure; neither otherwise."""
+    h = await make_harness(tmp_path)
+    await define(h, "apitest", "", 8, "UPDATE tb_users SET name = 'ok-action' WHERE id = [USERID]")
+    await define(h, "version", "", 58, "UPDATE tb_users SET phone = 'failed' WHERE username = 'alice'")
+    assert (await h.call(f"apientry=apitest&{AUTH}")).ok
+    assert not (await h.call(f"apientry=version&{AUTH}")).ok
+    await deferLater(global_reactor, 0.2, lambda: None)
+    rows = (await h.db.run_query("x", "SELECT name, phone FROM tb_users WHERE username = 'alice'")).rows
+    assert rows == [("ok-action", "failed")]
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_command_actions_need_the_option(tmp_path: Path) -> None:
+    """A command action is refused (and logged) unless customactioncommands is on; then it runs, no shell."""
+    marker = tmp_path / "ran"
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = await make_harness(tmp_path)
+        await define(h, "apitest", "", 7, f"/usr/bin/touch {marker}")
+        assert (await h.call(f"apientry=apitest&{AUTH}")).ok
+        await deferLater(global_reactor, 0.3, lambda: None)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not marker.exists()
+    texts = [e["log_format"].format(**e) for e in events if "custom action" in e.get("log_format", "")]
+    assert any("set customactioncommands=true" in t for t in texts)
+    await h.db.close()
+    (tmp_path / "b").mkdir()
+    h = await make_harness(tmp_path / "b", "customactioncommands=true")
+    h.api.actions.reactor = global_reactor
+    await define(h, "apitest", "", 7, f"/usr/bin/touch {marker} {tmp_path}/semi;rm")
+    assert (await h.call(f"apientry=apitest&{AUTH}")).ok
+    for _ in range(50):
+        if marker.exists():
+            break
+        await deferLater(global_reactor, 0.1, lambda: None)
+    assert marker.exists()
+    assert (tmp_path / "semi;rm").exists()  # one argument: no shell split it
+    await h.db.close()
+
+
+class FakeSmtp(LineReceiver):
+    """Just enough SMTP to receive one message."""
+
+    delimiter = b"\r\n"
+
+    def connectionMade(self) -> None:
+        self.data: list[bytes] | None = None
+        self.sendLine(b"220 fake ESMTP")
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.data is not None:
+            if line == b".":
+                self.factory.messages.append(b"\r\n".join(self.data))  # type: ignore[attr-defined]
+                self.data = None
+                self.sendLine(b"250 queued")
+            else:
+                self.data.append(line)
+            return
+        verb = line.split(b" ", 1)[0].upper()
+        if verb == b"DATA":
+            self.data = []
+            self.sendLine(b"354 go ahead")
+        elif verb == b"QUIT":
+            self.sendLine(b"221 bye")
+            self.transport.loseConnection()
+        else:
+            self.sendLine(b"250 ok")
+
+
+@pytest_twisted.ensureDeferred
+async def test_email_action(tmp_path: Path) -> None:
+    """Action 1 sends an e-mail through smtpserver with placeholders filled in."""
+    factory = Factory.forProtocol(FakeSmtp)
+    factory.messages = []  # type: ignore[attr-defined]
+    port = global_reactor.listenTCP(0, factory, interface="127.0.0.1")
+    h = await make_harness(tmp_path, f"smtpserver=127.0.0.1:{port.getHost().port}", "adminemail=ops@example.com")
+    h.api.actions.reactor = global_reactor
+    await define(h, "apitest", "", 1, "***SUBJECT: login by [USERNAME]\nUser [USERNAME] ({email}) called the API.")
+    assert (await h.call(f"apientry=apitest&{AUTH}")).ok
+    for _ in range(50):
+        if factory.messages:  # type: ignore[attr-defined]
+            break
+        await deferLater(global_reactor, 0.1, lambda: None)
+    message = factory.messages[0].decode()  # type: ignore[attr-defined]
+    assert "Subject: login by alice" in message
+    assert "To: ops@example.com" in message
+    assert "User alice () called the API." in message
+    await port.stopListening()
+    await h.db.close()
