@@ -354,3 +354,13 @@ async def test_register_and_credit_conditions(h: Harness) -> None:
     await h.db.run_statement("x", "UPDATE tb_api SET req_user_register = 0, req_user_credit = ?", (__import__("decimal").Decimal("6"),))
     await h.api.reload_access()
     assert (await h.call(query)).text == "ERROR: not enough credit"
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_function_limit(h: Harness) -> None:
+    """A function's own limit (preauth: 5/s, burst 10) applies per address, on top of the general ones."""
+    answers = [await h.call("apientry=preauth") for _ in range(11)]
+    assert [a.ok for a in answers].count(True) == 10
+    assert answers[-1].text == "ERROR: rate limited"
+    assert (await h.call("apientry=preauth", OTHER_IP)).ok
+    assert (await h.call("apientry=apitest1")).ok

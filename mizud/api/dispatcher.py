@@ -145,6 +145,18 @@ class Api:
         self.limit_user = LeakyBucket(self.clock, user, user * 2)
         self.limit_global = LeakyBucket(self.clock, total, total * 2)
         self.failures = FailureCounter(self.clock, config.authfailmax, config.authfailwindow)
+        self.limit_function: dict[str, LeakyBucket] = {}
+
+    def _function_allows(self, function: ApiFunction, source: str) -> bool:
+        """The function's own per-address limit, if it has one."""
+        if not function.rate:
+            return True
+        bucket = self.limit_function.get(function.name)
+        if bucket is None:
+            bucket = self.limit_function[function.name] = LeakyBucket(
+                self.clock, function.rate, max(1.0, function.rate * 2)
+            )
+        return bucket.allow(source)
 
     def reload(self) -> tuple[list[str], list[str]]:
         """Re-read the config (see L{Settings.reload}) and rebuild the limiters."""
@@ -231,7 +243,7 @@ class Api:
         if function.handler is None:
             return error(f"not supported: {function.unsupported}", answer.BAD_FUNCTION)
         source = request.source
-        if not (self.limit_global.allow("*") and self.limit_ip.allow(source)):
+        if not (self.limit_global.allow("*") and self.limit_ip.allow(source) and self._function_allows(function, source)):
             return error("rate limited", answer.RATE_LIMITED)
         if self.bans.is_banned("ip", source):
             return error("banned: too many failed authentications", answer.AUTH_FAILED)
@@ -312,7 +324,8 @@ class Api:
         username = failure.username[:64]
         log.warn(
             "authentication failure from {source} user={user} function={function} reason={reason}",
-            source=request.source, user=username or "-", function=request.function[:64], reason=failure.reason,
+            source=request.source, user=_loggable(username), function=_loggable(request.function),
+            reason=failure.reason,
         )
         if self.failures.fail(("ip", request.source)):
             await self.bans.ban("ip", request.source, config.authbantime, "failed authentications")
@@ -369,6 +382,9 @@ class Api:
                 return Caller(user, max(self._level(user, trusted), REQ_ALL), trusted, "username")
             raise AuthFailure("no password or authmd5", authid)
         if user is None:
+            # Spend what checking a password would, so timing does not tell
+            # whether the user exists.
+            authmd5_full(authid, "x" * 12, request.get("authsalt1"), request.get("authsalt2"), "", "")
             raise AuthFailure("unknown user", authid)
         self._check_enabled(user, authid)
         how = await self._verify(request, user, authid, rule, trusted, needs_nonce)
@@ -492,6 +508,12 @@ class Api:
         if user is None:
             raise RequestError(f"no such user: {target[:64]}", answer.NOT_FOUND)
         return Caller(user, caller.level, caller.trusted, f"{caller.how}, as {user.username}")
+
+
+def _loggable(text: str) -> str:
+    """A client-supplied word safe for a one-line log record: no spaces or control characters."""
+    cleaned = "".join(c if c.isprintable() and not c.isspace() else "?" for c in text[:64])
+    return cleaned or "-"
 
 
 def login_ip_check(rule: Access, config: Any) -> bool:

@@ -80,6 +80,8 @@ class ApiFunction:
     aliases: tuple[str, ...] = ()
     handler: Handler | None = None
     unsupported: str | None = None
+    #: Requests per second one address may send to this function (0: only the general limits).
+    rate: float = 0.0
 
     @property
     def status(self) -> str:
@@ -116,6 +118,7 @@ class Registry:
         params: tuple[str, ...] = (),
         aliases: tuple[str, ...] = (),
         access: Access | None = None,
+        rate: float = 0.0,
     ) -> Callable[[Handler], Handler]:
         """Decorator: register an C{async def handler(call)} under C{name}."""
 
@@ -130,6 +133,7 @@ class Registry:
                     access=access or DEFAULT_ACCESS[category],
                     aliases=tuple(dict.fromkeys((*(existing.aliases if existing else ()), *aliases))),
                     handler=handler,
+                    rate=rate,
                 )
             )
             return handler

@@ -75,7 +75,7 @@ def register(registry: Registry) -> None:
         ]
         return ok(f"{len(records)} functions", records)
 
-    @fn("preauth", Category.PUBLIC, "start a nonce login: returns a new nonce", access=NO_AUTH)
+    @fn("preauth", Category.PUBLIC, "start a nonce login: returns a new nonce", access=NO_AUTH, rate=5)
     async def preauth(call: Call) -> ApiAnswer:
         config = call.api.settings.current
         nonce = await call.api.nonces.issue(call.request.source, config.apinoncettl)
