@@ -1,0 +1,126 @@
+"""Generate docs/api.md from the function registry: `python -m mizud.api.docs > docs/api.md`."""
+
+from __future__ import annotations
+
+from .functions import build_registry
+from .registry import REQ_ADMINS, REQ_ALL, REQ_PUBLIC, Category
+
+_LEVELS = {REQ_PUBLIC: "public", REQ_ALL: "users", REQ_ADMINS: "admins", 4: "server admin", 8: "owners, resellers", 10: "support", 11: "SIP users"}
+
+HEADER = """\
+# API functions
+
+This file is generated from mizud's function registry
+(`python -m mizud.api.docs > docs/api.md`); a test keeps it current.
+
+## Entry points
+
+- HTTP GET or POST to any path containing `/mvapireq` on `mainaport`
+  (default 80): `/mvapireq/?apientry=FUNCTION&authkey=..&authid=..&authmd5=..`.
+- The old interface: `/xmapi/COMMAND?key=..&usr=..&pwd=..|md5auth=..` on
+  `httpserver` (default 8084) and on `mainaport`.
+- Other transports (raw TCP and UDP lines, WebSocket, TLS, SIP, the telnet
+  console) are not served yet.
+
+## Requests
+
+Parameters come from the query string and the body: form-urlencoded,
+multipart form (no file uploads), a JSON object (scalar values), XML (the
+root's child elements), a SOAP envelope (the element inside Body names the
+function), ini (`key=value` lines) or plain text (a query string or a
+`/mvapireq/?...` line). Names are case-insensitive; values URL-decoded and
+UTF-8. Aliases: `phone1`/`from` = `anum`, `phone2`/`to` = `bnum`,
+`message` = `txt`, `authsalt` = `authsalt1`. `param1..paramN` fill a
+function's parameters in the order listed below. `now` and other unknown
+parameters are ignored. XOR+Base64 encryption with `httpapiencryptkey`:
+`mcrfs=` carries the whole request, an `oenc1_` prefix marks one encrypted
+value. Admins may act as another user with `targetuser`.
+
+Limits: 256 parameters, 65,536 characters per value, 8,192 characters of
+URL, 1 MiB of body; XML with a DTD or entities is refused.
+
+## Answers
+
+`format=` picks text, cleartext, html, xml, soap, json or jsonp (with
+`callback=NAME`; `enablejsonp=0` turns JSONP into JSON); without it a JSON,
+XML or SOAP request gets the same format back and anything else text.
+
+| format | success | failure |
+|---|---|---|
+| text | `OK: message`, then for record lists a tab-separated header line and one line per record | `ERROR: message` |
+| cleartext | `message` alone (records as in text) | `ERROR: message` |
+| html | a page with the text line in `<p>` and records in a `<table>` | the same |
+| json | `{"code":200,"status":"OK","message":"...","data":[{...}]}` (`data` only for record lists; values are strings or null) | `{"code":499,"status":"ERROR","message":"..."}` |
+| jsonp | `CALLBACK(json);` | the same |
+| xml | `<response><code>200</code><status>OK</status><message/><data><record>...</record></data></response>` | code 499, status ERROR |
+| soap | the xml `<response>` inside a SOAP 1.1 `Envelope`/`Body` | the same |
+
+HTTP status: 200 for every answer, unless `httpstrictrtspose` (alias
+`httpstrictresponse`) is on; then failures carry 403 (wrong authentication,
+access denied, bans, address not allowed, `ERROR: new nonce is:...EOF`), 404
+(not found), 406 (unknown, disabled or unsupported function), 412 (failed to
+complete), 420 (bad PIN), 421 (missing parameter), 429 (rate limited) or 499
+(anything else). 503 while the daemon is still opening its database.
+
+## Authentication and access
+
+Per spec: `authkey` = `apiv2key` (not needed from trusted addresses or when
+no key is set); `authid` = username, user id or PIN; `authpwd` = password
+(or PIN); `authmd5` = `authv3_` + MD5(MD5("tU29m" + authid + authpwd +
+authsalt1) + authsalt2 + apiv2md5salt + nonce) or MD5("ck5Gp" + authid +
+authpwd + apiv2md5salt + authsalt1). `preauth` answers
+`OK: new nonce is:NONCEEOF`; send the first 10 or more characters as
+`nonce=`. When `apidefneedlogin` / `tb_api.req_user_login` demand it, a
+request without a valid nonce is answered `ERROR: new nonce is:NONCEEOF`;
+each authmd5 is accepted once per nonce. Trusted addresses (loopback, the
+LAN unless `trustlanip=false`, `trustediplist`; see `allowtrustedip`) are
+admins without credentials when `apideftrustadmin` is 1 (default) or 2, and
+may name a user by `authid` alone. Wrong key, unknown user and wrong
+password all answer `ERROR: wrong authentication`; `authfailmax` failures
+in `authfailwindow` ban the address and the user for `authbantime`.
+Rate limits (leaky buckets): `ratelimitglobal`, `ratelimitip`,
+`ratelimituser`, and some functions' own (below).
+
+`tb_api` rows override a function's access (`req_key`, `req_ip`, `req_user`,
+`req_user_mode`, `req_user_credit`, `req_user_register`, `req_user_login`,
+`enabled`) after `apireload`; a row with `customsql` defines a custom
+function (or replaces a predefined one), and `custom_action` /
+`custom_action_body` run an action after the answer. See
+docs/schema.md and docs/decisions.md.
+
+## Functions
+
+"Access" is who may call the function by default (a `tb_api` row may
+change it). "not supported" functions answer `ERROR: not supported: REASON`.
+
+| function | aliases | category | parameters | access | status | what it does |
+|---|---|---|---|---|---|---|
+"""
+
+
+def render() -> str:
+    """The whole of docs/api.md."""
+    registry = build_registry()
+    rows = []
+    for function in registry:
+        level = function.access.req_user or (REQ_ADMINS if function.category in (Category.ADMIN, Category.SENSITIVE) else REQ_ALL)
+        access = _LEVELS.get(level, str(level))
+        if function.access.req_ip:
+            access += ", listed address"
+        if not function.access.req_key:
+            access += ", no key"
+        if function.rate:
+            access += f", {function.rate:g}/s per address"
+        rows.append(
+            f"| {function.name} | {', '.join(function.aliases)} | {function.category.value} | "
+            f"{', '.join(function.params)} | {access} | {function.status} | {function.summary} |"
+        )
+    implemented = sum(1 for f in registry if f.handler)
+    footer = f"\n{len(rows)} functions, {implemented} implemented.\n"
+    return HEADER + "\n".join(rows) + "\n" + footer
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    sys.stdout.write(render())
