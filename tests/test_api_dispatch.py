@@ -16,6 +16,8 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from mizud.api.answer import ApiAnswer
+from mizud.api.dispatcher import Call
+from mizud.api.registry import Category
 from mizud.api.dispatcher import Api
 from mizud.api.functions import build_registry
 from mizud.api.request import decode
@@ -364,3 +366,38 @@ async def test_per_function_limit(h: Harness) -> None:
     assert answers[-1].text == "ERROR: rate limited"
     assert (await h.call("apientry=preauth", OTHER_IP)).ok
     assert (await h.call("apientry=apitest1")).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_authid_may_be_a_did(h: Harness) -> None:
+    """authid may name a user by an assigned phone number (DID)."""
+    alice = await h.store.find_user("alice")
+    assert alice is not None
+    await h.db.run_statement(
+        "x", "INSERT INTO tb_phonenumbers (number, userid, status, created) VALUES ('3612345678', ?, 2, 'x')", (alice.id,)
+    )
+    assert (await h.call(f"apientry=login&authkey={KEY}&authid=3612345678&authpwd=alicepw")).text == f"OK: {alice.id}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_of_each_error_kind(h: Harness) -> None:
+    """Each kind of failure carries the status strict mode puts on the wire."""
+    from mizud.store.money import BadPin
+
+    @h.api.registry.function("charge", Category.USER, "stand-in", ("pin",))
+    async def charge(call: Call) -> ApiAnswer:
+        raise BadPin("invalid or used PIN")
+
+    cases = {
+        "apientry=delbanned": (421, "ERROR: missing parameter: ip"),
+        "apientry=login&targetuser=ghost": (404, "ERROR: no such user: ghost"),
+        "apientry=charge&pin=1": (420, "ERROR: invalid or used PIN"),
+        "apientry=nosuch": (406, "ERROR: unknown function: nosuch"),
+    }
+    for query, (status, text) in cases.items():
+        answer = await h.call(query, "127.0.0.1")
+        assert (answer.status, answer.text) == (status, text)
+    await h.db.run_statement("x", "INSERT INTO tb_api (fname, customsql) VALUES ('broken', '*UPDATE nosuchtable SET a = 1')")
+    await h.api.reload_access()
+    broken = await h.call("apientry=broken", "127.0.0.1")
+    assert broken.status == 412 and broken.text.startswith("ERROR: custom statement failed: ")

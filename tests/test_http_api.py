@@ -141,7 +141,8 @@ async def test_statuses_are_200_unless_strict(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_input_gets_clean_errors(server: Server, tmp_path: Path) -> None:
-    """Malformed bodies, bad UTF-8 and oversized requests get ERROR answers, never tracebacks."""
+    """Malformed bodies, bad UTF-8 and oversized requests get ERROR answers, never tracebacks, and write nothing."""
+    before = await table_counts(server)
     cases = [
         ("-H", "Content-Type: application/json", "--data-binary", "{bad json"),
         ("-H", "Content-Type: text/xml", "--data-binary", '<!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>'),
@@ -157,6 +158,15 @@ async def test_hostile_input_gets_clean_errors(server: Server, tmp_path: Path) -
     status, _, body = await server.curl("--data-binary", f"@{big}", f"{server.base}/mvapireq/")
     assert body == "ERROR: request body over 1048576 bytes"
     assert (await server.curl(f"{server.base}/mvapireq/?apientry=apitest1"))[2] == "OK: API test passed"
+    assert await table_counts(server) == before
+
+
+async def table_counts(server: Server) -> list[int]:
+    """Row counts of every table a request could write."""
+    counts = []
+    for table in ("tb_users", "tb_credits", "tb_moneyops", "tb_banned", "tb_nonces", "tb_nonceuse", "tb_api"):
+        counts.append((await server.api.db.run_query("count", f"SELECT count(*) FROM {table}")).rows[0][0])
+    return counts
 
 
 @pytest_twisted.ensureDeferred

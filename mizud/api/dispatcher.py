@@ -451,12 +451,14 @@ class Api:
             raise AuthFailure("user disabled", authid)
 
     async def _find(self, authid: str) -> User | None:
-        """The user an authid names: username, else numeric id, else PIN."""
+        """The user an authid names: username, else numeric id, else PIN, else DID."""
         user = await self.store.find_user(authid)
         if user is None and authid.isdigit() and len(authid) < 19:
             user = await self.store.get_user(int(authid))
         if user is None and self.settings.current.apiauth != 0:
             user = await self.store.find_user_by_pin(authid)
+        if user is None:
+            user = await self.store.find_user_by_number(authid)
         return user
 
     async def _verify(

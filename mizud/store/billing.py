@@ -242,6 +242,15 @@ class BillingStore:
         row = (await self.db.run_query("find_user_by_pin", sql, (pin,))).one()
         return self._user(row) if row else None
 
+    async def find_user_by_number(self, number: str) -> User | None:
+        """The user a phone number (DID) from tb_phonenumbers is assigned to, or None."""
+        sql = (
+            f"SELECT {', '.join('u.' + c.strip() for c in _USER_COLUMNS.split(','))} FROM tb_phonenumbers n "
+            "JOIN tb_users u ON u.id = n.userid WHERE n.number = ? AND n.userid > 0"
+        )
+        row = (await self.db.run_query("find_user_by_number", sql, (number,))).one()
+        return self._user(row) if row else None
+
     async def find_user_by_login(self, login: str) -> User | None:
         """The user whose username followed by password is C{login} (old PIN form), or None."""
         sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE username || password = ?"
