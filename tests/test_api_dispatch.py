@@ -23,7 +23,7 @@ from mizud.api.functions import build_registry
 from mizud.api.request import decode
 from mizud.config import Settings
 from mizud.store.billing import USER_ADMIN, BillingStore
-from mizud.store.database import SqliteDatabase
+from mizud.store.database import Database, open_database
 from mizud.store.schema import migrate
 
 PUBLIC_IP = "1.2.3.4"
@@ -40,7 +40,7 @@ def md5(text: str) -> str:
 class Harness:
     """An Api on a real SQLite store, a fake clock, and requests from any address."""
 
-    def __init__(self, api: Api, store: BillingStore, clock: Clock, db: SqliteDatabase) -> None:
+    def __init__(self, api: Api, store: BillingStore, clock: Clock, db: Database) -> None:
         self.api = api
         self.store = store
         self.clock = clock
@@ -51,11 +51,11 @@ class Harness:
         return await self.api.dispatch(decode(query=query, source=source))
 
 
-async def make_harness(tmp_path: Path, *sets: str) -> Harness:
-    """A harness with users alice (enduser) and root (admin)."""
-    path = str(tmp_path / "api.sqlite")
+async def make_harness(tmp_path: Path, *sets: str, database: str | None = None) -> Harness:
+    """A harness with users alice (enduser) and root (admin), on SQLite unless a database is given."""
+    path = database or str(tmp_path / "api.sqlite")
     migrate(path, "2026-01-01")
-    db = SqliteDatabase(path, global_reactor)
+    db = open_database(path, global_reactor)
     await db.start()
     clock = Clock()
     clock.advance(1_800_000_000)
