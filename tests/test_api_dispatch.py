@@ -401,3 +401,22 @@ async def test_status_of_each_error_kind(h: Harness) -> None:
     await h.api.reload_access()
     broken = await h.call("apientry=broken", "127.0.0.1")
     assert broken.status == 412 and broken.text.startswith("ERROR: custom statement failed: ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_internal_error_is_499_without_traceback(h: Harness) -> None:
+    """A handler that breaks answers ERROR: internal error (499); the process goes on."""
+    events: list[dict[str, Any]] = []
+
+    @h.api.registry.function("info", Category.ADMIN, "stand-in that breaks")
+    async def info(call: Call) -> ApiAnswer:
+        raise RuntimeError("secret detail")
+
+    globalLogPublisher.addObserver(events.append)
+    try:
+        answer = await h.call("apientry=info", "127.0.0.1")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert (answer.text, answer.status) == ("ERROR: internal error", 499)
+    assert any(e.get("log_failure") is not None for e in events)
+    assert (await h.call("apientry=version", "127.0.0.1")).ok
