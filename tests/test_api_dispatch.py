@@ -420,3 +420,14 @@ async def test_internal_error_is_499_without_traceback(h: Harness) -> None:
     assert (answer.text, answer.status) == ("ERROR: internal error", 499)
     assert any(e.get("log_failure") is not None for e in events)
     assert (await h.call("apientry=version", "127.0.0.1")).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_banned_user_learns_nothing(h: Harness) -> None:
+    """Once a name is banned, right and wrong passwords get the same answer."""
+    for i in range(5):
+        await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=bad{i}", f"9.9.9.{i}")
+    right = await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=alicepw", OTHER_IP)
+    wrong = await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=bad", OTHER_IP)
+    assert right == wrong
+    assert right.text == "ERROR: banned: too many failed authentications"

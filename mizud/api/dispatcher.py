@@ -60,6 +60,7 @@ from .state import Bans, Nonces
 log = Logger()
 
 WRONG_AUTH = "wrong authentication"
+BANNED = "banned: too many failed authentications"
 
 #: The privilege level of each user type (lower is more privileged).
 LEVEL_BY_TYPE = {USER_ADMIN: REQ_SRVADMIN, USER_SUPPORT: REQ_SUPPORT, USER_RESELLER: REQ_OWNERS, USER_OWNER: REQ_OWNERS}
@@ -246,7 +247,7 @@ class Api:
         if not (self.limit_global.allow("*") and self.limit_ip.allow(source) and self._function_allows(function, source)):
             return error("rate limited", answer.RATE_LIMITED)
         if self.bans.is_banned("ip", source):
-            return error("banned: too many failed authentications", answer.AUTH_FAILED)
+            return error(BANNED, answer.AUTH_FAILED)
         trust = Trust(config)
         trusted = trust.trusted(source)
         legacy_request = bool(request.context.get("legacy"))
@@ -277,7 +278,7 @@ class Api:
         user = caller.user
         if user is not None:
             if self.bans.is_banned("user", user.username):
-                return error("banned: too many failed authentications", answer.AUTH_FAILED)
+                return error(BANNED, answer.AUTH_FAILED)
             if not self.limit_user.allow(user.id):
                 return error("rate limited", answer.RATE_LIMITED)
             refusal = await self._user_conditions(user, rule, caller)
@@ -365,6 +366,10 @@ class Api:
             if trusted and trust_admin in (1, 2):
                 return await self._impersonate(request, Caller(None, REQ_SRVADMIN, True, "trusted address"))
             return Caller(None, REQ_PUBLIC, trusted, "anonymous")
+        if self.bans.is_banned("user", authid):
+            # Before any password check: a banned name must not learn
+            # whether its next guess was right.
+            raise Refused(BANNED)
         user = await self._find(authid)
         proof = request.get("authpwd") or request.get("authmd5")
         if not proof:
@@ -407,6 +412,8 @@ class Api:
             if not privileged:
                 raise Refused("only allowed from httpapiallowedip2 addresses")
             return Caller(None, REQ_SRVADMIN, True, "httpapiallowedip2")
+        if username and self.bans.is_banned("user", username):
+            raise Refused(BANNED)
         user, how = await self._find_legacy(request)
         if user is None:
             raise AuthFailure("unknown user", username)
