@@ -156,7 +156,11 @@ async def test_hostile_input_gets_clean_errors(server: Server, tmp_path: Path) -
     big = tmp_path / "big.txt"
     big.write_bytes(b"a=" + b"x" * (2 * 1024 * 1024))
     status, _, body = await server.curl("--data-binary", f"@{big}", f"{server.base}/mvapireq/")
-    assert body == "ERROR: request body over 1048576 bytes"
+    assert (status, body) == (413, "ERROR: request body over 1048576 bytes")
+    status, _, body = await server.curl(
+        "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{big}", f"{server.base}/mvapireq/"
+    )
+    assert (status, body) == (413, "ERROR: request body over 1048576 bytes")
     assert (await server.curl(f"{server.base}/mvapireq/?apientry=apitest1"))[2] == "OK: API test passed"
     assert await table_counts(server) == before
 

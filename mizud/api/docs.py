@@ -60,7 +60,9 @@ HTTP status: 200 for every answer, unless `httpstrictrtspose` (alias
 access denied, bans, address not allowed, `ERROR: new nonce is:...EOF`), 404
 (not found), 406 (unknown, disabled or unsupported function), 412 (failed to
 complete), 420 (bad PIN), 421 (missing parameter), 429 (rate limited) or 499
-(anything else). 503 while the daemon is still opening its database.
+(anything else). 503 while the daemon is still opening its database; a
+body over 1 MiB (declared or chunked) gets 413 and the connection is closed
+before more of it is read.
 
 ## Authentication and access
 

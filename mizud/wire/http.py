@@ -183,8 +183,56 @@ class _NotFound(Resource):
 _NOT_FOUND = _NotFound()
 
 
+class LimitedRequest(Request):
+    """A request whose body may not exceed L{MAX_BODY}.
+
+    twisted.web would otherwise spool any body, however large, to a
+    temporary file before the resource sees it.  A declared length over the
+    limit, or a chunked body that grows past it, is answered 413 and the
+    connection closed; nothing more is read or stored.
+    """
+
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        """Refuse a declared body over the limit before reading it."""
+        if length is not None and length > MAX_BODY:
+            self._refuse()
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """Count the body as it arrives; refuse it once it passes the limit."""
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def process(self) -> None:
+        """Render, unless the body was refused."""
+        if not self._refused:
+            super().process()
+
+    def _refuse(self) -> None:
+        self._refused = True
+        body = f"ERROR: request body over {MAX_BODY} bytes".encode()
+        transport = self.channel.transport if self.channel else None
+        if transport is not None:
+            transport.write(
+                b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            transport.loseConnection()
+
+
 class QuietSite(Site):
     """A Site without a per-request access log (failures are logged where decided)."""
+
+    requestFactory = LimitedRequest
 
     def log(self, request: http.Request) -> None:
         """No access log line per request."""
