@@ -220,7 +220,7 @@ class LimitedRequest(Request):
     def _refuse(self) -> None:
         self._refused = True
         body = f"ERROR: request body over {MAX_BODY} bytes".encode()
-        transport = self.channel.transport if self.channel else None
+        transport: Any = self.channel.transport if self.channel else None
         if transport is not None:
             transport.write(
                 b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
