@@ -152,7 +152,7 @@ def main() -> None:
     digest = hashlib.md5(("ck5Gp" + user + password + "srv" + salt).encode()).hexdigest()
     path = f"/mvapireq/?apientry=balance&authkey={key}&authid={user}&authmd5={digest}&authsalt={salt}"
     try:
-        wait_for(mizud_port, path, b"OK: 0.00")
+        wait_for(mizud_port, path, b"OK: 0.00 USD")
         wait_for(bare_port, "/", b"OK: 12.34")
         ours, theirs = [], []
         for _ in range(args.rounds):

@@ -336,12 +336,12 @@ async def test_balance(h: Harness) -> None:
     """balance answers the caller's credit; made public in tb_api it needs only authid."""
     digest = md5("ck5Gp" + "alice" + "alicepw" + SALT + "9")
     answer = await h.call(f"apientry=balance&authkey={KEY}&authid=alice&authmd5={digest}&authsalt=9")
-    assert answer.text == "OK: 5.00"
+    assert answer.text == "OK: 5.00 USD"
     assert answer.records is None
     assert not (await h.call(f"apientry=balance&authkey={KEY}&authid=alice")).ok
     await h.db.run_statement("x", "INSERT INTO tb_api (fname, req_key, req_user, req_user_mode) VALUES ('balance', 0, 14, 4)")
     await h.api.reload_access()
-    assert (await h.call("apientry=balance&authid=alice")).text == "OK: 5.00"
+    assert (await h.call("apientry=balance&authid=alice")).text == "OK: 5.00 USD"
 
 
 @pytest_twisted.ensureDeferred

@@ -29,11 +29,11 @@ def md5(text: str) -> str:
 async def test_balance_with_password_and_md5auth(tmp_path: Path) -> None:
     """usr+pwd and usr+md5auth (rd58s or rD58s, salt httpapimd5salt) authenticate."""
     h = await make_harness(tmp_path)
-    assert (await old(h, "balance", "usr=alice&pwd=alicepw&now")).text == "OK: 5.00"
+    assert (await old(h, "balance", "usr=alice&pwd=alicepw&now")).text == "OK: 5.00 USD"
     assert (await old(h, "balance", "usr=alice&pwd=wrong&now")).text == "ERROR: wrong authentication"
     for prefix in ("rd58s", "rD58s"):
         digest = md5(f"{prefix}:alice:alicepw:87159643")
-        assert (await old(h, "balance", f"usr=alice&md5auth={digest}")).text == "OK: 5.00"
+        assert (await old(h, "balance", f"usr=alice&md5auth={digest}")).text == "OK: 5.00 USD"
     assert not (await old(h, "balance", f"usr=alice&md5auth={md5('rd58s:alice:alicepw:1')}")).ok
     user = await h.store.find_user("alice")
     assert user is not None
@@ -47,7 +47,7 @@ async def test_key_and_allowed_addresses(tmp_path: Path) -> None:
     h = await make_harness(tmp_path, "httpapikey=oldkey", f"httpapiallowedip={OTHER_IP}")
     assert (await old(h, "balance", "key=oldkey&usr=alice&pwd=alicepw")).text == "ERROR: access not allowed from this address"
     assert (await old(h, "balance", "usr=alice&pwd=alicepw", OTHER_IP)).text == "ERROR: wrong authentication"
-    assert (await old(h, "balance", "key=oldkey&usr=alice&pwd=alicepw", OTHER_IP)).text == "OK: 5.00"
+    assert (await old(h, "balance", "key=oldkey&usr=alice&pwd=alicepw", OTHER_IP)).text == "OK: 5.00 USD"
     await h.db.close()
 
 
@@ -55,12 +55,12 @@ async def test_key_and_allowed_addresses(tmp_path: Path) -> None:
 async def test_pin_authentication_modes(tmp_path: Path) -> None:
     """pin= is the PIN field; with callingcardauth=1 also username+password concatenated."""
     h = await make_harness(tmp_path)
-    assert (await old(h, "balance", "pin=777111")).text == "OK: 5.00"
+    assert (await old(h, "balance", "pin=777111")).text == "OK: 5.00 USD"
     assert not (await old(h, "balance", "pin=alicealicepw")).ok
     await h.db.close()
     (tmp_path / "b").mkdir()
     h = await make_harness(tmp_path / "b", "callingcardauth=1")
-    assert (await old(h, "balance", "pin=alicealicepw")).text == "OK: 5.00"
+    assert (await old(h, "balance", "pin=alicealicepw")).text == "OK: 5.00 USD"
     await h.db.close()
 
 
@@ -78,7 +78,7 @@ async def test_sensitive_commands_only_from_allowedip2(tmp_path: Path) -> None:
     assert (await old(h, "addcredit", "usr=alice&credit=5", OTHER_IP)).text == "OK: httpapiallowedip2 alice 5"
     assert (await old(h, "addcredit", "usr=alice&credit=5", "127.0.0.1")).ok
     # From an allowedip2 address a user command needs no password either.
-    assert (await old(h, "balance", "usr=alice", OTHER_IP)).text == "OK: 5.00"
+    assert (await old(h, "balance", "usr=alice", OTHER_IP)).text == "OK: 5.00 USD"
     assert not (await old(h, "balance", "usr=alice")).ok
     await h.db.close()
 

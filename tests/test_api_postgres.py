@@ -22,7 +22,7 @@ async def test_api_state_on_postgres(tmp_path: Path, pg_database: str) -> None:
     nonce = (await h.call("apientry=preauth")).text.removeprefix("OK: new nonce is:").removesuffix("EOF")
     digest = "authv3_" + md5(md5("tU29m" + "alice" + "alicepw" + "a") + "b" + SALT + nonce)
     query = f"apientry=balance&authkey={KEY}&authid=alice&authmd5={digest}&authsalt1=a&authsalt2=b&nonce={nonce[:10]}"
-    assert (await h.call(query)).text == "OK: 5.00"
+    assert (await h.call(query)).text == "OK: 5.00 USD"
     assert (await h.call(query)).text == "ERROR: wrong authentication"
     for _ in range(5):
         await h.call(f"apientry=balance&authkey={KEY}&authid=bob&authpwd=x", OTHER_IP)

@@ -192,5 +192,5 @@ async def test_trusted_proxy_forwarded_address(tmp_path: Path) -> None:
 async def test_old_interface_over_http(server: Server) -> None:
     """/xmapi/COMMAND answers on the same site; unknown paths stay 404."""
     status, _, body = await server.curl(f"{server.base}/xmapi/balance?usr=alice&pwd=alicepw&now")
-    assert (status, body) == (200, "OK: 0.00")
+    assert (status, body) == (200, "OK: 0.00 USD")
     assert (await server.curl(f"{server.base}/xmapi/balance?usr=alice&pwd=x"))[2] == "ERROR: wrong authentication"

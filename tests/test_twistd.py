@@ -67,7 +67,7 @@ def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
     rest, _ = process.communicate(timeout=30)
     output = "".join(lines) + rest
     assert answer == "OK: API test passed", output
-    assert old == "OK: 0.00", output
+    assert old == "OK: 0.00 USD", output
     # twistd shuts down cleanly, then ends itself with the signal it got.
     assert process.returncode == -signal.SIGTERM, output
     assert "Server Shut Down." in output

@@ -11,10 +11,10 @@ from ..registry import Category, Registry
 def register(registry: Registry) -> None:
     """Register this module's handlers."""
 
-    @registry.function("balance", Category.USER, "credit request: the caller's balance")
+    @registry.function("balance", Category.USER, "credit request: the caller's balance and currency")
     async def balance(call: Call) -> ApiAnswer:
         user = call.caller.user
         if user is None:
             return error("balance needs authid (the user)", 421)
-        # Just the number: clients of the Mizu API parse "OK: 12.34".
-        return ok(format_money(user.credit))
+        # "OK: 12.34 USD": the number first, as Mizu clients parse it.
+        return ok(f"{format_money(user.credit)} {user.currency}")
