@@ -21,6 +21,7 @@ from mizud.api.registry import Category
 from mizud.api.dispatcher import Api
 from mizud.api.functions import build_registry
 from mizud.api.request import decode
+from mizud.billing.rating import Rater
 from mizud.config import Settings
 from mizud.store.billing import USER_ADMIN, BillingStore
 from mizud.store.database import Database, open_database
@@ -63,7 +64,7 @@ async def make_harness(tmp_path: Path, *sets: str, database: str | None = None) 
     await store.create_user("alice", "alicepw", credit="5", pin="777111")
     await store.create_user("root", "rootpw", type=USER_ADMIN)
     settings = Settings(None, (f"apiv2key={KEY}", f"apiv2md5salt={SALT}", *sets))
-    api = Api(settings, build_registry(), store, clock)
+    api = Api(settings, build_registry(), store, clock, Rater(path, global_reactor))
     await api.reload_access()
     return Harness(api, store, clock, db)
 

@@ -33,6 +33,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ..billing.rating import Rater
 from ..config import Settings
 from ..store.billing import USER_ADMIN, USER_OWNER, USER_RESELLER, USER_SUPPORT, BillingStore, User
 from ..store.database import Database
@@ -125,8 +126,12 @@ class NewNonce(Exception):
 class Api:
     """The API application: registry, access rules, limits, and the dispatcher."""
 
-    def __init__(self, settings: Settings, registry: Registry, store: BillingStore, clock: Clock) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, store: BillingStore, clock: Clock, rater: Rater | None = None
+    ) -> None:
         self.settings = settings
+        #: The rating engine (an empty table until the service loads tb_tariffs).
+        self.rater = rater or Rater(settings.current.database, clock)
         self.registry = registry
         self.store = store
         self.db: Database = store.db

@@ -119,6 +119,8 @@ class ApiService(Service):
     async def _start(self, store: BillingStore) -> BillingStore:
         api = Api(self.settings, self.registry, store, self.reactor)
         rules = await api.reload_access()
+        table = await api.rater.rebuild()
+        log.info("rating table loaded: {count} tariffs", count=table.size)
         await api.bans.refresh()
         self._chores = [
             self._every(BAN_REFRESH, api.bans.refresh),

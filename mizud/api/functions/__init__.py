@@ -8,10 +8,11 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import account, core
+    from . import account, core, rating
 
     registry = Registry()
     catalogue.load(registry)
     core.register(registry)
     account.register(registry)
+    rating.register(registry)
     return registry

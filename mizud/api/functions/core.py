@@ -95,6 +95,7 @@ def register(registry: Registry) -> None:
     @fn("reload", Category.ADMIN, "re-read the configuration (live options only)")
     async def reload(call: Call) -> ApiAnswer:
         applied, pending = call.api.reload()
+        await call.api.rater.rebuild()
         message = f"reloaded; changed: {', '.join(applied) or 'nothing'}"
         if pending:
             message += f"; need a restart: {', '.join(pending)}"

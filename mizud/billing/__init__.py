@@ -1,0 +1,1 @@
+"""Billing: the rating engine and tariff management."""
