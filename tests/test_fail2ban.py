@@ -51,7 +51,7 @@ async def test_fail2ban_regex_matches(tmp_path: Path) -> None:
     lines = await failure_lines(
         h,
         f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=bad",
-        f"apientry=balance&authkey=wrong&authid=nobody&authpwd=bad",
+        "apientry=balance&authkey=wrong&authid=nobody&authpwd=bad",
         "apientry=apitest1",
     )
     await h.db.close()

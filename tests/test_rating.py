@@ -144,3 +144,30 @@ async def test_concurrent_rebuilds_share_one_load(tmp_path: Path) -> None:
     tables = await defer.gatherResults([rater.rebuild(), rater.rebuild(), rater.rebuild()])
     assert len(loads) == 1 and all(t is tables[0] for t in tables)
     assert rater.table.lookup(1, "1") is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_rebuild_swaps_and_retires_the_old_table() -> None:
+    """A rebuild swaps the new table in, leaves the collector enabled, and dismantles the old one."""
+    import gc
+
+    from mizud.billing.rating import Rater
+
+    tables = iter([RatingTable([tariff("1")]), RatingTable([tariff("2")])])
+    rater = Rater("x", global_reactor, lambda database: next(tables))
+    first = await rater.rebuild()
+    second = await rater.rebuild()
+    assert rater.table is second and second.lookup(1, "2") is not None
+    assert gc.isenabled()
+    for _ in range(50):
+        if first.lookup(1, "1") is None:
+            break
+        await _later()
+    assert first.lookup(1, "1") is None  # dismantled in a worker thread
+
+
+async def _later() -> None:
+    """Yield to the reactor briefly."""
+    from twisted.internet.task import deferLater
+
+    await deferLater(global_reactor, 0.02, lambda: None)

@@ -18,9 +18,11 @@ rounding never undercharges.  An unanswered call (N = 0) costs nothing.
 
 from __future__ import annotations
 
+import gc
 import math
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Callable, Iterable, Mapping
 
@@ -31,6 +33,8 @@ _DROP = str.maketrans("", "", " -.()/\t")
 
 def normalise(number: str) -> str | None:
     """Digits of a dialled number without C{+}/C{00}; None if it has other characters."""
+    if number.isdigit() and not number.startswith("00") and len(number) <= 32:
+        return number  # the common case, already clean
     text = number.strip().translate(_DROP)
     if text.startswith("+"):
         text = text[1:]
@@ -73,46 +77,94 @@ class Tariff:
 
 
 class RatingTable:
-    """Tariffs of every plan, for longest-prefix lookups.  Immutable once built."""
+    """Tariffs of every plan, for longest-prefix lookups.  Immutable once built.
 
-    __slots__ = ("_plans", "_longest", "size")
+    Each plan keeps one dict per prefix length, longest first, so a lookup
+    probes only the lengths the plan has, and no single dict grows so large
+    that resizing it would hold up the interpreter for long.
+    """
+
+    __slots__ = ("_plans", "size")
 
     def __init__(self, tariffs: Iterable[Tariff]) -> None:
-        plans: dict[int, dict[str, Tariff]] = {}
+        by_length: dict[int, dict[int, dict[str, Tariff]]] = {}
+        size = 0
         for tariff in tariffs:
-            plans.setdefault(tariff.tariffid, {})[tariff.prefix] = tariff
-        self._plans = plans
-        self._longest = {plan: max(map(len, prefixes)) for plan, prefixes in plans.items()}
-        self.size = sum(len(p) for p in plans.values())
+            lengths = by_length.get(tariff.tariffid)
+            if lengths is None:
+                lengths = by_length[tariff.tariffid] = {}
+            prefixes = lengths.get(len(tariff.prefix))
+            if prefixes is None:
+                prefixes = lengths[len(tariff.prefix)] = {}
+            if tariff.prefix not in prefixes:
+                size += 1
+            prefixes[tariff.prefix] = tariff
+        self._plans = {
+            plan: tuple(sorted(lengths.items(), reverse=True)) for plan, lengths in by_length.items()
+        }
+        self.size = size
 
     def lookup(self, plan: int, number: str) -> Tariff | None:
         """The tariff of the longest prefix of C{number} in C{plan}, or None."""
         digits = normalise(number)
         if digits is None:
             return None
-        prefixes = self._plans.get(plan)
-        if prefixes is None:
+        lengths = self._plans.get(plan)
+        if lengths is None:
             return None
-        get = prefixes.get
-        for length in range(min(len(digits), self._longest[plan]), 0, -1):
-            tariff = get(digits[:length])
-            if tariff is not None:
-                return tariff
+        available = len(digits)
+        for length, prefixes in lengths:
+            if length <= available:
+                tariff = prefixes.get(digits[:length])
+                if tariff is not None:
+                    return tariff
         return None
 
     def plans(self) -> Mapping[int, int]:
         """Number of prefixes per plan."""
-        return {plan: len(prefixes) for plan, prefixes in self._plans.items()}
+        return {plan: sum(len(p) for _, p in lengths) for plan, lengths in self._plans.items()}
+
+    def dismantle(self) -> None:
+        """Free a retired table entry by entry.
+
+        Dropping a million-entry dict at once frees everything inside one
+        interpreter step, holding every other thread (the reactor) until it
+        is done; popping entries one by one lets the reactor in between.
+        Only for a table no one looks up any more.
+        """
+        plans, self._plans = self._plans, {}
+        for lengths in plans.values():
+            for _, prefixes in lengths:
+                while prefixes:
+                    prefixes.popitem()
 
 
 _SELECT = "SELECT tariffid, prefix, name, price, connectfee, mininterval, interval, currency FROM tb_tariffs"
 
 
 def tariffs_from_rows(rows: Iterable[tuple[Any, ...]], engine: Engine) -> Iterable[Tariff]:
-    """Tariffs from C{tb_tariffs} rows."""
+    """Tariffs from C{tb_tariffs} rows.
+
+    Equal prices, names and currencies share one object: real tariff lists
+    repeat them across many prefixes, and a million-prefix table then takes
+    a fraction of the memory.
+    """
     money = engine.money
+    amounts: dict[Any, Decimal] = {}
+    texts: dict[str, str] = {}
+
+    def amount(stored: Any) -> Decimal:
+        value = amounts.get(stored)
+        if value is None:
+            value = amounts[stored] = money(stored)
+        return value
+
     for row in rows:
-        yield Tariff(int(row[0]), str(row[1]), row[2] or "", money(row[3]), money(row[4]), int(row[5]), int(row[6]), row[7])
+        name = row[2] or ""
+        yield Tariff(
+            int(row[0]), str(row[1]), texts.setdefault(name, name), amount(row[3]), amount(row[4]),
+            int(row[5]), int(row[6]), texts.setdefault(row[7], row[7]),
+        )
 
 
 def load_table(database: str) -> RatingTable:
@@ -131,11 +183,33 @@ def load_table(database: str) -> RatingTable:
                 return RatingTable(tariffs_from_rows(cursor, PostgresEngine()))
         finally:
             connection.close()
-    connection = sqlite3.connect(database)
+    # Read-only: closing it never checkpoints the WAL, which could hold the
+    # interpreter for a long moment after a big import.
+    connection = sqlite3.connect(Path(database).absolute().as_uri() + "?mode=ro", uri=True)
     try:
         return RatingTable(tariffs_from_rows(connection.execute(_SELECT), SqliteEngine()))
     finally:
         connection.close()
+
+
+def _build_quietly(loader: Callable[[str], RatingTable], database: str) -> RatingTable:
+    """Build a table in a worker thread without stalling the reactor thread.
+
+    A full cyclic garbage collection over a million new objects holds the
+    interpreter for hundreds of milliseconds, whichever thread triggers it.
+    So the collector is paused while building, and afterwards everything
+    alive is frozen out of its scans (gc.freeze): tariffs hold no cycles, so
+    reference counting still frees a retired table.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        table = loader(database)
+        gc.freeze()
+        return table
+    finally:
+        if paused:
+            gc.enable()
 
 
 class Rater:
@@ -158,10 +232,13 @@ class Rater:
             self._rebuilding.append(waiter)
             return waiter
         self._rebuilding = []
-        d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.loader, self.database)
+        d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), _build_quietly, self.loader, self.database)
 
         def swap(table: RatingTable) -> RatingTable:
-            self.table = table
+            retired, self.table = self.table, table
+            # Freeing a million tariffs takes a while: a worker thread does it,
+            # a little at a time (see RatingTable.dismantle).
+            self.reactor.callInThread(retired.dismantle)
             return table
 
         def done(result: Any) -> Any:
