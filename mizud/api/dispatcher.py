@@ -61,6 +61,7 @@ from .state import Bans, Nonces
 log = Logger()
 
 WRONG_AUTH = "wrong authentication"
+_MONEY_STATUS = {"bad_pin": answer.BAD_PIN, "unknown_user": answer.NOT_FOUND}
 BANNED = "banned: too many failed authentications"
 
 #: The privilege level of each user type (lower is more privileged).
@@ -208,7 +209,7 @@ class Api:
         except RequestError as problem:
             return error(problem.message, problem.status)
         except MoneyError as problem:
-            return error(str(problem), answer.BAD_PIN if problem.code == "bad_pin" else answer.FAILED)
+            return error(str(problem), _MONEY_STATUS.get(problem.code, answer.FAILED))
         except Exception:
             log.failure("API {function} from {source} failed", function=request.function, source=request.source)
             return error("internal error", answer.OTHER)
@@ -461,6 +462,10 @@ class Api:
     def _check_enabled(user: User, authid: str) -> None:
         if not user.enabled or user.temporarydisabled:
             raise AuthFailure("user disabled", authid)
+
+    async def find_user(self, name: str) -> User | None:
+        """A user by username, id, PIN or DID (as authid is resolved)."""
+        return await self._find(name)
 
     async def _find(self, authid: str) -> User | None:
         """The user an authid names: username, else numeric id, else PIN, else DID."""

@@ -8,11 +8,12 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import account, core, rating
+    from . import account, core, money, rating
 
     registry = Registry()
     catalogue.load(registry)
     core.register(registry)
     account.register(registry)
     rating.register(registry)
+    money.register(registry)
     return registry
