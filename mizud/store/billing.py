@@ -274,6 +274,37 @@ class BillingStore:
         )
         return bool(result.rows)
 
+    async def delete_user(self, userid: int) -> str:
+        """Delete a user whose balance is zero and who holds no open funds.
+
+        The user's ledger, transaction ids and closed holds go with it, in
+        the same transaction; a non-zero balance or an open hold refuses the
+        deletion (move or settle the money first), so no money disappears.
+        Returns the deleted username.
+        """
+
+        async def delete_user_txn(txn: Txn) -> str:
+            row = (
+                await txn.execute("SELECT username, credit FROM tb_users WHERE id = ?" + self.engine.for_update, (userid,))
+            ).one()
+            if row is None:
+                raise UnknownUser(f"no user with id {userid}")
+            if self.engine.money(row[1]) != 0:
+                raise MoneyError(f"the balance of {row[0]} is not zero; move it first")
+            if (await txn.execute("SELECT id FROM tb_holds WHERE userid = ? AND status = ?", (userid, HOLD_OPEN))).rows:
+                raise MoneyError(f"{row[0]} has funds held for a call")
+            for table in ("tb_holds", "tb_credits", "tb_moneyops"):
+                await txn.execute(f"DELETE FROM {table} WHERE userid = ?", (userid,))
+            await txn.execute("UPDATE tb_phonenumbers SET userid = 0, status = 0 WHERE userid = ?", (userid,))
+            await txn.execute("DELETE FROM tb_users WHERE id = ?", (userid,))
+            return str(row[0])
+
+        return await self.db.run_interaction("delete_user", delete_user_txn)
+
+    async def set_password(self, userid: int, password: str) -> None:
+        """Replace a user's password."""
+        await self.db.run_statement("set_password", "UPDATE tb_users SET password = ? WHERE id = ?", (password, userid))
+
     async def balance(self, userid: int) -> Decimal:
         """The user's credit; raises L{UnknownUser}."""
         user = await self.get_user(userid)

@@ -8,7 +8,7 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import account, core, money, rating
+    from . import account, accounts, core, money, rating
 
     registry = Registry()
     catalogue.load(registry)
@@ -16,4 +16,5 @@ def build_registry() -> Registry:
     account.register(registry)
     rating.register(registry)
     money.register(registry)
+    accounts.register(registry)
     return registry

@@ -1,0 +1,184 @@
+"""Account functions: newuseri (newuser, adduser), newuseru, deluser, listusers, getdetails, changepwd."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ...store.billing import USER_ENDUSER, User
+from ...store.money import MoneyError, format_money, parse_amount
+from ..answer import ApiAnswer, error, ok
+from ..auth import secret_equal
+from ..dispatcher import Call
+from ..registry import REQ_PUBLIC, Access, Category, Registry
+from ..request import RequestError
+
+USERNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
+EMAIL = re.compile(r"^[^@\s<>\"']{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$")
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+NEW_USER_PARAMS = ("u_username", "u_password", "u_name", "u_email", "u_phone", "u_currency", "u_country", "u_address")
+TEXT_LIMIT = 200
+
+#: Columns getdetails shows per mode (max: every column but the password).
+DETAILS = {
+    "min": ("id", "username", "credit", "currency"),
+    "normal": ("id", "username", "name", "email", "phone", "address", "country", "currency", "credit", "postpaid",
+               "creditlimit", "tariffid", "status", "statusdate"),
+}
+LIST_ORDER = {"id": "id", "username": "username", "name": "name", "credit": "credit", "created": "created"}
+
+
+def _text(call: Call, name: str) -> str:
+    value = call.arg(name).strip()
+    if len(value) > TEXT_LIMIT or not value.isprintable():
+        raise RequestError(f"{name} must be at most {TEXT_LIMIT} printable characters", 412)
+    return value
+
+
+def _new_user_fields(call: Call, strict: bool) -> dict[str, Any]:
+    """Validated fields of a new user from u_* parameters."""
+    username = call.require("u_username")
+    if not USERNAME.match(username):
+        raise RequestError("u_username may hold letters, digits and _ . @ + - (1 to 64)", 412)
+    password = call.require("u_password")
+    if len(password) > 128 or not password.isprintable():
+        raise RequestError("u_password must be at most 128 printable characters", 412)
+    if strict:
+        if len(password) < 8 or not re.search(r"[A-Za-z]", password) or not re.search(r"\d", password):
+            raise RequestError("u_password needs at least 8 characters with letters and digits", 412)
+        if username.lower() in password.lower():
+            raise RequestError("u_password must not contain the username", 412)
+    email = _text(call, "u_email")
+    if (email or strict) and not EMAIL.match(email):
+        raise RequestError("u_email is not an e-mail address", 412)
+    currency = (call.arg("u_currency") or call.api.settings.current.defaultcurrency).upper()
+    if not CURRENCY.match(currency):
+        raise RequestError("u_currency must be a three-letter code", 412)
+    return {
+        "username": username, "password": password, "currency": currency, "email": email,
+        "name": _text(call, "u_name"), "phone": _text(call, "u_phone"), "country": _text(call, "u_country"),
+        "address": _text(call, "u_address"),
+    }
+
+
+async def _create(call: Call, fields: dict[str, Any], credit: Any, **extra: Any) -> ApiAnswer:
+    store = call.api.store
+    if await store.find_user(fields["username"]) is not None:
+        return error(f"username already exists: {fields['username']}", 412)
+    username, password, currency = fields.pop("username"), fields.pop("password"), fields.pop("currency")
+    try:
+        userid = await store.create_user(username, password, currency=currency, credit=credit, **fields, **extra)
+    except MoneyError:
+        raise
+    except Exception:
+        # Two signups racing for one name: the database's unique index decides.
+        if await store.find_user(username) is not None:
+            return error(f"username already exists: {username}", 412)
+        raise
+    return ok(str(userid), [{"id": userid, "username": username}])
+
+
+def _details(user_row: dict[str, Any], mode: str, money: Any) -> dict[str, Any]:
+    columns = DETAILS.get(mode) or tuple(c for c in user_row if c not in ("password",))
+    record = {}
+    for column in columns:
+        value = user_row.get(column)
+        if column in ("credit", "creditlimit"):
+            value = format_money(money(value))
+        record[column] = value
+    return record
+
+
+def register(registry: Registry) -> None:
+    """Register this module's handlers."""
+    fn = registry.function
+
+    @fn("newuseri", Category.SENSITIVE, "add a user (admins, trusted sources); credit= sets opening credit",
+        (*NEW_USER_PARAMS, "credit"))
+    async def newuseri(call: Call) -> ApiAnswer:
+        fields = _new_user_fields(call, strict=False)
+        credit = parse_amount(call.arg("credit") or "0", allow_zero=True)
+        return await _create(call, fields, credit)
+
+    @fn("newuseru", Category.PUBLIC, "public signup (validated, rate limited to one per 20 s per address)",
+        (*NEW_USER_PARAMS, "deviceid"), access=Access(req_key=1, req_user=REQ_PUBLIC, req_user_login=0), rate=0.05)
+    async def newuseru(call: Call) -> ApiAnswer:
+        fields = _new_user_fields(call, strict=True)
+        deviceid = _text(call, "deviceid")
+        return await _create(call, fields, 0, deviceid=deviceid, type=USER_ENDUSER)
+
+    @fn("deluser", Category.ADMIN, "delete a user (balance must be zero)", ("u_id", "u_username"))
+    async def deluser(call: Call) -> ApiAnswer:
+        target = await _named_user(call, call.arg("u_id"), call.arg("u_username"))
+        if call.caller.user is not None and call.caller.user.id == target.id:
+            return error("an admin cannot delete the account it is logged in with", 412)
+        name = await call.api.store.delete_user(target.id)
+        return ok(f"deleted {name}")
+
+    @fn("listusers", Category.ADMIN, "list users", ("u_type", "u_maxcount", "u_extended", "u_order"))
+    async def listusers(call: Call) -> ApiAnswer:
+        where, params = "", []
+        if call.arg("u_type"):
+            if not call.arg("u_type").isdigit():
+                return error("u_type must be a number", 412)
+            where, params = " WHERE type = ?", [int(call.arg("u_type"))]
+        count = call.arg("u_maxcount", "100")
+        if not count.isdigit() or not 1 <= int(count) <= 10000:
+            return error("u_maxcount must be from 1 to 10000", 412)
+        order = LIST_ORDER.get(call.arg("u_order", "id").lower())
+        if order is None:
+            return error(f"u_order must be one of {', '.join(LIST_ORDER)}", 412)
+        extended = call.arg("u_extended") in ("1", "true", "yes")
+        columns = "id, username, type, name, email, phone, credit, currency, enabled" if extended else "id, username, type"
+        result = await call.api.db.run_query(
+            "listusers", f"SELECT {columns} FROM tb_users{where} ORDER BY {order}, id LIMIT {int(count)}", params
+        )
+        money = call.api.db.engine.money
+        records = [
+            {k: (format_money(money(v)) if k == "credit" else v) for k, v in zip(result.columns, row)} for row in result.rows
+        ]
+        return ok(f"{len(records)} users", records)
+
+    @fn("getdetails", Category.USER, "the caller's account details (mode min, normal or max)", ("mode",))
+    async def getdetails(call: Call) -> ApiAnswer:
+        user = _me(call)
+        mode = call.arg("mode", "normal").lower()
+        if mode not in ("min", "normal", "max"):
+            return error("mode must be min, normal or max", 412)
+        result = await call.api.db.run_query("getdetails", "SELECT * FROM tb_users WHERE id = ?", (user.id,))
+        row = dict(zip(result.columns, result.rows[0]))
+        return ok(user.username, [_details(row, mode, call.api.db.engine.money)])
+
+    @fn("changepwd", Category.USER, "change the caller's password", ("newpassword", "oldpassword"))
+    async def changepwd(call: Call) -> ApiAnswer:
+        user = _me(call)
+        new = call.require("newpassword")
+        if len(new) < 6 or len(new) > 128 or not new.isprintable() or " " in new:
+            return error("newpassword must be 6 to 128 printable characters without spaces", 412)
+        admin_for_other = call.caller.level <= 6 and call.request.get("targetuser")
+        if not admin_for_other and not secret_equal(call.arg("oldpassword"), user.password):
+            return error("oldpassword is wrong", 403)
+        await call.api.store.set_password(user.id, new)
+        return ok("password changed")
+
+
+async def _named_user(call: Call, userid: str, username: str) -> User:
+    store = call.api.store
+    user = None
+    if userid:
+        if not userid.isdigit() or len(userid) > 18:
+            raise RequestError("u_id must be a user id", 412)
+        user = await store.get_user(int(userid))
+    elif username:
+        user = await store.find_user(username)
+    else:
+        raise RequestError("missing parameter: u_id or u_username", 421)
+    if user is None:
+        raise RequestError(f"no such user: {(userid or username)[:64]}", 404)
+    return user
+
+
+def _me(call: Call) -> User:
+    if call.caller.user is None:
+        raise RequestError("this function needs authid (the user)", 421)
+    return call.caller.user
