@@ -8,7 +8,7 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import account, accounts, core, money, rating
+    from . import account, accounts, core, fields, money, rating
 
     registry = Registry()
     catalogue.load(registry)
@@ -17,4 +17,5 @@ def build_registry() -> Registry:
     rating.register(registry)
     money.register(registry)
     accounts.register(registry)
+    fields.register(registry)
     return registry

@@ -1,0 +1,156 @@
+"""setfield and getfield: users change their own allowed fields; admins any field of any table.
+
+Identifiers (tables and columns) are checked against the live schema and
+never come from the request unchecked; values are always bound.  The
+balance (tb_users.credit) and the money tables (tb_credits, tb_moneyops,
+tb_holds) cannot be written here: money moves only through the ledgered
+functions (addcredit, charge, transfercredit).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ..answer import ApiAnswer, error, ok
+from ..dispatcher import Call
+from ..registry import REQ_ADMINS, Category, Registry
+from ..request import RequestError
+
+#: Fields a user may always set on its own account (spec, setfield).
+USER_FIELDS = frozenset(
+    "forwardonbusy forwardonnoanswer forwardalways voicemail musiconhold displayname noanswertimeout "
+    "forwardearlystart changesptoring convertdtmf playadvice playdisc sendsmsalert sendemailalert sendsmsreport "
+    "senddailyemail sendlowcreditemail sendmonthlyemail sendotheremail notifymissedsms notifymissedemail "
+    "choosecodecs needcodeconversion discvoice connectvoice voicemailonbusy voicemailonnoansw voicemailalways".split()
+)
+#: Fields a user may set only while they are still empty.
+USER_FIELDS_ONCE = frozenset(
+    "contactname name email email2 phone fax address billaddress postaddress country regnumber euregnumber "
+    "birthday gender language utc".split()
+)
+#: Never written by setfield: money moves only through the ledger.
+PROTECTED = {"tb_users": {"credit", "id"}, "tb_credits": None, "tb_moneyops": None, "tb_holds": None,
+             "tb_schema_version": None}
+MAX_VALUE = 4096
+
+
+async def schema(call: Call) -> dict[str, set[str]]:
+    """Tables and their columns, read from the database (cached on the API)."""
+    cached = getattr(call.api, "_schema_cache", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    db = call.api.db
+    if db.engine.name == "postgresql":
+        result = await db.run_query(
+            "schema", "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+        )
+        tables: dict[str, set[str]] = {}
+        for table, column in result.rows:
+            tables.setdefault(table, set()).add(column)
+    else:
+        names = await db.run_query("schema", "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'tb_%'")
+        tables = {}
+        for (table,) in names.rows:
+            columns = await db.run_query("schema", "SELECT name FROM pragma_table_info(?)", (table,))
+            tables[table] = {c[0] for c in columns.rows}
+    call.api._schema_cache = tables  # type: ignore[attr-defined]
+    return tables
+
+
+def convert(fieldtype: str, value: str) -> Any:
+    """The value as the type the spec names (string, int, float), or guessed when empty."""
+    kind = fieldtype.strip().lower()
+    if len(value) > MAX_VALUE:
+        raise RequestError(f"fieldvalue longer than {MAX_VALUE} characters", 412)
+    if kind in ("", "auto"):
+        kind = "int" if value.lstrip("-").isdigit() and len(value) < 19 else "string"
+    if kind in ("string", "str", "text"):
+        return value
+    if kind == "int":
+        try:
+            return int(value, 10)
+        except ValueError:
+            raise RequestError(f"fieldvalue is not an integer: {value[:40]}", 412) from None
+    if kind in ("float", "decimal", "money"):
+        try:
+            number = Decimal(value)
+        except InvalidOperation:
+            raise RequestError(f"fieldvalue is not a number: {value[:40]}", 412) from None
+        if not number.is_finite() or number != number.quantize(Decimal("0.000001")):
+            raise RequestError("fieldvalue must be finite with at most six decimals", 412)
+        return number
+    raise RequestError("fieldtype must be string, int or float", 412)
+
+
+def register(registry: Registry) -> None:
+    """Register this module's handlers."""
+    fn = registry.function
+
+    @fn("setfield", Category.USER, "update a field (users: their own allowed fields; admins: any table= field)",
+        ("fieldtype", "fieldname", "fieldvalue", "rowid", "sync"))
+    async def setfield(call: Call) -> ApiAnswer:
+        name = call.require("fieldname").strip().lower()
+        value = convert(call.arg("fieldtype"), call.arg("fieldvalue"))
+        admin = call.caller.level <= REQ_ADMINS
+        table = call.arg("table", "tb_users").strip().lower()
+        if not admin:
+            user = call.caller.user
+            if user is None:
+                return error("setfield needs authid (the user)", 421)
+            if table != "tb_users":
+                return error("users may only set fields of their own account", 403)
+            if name in USER_FIELDS:
+                sql = f"UPDATE tb_users SET {name} = ? WHERE id = ?"
+            elif name in USER_FIELDS_ONCE:
+                sql = f"UPDATE tb_users SET {name} = ? WHERE id = ? AND ({name} IS NULL OR {name} = '')"
+            else:
+                return error(f"field not allowed: {name[:64]}", 403)
+            result = await call.api.db.run_statement("setfield", sql, (value, user.id))
+            if result.rowcount == 0:
+                return error(f"{name} is set already; ask support to change it", 412)
+            return ok(f"{name} set")
+        tables = await schema(call)
+        if table not in tables or name not in tables[table]:
+            return error(f"no such field: {table[:64]}.{name[:64]}", 404)
+        protected = PROTECTED.get(table, set())
+        if protected is None or name in protected:
+            return error(f"{table}.{name} is not set this way (money moves through addcredit)", 403)
+        rowid = call.arg("rowid") or (str(call.caller.user.id) if call.caller.user and table == "tb_users" else "")
+        if not rowid.isdigit() or len(rowid) > 18:
+            return error("rowid must be the row's id", 421)
+        result = await call.api.db.run_statement(
+            "setfield", f"UPDATE {table} SET {name} = ? WHERE id = ?", (value, int(rowid))
+        )
+        if result.rowcount == 0:
+            return error(f"no row {rowid} in {table}", 404)
+        return ok(f"{table}.{name} set for row {rowid}")
+
+    @fn("getfield", Category.ADMIN, "read a field of the first row matching a filter",
+        ("table", "retfieldname", "filterfieldtype", "filterfieldname", "filterfieldvalue"))
+    async def getfield(call: Call) -> ApiAnswer:
+        table = call.arg("table", "tb_users").strip().lower()
+        wanted = call.arg("retfieldname", "id").strip().lower()
+        value = call.require("filterfieldvalue")
+        tables = await schema(call)
+        if table not in tables:
+            return error(f"no such table: {table[:64]}", 404)
+        columns = tables[table]
+        column = call.arg("filterfieldname").strip().lower()
+        if not column:
+            column = next((c for c in ("username", "callerid", "userid") if c in columns), "id")
+        for name in (wanted, column):
+            if name not in columns:
+                return error(f"no such field: {table[:64]}.{name[:64]}", 404)
+        if table == "tb_users" and wanted == "password":
+            return error("passwords are not read this way", 403)
+        filter_value = convert(call.arg("filterfieldtype"), value)
+        result = await call.api.db.run_query(
+            "getfield", f"SELECT {wanted} FROM {table} WHERE {column} = ? ORDER BY id LIMIT 1", (filter_value,)
+        )
+        if not result.rows:
+            return error("not found", 404)
+        found = result.rows[0][0]
+        if wanted in ("credit", "creditlimit", "price", "connectfee", "cost", "amount", "balance"):
+            found = call.api.db.engine.money(found)
+        return ok("" if found is None else str(found))
