@@ -56,6 +56,10 @@ class Engine(ABC):
     def time(self, value: Any) -> datetime | None:
         """Turn a stored timestamp back into a naive UTC L{datetime}."""
 
+    def day(self, column: str) -> str:
+        """An SQL expression giving the YYYY-MM-DD day of a timestamp column."""
+        return f"substr({column}, 1, 10)"
+
     def ddl(self, text: str) -> str:
         """Expand the type tokens of a schema delta for this engine."""
         for token, replacement in self.types.items():
@@ -135,6 +139,10 @@ class PostgresEngine(Engine):
     def time(self, value: Any) -> datetime | None:
         """TIMESTAMP arrives as a naive L{datetime} already."""
         return value  # type: ignore[no-any-return]
+
+    def day(self, column: str) -> str:
+        """TIMESTAMP to YYYY-MM-DD."""
+        return f"to_char({column}, 'YYYY-MM-DD')"
 
     def is_retryable(self, error: BaseException) -> bool:
         """Serialization failures and deadlocks are retried."""

@@ -8,7 +8,7 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import account, accounts, core, fields, money, rating
+    from . import account, accounts, cdrs, core, fields, money, rating
 
     registry = Registry()
     catalogue.load(registry)
@@ -18,4 +18,5 @@ def build_registry() -> Registry:
     money.register(registry)
     accounts.register(registry)
     fields.register(registry)
+    cdrs.register(registry)
     return registry
