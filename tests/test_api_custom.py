@@ -20,6 +20,15 @@ from test_api_dispatch import KEY, Harness, make_harness
 AUTH = f"authkey={KEY}&authid=alice&authpwd=alicepw"
 
 
+async def eventually(h: Harness, query: str, expected: list[tuple[object, ...]], seconds: float = 10) -> bool:
+    """Poll a query until it returns C{expected} (work done after an answer takes a moment)."""
+    for _ in range(int(seconds / 0.05)):
+        if (await h.db.run_query("x", query)).rows == expected:
+            return True
+        await deferLater(global_reactor, 0.05, lambda: None)
+    return False
+
+
 async def define(h: Harness, fname: str, customsql: str = "", action: int = 0, body: str = "") -> None:
     """Insert a tb_api row and reload the rules."""
     await h.db.run_statement(
@@ -63,8 +72,8 @@ async def test_async_statement_runs_after_answer(tmp_path: Path) -> None:
     await define(h, "touchname", "UPDATE tb_users SET name = [SPARAM1] WHERE id = [USERID]")
     assert (await h.call(f"apientry=touchname&{AUTH}&sparam1=Alice")).text == "OK: queued"
     h.clock.advance(0)
-    await deferLater(global_reactor, 0.2, lambda: None)
-    assert (await h.db.run_query("x", "SELECT name FROM tb_users WHERE username = 'alice'")).rows == [("Alice",)]
+    query = "SELECT name FROM tb_users WHERE username = 'alice'"
+    assert await eventually(h, query, [("Alice",)])
     await h.db.close()
 
 
@@ -119,9 +128,8 @@ async def test_sql_actions_on_success_and_failure(tmp_path: Path) -> None:
     await define(h, "version", "", 58, "UPDATE tb_users SET phone = 'failed' WHERE username = 'alice'")
     assert (await h.call(f"apientry=apitest&{AUTH}")).ok
     assert not (await h.call(f"apientry=version&{AUTH}")).ok
-    await deferLater(global_reactor, 0.2, lambda: None)
-    rows = (await h.db.run_query("x", "SELECT name, phone FROM tb_users WHERE username = 'alice'")).rows
-    assert rows == [("ok-action", "failed")]
+    query = "SELECT name, phone FROM tb_users WHERE username = 'alice'"
+    assert await eventually(h, query, [("ok-action", "failed")])
     await h.db.close()
 
 
@@ -147,10 +155,10 @@ async def test_command_actions_need_the_option(tmp_path: Path) -> None:
     h.api.actions.reactor = global_reactor
     await define(h, "apitest", "", 7, f"/usr/bin/touch {marker} {tmp_path}/semi;rm")
     assert (await h.call(f"apientry=apitest&{AUTH}")).ok
-    for _ in range(50):
+    for _ in range(200):
         if marker.exists():
             break
-        await deferLater(global_reactor, 0.1, lambda: None)
+        await deferLater(global_reactor, 0.05, lambda: None)
     assert marker.exists()
     assert (tmp_path / "semi;rm").exists()  # one argument: no shell split it
     await h.db.close()
@@ -195,10 +203,10 @@ async def test_email_action(tmp_path: Path) -> None:
     h.api.actions.reactor = global_reactor
     await define(h, "apitest", "", 1, "***SUBJECT: login by [USERNAME]\nUser [USERNAME] ({email}) called the API.")
     assert (await h.call(f"apientry=apitest&{AUTH}")).ok
-    for _ in range(50):
+    for _ in range(200):
         if factory.messages:  # type: ignore[attr-defined]
             break
-        await deferLater(global_reactor, 0.1, lambda: None)
+        await deferLater(global_reactor, 0.05, lambda: None)
     message = factory.messages[0].decode()  # type: ignore[attr-defined]
     assert "Subject: login by alice" in message
     assert "To: ops@example.com" in message

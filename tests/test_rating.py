@@ -159,7 +159,7 @@ async def test_rebuild_swaps_and_retires_the_old_table() -> None:
     second = await rater.rebuild()
     assert rater.table is second and second.lookup(1, "2") is not None
     assert gc.isenabled()
-    for _ in range(50):
+    for _ in range(500):
         if first.lookup(1, "1") is None:
             break
         await _later()
