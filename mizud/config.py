@@ -348,6 +348,8 @@ OPTIONS: tuple[Option, ...] = (
          live=True, group="legacy"),
     _opt("defcallbackivr", parse_str, "",
          "IVR campaign or access number a callback connects to.", live=True, group="calls"),
+    _opt("callbackaccessnumber", parse_str, "",
+         "The access number the callbackaccessnumber function tells users (empty: none).", live=True, group="calls"),
     # Billing and storage (mizud's own).
     _opt("database", parse_database, "var/mizud.sqlite",
          "SQLite file path, or a postgresql:// DSN.", group="storage"),

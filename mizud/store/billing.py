@@ -293,7 +293,7 @@ class BillingStore:
                 raise MoneyError(f"the balance of {row[0]} is not zero; move it first")
             if (await txn.execute("SELECT id FROM tb_holds WHERE userid = ? AND status = ?", (userid, HOLD_OPEN))).rows:
                 raise MoneyError(f"{row[0]} has funds held for a call")
-            for table in ("tb_holds", "tb_credits", "tb_moneyops"):
+            for table in ("tb_holds", "tb_credits", "tb_moneyops", "tb_usernumbers"):
                 await txn.execute(f"DELETE FROM {table} WHERE userid = ?", (userid,))
             await txn.execute("UPDATE tb_phonenumbers SET userid = 0, status = 0 WHERE userid = ?", (userid,))
             await txn.execute("DELETE FROM tb_users WHERE id = ?", (userid,))

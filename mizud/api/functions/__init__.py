@@ -8,7 +8,7 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import account, accounts, cdrs, core, fields, money, rating
+    from . import account, accounts, cdrs, core, fields, money, numbers, rating
 
     registry = Registry()
     catalogue.load(registry)
@@ -19,4 +19,5 @@ def build_registry() -> Registry:
     accounts.register(registry)
     fields.register(registry)
     cdrs.register(registry)
+    numbers.register(registry)
     return registry

@@ -1,0 +1,78 @@
+"""cli, addcallbacknumber, callbackaccessnumber, callforward, phone number pool, search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet import defer
+
+from test_api_dispatch import KEY, make_harness
+
+ALICE = f"authkey={KEY}&authid=alice&authpwd=alicepw"
+BOB = f"authkey={KEY}&authid=bob&authpwd=bobpw"
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_and_callback_numbers(tmp_path: Path, database_option: str) -> None:
+    """Numbers attach to one user each; a second user cannot take them; bad numbers are refused."""
+    h = await make_harness(tmp_path, "callbackaccessnumber=+3612345", database=database_option)
+    await h.store.create_user("bob", "bobpw")
+    assert (await h.call(f"apientry=cli&{ALICE}&anum=%2B36 30 111 2222")).text == "OK: 36301112222 added"
+    assert (await h.call(f"apientry=cli&{ALICE}&anum=0036301112222")).text == "OK: 36301112222 already added"
+    assert (await h.call(f"apientry=cli&{BOB}&anum=36301112222")).text == "ERROR: 36301112222 belongs to another user"
+    assert (await h.call(f"apientry=addcallbacknumber&{BOB}&anum=36301112222")).ok  # another kind
+    assert (await h.call(f"apientry=cli&{ALICE}&anum=12ab")).status == 412
+    rows = (await h.db.run_query("x", "SELECT kind, number FROM tb_usernumbers ORDER BY id")).rows
+    assert rows == [("cli", "36301112222"), ("callback", "36301112222")]
+    assert (await h.call(f"apientry=callbackaccessnumber&{ALICE}")).text == "OK: +3612345"
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_callforward(tmp_path: Path, database_option: str) -> None:
+    """anum, bnum and cnum set the forwarding fields; an empty value clears; absent ones stay."""
+    h = await make_harness(tmp_path, database=database_option)
+    assert (await h.call(f"apientry=callforward&{ALICE}&anum=111&bnum=222&cnum=333")).ok
+    assert (await h.call(f"apientry=callforward&{ALICE}&bnum=")).text == "OK: forwardonbusy=-"
+    row = (await h.db.run_query(
+        "x", "SELECT forwardalways, forwardonbusy, forwardonnoanswer FROM tb_users WHERE username = 'alice'")).rows
+    assert row == [("111", "", "333")]
+    assert (await h.call(f"apientry=callforward&{ALICE}")).status == 421
+    assert (await h.call(f"apientry=callforward&{ALICE}&anum=x1")).status == 412
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_phone_number_pool(tmp_path: Path, database_option: str) -> None:
+    """getphonenumbers counts the free pool; concurrent lockphonenumbers never hand one number out twice."""
+    h = await make_harness(tmp_path, database=database_option)
+    for i in range(3):
+        await h.db.run_statement("x", "INSERT INTO tb_phonenumbers (number, created) VALUES (?, ?)",
+                                 (f"3610000{i}", h.store.now()))
+    for i in range(6):
+        await h.store.create_user(f"u{i}", "pw")
+    assert (await h.call(f"apientry=getphonenumber&{ALICE}")).text == "OK: 3"
+    answers = await defer.gatherResults([
+        defer.ensureDeferred(h.call(f"apientry=lockphonenumbers&authkey={KEY}&authid=u{i}&authpwd=pw")) for i in range(6)
+    ])
+    numbers = [a.message for a in answers if a.ok]
+    assert sorted(numbers) == ["36100000", "36100001", "36100002"]
+    assert all(a.text == "ERROR: no free phone number" for a in answers if not a.ok)
+    assert (await h.call(f"apientry=getphonenumbers&{ALICE}")).text == "OK: 0"
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_search(tmp_path: Path, database_option: str) -> None:
+    """Admins search by substring (wildcards are literal); users only by exact username or phone."""
+    h = await make_harness(tmp_path, database=database_option)
+    await h.store.create_user("bob_smith", "pw", email="bob@example.com", phone="3620")
+    admin = await h.call("apientry=search&txt=SMITH", "127.0.0.1")
+    assert [r["username"] for r in admin.records or []] == ["bob_smith"]
+    assert (await h.call("apientry=search&txt=%25%25", "127.0.0.1")).records == []
+    assert [r["username"] for r in (await h.call("apientry=search&txt=b_", "127.0.0.1")).records or []] == ["bob_smith"]
+    user = await h.call(f"apientry=search&{ALICE}&txt=3620")
+    assert user.records == [{"username": "bob_smith", "name": ""}]
+    assert (await h.call(f"apientry=search&{ALICE}&txt=smith")).records == []
+    await h.db.close()
