@@ -139,6 +139,9 @@ class Api:
         self.clock = clock
         self.nonces = Nonces(self.db, clock)
         self.actions = custom.Actions(self, clock)
+        from .functions.admin import Maintenance
+
+        self.maintenance = Maintenance(self)
         self.bans = Bans(self.db, clock)
         self.overrides: dict[str, Access] = {}
         self.started = clock.seconds()

@@ -67,8 +67,8 @@ class ListenService(Service):
 
 #: Seconds between reloads of the bans (so other nodes' bans reach this one).
 BAN_REFRESH = 5.0
-#: Seconds between deletions of expired nonces.
-NONCE_EXPIRY = 300.0
+HOUR = 3600.0
+DAY = 86400.0
 
 
 class ApiService(Service):
@@ -124,7 +124,8 @@ class ApiService(Service):
         await api.bans.refresh()
         self._chores = [
             self._every(BAN_REFRESH, api.bans.refresh),
-            self._every(NONCE_EXPIRY, api.nonces.expire),
+            self._every(HOUR, api.maintenance.hourly),
+            self._every(DAY, api.maintenance.daily),
         ]
         self.api = api
         log.info("API ready: {count} functions, {rules} tb_api rules", count=len(self.registry), rules=rules)

@@ -8,7 +8,7 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import account, accounts, cdrs, core, fields, money, numbers, rating
+    from . import account, accounts, admin, cdrs, core, fields, money, numbers, rating
 
     registry = Registry()
     catalogue.load(registry)
@@ -20,4 +20,5 @@ def build_registry() -> Registry:
     fields.register(registry)
     cdrs.register(registry)
     numbers.register(registry)
+    admin.register(registry)
     return registry

@@ -1,0 +1,151 @@
+"""Admin functions: db, showcfg, checkcredits, quickstat, regstat, reguser, rebill and the maintenance runs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from twisted.logger import Logger
+
+from ...service import redact_database
+from ...store.money import format_money
+from ..answer import ApiAnswer, error, ok
+from ..dispatcher import Call
+from ..registry import Category, Registry
+from .cdrs import since
+
+log = Logger()
+
+#: Options whose values showcfg never shows.
+SECRETS = frozenset({"apiv2key", "apiv2md5salt", "httpapikey", "httpapimd5salt", "httpapiencryptkey", "bootstrapadmin"})
+MAX_DB_ROWS = 1000
+
+
+class Maintenance:
+    """The periodic upkeep: runs hourly and daily on timers, and on demand."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    async def hourly(self) -> dict[str, int]:
+        """Expire nonces, ended bans, lapsed number reservations and registrations."""
+        db, now = self.api.db, self.api.store.now()
+        done = {"nonces": await self.api.nonces.expire()}
+        done["bans"] = (await db.run_statement(
+            "expire_bans", "DELETE FROM tb_banned WHERE until < ?", (now - timedelta(days=1),))).rowcount
+        done["numbers"] = (await db.run_statement(
+            "expire_locks", "UPDATE tb_phonenumbers SET userid = 0, status = 0, lockeduntil = NULL "
+            "WHERE status = 1 AND lockeduntil < ?", (now,))).rowcount
+        done["registrations"] = (await db.run_statement(
+            "expire_registrations", "DELETE FROM tb_registrations WHERE expires < ?", (now,))).rowcount
+        return done
+
+    async def daily(self) -> dict[str, int]:
+        """The hourly work, then the database's own upkeep (statistics, WAL truncation)."""
+        done = await self.hourly()
+        db = self.api.db
+        if db.engine.name == "postgresql":
+            await db.run_statement("analyze", "ANALYZE")
+        else:
+            await db.run_statement("optimize", "PRAGMA optimize")
+        done["optimized"] = 1
+        return done
+
+
+def register(registry: Registry) -> None:
+    """Register this module's handlers."""
+    fn = registry.function
+
+    @fn("db", Category.ADMIN, "run one SQL statement (admins only; logged); SELECT answers rows", ("txt",))
+    async def db(call: Call) -> ApiAnswer:
+        sql = call.require("txt").strip().rstrip(";")
+        who = call.caller.user.username if call.caller.user else "trusted address"
+        log.info("db by {who} from {source}: {sql}", who=who, source=call.request.source, sql=sql[:2000])
+        try:
+            result = await call.api.db.run_statement("db", sql)
+        except Exception as problem:
+            return error(f"statement failed: {(str(problem).strip().splitlines() or ['error'])[0]}", 412)
+        if result.columns:
+            records = [dict(zip(result.columns, row)) for row in result.rows[:MAX_DB_ROWS]]
+            return ok(f"{len(records)} rows", records)
+        return ok(f"{max(result.rowcount, 0)} rows affected")
+
+    @fn("showcfg", Category.ADMIN, "the running configuration (secrets hidden)")
+    async def showcfg(call: Call) -> ApiAnswer:
+        config = call.api.settings.current
+        records = []
+        for name in config:
+            value = config[name]
+            if name in SECRETS and value:
+                value = "***"
+            elif name == "database":
+                value = redact_database(value)
+            elif isinstance(value, tuple):
+                value = ",".join(str(v) for v in value)
+            records.append({"option": name, "value": "" if value is None else str(value), "from": config.origins[name]})
+        return ok(f"{len(records)} options", records)
+
+    @fn("checkcredits", Category.ADMIN, "check that every balance equals the sum of its ledger")
+    async def checkcredits(call: Call) -> ApiAnswer:
+        problems = await call.api.store.audit()
+        records = [{"userid": u, "credit": format_money(c), "ledger": format_money(s)} for u, c, s in problems]
+        if records:
+            return ApiAnswer(False, f"{len(records)} balances differ from their ledger", 412, records)
+        return ok("every balance equals its ledger")
+
+    @fn("quickstat", Category.ADMIN, "quick statistics")
+    async def quickstat(call: Call) -> ApiAnswer:
+        db, now = call.api.db, call.api.store.now()
+        users = (await db.run_query("stat", "SELECT count(*), coalesce(sum(credit), 0) FROM tb_users")).rows[0]
+        registered = (await db.run_query(
+            "stat", "SELECT count(DISTINCT userid) FROM tb_registrations WHERE expires > ?", (now,))).rows[0][0]
+        calls = (await db.run_statement(
+            "stat", "SELECT count(*), coalesce(sum(duration), 0), coalesce(sum(cost), 0) FROM tb_cdrs WHERE datum >= ?",
+            (since("today", now),))).rows[0]
+        record = {
+            "users": int(users[0]), "credit": format_money(db.engine.money(users[1])), "registered": int(registered),
+            "calls_today": int(calls[0]), "seconds_today": int(calls[1]),
+            "cost_today": format_money(db.engine.money(calls[2])), "api_requests": call.api.requests,
+        }
+        return ok(f"{record['users']} users, {record['registered']} registered, {record['calls_today']} calls today",
+                  [record])
+
+    @fn("regstat", Category.ADMIN, "registrar statistics")
+    async def regstat(call: Call) -> ApiAnswer:
+        now = call.api.store.now()
+        row = (await call.api.db.run_query(
+            "regstat", "SELECT count(*), count(DISTINCT userid) FROM tb_registrations WHERE expires > ?", (now,))).rows[0]
+        return ok(f"{int(row[1])} users registered with {int(row[0])} contacts",
+                  [{"users": int(row[1]), "contacts": int(row[0])}])
+
+    @fn("reguser", Category.ADMIN, "registered contacts of a user (usr), or of everyone (usr=all or empty)", ("usr",))
+    async def reguser(call: Call) -> ApiAnswer:
+        now = call.api.store.now()
+        name = call.arg("usr").strip()
+        sql = "SELECT username, contact, address, transport, useragent, expires FROM tb_registrations WHERE expires > ?"
+        params: list[Any] = [now]
+        if name and name.lower() not in ("all", "x"):
+            sql += " AND username = ?"
+            params.append(name)
+        result = await call.api.db.run_query("reguser", sql + " ORDER BY username, id LIMIT 1000", params)
+        time = call.api.db.engine.time
+        records = [
+            {**dict(zip(result.columns, row)), "expires": time(row[5]).isoformat(sep=" ", timespec="seconds")}  # type: ignore[union-attr]
+            for row in result.rows
+        ]
+        if name and name.lower() not in ("all", "x") and not records:
+            return error(f"{name[:64]} is not registered", 404)
+        return ok(f"{len(records)} contacts", records)
+
+    async def hourly(call: Call) -> ApiAnswer:
+        done = await call.api.maintenance.hourly()
+        return ok(", ".join(f"{k} {v}" for k, v in done.items()))
+
+    async def daily(call: Call) -> ApiAnswer:
+        done = await call.api.maintenance.daily()
+        return ok(", ".join(f"{k} {v}" for k, v in done.items()))
+
+    fn("hourlymaint", Category.ADMIN, "expire nonces, old bans, lapsed reservations and registrations")(hourly)
+    for name in ("dailymaint", "weeklymaint", "monthlymaint"):
+        fn(name, Category.ADMIN, "the hourly work plus database upkeep (statistics, optimise)")(daily)
+
