@@ -108,3 +108,31 @@ async def test_maintenance(tmp_path: Path, database_option: str) -> None:
     daily = await h.call("apientry=monthlymaint", "127.0.0.1")
     assert daily.text == "OK: nonces 0, bans 0, numbers 0, registrations 0, optimized 1"
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rebill(tmp_path: Path, database_option: str) -> None:
+    """rebill reprices CDRs from the current tariffs and moves the difference through the ledger."""
+    h = await make_harness(tmp_path, "defaulttariff=1", database=database_option)
+    alice = await h.store.find_user("alice")
+    assert alice is not None
+    await h.db.run_statement(
+        "x", "INSERT INTO tb_tariffs (tariffid, prefix, name, price, currency) VALUES (1, '36', 'HU', ?, 'USD')",
+        (Decimal("0.6"),),
+    )
+    await h.api.rater.rebuild()
+    for number, duration, cost in (("3611", 60, "0.10"), ("3622", 30, "0.30"), ("3633", 0, "0")):
+        await h.db.run_statement(
+            "x", "INSERT INTO tb_cdrs (datum, callednumber, userid, duration, cost) VALUES (?, ?, ?, ?, ?)",
+            (h.store.now(), number, alice.id, duration, Decimal(cost)),
+        )
+    answer = await h.call("apientry=rebill&days=today", "127.0.0.1")
+    assert answer.text == "OK: 3 CDRs checked, 1 repriced"
+    costs = (await h.db.run_query("x", "SELECT callednumber, cost FROM tb_cdrs ORDER BY id")).rows
+    assert [(n, h.db.engine.money(c)) for n, c in costs] == [("3611", Decimal("0.6")), ("3622", Decimal("0.3")),
+                                                              ("3633", Decimal(0))]
+    assert (await h.store.find_user("alice")).credit == Decimal("4.5")  # type: ignore[union-attr]
+    assert [e.kind for e in await h.store.ledger(alice.id)][-1] == "rebill"
+    assert (await h.call("apientry=rebill&days=today", "127.0.0.1")).text == "OK: 3 CDRs checked, 0 repriced"
+    assert await h.store.audit() == []
+    await h.db.close()

@@ -301,6 +301,25 @@ class BillingStore:
 
         return await self.db.run_interaction("delete_user", delete_user_txn)
 
+    async def rebill(self, userid: int, costs: list[tuple[int, Decimal]], difference: Decimal) -> MoneyResult | None:
+        """Set new costs on a user's CDRs and move the net difference through the ledger, in one transaction.
+
+        A higher total is debited like any debit (refused if the account
+        cannot pay it); a lower one is credited back.
+        """
+
+        async def rebill_txn(txn: Txn) -> MoneyResult | None:
+            for cdrid, cost in costs:
+                await txn.execute("UPDATE tb_cdrs SET cost = ? WHERE id = ? AND userid = ?", (cost, cdrid, userid))
+            if difference == 0:
+                return None
+            balance, ledgerid = await self._change_balance_txn(
+                txn, userid, -difference, "rebill", now=self.now(), comment=f"{len(costs)} CDRs repriced"
+            )
+            return MoneyResult(userid, balance, ledgerid)
+
+        return await self.db.run_interaction("rebill", rebill_txn)
+
     async def set_password(self, userid: int, password: str) -> None:
         """Replace a user's password."""
         await self.db.run_statement("set_password", "UPDATE tb_users SET password = ? WHERE id = ?", (password, userid))

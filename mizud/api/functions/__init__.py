@@ -21,4 +21,5 @@ def build_registry() -> Registry:
     cdrs.register(registry)
     numbers.register(registry)
     admin.register(registry)
+    admin.register_rebill(registry)
     return registry

@@ -149,3 +149,46 @@ def register(registry: Registry) -> None:
     for name in ("dailymaint", "weeklymaint", "monthlymaint"):
         fn(name, Category.ADMIN, "the hourly work plus database upkeep (statistics, optimise)")(daily)
 
+
+
+def register_rebill(registry: Registry) -> None:
+    """rebill: recompute CDR costs from the current tariffs, adjusting each user's ledger."""
+
+    @registry.function("rebill", Category.ADMIN, "recompute CDR costs from the current tariffs (days=, userid=)",
+                       ("days", "userid"))
+    async def rebill(call: Call) -> ApiAnswer:
+        api = call.api
+        start = since(call.arg("days", "today"), api.store.now())
+        userid = call.arg("userid")
+        sql = "SELECT id, userid, callednumber, duration, cost FROM tb_cdrs WHERE datum >= ? AND userid > 0"
+        params: list[Any] = [start]
+        if userid:
+            if not userid.isdigit() or len(userid) > 18:
+                return error("userid must be a user id", 412)
+            sql += " AND userid = ?"
+            params.append(int(userid))
+        rows = (await api.db.run_statement("rebill_read", sql + " ORDER BY userid, id", params)).rows
+        money = api.db.engine.money
+        changes: dict[int, list[tuple[int, Any]]] = {}
+        differences: dict[int, Any] = {}
+        plans: dict[int, int] = {}
+        for cdrid, owner, number, duration, cost in rows:
+            if owner not in plans:
+                user = await api.store.get_user(owner)
+                plans[owner] = (user.tariffid if user else 0) or api.settings.current.defaulttariff
+            tariff = api.rater.table.lookup(plans[owner], number)
+            new = tariff.cost(int(duration)) if tariff else money(0)
+            if new != money(cost):
+                changes.setdefault(owner, []).append((cdrid, new))
+                differences[owner] = differences.get(owner, money(0)) + new - money(cost)
+        adjusted, refused = 0, []
+        for owner, updates in changes.items():
+            try:
+                await api.store.rebill(owner, updates, differences[owner])
+                adjusted += len(updates)
+            except Exception as problem:
+                refused.append({"userid": owner, "reason": str(problem)})
+        message = f"{len(rows)} CDRs checked, {adjusted} repriced"
+        if refused:
+            return ApiAnswer(False, message + f", {len(refused)} users refused", 412, refused)
+        return ok(message)
