@@ -115,3 +115,38 @@ async def test_getdetails_and_changepwd(tmp_path: Path, database_option: str) ->
     )
     assert (await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=newpass9")).ok
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_forgot_password(tmp_path: Path) -> None:
+    """The reminder question by e-mail; the right answer e-mails a new password; a wrong one counts as a failure."""
+    from twisted.internet import reactor as global_reactor
+    from twisted.internet.protocol import Factory
+    from twisted.internet.task import deferLater
+
+    from test_api_custom import FakeSmtp
+
+    factory = Factory.forProtocol(FakeSmtp)
+    factory.messages = []  # type: ignore[attr-defined]
+    port = global_reactor.listenTCP(0, factory, interface="127.0.0.1")
+    h = await make_harness(tmp_path, f"smtpserver=127.0.0.1:{port.getHost().port}")
+    h.api.actions.reactor = global_reactor
+    signup = (f"apientry=newuseri&u_username=ivy&u_password=Secret123&u_email=ivy%40example.com"
+              f"&forgotquestion={quote('First pet?')}&forgotanswer=Rex")
+    assert (await h.call(signup, "127.0.0.1")).ok
+    base = f"authkey={KEY}&email=IVY%40example.com"
+    assert (await h.call(f"apientry=forgotpasswordquestion&{base}")).text == "OK: First pet?"
+    assert (await h.call(f"apientry=forgotpasswordquestion&authkey={KEY}&email=no%40example.com", "2.2.2.2")).text == (
+        "ERROR: no question for this e-mail"
+    )
+    wrong = await h.call(f"apientry=forgotpasswordanswer&{base}&forgotpasswordanswer=Max", "3.3.3.3")
+    assert (wrong.text, wrong.status) == ("ERROR: wrong answer", 403)
+    right = await h.call(f"apientry=forgotpasswordanswer&{base}&forgotpasswordanswer=%20rex%20", "4.4.4.4")
+    assert right.text == "OK: a new password was sent by e-mail"
+    message = factory.messages[0].decode()  # type: ignore[attr-defined]
+    assert "To: ivy@example.com" in message
+    new_password = message.split("is now: ", 1)[1].split()[0]
+    assert (await h.store.find_user("ivy")).password == new_password  # type: ignore[union-attr]
+    await port.stopListening()
+    await deferLater(global_reactor, 0, lambda: None)
+    await h.db.close()

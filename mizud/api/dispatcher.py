@@ -329,6 +329,10 @@ class Api:
                 return error("not enough credit", answer.FAILED)
         return None
 
+    async def failed_login(self, request: ApiRequest, reason: str, name: str) -> None:
+        """Count a failed proof made inside a function (same log line, same lockout)."""
+        await self._failed(request, AuthFailure(reason, name))
+
     async def _failed(self, request: ApiRequest, failure: AuthFailure) -> None:
         config = self.settings.current
         username = failure.username[:64]

@@ -67,7 +67,7 @@ HOLD_RELEASED = 2
 USER_FIELDS = frozenset(
     {
         "name", "email", "phone", "address", "country", "tariffid", "enabled",
-        "temporarydisabled", "pin", "parentid", "deviceid",
+        "temporarydisabled", "pin", "parentid", "deviceid", "forgotquestion", "forgotanswer",
     }
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Any
 
 from ...store.billing import USER_ENDUSER, User
@@ -57,7 +58,8 @@ def _new_user_fields(call: Call, strict: bool) -> dict[str, Any]:
     return {
         "username": username, "password": password, "currency": currency, "email": email,
         "name": _text(call, "u_name"), "phone": _text(call, "u_phone"), "country": _text(call, "u_country"),
-        "address": _text(call, "u_address"),
+        "address": _text(call, "u_address"), "forgotquestion": _text(call, "forgotquestion"),
+        "forgotanswer": _text(call, "forgotanswer"),
     }
 
 
@@ -149,6 +151,37 @@ def register(registry: Registry) -> None:
         row = dict(zip(result.columns, result.rows[0]))
         return ok(user.username, [_details(row, mode, call.api.db.engine.money)])
 
+    reminder = Access(req_key=1, req_user=REQ_PUBLIC, req_user_login=0)
+
+    @fn("forgotpasswordquestion", Category.PUBLIC, "the password reminder question of an account, by e-mail",
+        ("email",), access=reminder, rate=0.2)
+    async def forgotpasswordquestion(call: Call) -> ApiAnswer:
+        found = await _by_email(call)
+        if found is None or not found["forgotquestion"]:
+            return error("no question for this e-mail", 404)
+        return ok(found["forgotquestion"])
+
+    @fn("forgotpasswordanswer", Category.PUBLIC, "answer the reminder question: a new password is e-mailed",
+        ("email", "forgotpasswordanswer"), access=reminder, rate=0.2)
+    async def forgotpasswordanswer(call: Call) -> ApiAnswer:
+        config = call.api.settings.current
+        if not config.smtpserver:
+            return error("e-mail is not configured; ask support", 412)
+        found = await _by_email(call)
+        given = " ".join(call.require("forgotpasswordanswer").split()).lower()
+        expected = " ".join(str(found["forgotanswer"]).split()).lower() if found else ""
+        if found is None or not expected or not secret_equal(given, expected):
+            await call.api.failed_login(call.request, "wrong reminder answer", call.arg("email"))
+            return error("wrong answer", 403)
+        password = secrets.token_urlsafe(9)
+        body = (
+            f"***TO: {found['email']}\n***SUBJECT: your new password\n"
+            f"The password of {found['username']} is now: {password}\nChange it after you log in."
+        )
+        await call.api.actions.email(body)
+        await call.api.store.set_password(int(found["id"]), password)
+        return ok("a new password was sent by e-mail")
+
     @fn("changepwd", Category.USER, "change the caller's password", ("newpassword", "oldpassword"))
     async def changepwd(call: Call) -> ApiAnswer:
         user = _me(call)
@@ -160,6 +193,17 @@ def register(registry: Registry) -> None:
             return error("oldpassword is wrong", 403)
         await call.api.store.set_password(user.id, new)
         return ok("password changed")
+
+
+async def _by_email(call: Call) -> dict[str, Any] | None:
+    email = call.require("email").strip()
+    if not EMAIL.match(email):
+        raise RequestError("email is not an e-mail address", 412)
+    result = await call.api.db.run_query(
+        "by_email", "SELECT id, username, email, forgotquestion, forgotanswer FROM tb_users WHERE lower(email) = lower(?) "
+        "ORDER BY id LIMIT 1", (email,),
+    )
+    return dict(zip(result.columns, result.rows[0])) if result.rows else None
 
 
 async def _named_user(call: Call, userid: str, username: str) -> User:
