@@ -90,6 +90,53 @@ function (or replaces a predefined one), and `custom_action` /
 `custom_action_body` run an action after the answer. See
 docs/schema.md and docs/decisions.md.
 
+## What each implemented function answers
+
+Money amounts have at least two decimals (`5.00`, `0.0456`); a repeated
+client transaction id (`txid=`) adds ` (repeated transaction)`.
+
+| function | answer (text format; records go to `data` in JSON/XML) |
+|---|---|
+| apitest, apitest1 | `OK: API test passed` (apitest adds who and how: `(alice, authmd5)`) |
+| preauth | `OK: new nonce is:NONCEEOF` |
+| login | `OK: USERID`, record id, username, type |
+| version / heartbeat / keepalive | `OK: mizud 0.1.0` / `OK: alive` (mode=full: `alive, database ok`) / `OK: keepalive` |
+| info, quickstat, regstat | a summary line and one record of figures |
+| help | `OK: N functions` and a record per function; `help NAME`: one record |
+| reload / apireload | `OK: reloaded; changed: ...; need a restart: ...` / `OK: N tb_api rules loaded` |
+| bannedlist / delbanned | records kind, value, until, reason / `OK: N bans lifted` |
+| balance | `OK: 12.34 USD` |
+| rating | `OK: PRICE CURRENCY PREFIX NAME` (price per minute), record prefix, name, price, currency, connectfee, mininterval, interval, plan |
+| rulesreload, reloaddialplan | `OK: N tariffs loaded` |
+| importtariffs | `OK: N tariffs imported into plan P; M tariffs loaded`; a bad file: `ERROR: tariff file refused: line L: ...` |
+| charge | `OK: BALANCE CURRENCY, credited AMOUNT` |
+| addcredit | `OK: BALANCE CURRENCY, USER credited AMOUNT` (negative: `debited`) |
+| transfercredit | `OK: BALANCE CURRENCY, sent AMOUNT to USER` (the sender's balance) |
+| newuseri, newuseru | `OK: USERID`, record id, username |
+| deluser | `OK: deleted USERNAME` (refused while the balance is not zero) |
+| listusers, search | `OK: N users`, a record per user |
+| getdetails | `OK: USERNAME`, one record (min: id, username, credit, currency; normal: contact and account fields; max: every column but the password) |
+| changepwd | `OK: password changed` |
+| forgotpasswordquestion / forgotpasswordanswer | `OK: QUESTION` / `OK: a new password was sent by e-mail` |
+| setfield / getfield | `OK: FIELD set` / `OK: VALUE` |
+| cli, addcallbacknumber | `OK: NUMBER added` (`already added` when it is the caller's) |
+| callbackaccessnumber | `OK: NUMBER` |
+| callforward | `OK: forwardalways=..., ...` (`-` for a cleared field) |
+| getphonenumbers / lockphonenumbers | `OK: COUNT` of free numbers / `OK: NUMBER` reserved for an hour |
+| cdr | `OK: N calls` and a record per call (fields=min/normal/all); summary=yes adds `; total N calls, S s, cost C`; by=all/day/caller/called: a record per group with calls, connected, duration, cost (and profit for admins with fields=all) |
+| gencdr / rebill | `OK: N CDRs generated for USER` / `OK: N CDRs checked, M repriced` |
+| db | `OK: N rows` with the rows, or `OK: N rows affected` |
+| showcfg | `OK: N options`, a record per option (secrets shown as `***`) |
+| checkcredits | `OK: every balance equals its ledger`, or an error listing the users whose balance differs |
+| hourlymaint, dailymaint, weeklymaint, monthlymaint | `OK: nonces N, bans N, numbers N, registrations N` (daily and longer: `, optimized 1`) |
+| a tb_api custom SQL function | `OK: N rows` with the rows, `OK: N rows affected`, or `OK: queued` |
+
+Tariff files for `importtariffs` are CSV with a header line naming the
+columns `prefix,name,price,connectfee,mininterval,interval,currency`
+(`prefix` and `price` required; price per minute; defaults: no name, no
+connect fee, no minimum, 1-second increments, `defaultcurrency`). Any
+invalid row rejects the whole file with its line number.
+
 ## Functions
 
 "Access" is who may call the function by default (a `tb_api` row may
