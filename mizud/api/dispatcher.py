@@ -39,6 +39,7 @@ from ..store.billing import USER_ADMIN, USER_OWNER, USER_RESELLER, USER_SUPPORT,
 from ..store.database import Database
 from ..store.money import MoneyError
 from . import answer, custom, legacy
+from .maintenance import Maintenance
 from .answer import ApiAnswer, error
 from .auth import Trust, authmd5_full, authmd5_simple, in_networks, is_loopback, same, secret_equal
 from .ratelimit import Clock, FailureCounter, LeakyBucket
@@ -99,6 +100,12 @@ class Call:
                 return value
         return default
 
+    def user(self) -> User:
+        """The user the call acts for; raises L{RequestError} (421) when there is none."""
+        if self.caller.user is None:
+            raise RequestError("this function needs authid (the user)", answer.MISSING_PARAMETER)
+        return self.caller.user
+
     def require(self, name: str) -> str:
         """A parameter that must be present; raises L{RequestError} (421) if not."""
         value = self.arg(name)
@@ -139,8 +146,6 @@ class Api:
         self.clock = clock
         self.nonces = Nonces(self.db, clock)
         self.actions = custom.Actions(self, clock)
-        from .functions.admin import Maintenance
-
         self.maintenance = Maintenance(self)
         self.bans = Bans(self.db, clock)
         self.overrides: dict[str, Access] = {}

@@ -8,12 +8,11 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import account, accounts, admin, cdrs, core, fields, money, numbers, rating
+    from . import accounts, admin, cdrs, core, fields, money, numbers, rating
 
     registry = Registry()
     catalogue.load(registry)
     core.register(registry)
-    account.register(registry)
     rating.register(registry)
     money.register(registry)
     accounts.register(registry)

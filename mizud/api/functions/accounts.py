@@ -143,7 +143,7 @@ def register(registry: Registry) -> None:
 
     @fn("getdetails", Category.USER, "the caller's account details (mode min, normal or max)", ("mode",))
     async def getdetails(call: Call) -> ApiAnswer:
-        user = _me(call)
+        user = call.user()
         mode = call.arg("mode", "normal").lower()
         if mode not in ("min", "normal", "max"):
             return error("mode must be min, normal or max", 412)
@@ -184,7 +184,7 @@ def register(registry: Registry) -> None:
 
     @fn("changepwd", Category.USER, "change the caller's password", ("newpassword", "oldpassword"))
     async def changepwd(call: Call) -> ApiAnswer:
-        user = _me(call)
+        user = call.user()
         new = call.require("newpassword")
         if len(new) < 6 or len(new) > 128 or not new.isprintable() or " " in new:
             return error("newpassword must be 6 to 128 printable characters without spaces", 412)
@@ -221,8 +221,3 @@ async def _named_user(call: Call, userid: str, username: str) -> User:
         raise RequestError(f"no such user: {(userid or username)[:64]}", 404)
     return user
 
-
-def _me(call: Call) -> User:
-    if call.caller.user is None:
-        raise RequestError("this function needs authid (the user)", 421)
-    return call.caller.user

@@ -9,7 +9,7 @@ addcredit the target's) new balance and currency: C{OK: 12.50 USD, ...}.
 
 from __future__ import annotations
 
-from ...store.billing import MoneyResult, User
+from ...store.billing import MoneyResult
 from ...store.money import format_money
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
@@ -25,9 +25,15 @@ def register(registry: Registry) -> None:
     """Register this module's handlers."""
     fn = registry.function
 
+    @fn("balance", Category.USER, "credit request: the caller's balance and currency")
+    async def balance(call: Call) -> ApiAnswer:
+        user = call.user()
+        # "OK: 12.34 USD": the number first, as Mizu clients parse it.
+        return ok(f"{format_money(user.credit)} {user.currency}")
+
     @fn("charge", Category.USER, "recharge with a PIN from tb_pins (exactly once)", ("pin", "txid"))
     async def charge(call: Call) -> ApiAnswer:
-        user = _me(call)
+        user = call.user()
         result = await call.api.store.redeem_pin(user.id, call.require("pin"), txid=call.arg("txid") or None)
         return _balance_line(result, user.currency, f"credited {format_money_text(result.get('credit'))}")
 
@@ -50,7 +56,7 @@ def register(registry: Registry) -> None:
 
     @fn("transfercredit", Category.USER, "send credit to another user", ("username", "credit", "txid"))
     async def transfercredit(call: Call) -> ApiAnswer:
-        user = _me(call)
+        user = call.user()
         target = await call.api.store.find_user(call.require("username"))
         if target is None:
             return error(f"no such user: {call.arg('username')[:64]}", 404)
@@ -67,10 +73,3 @@ def format_money_text(value: str | None) -> str:
 
     return format_money(Decimal(value)) if value else "0.00"
 
-
-def _me(call: Call) -> User:
-    from ..request import RequestError
-
-    if call.caller.user is None:
-        raise RequestError("this function needs authid (the user)", 421)
-    return call.caller.user

@@ -22,14 +22,9 @@ def _number(call: Call, name: str) -> str:
     return digits
 
 
-def _me(call: Call) -> Any:
-    if call.caller.user is None:
-        raise RequestError("this function needs authid (the user)", 421)
-    return call.caller.user
-
 
 async def _attach(call: Call, kind: str, number: str) -> ApiAnswer:
-    user = _me(call)
+    user = call.user()
     db = call.api.db
     owner = (await db.run_query("usernumber", "SELECT userid FROM tb_usernumbers WHERE kind = ? AND number = ?",
                                 (kind, number))).rows
@@ -65,7 +60,7 @@ def register(registry: Registry) -> None:
     @fn("callforward", Category.USER, "forwarding: anum always, bnum on busy, cnum on no answer (empty clears)",
         ("anum", "bnum", "cnum"))
     async def callforward(call: Call) -> ApiAnswer:
-        user = _me(call)
+        user = call.user()
         changes: dict[str, str] = {}
         for param, column in FORWARDS:
             position = f"param{call.function.params.index(param) + 1}"
@@ -95,7 +90,7 @@ def register(registry: Registry) -> None:
     @fn("lockphonenumbers", Category.USER, "reserve a number from the free pool for the caller",
         aliases=("lockphonenumber",))
     async def lockphonenumbers(call: Call) -> ApiAnswer:
-        user = _me(call)
+        user = call.user()
         store = call.api.store
         for _ in range(5):  # another caller may take the same number first
             free = (await call.api.db.run_query(

@@ -1,0 +1,37 @@
+"""Periodic upkeep of the API's tables and the database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+
+class Maintenance:
+    """The periodic upkeep: runs hourly and daily on timers, and on demand."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    async def hourly(self) -> dict[str, int]:
+        """Expire nonces, ended bans, lapsed number reservations and registrations."""
+        db, now = self.api.db, self.api.store.now()
+        done = {"nonces": await self.api.nonces.expire()}
+        done["bans"] = (await db.run_statement(
+            "expire_bans", "DELETE FROM tb_banned WHERE until < ?", (now - timedelta(days=1),))).rowcount
+        done["numbers"] = (await db.run_statement(
+            "expire_locks", "UPDATE tb_phonenumbers SET userid = 0, status = 0, lockeduntil = NULL "
+            "WHERE status = 1 AND lockeduntil < ?", (now,))).rowcount
+        done["registrations"] = (await db.run_statement(
+            "expire_registrations", "DELETE FROM tb_registrations WHERE expires < ?", (now,))).rowcount
+        return done
+
+    async def daily(self) -> dict[str, int]:
+        """The hourly work, then the database's own upkeep (statistics, WAL truncation)."""
+        done = await self.hourly()
+        db = self.api.db
+        if db.engine.name == "postgresql":
+            await db.run_statement("analyze", "ANALYZE")
+        else:
+            await db.run_statement("optimize", "PRAGMA optimize")
+        done["optimized"] = 1
+        return done
