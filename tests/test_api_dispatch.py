@@ -352,8 +352,19 @@ async def test_register_and_credit_conditions(h: Harness) -> None:
     await h.api.reload_access()
     query = f"apientry=balance&authkey={KEY}&authid=alice&authpwd=alicepw"
     assert (await h.call(query)).text == "ERROR: the user is not registered"
-    await h.db.run_statement("x", "UPDATE tb_users SET status = 2, statusdate = ? WHERE username = 'alice'", (h.store.now(),))
+    alice = await h.store.find_user("alice")
+    assert alice is not None
+    await h.db.run_statement(
+        "x", "INSERT INTO tb_registrations (userid, username, contact, address, expires, created) VALUES (?, ?, ?, ?, ?, ?)",
+        (alice.id, "alice", "sip:alice@x", "9.8.7.6:5060", h.store.now() + __import__("datetime").timedelta(minutes=5),
+         h.store.now()),
+    )
     assert (await h.call(query)).ok
+    await h.db.run_statement("x", "UPDATE tb_api SET req_user_register = 2")
+    await h.api.reload_access()
+    assert (await h.call(query)).text == "ERROR: the user is not registered from this address"
+    assert (await h.call(query, "9.8.7.6")).ok
+    await h.db.run_statement("x", "UPDATE tb_api SET req_user_register = 1")
     await h.db.run_statement("x", "UPDATE tb_api SET req_user_register = 0, req_user_credit = ?", (__import__("decimal").Decimal("6"),))
     await h.api.reload_access()
     assert (await h.call(query)).text == "ERROR: not enough credit"

@@ -295,7 +295,7 @@ class Api:
                 return error(BANNED, answer.AUTH_FAILED)
             if not self.limit_user.allow(user.id):
                 return error("rate limited", answer.RATE_LIMITED)
-            refusal = await self._user_conditions(user, rule, caller)
+            refusal = await self._user_conditions(request, user, rule, caller)
             if refusal is not None:
                 return refusal
             self.failures.clear(("user", user.username))
@@ -316,13 +316,18 @@ class Api:
         values = await self._values(call.request.params, call.caller.user, rule.customsql)
         return await custom.run_custom_sql(self, rule, values, self.clock)
 
-    async def _user_conditions(self, user: User, rule: Access, caller: Caller) -> ApiAnswer | None:
+    async def _user_conditions(
+        self, request: ApiRequest, user: User, rule: Access, caller: Caller
+    ) -> ApiAnswer | None:
         config = self.settings.current
         if caller.level <= REQ_ADMINS:
             return None
         register = rule.req_user_register if rule.req_user_register is not None else config.apidefneedregister
-        if register and not await self.store.is_registered(user.id):
-            return error("the user is not registered", answer.AUTH_FAILED)
+        if register:
+            hosts = await self.store.registered_addresses(user.id)
+            if not hosts or (register == 2 and request.source not in hosts):
+                return error("the user is not registered" + (" from this address" if hosts else ""),
+                             answer.AUTH_FAILED)
         threshold = rule.req_user_credit
         if threshold == 2:
             threshold = config.mincreditonroute

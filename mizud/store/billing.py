@@ -26,7 +26,7 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
@@ -260,19 +260,12 @@ class BillingStore:
                 return user
         return None
 
-    async def is_registered(self, userid: int, within: float = 8640.0) -> bool:
-        """Whether the registrar saw the user (status > 0) within C{within} seconds.
-
-        The spec's own test: C{status > 0 and statusdate > getdate() - 0.1}
-        (a tenth of a day).
-        """
-        since = self.now() - timedelta(seconds=within)
+    async def registered_addresses(self, userid: int) -> list[str]:
+        """The hosts the user's unexpired registrations came from (empty: not registered)."""
         result = await self.db.run_query(
-            "is_registered",
-            "SELECT id FROM tb_users WHERE id = ? AND status > 0 AND statusdate > ?",
-            (userid, since),
+            "registered", "SELECT address FROM tb_registrations WHERE userid = ? AND expires > ?", (userid, self.now())
         )
-        return bool(result.rows)
+        return [_host(row[0]) for row in result.rows]
 
     async def delete_user(self, userid: int) -> str:
         """Delete a user whose balance is zero and who holds no open funds.
@@ -648,6 +641,15 @@ class BillingStore:
         )
         money = self.engine.money
         return [(int(r[0]), money(r[1]), money(r[2])) for r in result.rows if money(r[1]) != money(r[2])]
+
+
+def _host(address: str) -> str:
+    """The host of C{host:port}, C{[v6]:port} or a bare host."""
+    if address.startswith("["):
+        return address[1:].split("]", 1)[0]
+    if address.count(":") == 1:
+        return address.split(":", 1)[0]
+    return address
 
 
 def _encode_result(result: MoneyResult) -> str:
