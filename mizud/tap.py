@@ -9,8 +9,9 @@ from twisted.python import usage
 
 from .config import OPTIONS, ConfigError, Settings
 from .service import LogFileService, MizudService
-from .api.service import ApiService, ListenService
+from .api.service import ApiService, ListenService, UdpListenService
 from .store.service import StoreService
+from .wire.demux import ApiDatagramProtocol, DemuxFactory
 from .wire.http import make_site
 
 
@@ -70,7 +71,13 @@ def makeService(options: Options, reactor: Any = None) -> MizudService:
     # dispatcher or the store has gone.
     site = make_site(settings, api.current)
     if config.usemainaport and config.mainaport:
-        ListenService("mainaport", store.reactor, config.listenaddress, config.mainaport, site).setServiceParent(root)
+        demux = DemuxFactory(site, api.current, settings, store.reactor)
+        ListenService("mainaport", store.reactor, config.listenaddress, config.mainaport, demux).setServiceParent(root)
+        udp_port = config.mainaport if config.mainaportudp is None else config.mainaportudp
+        if udp_port:
+            UdpListenService(
+                "mainaportudp", store.reactor, config.listenaddress, udp_port, ApiDatagramProtocol(api.current, settings)
+            ).setServiceParent(root)
     if config.httpserver and not (config.usemainaport and config.httpserver == config.mainaport):
         # The old HTTP interface's own port (the same site: /xmapi/ and /mvapireq).
         ListenService("httpserver", store.reactor, config.listenaddress, config.httpserver, site).setServiceParent(root)

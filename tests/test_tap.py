@@ -12,7 +12,7 @@ from twisted.internet import reactor as global_reactor
 from twisted.plugin import getPlugins
 
 from mizud.config import OPTIONS
-from mizud.api.service import ApiService, ListenService
+from mizud.api.service import ApiService, ListenService, UdpListenService
 from mizud.service import LogFileService, MizudService, describe, redact_database
 from mizud.store.billing import USER_ADMIN
 from mizud.store.service import StoreService
@@ -40,21 +40,27 @@ def test_make_service_builds_tree_without_binding() -> None:
     root = makeService(options("--set", "database=/nonexistent/dir/x.sqlite", "--set", "mainaport=8123"))
     assert isinstance(root, MizudService)
     children = list(IServiceCollection(root))
-    assert [type(c) for c in children] == [StoreService, ApiService, ListenService, ListenService]
+    assert [type(c) for c in children] == [StoreService, ApiService, ListenService, UdpListenService, ListenService]
     store = IServiceCollection(root).getServiceNamed("store")
     assert isinstance(store, StoreService)
     assert store.database is None and not store.running
     listener = children[2]
     assert isinstance(listener, ListenService)
     assert (listener.address, listener.port, listener.listening) == ("0.0.0.0", 8123, None)
-    assert (children[3].name, children[3].port) == ("httpserver", 8084)
+    assert (children[3].name, children[3].port) == ("mainaportudp", 8123)
+    assert (children[4].name, children[4].port) == ("httpserver", 8084)
 
 
 def test_main_port_can_be_turned_off() -> None:
     """usemainaport=false or mainaport=0 leaves the shared port unbound."""
     for setting in ("usemainaport=false", "mainaport=0"):
         root = makeService(options("--set", setting, "--set", "httpserver=0"))
-        assert ListenService not in [type(c) for c in IServiceCollection(root)]
+        kinds = [type(c) for c in IServiceCollection(root)]
+        assert ListenService not in kinds and UdpListenService not in kinds
+    root = makeService(options("--set", "mainaport=8123", "--set", "mainaportudp=0", "--set", "httpserver=0"))
+    assert UdpListenService not in [type(c) for c in IServiceCollection(root)]
+    root = makeService(options("--set", "mainaport=8123", "--set", "mainaportudp=9123", "--set", "httpserver=0"))
+    assert [c.port for c in IServiceCollection(root) if isinstance(c, UdpListenService)] == [9123]
 
 
 def test_logfile_service_comes_first(tmp_path: Path) -> None:

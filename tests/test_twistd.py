@@ -34,7 +34,7 @@ def environment() -> dict[str, str]:
 def run_to_end(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run twistd mizud expecting it to exit by itself."""
     return subprocess.run(
-        [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={free_port()}", "--set", "httpserver=0", *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=60
+        [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={free_port()}", "--set", "httpserver=0", "--set", "mainaportudp=0", *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=60
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.application.service import Service
@@ -69,6 +70,49 @@ class ListenService(Service):
 BAN_REFRESH = 5.0
 HOUR = 3600.0
 DAY = 86400.0
+
+
+class UdpListenService(Service):
+    """Listens on one UDP port with a large receive buffer; bound in privilegedStartService."""
+
+    RECEIVE_BUFFER = 4 * 1024 * 1024
+
+    def __init__(self, name: str, reactor: Any, address: str, port: int, protocol: Any) -> None:
+        self.name = name  # type: ignore[assignment]
+        self.reactor = reactor
+        self.address = address
+        self.port = port
+        self.protocol = protocol
+        self.listening: Any = None
+
+    def privilegedStartService(self) -> None:
+        """Bind the port now."""
+        super().privilegedStartService()
+        self._bind()
+
+    def startService(self) -> None:
+        """Bind the port if the privileged step did not."""
+        super().startService()
+        self._bind()
+
+    def _bind(self) -> None:
+        if self.listening is not None:
+            return
+        try:
+            self.listening = self.reactor.listenUDP(self.port, self.protocol, interface=self.address)
+        except CannotListenError as error:
+            raise StartupError(f"cannot listen on {self.address}:{self.port} UDP ({self.name}): {error.socketError}")
+        handle = self.listening.getHandle()
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RECEIVE_BUFFER)
+        except OSError as error:
+            log.warn("could not enlarge the UDP receive buffer: {error}", error=error)
+
+    def stopService(self) -> Any:
+        """Stop listening."""
+        super().stopService()
+        listening, self.listening = self.listening, None
+        return defer.maybeDeferred(listening.stopListening) if listening is not None else defer.succeed(None)
 
 
 class ApiService(Service):
