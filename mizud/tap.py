@@ -13,6 +13,7 @@ from .api.service import ApiService, ListenService, UdpListenService
 from .store.service import StoreService
 from .wire.demux import ApiDatagramProtocol, DemuxFactory
 from .wire.http import make_site
+from .wire.tls import TlsHandOff, TlsPortFactory, TlsProvider
 
 
 def _describe_options() -> str:
@@ -70,14 +71,23 @@ def makeService(options: Options, reactor: Any = None) -> MizudService:
     # Listeners last, so they stop first and no request arrives after the
     # dispatcher or the store has gone.
     site = make_site(settings, api.current)
+    reactor = store.reactor
+    tls = TlsProvider(config.tlscert, config.tlskey)
+    # Decrypted TLS streams are demultiplexed again (without a second TLS layer).
+    inner = DemuxFactory(site, api.current, settings, reactor)
+    hand_off = TlsHandOff(tls, inner)
     if config.usemainaport and config.mainaport:
-        demux = DemuxFactory(site, api.current, settings, store.reactor)
-        ListenService("mainaport", store.reactor, config.listenaddress, config.mainaport, demux).setServiceParent(root)
+        demux = DemuxFactory(site, api.current, settings, reactor, tls=hand_off)
+        ListenService("mainaport", reactor, config.listenaddress, config.mainaport, demux).setServiceParent(root)
         udp_port = config.mainaport if config.mainaportudp is None else config.mainaportudp
         if udp_port:
             UdpListenService(
                 "mainaportudp", store.reactor, config.listenaddress, udp_port, ApiDatagramProtocol(api.current, settings)
             ).setServiceParent(root)
+    if config.sslportmain and not (config.usemainaport and config.sslportmain == config.mainaport):
+        ListenService(
+            "sslportmain", reactor, config.listenaddress, config.sslportmain, TlsPortFactory(hand_off), prepare=tls.options
+        ).setServiceParent(root)
     if config.httpserver and not (config.usemainaport and config.httpserver == config.mainaport):
         # The old HTTP interface's own port (the same site: /xmapi/ and /mvapireq).
         ListenService("httpserver", store.reactor, config.listenaddress, config.httpserver, site).setServiceParent(root)

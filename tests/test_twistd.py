@@ -34,16 +34,16 @@ def environment() -> dict[str, str]:
 def run_to_end(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run twistd mizud expecting it to exit by itself."""
     return subprocess.run(
-        [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={free_port()}", "--set", "httpserver=0", "--set", "mainaportudp=0", *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=60
+        [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={free_port()}", "--set", "httpserver=0", "--set", "sslportmain=0", "--set", "mainaportudp=0", *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=60
     )
 
 
 def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
     """twistd -n mizud creates var/mizud.sqlite, answers the API, logs start and stop, shuts down cleanly."""
-    port, old_port = free_port(), free_port()
+    port, old_port, tls_port = free_port(), free_port(), free_port()
     process = subprocess.Popen(
         [*TWISTD, "mizud", "--set", "bootstrapadmin=boss:correcthorse", "--set", "listenaddress=127.0.0.1",
-         "--set", f"mainaport={port}", "--set", f"httpserver={old_port}"],
+         "--set", f"mainaport={port}", "--set", f"httpserver={old_port}", "--set", f"sslportmain={tls_port}"],
         cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert process.stdout is not None
@@ -63,10 +63,23 @@ def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
         ["curl", "-s", f"http://127.0.0.1:{old_port}/xmapi/balance?usr=boss&pwd=correcthorse&now"],
         capture_output=True, text=True, timeout=30,
     ).stdout
+    secure = [
+        subprocess.run(["curl", "-s", "-k", f"https://127.0.0.1:{p}/mvapireq/?apientry=apitest1"],
+                       capture_output=True, text=True, timeout=30).stdout
+        for p in (tls_port, port)  # the TLS port, and TLS detected on the shared port
+    ]
+    s_client = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{tls_port}", "-tls1_1"],
+        input="", capture_output=True, text=True, timeout=30,
+    )
     process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=30)
     output = "".join(lines) + rest
     assert answer == "OK: API test passed", output
+    assert secure == ["OK: API test passed"] * 2, output
+    assert s_client.returncode != 0  # TLS 1.1 is refused
+    assert (tmp_path / "var" / "mizud-tls.pem").stat().st_mode & 0o777 == 0o600
+    assert "TLS certificate" in output and "SHA-256" in output
     assert old == "OK: 0.00 USD", output
     # twistd shuts down cleanly, then ends itself with the signal it got.
     assert process.returncode == -signal.SIGTERM, output
@@ -137,7 +150,7 @@ def test_postgres_start(tmp_path: Path, pg_database: str) -> None:
 
     process = subprocess.Popen(
         [*TWISTD, "mizud", "--set", f"database={pg_database}", "--set", "bootstrapadmin=boss:correcthorse",
-         "--set", "mainaport=0", "--set", "httpserver=0"],
+         "--set", "mainaport=0", "--set", "httpserver=0", "--set", "sslportmain=0"],
         cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert process.stdout is not None

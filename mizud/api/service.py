@@ -26,12 +26,16 @@ class ListenService(Service):
     """Listens on one TCP port, bound in privilegedStartService (before
     privileges are dropped); a port that cannot be bound is a L{StartupError}."""
 
-    def __init__(self, name: str, reactor: Any, address: str, port: int, factory: Any) -> None:
+    def __init__(
+        self, name: str, reactor: Any, address: str, port: int, factory: Any, prepare: Any = None
+    ) -> None:
         self.name = name  # type: ignore[assignment]
         self.reactor = reactor
         self.address = address
         self.port = port
         self.factory = factory
+        #: Called before binding (loading a TLS certificate, say), so its failure stops the start.
+        self.prepare = prepare
         self.listening: Any = None  # an IListeningPort once bound
 
     def privilegedStartService(self) -> None:
@@ -47,6 +51,8 @@ class ListenService(Service):
     def _bind(self) -> None:
         if self.listening is not None:
             return
+        if self.prepare is not None:
+            self.prepare()
         endpoint_type = TCP6ServerEndpoint if ":" in self.address else TCP4ServerEndpoint
         endpoint = endpoint_type(self.reactor, self.port, interface=self.address)
         d = endpoint.listen(self.factory)
