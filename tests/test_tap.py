@@ -40,7 +40,9 @@ def test_make_service_builds_tree_without_binding() -> None:
     root = makeService(options("--set", "database=/nonexistent/dir/x.sqlite", "--set", "mainaport=8123"))
     assert isinstance(root, MizudService)
     children = list(IServiceCollection(root))
-    assert [type(c) for c in children] == [StoreService, ApiService, ListenService, UdpListenService, ListenService]
+    assert [type(c) for c in children] == [
+        StoreService, ApiService, ListenService, UdpListenService, ListenService, ListenService
+    ]
     store = IServiceCollection(root).getServiceNamed("store")
     assert isinstance(store, StoreService)
     assert store.database is None and not store.running
@@ -48,24 +50,29 @@ def test_make_service_builds_tree_without_binding() -> None:
     assert isinstance(listener, ListenService)
     assert (listener.address, listener.port, listener.listening) == ("0.0.0.0", 8123, None)
     assert (children[3].name, children[3].port) == ("mainaportudp", 8123)
-    assert (children[4].name, children[4].port) == ("httpserver", 8084)
+    assert (children[4].name, children[4].port) == ("sslportmain", 443)
+    assert children[4].prepare is not None  # the certificate is loaded before binding
+    assert (children[5].name, children[5].port) == ("httpserver", 8084)
 
 
 def test_main_port_can_be_turned_off() -> None:
     """usemainaport=false or mainaport=0 leaves the shared port unbound."""
     for setting in ("usemainaport=false", "mainaport=0"):
-        root = makeService(options("--set", setting, "--set", "httpserver=0"))
+        root = makeService(options("--set", setting, "--set", "httpserver=0", "--set", "sslportmain=0"))
         kinds = [type(c) for c in IServiceCollection(root)]
         assert ListenService not in kinds and UdpListenService not in kinds
-    root = makeService(options("--set", "mainaport=8123", "--set", "mainaportudp=0", "--set", "httpserver=0"))
+    root = makeService(options("--set", "mainaport=8123", "--set", "mainaportudp=0", "--set", "httpserver=0",
+                               "--set", "sslportmain=0"))
     assert UdpListenService not in [type(c) for c in IServiceCollection(root)]
-    root = makeService(options("--set", "mainaport=8123", "--set", "mainaportudp=9123", "--set", "httpserver=0"))
+    root = makeService(options("--set", "mainaport=8123", "--set", "mainaportudp=9123", "--set", "httpserver=0",
+                               "--set", "sslportmain=0"))
     assert [c.port for c in IServiceCollection(root) if isinstance(c, UdpListenService)] == [9123]
 
 
 def test_logfile_service_comes_first(tmp_path: Path) -> None:
     """With logfile set, the log file service precedes the store."""
-    root = makeService(options("--set", f"logfile={tmp_path / 'm.log'}", "--set", "mainaport=0", "--set", "httpserver=0"))
+    root = makeService(options("--set", f"logfile={tmp_path / 'm.log'}", "--set", "mainaport=0", "--set", "httpserver=0",
+                               "--set", "sslportmain=0"))
     assert [type(c) for c in IServiceCollection(root)] == [LogFileService, StoreService, ApiService]
     assert not (tmp_path / "m.log").exists()
 
@@ -176,3 +183,14 @@ def test_logfile_unwritable_is_a_startup_error(tmp_path: Path) -> None:
     service = LogFileService(str(tmp_path / "missing" / "m.log"))
     with pytest.raises(StartupError, match="cannot open logfile"):
         service.privilegedStartService()
+
+
+def test_bad_tls_files_stop_the_start(tmp_path: Path) -> None:
+    """A certificate that cannot be loaded is a startup error naming the problem."""
+    from mizud.store.schema import StartupError
+    from mizud.wire.tls import TlsProvider
+
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(StartupError, match="cannot load the TLS certificate or key"):
+        TlsProvider(str(bad), str(bad)).options()
