@@ -19,8 +19,14 @@ This file is generated from mizud's function registry
   (default 80): `/mvapireq/?apientry=FUNCTION&authkey=..&authid=..&authmd5=..`.
 - The old interface: `/xmapi/COMMAND?key=..&usr=..&pwd=..|md5auth=..` on
   `httpserver` (default 8084) and on `mainaport`.
-- Other transports (raw TCP and UDP lines, WebSocket, TLS, SIP, the telnet
-  console) are not served yet.
+- On `mainaport` too: raw TCP lines (`/mvapireq/?...` ended by CR LF, one
+  answer line each, pipelining allowed), UDP datagrams (up to 1,490 bytes,
+  one answer datagram), WebSocket on `/mvstwebsock` (one text message per
+  request), and all of it inside TLS (a ClientHello is detected) and on
+  `sslportmain`. Line and datagram answers are one line: records come with
+  `format=json` or `xml`.
+- SIP, the static files under `/mvweb` and the telnet console are not
+  served yet.
 
 ## Requests
 

@@ -152,14 +152,17 @@ class ApiResource(Resource):
 class RootResource(Resource):
     """Routes by path: /mvapireq anywhere in it is the API, /xmapi/ the old interface."""
 
-    def __init__(self, api: ApiResource, old: ApiResource) -> None:
+    def __init__(self, api: ApiResource, old: ApiResource, websocket: Any = None) -> None:
         super().__init__()
         self.api = api
         self.old = old
+        self.websocket = websocket
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         """Any path containing /mvapireq is the API; /xmapi/ the old one; the rest is not found."""
         lowered = request.path.lower()
+        if self.websocket is not None and b"/mvstwebsock" in lowered:
+            return self.websocket
         if b"/mvapireq" in lowered:
             return self.api
         if lowered.startswith(b"/xmapi"):
@@ -240,7 +243,15 @@ class QuietSite(Site):
 
 def make_site(settings: Settings, dispatch: Callable[[], Any]) -> Site:
     """The HTTP site of the shared service port."""
-    site = QuietSite(RootResource(ApiResource(settings, dispatch), ApiResource(settings, dispatch, legacy=True)))
+    from .websocket import api_websocket_resource
+
+    site = QuietSite(
+        RootResource(
+            ApiResource(settings, dispatch),
+            ApiResource(settings, dispatch, legacy=True),
+            api_websocket_resource(dispatch, settings),
+        )
+    )
     site.displayTracebacks = False
     site.noisy = False
     return site

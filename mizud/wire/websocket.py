@@ -1,0 +1,69 @@
+"""WebSocket on the shared port: each text message on /mvstwebsock is one API request.
+
+A message carries the rest of a request line, as over TCP (for example
+C{/mvapireq/?apientry=balance&authid=...} or just C{apientry=balance&...});
+each gets one text message back, in the order the requests came.  Binary
+messages are refused (close code 4003: autobahn lets an application use
+1000 or 3000..4999 only); messages over 64 KiB are refused by
+autobahn (close code 1009).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ..config import Settings
+from .demux import answer_line
+
+log = Logger()
+
+MAX_MESSAGE = 65536
+
+
+class ApiWebSocketProtocol(WebSocketServerProtocol):
+    """One API request per text message, answered in order."""
+
+    def onOpen(self) -> None:
+        """Start an empty queue of answers."""
+        self._queue: defer.Deferred[None] = defer.succeed(None)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Queue the request (text only)."""
+        if isBinary:
+            self.sendClose(4003, "API requests are text messages")
+            return
+        text = payload.decode("utf-8")  # autobahn has validated text frames as UTF-8
+        self._queue.addCallback(lambda _: defer.ensureDeferred(self._answer(text)))
+
+    async def _answer(self, text: str) -> None:
+        factory: ApiWebSocketFactory = self.factory  # type: ignore[assignment]
+        transport: Any = self.transport
+        source = getattr(transport.getPeer(), "host", "")
+        try:
+            answer = await answer_line(factory.api_of, factory.settings, text.strip(), source, "ws")
+        except Exception:
+            log.failure("answering a WebSocket API request from {source}", source=source)
+            answer = b"ERROR: internal error"
+        self.sendMessage(answer, isBinary=False)
+
+
+class ApiWebSocketFactory(WebSocketServerFactory):
+    """Builds API WebSocket protocols; knows the dispatcher and the settings."""
+
+    protocol = ApiWebSocketProtocol
+
+    def __init__(self, api_of: Callable[[], Any], settings: Settings) -> None:
+        super().__init__()
+        self.api_of = api_of
+        self.settings = settings
+        self.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE, maxFramePayloadSize=MAX_MESSAGE)
+
+
+def api_websocket_resource(api_of: Callable[[], Any], settings: Settings) -> WebSocketResource:
+    """The twisted.web resource that upgrades /mvstwebsock to the API WebSocket."""
+    return WebSocketResource(ApiWebSocketFactory(api_of, settings))
