@@ -194,3 +194,25 @@ async def test_old_interface_over_http(server: Server) -> None:
     status, _, body = await server.curl(f"{server.base}/xmapi/balance?usr=alice&pwd=alicepw&now")
     assert (status, body) == (200, "OK: 0.00 USD")
     assert (await server.curl(f"{server.base}/xmapi/balance?usr=alice&pwd=x"))[2] == "ERROR: wrong authentication"
+
+
+@pytest_twisted.ensureDeferred
+async def test_static_files_under_mvweb(tmp_path: Path) -> None:
+    """Files under mvwebdir are served with their type, conditional GET works, and nothing escapes the folder."""
+    web = tmp_path / "web"
+    (web / "sub").mkdir(parents=True)
+    (web / "index.html").write_text("<h1>hi</h1>")
+    (web / "sub" / "app.js").write_text("var x = 1;")
+    (tmp_path / "secret.txt").write_text("secret")
+    srv, port, db = await start(tmp_path, f"mvwebdir={web}")
+    status, head, body = await srv.curl(f"{srv.base}/mvweb/index.html")
+    assert (status, body) == (200, "<h1>hi</h1>") and "content-type: text/html" in head.lower()
+    status, head, _ = await srv.curl(f"{srv.base}/mvweb/sub/app.js")
+    assert status == 200 and "javascript" in head.lower()
+    modified = [line.split(": ", 1)[1] for line in head.splitlines() if line.lower().startswith("last-modified")][0]
+    assert (await srv.curl("-H", f"If-Modified-Since: {modified}", f"{srv.base}/mvweb/sub/app.js"))[0] == 304
+    for path in ("/mvweb/../secret.txt", "/mvweb/%2e%2e/secret.txt", "/mvweb/sub/", "/mvweb/nosuch"):
+        status, _, body = await srv.curl("--path-as-is", f"{srv.base}{path}")
+        assert status in (400, 404) and "secret" not in body, path
+    await port.stopListening()  # type: ignore[attr-defined]
+    await db.close()

@@ -25,8 +25,9 @@ This file is generated from mizud's function registry
   request), and all of it inside TLS (a ClientHello is detected) and on
   `sslportmain`. Line and datagram answers are one line: records come with
   `format=json` or `xml`.
-- SIP, the static files under `/mvweb` and the telnet console are not
-  served yet.
+- Files of the `mvwebdir` directory under `/mvweb/` (content types,
+  conditional GET, no directory listings, nothing outside the directory).
+- SIP and the telnet console are not served yet.
 
 ## Requests
 

@@ -14,6 +14,7 @@ itself a trusted proxy.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.static import File
 
 from ..api import answer, legacy
 from ..api.answer import ApiAnswer, encode, error
@@ -152,11 +154,12 @@ class ApiResource(Resource):
 class RootResource(Resource):
     """Routes by path: /mvapireq anywhere in it is the API, /xmapi/ the old interface."""
 
-    def __init__(self, api: ApiResource, old: ApiResource, websocket: Any = None) -> None:
+    def __init__(self, api: ApiResource, old: ApiResource, websocket: Any = None, static: Resource | None = None) -> None:
         super().__init__()
         self.api = api
         self.old = old
         self.websocket = websocket
+        self.static = static
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         """Any path containing /mvapireq is the API; /xmapi/ the old one; the rest is not found."""
@@ -167,6 +170,10 @@ class RootResource(Resource):
             return self.api
         if lowered.startswith(b"/xmapi"):
             return self.old
+        if path == b"mvweb" and self.static is not None:
+            # twisted.web.static.File: content types, conditional GET and
+            # ranges, and no way out of its directory.
+            return self.static
         return _NOT_FOUND
 
     def render(self, request: Request) -> bytes:
@@ -232,6 +239,14 @@ class LimitedRequest(Request):
             transport.loseConnection()
 
 
+class StaticFiles(File):
+    """Static files under /mvweb: no directory listings."""
+
+    def directoryListing(self) -> Resource:
+        """Directories are not listed."""
+        return _NOT_FOUND
+
+
 class QuietSite(Site):
     """A Site without a per-request access log (failures are logged where decided)."""
 
@@ -245,11 +260,14 @@ def make_site(settings: Settings, dispatch: Callable[[], Any]) -> Site:
     """The HTTP site of the shared service port."""
     from .websocket import api_websocket_resource
 
+    folder = settings.current.mvwebdir
+    static = StaticFiles(folder) if folder and os.path.isdir(folder) else None
     site = QuietSite(
         RootResource(
             ApiResource(settings, dispatch),
             ApiResource(settings, dispatch, legacy=True),
             api_websocket_resource(dispatch, settings),
+            static,
         )
     )
     site.displayTracebacks = False
