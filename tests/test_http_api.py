@@ -9,6 +9,7 @@ from typing import AsyncIterator
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.utils import getProcessOutputAndValue
+from urllib.parse import quote
 
 from mizud.api.dispatcher import Api
 from mizud.api.functions import build_registry
@@ -216,3 +217,39 @@ async def test_static_files_under_mvweb(tmp_path: Path) -> None:
         assert status in (400, 404) and "secret" not in body, path
     await port.stopListening()  # type: ignore[attr-defined]
     await db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_jsonp_forwarder(tmp_path: Path) -> None:
+    """jppget fetches JSON only from listed hosts and only with enablejsonp=2."""
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    class Remote(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: object) -> bytes:
+            return b'{"rate": "0.02"}' if b"good" in request.path else b"not json"  # type: ignore[attr-defined]
+
+    remote = global_reactor.listenTCP(0, Site(Remote()), interface="127.0.0.1")
+    base = f"http://127.0.0.1:{remote.getHost().port}"
+    srv, port, db = await start(tmp_path, "enablejsonp=2", "jsonpforwardhosts=127.0.0.1")
+    url = f"{srv.base}/mvapireq/jppget?callback=show&url={quote(base + '/good')}"
+    assert (await srv.curl(url))[2] == 'show({"rate": "0.02"});'
+    assert (await srv.curl(f"{srv.base}/mvapireq/jppget?url={quote(base + '/bad')}"))[2] == (
+        "ERROR: the remote document is not JSON"
+    )
+    other = await srv.curl(f"{srv.base}/mvapireq/jppget?url={quote('http://localhost:1/x')}")
+    assert other[2] == "ERROR: host localhost is not in jsonpforwardhosts"
+    assert (await srv.curl(f"{srv.base}/mvapireq/jppget?url=file:///etc/passwd"))[2] == (
+        "ERROR: url must be an http or https URL"
+    )
+    await port.stopListening()  # type: ignore[attr-defined]
+    await db.close()
+    (tmp_path / "off").mkdir()
+    srv, port, db = await start(tmp_path / "off")
+    off = await srv.curl(f"{srv.base}/mvapireq/jppget?url={quote(base + '/good')}")
+    assert off[2] == "ERROR: the JSONP forwarder is off (enablejsonp=2 turns it on)"
+    await port.stopListening()  # type: ignore[attr-defined]
+    await db.close()
+    await remote.stopListening()
