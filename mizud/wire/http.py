@@ -121,7 +121,8 @@ class ApiResource(Resource):
         if config.enablejsonp != 2:
             refuse("the JSONP forwarder is off (enablejsonp=2 turns it on)")
             return NOT_DONE_YET
-        args = {k.decode(): v[0].decode("utf-8", "replace") for k, v in (request.args or {}).items() if v}
+        given: dict[bytes, list[bytes]] = request.args or {}
+        args = {k.decode(): v[0].decode("utf-8", "replace") for k, v in given.items() if v}
         allowed = tuple(h.strip().lower() for h in config.jsonpforwardhosts.split(",") if h.strip())
         try:
             url = jsonp.check(args.get("url", ""), allowed)
