@@ -63,15 +63,16 @@ def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
         ["curl", "-s", f"http://127.0.0.1:{old_port}/xmapi/balance?usr=boss&pwd=correcthorse&now"],
         capture_output=True, text=True, timeout=30,
     ).stdout
+    # A handshake that fails (TLS 1.1 is refused) first: the ports keep serving.
+    s_client = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{tls_port}", "-tls1_1"],
+        input="", capture_output=True, text=True, timeout=30,
+    )
     secure = [
         subprocess.run(["curl", "-s", "-k", f"https://127.0.0.1:{p}/mvapireq/?apientry=apitest1"],
                        capture_output=True, text=True, timeout=30).stdout
         for p in (tls_port, port)  # the TLS port, and TLS detected on the shared port
     ]
-    s_client = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{tls_port}", "-tls1_1"],
-        input="", capture_output=True, text=True, timeout=30,
-    )
     process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=30)
     output = "".join(lines) + rest

@@ -96,6 +96,9 @@ class SipEntry(TypingProtocol):
     def datagram(self, data: bytes, address: tuple[str, int], send: Callable[[bytes], None]) -> None:
         """Handle one SIP datagram; C{send} answers to its source."""
 
+    def websocket_message(self, data: bytes, address: IAddress, send: Callable[[bytes], None]) -> bool:
+        """Handle one SIP message from a WebSocket (RFC 7118); False closes the WebSocket."""
+
 
 class NoSip:
     """The SIP entry point until the SIP layer exists: refuse and log."""
@@ -108,6 +111,11 @@ class NoSip:
     def datagram(self, data: bytes, address: tuple[str, int], send: Callable[[bytes], None]) -> None:
         """Drop SIP datagrams."""
         log.info("SIP datagram from {address} dropped: SIP is not served yet", address=address)
+
+    def websocket_message(self, data: bytes, address: IAddress, send: Callable[[bytes], None]) -> bool:
+        """Refuse SIP over WebSocket."""
+        log.info("SIP WebSocket from {address} closed: SIP is not served yet", address=address)
+        return False
 
 
 def line_answer(answered: ApiAnswer, fmt: str) -> bytes:

@@ -193,18 +193,24 @@ class ApiResource(Resource):
 class RootResource(Resource):
     """Routes by path: /mvapireq anywhere in it is the API, /xmapi/ the old interface."""
 
-    def __init__(self, api: ApiResource, old: ApiResource, websocket: Any = None, static: Resource | None = None) -> None:
+    def __init__(
+        self, api: ApiResource, old: ApiResource, websocket: Any = None, static: Resource | None = None,
+        sip_websocket: Any = None,
+    ) -> None:
         super().__init__()
         self.api = api
         self.old = old
         self.websocket = websocket
         self.static = static
+        self.sip_websocket = sip_websocket
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         """Any path containing /mvapireq is the API; /xmapi/ the old one; the rest is not found."""
         lowered = request.path.lower()
         if self.websocket is not None and b"/mvstwebsock" in lowered:
             return self.websocket
+        if self.sip_websocket is not None and b"/mfstwebsock" in lowered:
+            return self.sip_websocket
         if b"/mvapireq" in lowered:
             return self.api
         if lowered.startswith(b"/xmapi"):
@@ -295,9 +301,10 @@ class QuietSite(Site):
         """No access log line per request."""
 
 
-def make_site(settings: Settings, dispatch: Callable[[], Any]) -> Site:
-    """The HTTP site of the shared service port."""
-    from .websocket import api_websocket_resource
+def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None) -> Site:
+    """The HTTP site of the shared service port; C{sip} is the SIP layer's entry point."""
+    from .demux import NoSip
+    from .websocket import api_websocket_resource, sip_websocket_resource
 
     folder = settings.current.mvwebdir
     static = StaticFiles(folder) if folder and os.path.isdir(folder) else None
@@ -307,6 +314,7 @@ def make_site(settings: Settings, dispatch: Callable[[], Any]) -> Site:
             ApiResource(settings, dispatch, legacy=True),
             api_websocket_resource(dispatch, settings),
             static,
+            sip_websocket_resource(sip or NoSip()),
         )
     )
     site.displayTracebacks = False

@@ -67,3 +67,35 @@ class ApiWebSocketFactory(WebSocketServerFactory):
 def api_websocket_resource(api_of: Callable[[], Any], settings: Settings) -> WebSocketResource:
     """The twisted.web resource that upgrades /mvstwebsock to the API WebSocket."""
     return WebSocketResource(ApiWebSocketFactory(api_of, settings))
+
+
+class SipWebSocketProtocol(WebSocketServerProtocol):
+    """SIP over WebSocket (RFC 7118): the "sip" subprotocol, each message handed to the SIP layer."""
+
+    def onConnect(self, request: Any) -> str | None:
+        """Accept the "sip" subprotocol when offered (RFC 7118 requires it)."""
+        return "sip" if "sip" in request.protocols else None
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Hand the SIP message to the SIP layer; close if it refuses."""
+        factory: SipWebSocketFactory = self.factory  # type: ignore[assignment]
+        transport: Any = self.transport
+        keep = factory.sip.websocket_message(payload, transport.getPeer(), lambda data: self.sendMessage(data))
+        if not keep:
+            self.sendClose(4000, "SIP is not served")
+
+
+class SipWebSocketFactory(WebSocketServerFactory):
+    """Builds SIP WebSocket protocols bound to the SIP entry point."""
+
+    protocol = SipWebSocketProtocol
+
+    def __init__(self, sip: Any) -> None:
+        super().__init__()
+        self.sip = sip
+        self.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE, maxFramePayloadSize=MAX_MESSAGE)
+
+
+def sip_websocket_resource(sip: Any) -> WebSocketResource:
+    """The twisted.web resource that upgrades /mfstwebsock to SIP over WebSocket."""
+    return WebSocketResource(SipWebSocketFactory(sip))
