@@ -253,3 +253,11 @@ async def test_jsonp_forwarder(tmp_path: Path) -> None:
     await port.stopListening()  # type: ignore[attr-defined]
     await db.close()
     await remote.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_portal_paths_are_reserved(server: Server) -> None:
+    """/webvoip and /webvoipportal are kept for the portal and say so."""
+    for path in ("/webvoip", "/webvoipportal/index.html"):
+        status, _, body = await server.curl(f"{server.base}{path}")
+        assert (status, body) == (404, "ERROR: the web portal is not served yet")

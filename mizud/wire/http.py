@@ -215,6 +215,8 @@ class RootResource(Resource):
             return self.api
         if lowered.startswith(b"/xmapi"):
             return self.old
+        if lowered.startswith(b"/webvoip"):
+            return _PORTAL_RESERVED  # /webvoip and /webvoipportal: the enduser portal's paths
         if path == b"mvweb" and self.static is not None:
             # twisted.web.static.File: content types, conditional GET and
             # ranges, and no way out of its directory.
@@ -236,6 +238,18 @@ class _NotFound(Resource):
 
 
 _NOT_FOUND = _NotFound()
+
+
+class _PortalReserved(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"ERROR: the web portal is not served yet"
+
+
+_PORTAL_RESERVED = _PortalReserved()
 
 
 class LimitedRequest(Request):
