@@ -27,7 +27,9 @@ This file is generated from mizud's function registry
   `format=json` or `xml`.
 - Files of the `mvwebdir` directory under `/mvweb/` (content types,
   conditional GET, no directory listings, nothing outside the directory).
-- SIP and the telnet console are not served yet.
+- SIP and the telnet console are not served yet. Mizu's encrypted
+  tunnelling is not supported: connections whose first bytes are not a
+  protocol mizud serves are closed without an answer.
 
 ## Requests
 
