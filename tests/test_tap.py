@@ -194,3 +194,23 @@ def test_bad_tls_files_stop_the_start(tmp_path: Path) -> None:
     bad.write_text("not a certificate")
     with pytest.raises(StartupError, match="cannot load the TLS certificate or key"):
         TlsProvider(str(bad), str(bad)).options()
+
+
+def test_busy_ports_stop_the_start() -> None:
+    """A TCP or UDP port already in use is a startup error naming the port."""
+    import socket
+
+    from twisted.internet.protocol import DatagramProtocol, Factory
+    from twisted.internet import reactor as global_reactor
+
+    from mizud.store.schema import StartupError
+
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        udp.bind(("127.0.0.1", 0))
+        busy_tcp, busy_udp = tcp.getsockname()[1], udp.getsockname()[1]
+        with pytest.raises(StartupError, match=f"cannot listen on 127.0.0.1:{busy_tcp} \\(mainaport\\)"):
+            ListenService("mainaport", global_reactor, "127.0.0.1", busy_tcp, Factory()).privilegedStartService()
+        with pytest.raises(StartupError, match=f"cannot listen on 127.0.0.1:{busy_udp} UDP"):
+            UdpListenService("mainaportudp", global_reactor, "127.0.0.1", busy_udp, DatagramProtocol()).privilegedStartService()

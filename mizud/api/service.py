@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from abc import ABC, abstractmethod
 from typing import Any
 
 from twisted.application.service import Service
@@ -11,6 +12,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..config import Settings
 from ..store.billing import BillingStore
@@ -22,20 +24,16 @@ from .functions import build_registry
 log = Logger()
 
 
-class ListenService(Service):
-    """Listens on one TCP port, bound in privilegedStartService (before
-    privileges are dropped); a port that cannot be bound is a L{StartupError}."""
+class _Listener(Service, ABC):
+    """A port bound in privilegedStartService (before privileges are dropped),
+    or in startService when there was no privileged step; a port that cannot
+    be bound is a L{StartupError}.  Subclasses say how to listen."""
 
-    def __init__(
-        self, name: str, reactor: Any, address: str, port: int, factory: Any, prepare: Any = None
-    ) -> None:
+    def __init__(self, name: str, reactor: Any, address: str, port: int) -> None:
         self.name = name  # type: ignore[assignment]
         self.reactor = reactor
         self.address = address
         self.port = port
-        self.factory = factory
-        #: Called before binding (loading a TLS certificate, say), so its failure stops the start.
-        self.prepare = prepare
         self.listening: Any = None  # an IListeningPort once bound
 
     def privilegedStartService(self) -> None:
@@ -49,76 +47,70 @@ class ListenService(Service):
         self._bind()
 
     def _bind(self) -> None:
-        if self.listening is not None:
-            return
-        if self.prepare is not None:
-            self.prepare()
-        endpoint_type = TCP6ServerEndpoint if ":" in self.address else TCP4ServerEndpoint
-        endpoint = endpoint_type(self.reactor, self.port, interface=self.address)
-        d = endpoint.listen(self.factory)
-        failures: list[Any] = []
-        d.addCallbacks(lambda port: setattr(self, "listening", port), failures.append)
-        if failures:
-            error = failures[0].value
-            reason = error.socketError if isinstance(error, CannotListenError) else error
-            raise StartupError(f"cannot listen on {self.address}:{self.port} ({self.name}): {reason}")
+        if self.listening is None:
+            self.listening = self._listen()
 
-    def stopService(self) -> Any:
-        """Stop listening."""
-        super().stopService()
-        listening, self.listening = self.listening, None
-        if listening is None:
-            return defer.succeed(None)
-        return listening.stopListening()
-
-
-#: Seconds between reloads of the bans (so other nodes' bans reach this one).
-BAN_REFRESH = 5.0
-HOUR = 3600.0
-DAY = 86400.0
-
-
-class UdpListenService(Service):
-    """Listens on one UDP port with a large receive buffer; bound in privilegedStartService."""
-
-    RECEIVE_BUFFER = 4 * 1024 * 1024
-
-    def __init__(self, name: str, reactor: Any, address: str, port: int, protocol: Any) -> None:
-        self.name = name  # type: ignore[assignment]
-        self.reactor = reactor
-        self.address = address
-        self.port = port
-        self.protocol = protocol
-        self.listening: Any = None
-
-    def privilegedStartService(self) -> None:
-        """Bind the port now."""
-        super().privilegedStartService()
-        self._bind()
-
-    def startService(self) -> None:
-        """Bind the port if the privileged step did not."""
-        super().startService()
-        self._bind()
-
-    def _bind(self) -> None:
-        if self.listening is not None:
-            return
-        try:
-            self.listening = self.reactor.listenUDP(self.port, self.protocol, interface=self.address)
-        except CannotListenError as error:
-            raise StartupError(f"cannot listen on {self.address}:{self.port} UDP ({self.name}): {error.socketError}")
-        handle = self.listening.getHandle()
-        try:
-            handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RECEIVE_BUFFER)
-        except OSError as error:
-            log.warn("could not enlarge the UDP receive buffer: {error}", error=error)
+    @abstractmethod
+    def _listen(self) -> Any:
+        """Start listening; return the listening port."""
 
     def stopService(self) -> Any:
         """Stop listening."""
         super().stopService()
         listening, self.listening = self.listening, None
         return defer.maybeDeferred(listening.stopListening) if listening is not None else defer.succeed(None)
+
+
+class ListenService(_Listener):
+    """Listens on one TCP port."""
+
+    def __init__(
+        self, name: str, reactor: Any, address: str, port: int, factory: Any, prepare: Any = None
+    ) -> None:
+        super().__init__(name, reactor, address, port)
+        self.factory = factory
+        #: Called before binding (loading a TLS certificate, say), so its failure stops the start.
+        self.prepare = prepare
+
+    def _listen(self) -> Any:
+        if self.prepare is not None:
+            self.prepare()
+        endpoint_type = TCP6ServerEndpoint if ":" in self.address else TCP4ServerEndpoint
+        endpoint = endpoint_type(self.reactor, self.port, interface=self.address)
+        outcome: list[Any] = []
+        endpoint.listen(self.factory).addBoth(outcome.append)
+        if isinstance(outcome[0], Failure):
+            error = outcome[0].value
+            reason = error.socketError if isinstance(error, CannotListenError) else error
+            raise StartupError(f"cannot listen on {self.address}:{self.port} ({self.name}): {reason}")
+        return outcome[0]
+
+
+class UdpListenService(_Listener):
+    """Listens on one UDP port with a large receive buffer."""
+
+    RECEIVE_BUFFER = 4 * 1024 * 1024
+
+    def __init__(self, name: str, reactor: Any, address: str, port: int, protocol: Any) -> None:
+        super().__init__(name, reactor, address, port)
+        self.protocol = protocol
+
+    def _listen(self) -> Any:
+        try:
+            listening = self.reactor.listenUDP(self.port, self.protocol, interface=self.address)
+        except CannotListenError as error:
+            raise StartupError(f"cannot listen on {self.address}:{self.port} UDP ({self.name}): {error.socketError}")
+        try:
+            listening.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RECEIVE_BUFFER)
+        except OSError as error:
+            log.warn("could not enlarge the UDP receive buffer: {error}", error=error)
+        return listening
+
+
+#: Seconds between reloads of the bans (so other nodes' bans reach this one).
+BAN_REFRESH = 5.0
+HOUR = 3600.0
+DAY = 86400.0
 
 
 class ApiService(Service):

@@ -229,27 +229,22 @@ class RootResource(Resource):
 
 
 class _NotFound(Resource):
+    """A 404 with a plain ERROR line."""
+
     isLeaf = True
+
+    def __init__(self, message: bytes = b"ERROR: not found") -> None:
+        super().__init__()
+        self.message = message
 
     def render(self, request: Request) -> bytes:
         request.setResponseCode(404)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"ERROR: not found"
+        return self.message
 
 
 _NOT_FOUND = _NotFound()
-
-
-class _PortalReserved(Resource):
-    isLeaf = True
-
-    def render(self, request: Request) -> bytes:
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"ERROR: the web portal is not served yet"
-
-
-_PORTAL_RESERVED = _PortalReserved()
+_PORTAL_RESERVED = _NotFound(b"ERROR: the web portal is not served yet")
 
 
 class LimitedRequest(Request):
