@@ -70,8 +70,8 @@ def makeService(options: Options, reactor: Any = None) -> MizudService:
     api.setServiceParent(root)
     # Listeners last, so they stop first and no request arrives after the
     # dispatcher or the store has gone.
-    site = make_site(settings, api.current)
     reactor = store.reactor
+    site = make_site(settings, api.current, reactor=reactor)
     tls = TlsProvider(config.tlscert, config.tlskey)
     # Decrypted TLS streams are demultiplexed again (without a second TLS layer).
     inner = DemuxFactory(site, api.current, settings, reactor)

@@ -27,7 +27,7 @@ honours it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet import defer
@@ -188,24 +188,34 @@ class Api:
         )
         overrides = {}
         for row in result.rows:
-            overrides[str(row[0]).strip().lower()] = Access(
+            name = str(row[0]).strip().lower()
+            overrides[name] = self._with_default_level(name, Access(
                 req_key=int(row[1]), req_ip=int(row[2]), req_user=int(row[3]), req_user_mode=int(row[4]),
                 req_user_credit=self.db.engine.money(row[5]),
                 req_user_register=None if row[6] is None else int(row[6]),
                 req_user_login=None if row[7] is None else int(row[7]),
                 customsql=row[8] or "", custom_action=int(row[9]), custom_action_body=row[10] or "",
                 enabled=bool(row[11]),
-            )
+            ))
         self.overrides = overrides
         return len(overrides)
 
+    def _with_default_level(self, name: str, rule: Access) -> Access:
+        """A tb_api rule with req_user 0 ("default") made concrete, once, at load time."""
+        if rule.req_user:
+            return rule
+        function = self.registry.get(name)
+        if function is not None and function.access.req_user:
+            default = function.access.req_user
+        elif function is not None and function.category in (Category.ADMIN, Category.SENSITIVE):
+            default = REQ_ADMINS
+        else:
+            default = REQ_ALL
+        return replace(rule, req_user=default)
+
     def access(self, function: ApiFunction) -> Access:
         """The function's access rule: its tb_api row, else its default."""
-        rule = self.overrides.get(function.name, function.access)
-        if rule.req_user == 0:
-            default = function.access.req_user or (REQ_ADMINS if function.category in (Category.ADMIN, Category.SENSITIVE) else REQ_ALL)
-            rule = Access(**{**rule.__dict__, "req_user": default})
-        return rule
+        return self.overrides.get(function.name, function.access)
 
     # -- dispatch --------------------------------------------------------------------
 

@@ -338,21 +338,7 @@ class BillingStore:
         txid: str | None = None,
         comment: str = "",
     ) -> tuple[Decimal, int]:
-        """Inside a transaction: add C{amount} (negative to debit) and write its ledger row."""
-        return await self._apply_change(txn.execute, userid, amount, kind, now, reference, txid, comment)
-
-    async def _apply_change(
-        self,
-        execute: Callable[[str, Sequence[Any]], Awaitable[Result]],
-        userid: int,
-        amount: Decimal,
-        kind: str,
-        now: datetime,
-        reference: str = "",
-        txid: str | None = None,
-        comment: str = "",
-    ) -> tuple[Decimal, int]:
-        """Change a balance through C{execute}; returns (balance, ledger id).
+        """Add C{amount} (negative to debit) and write its ledger row; returns (balance, ledger id).
 
         A debit only happens if the balance stays at or above zero (prepaid)
         or C{-creditlimit} (postpaid); otherwise raises L{InsufficientCredit}
@@ -364,20 +350,20 @@ class BillingStore:
             check, params = f"AND {_CAN_PAY} ", (amount, userid, amount)
         if self.engine.data_modifying_cte:
             row = (
-                await execute(
+                await txn.execute(
                     _UPDATE_BALANCE_AND_LEDGER.format(check=check),
                     (*params, amount, kind, reference, txid, comment, now),
                 )
             ).one()
         else:
-            changed = (await execute(_UPDATE_BALANCE.format(check=check), params)).one()
+            changed = (await txn.execute(_UPDATE_BALANCE.format(check=check), params)).one()
             row = changed and (
-                await execute(
+                await txn.execute(
                     _INSERT_LEDGER, (userid, amount, changed[1], kind, reference, txid, comment, now)
                 )
             ).one()
         if not row:
-            if not (await execute("SELECT id FROM tb_users WHERE id = ?", (userid,))).rows:
+            if not (await txn.execute("SELECT id FROM tb_users WHERE id = ?", (userid,))).rows:
                 raise UnknownUser(f"no user with id {userid}")
             raise InsufficientCredit("insufficient credit")
         return self.engine.money(row[0]), int(row[1])
@@ -431,10 +417,9 @@ class BillingStore:
         if txid is None and self.engine.data_modifying_cte:
             # Nothing to remember and one statement to run: a single
             # autocommit round trip is the whole transaction.
-            def execute(sql: str, params: Sequence[Any]) -> Awaitable[Result]:
-                return self.db.run_statement(kind, sql, params)
-
-            balance, ledgerid = await self._apply_change(execute, userid, amount, kind, self.now(), comment=comment)
+            balance, ledgerid = await self._change_balance_txn(
+                _Autocommit(self.db, kind), userid, amount, kind, now=self.now(), comment=comment
+            )
             return MoneyResult(userid, balance, ledgerid)
 
         async def adjust_txn(txn: Txn) -> MoneyResult:
@@ -641,6 +626,18 @@ class BillingStore:
         )
         money = self.engine.money
         return [(int(r[0]), money(r[1]), money(r[2])) for r in result.rows if money(r[1]) != money(r[2])]
+
+
+class _Autocommit:
+    """A Txn whose every statement commits by itself (for one-statement changes)."""
+
+    def __init__(self, db: Database, name: str) -> None:
+        self.db = db
+        self.engine = db.engine
+        self.name = name
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Awaitable[Result]:
+        return self.db.run_statement(self.name, sql, params)
 
 
 def _host(address: str) -> str:

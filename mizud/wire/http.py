@@ -57,15 +57,16 @@ class ApiResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings: Settings, dispatch: Callable[[], Any], legacy: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, dispatch: Callable[[], Any], legacy: bool = False, reactor: Any = None
+    ) -> None:
         super().__init__()
         self.settings = settings
         #: Returns the current dispatcher (None while the store is starting).
         self.dispatcher = dispatch
         #: Whether this serves the old interface (/xmapi/COMMAND).
         self.legacy = legacy
-        from twisted.internet import reactor
-
+        #: The reactor the JSONP forwarder fetches with (None: the global one).
         self.reactor = reactor
 
     def render_GET(self, request: Request) -> Any:
@@ -310,7 +311,7 @@ class QuietSite(Site):
         """No access log line per request."""
 
 
-def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None) -> Site:
+def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None, reactor: Any = None) -> Site:
     """The HTTP site of the shared service port; C{sip} is the SIP layer's entry point."""
     from .demux import NoSip
     from .websocket import api_websocket_resource, sip_websocket_resource
@@ -319,8 +320,8 @@ def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None) 
     static = StaticFiles(folder) if folder and os.path.isdir(folder) else None
     site = QuietSite(
         RootResource(
-            ApiResource(settings, dispatch),
-            ApiResource(settings, dispatch, legacy=True),
+            ApiResource(settings, dispatch, reactor=reactor),
+            ApiResource(settings, dispatch, legacy=True, reactor=reactor),
             api_websocket_resource(dispatch, settings),
             static,
             sip_websocket_resource(sip or NoSip()),

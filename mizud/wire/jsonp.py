@@ -41,6 +41,10 @@ async def forward(url: str, callback: str, reactor: Any) -> bytes:
     """Fetch the JSON document and wrap it as JSONP."""
     import treq
 
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
     if not _CALLBACK.match(callback):
         raise ForwardRefused("callback must be a plain JavaScript name")
     try:
