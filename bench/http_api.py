@@ -143,7 +143,7 @@ def main() -> None:
     mizud = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mizud",
          "--set", f"database={folder / 'bench.sqlite'}", "--set", f"mainaport={mizud_port}",
-         "--set", "sslportmain=0", "--set", "httpserver=0", "--set", "mainaportudp=0",
+         "--set", "sslportmain=0", "--set", "sipport=0", "--set", "localtsport=0", "--set", "httpserver=0", "--set", "mainaportudp=0",
          "--set", "listenaddress=127.0.0.1", "--set", f"apiv2key={key}", "--set", "apiv2md5salt=srv",
          "--set", f"bootstrapadmin={user}:{password}", "--set", "ratelimitip=0", "--set", "ratelimituser=0",
          "--set", "ratelimitglobal=0", "--set", "allowtrustedip=0"],

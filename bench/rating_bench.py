@@ -107,7 +107,7 @@ def http_rating(path: str, seconds: float) -> float | None:
     folder = tempfile.mkdtemp(prefix="mizud-ratingbench-")
     daemon = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mizud",
-         "--set", f"database={path}", "--set", f"mainaport={port}", "--set", "httpserver=0", "--set", "sslportmain=0",
+         "--set", f"database={path}", "--set", f"mainaport={port}", "--set", "httpserver=0", "--set", "sslportmain=0", "--set", "sipport=0", "--set", "localtsport=0",
          "--set", "listenaddress=127.0.0.1", "--set", "apiv2key=k", "--set", "apiv2md5salt=srv",
          "--set", "bootstrapadmin=bench:benchpassword", "--set", "defaulttariff=1", "--set", "ratelimitip=0",
          "--set", "ratelimituser=0", "--set", "ratelimitglobal=0", "--set", "allowtrustedip=0"],

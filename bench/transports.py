@@ -184,7 +184,7 @@ def main() -> None:
     port = free_port()
     daemon = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mizud",
-         "--set", f"database={folder / 'bench.sqlite'}", "--set", f"mainaport={port}", "--set", "sslportmain=0",
+         "--set", f"database={folder / 'bench.sqlite'}", "--set", f"mainaport={port}", "--set", "sslportmain=0", "--set", "sipport=0", "--set", "localtsport=0",
          "--set", "httpserver=0", "--set", "listenaddress=127.0.0.1", "--set", f"apiv2key={KEY}",
          "--set", "apiv2md5salt=srv", "--set", f"bootstrapadmin={USER}:{PASSWORD}", "--set", "ratelimitip=0",
          "--set", "ratelimituser=0", "--set", "ratelimitglobal=0", "--set", "allowtrustedip=0"],

@@ -352,6 +352,27 @@ OPTIONS: tuple[Option, ...] = (
     _opt("callingcardauth", int_range(0, 2), "0",
          "PIN authentication: 0 pin field, 1 pin or username+password concatenated, 2 off.",
          live=True, group="legacy"),
+    # SIP (registrar, presence, messages).
+    _opt("siprealm", parse_str, "",
+         "Digest realm of SIP challenges; empty uses the host of the Request-URI (the SIP domain).",
+         live=True, group="sip"),
+    _opt("sipnoncettl", parse_duration, "5m",
+         "How long a SIP digest nonce stays fresh; an older one gets stale=true.", live=True, group="sip"),
+    _opt("sipminexpires", int_range(1, 86400), "60",
+         "Shortest registration accepted (shorter ones get 423 with Min-Expires).", live=True, group="sip"),
+    _opt("sipmaxexpires", int_range(1, 604800), "7200",
+         "Longest registration granted (longer requests are shortened).", live=True, group="sip"),
+    _opt("sipdefexpires", int_range(1, 604800), "3600",
+         "Registration time when a REGISTER names none.", live=True, group="sip"),
+    _opt("sipratelimitip", parse_decimal, "200",
+         "SIP requests per second one source address may sustain (bursts of twice that); "
+         "0 for no limit. Requests over it are dropped.", live=True, group="sip"),
+    _opt("sipidletimeout", parse_duration, "15m",
+         "Close a SIP TCP, TLS or WebSocket connection that sent nothing for this long "
+         "(phones keep theirs open with CRLF keep-alives or re-registrations).", group="sip"),
+    _opt("sipapi", parse_bool, "false",
+         "Execute API requests carried in the X-MizuAPI header of SIP MESSAGE and OPTIONS requests "
+         "from SIP-authenticated users (answered in the response).", live=True, group="sip"),
     _opt("defcallbackivr", parse_str, "",
          "IVR campaign or access number a callback connects to.", live=True, group="calls"),
     _opt("callbackaccessnumber", parse_str, "",

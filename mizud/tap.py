@@ -11,6 +11,8 @@ from .config import OPTIONS, ConfigError, Settings
 from .service import LogFileService, MizudService
 from .api.service import ApiService, ListenService, UdpListenService
 from .store.service import StoreService
+from .sip.service import SipService
+from .sip.transport import SipDatagramProtocol, SipStreamFactory
 from .wire.demux import ApiDatagramProtocol, DemuxFactory
 from .wire.http import make_site
 from .wire.tls import TlsHandOff, TlsPortFactory, TlsProvider
@@ -71,19 +73,34 @@ def makeService(options: Options, reactor: Any = None) -> MizudService:
     # Listeners last, so they stop first and no request arrives after the
     # dispatcher or the store has gone.
     reactor = store.reactor
-    site = make_site(settings, api.current, reactor=reactor)
+    sip = SipService(settings, api, reactor)
+    sip.setServiceParent(root)
+    entry = sip.entry
+    site = make_site(settings, api.current, sip=entry, reactor=reactor)
     tls = TlsProvider(config.tlscert, config.tlskey)
     # Decrypted TLS streams are demultiplexed again (without a second TLS layer).
-    inner = DemuxFactory(site, api.current, settings, reactor)
+    inner = DemuxFactory(site, api.current, settings, reactor, sip=entry)
     hand_off = TlsHandOff(tls, inner)
     if config.usemainaport and config.mainaport:
-        demux = DemuxFactory(site, api.current, settings, reactor, tls=hand_off)
+        demux = DemuxFactory(site, api.current, settings, reactor, sip=entry, tls=hand_off)
         ListenService("mainaport", reactor, config.listenaddress, config.mainaport, demux).setServiceParent(root)
         udp_port = config.mainaport if config.mainaportudp is None else config.mainaportudp
         if udp_port:
             UdpListenService(
-                "mainaportudp", store.reactor, config.listenaddress, udp_port, ApiDatagramProtocol(api.current, settings)
+                "mainaportudp", reactor, config.listenaddress, udp_port, ApiDatagramProtocol(api.current, settings, entry)
             ).setServiceParent(root)
+    if config.sipport and not (config.usemainaport and config.sipport == config.mainaport):
+        UdpListenService(
+            "sipportudp", reactor, config.listenaddress, config.sipport, SipDatagramProtocol(sip.core)
+        ).setServiceParent(root)
+        ListenService(
+            "sipport", reactor, config.listenaddress, config.sipport, SipStreamFactory(sip.core, reactor)
+        ).setServiceParent(root)
+    if config.localtsport:
+        sips = TlsPortFactory(TlsHandOff(tls, SipStreamFactory(sip.core, reactor, "tls")))
+        ListenService(
+            "localtsport", reactor, config.listenaddress, config.localtsport, sips, prepare=tls.options
+        ).setServiceParent(root)
     if config.sslportmain and not (config.usemainaport and config.sslportmain == config.mainaport):
         ListenService(
             "sslportmain", reactor, config.listenaddress, config.sslportmain, TlsPortFactory(hand_off), prepare=tls.options

@@ -79,7 +79,7 @@ async def test_registrations_and_stats(tmp_path: Path, database_option: str) -> 
     await register_contact(h, "alice", "sip:alice@1.2.3.4:5060", 30)
     await register_contact(h, "alice", "sip:alice@5.6.7.8:5060", 30)
     await register_contact(h, "root", "sip:root@9.9.9.9", -5)
-    assert (await h.call("apientry=regstat", "127.0.0.1")).text == "OK: 1 users registered with 2 contacts"
+    assert (await h.call("apientry=regstat", "127.0.0.1")).text == "OK: 1 users registered with 2 contacts; transport_udp: 2"
     listed = await h.call("apientry=reguser&usr=alice", "127.0.0.1")
     assert [r["contact"] for r in listed.records or []] == ["sip:alice@1.2.3.4:5060", "sip:alice@5.6.7.8:5060"]
     assert (await h.call("apientry=reguser&usr=root", "127.0.0.1")).text == "ERROR: root is not registered"

@@ -72,9 +72,9 @@ class FakeSip:
         self.streams.append(Recorder())
         return self.streams[-1]
 
-    def datagram(self, data: bytes, address: tuple[str, int], send: Any) -> None:
+    def datagram(self, data: bytes, address: tuple[str, int], transport: Any) -> None:
         self.datagrams.append(data)
-        send(b"SIP/2.0 200 OK\r\n\r\n")
+        transport.write(b"SIP/2.0 200 OK\r\n\r\n", address)
 
 
 def recording_factory(clock: Clock) -> tuple[DemuxFactory, dict[str, list[Recorder]]]:

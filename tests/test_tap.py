@@ -16,6 +16,7 @@ from mizud.api.service import ApiService, ListenService, UdpListenService
 from mizud.service import LogFileService, MizudService, describe, redact_database
 from mizud.store.billing import USER_ADMIN
 from mizud.store.service import StoreService
+from mizud.sip.service import SipService
 from mizud.tap import Options, makeService
 
 
@@ -41,39 +42,40 @@ def test_make_service_builds_tree_without_binding() -> None:
     assert isinstance(root, MizudService)
     children = list(IServiceCollection(root))
     assert [type(c) for c in children] == [
-        StoreService, ApiService, ListenService, UdpListenService, ListenService, ListenService
+        StoreService, ApiService, SipService, ListenService, UdpListenService, UdpListenService, ListenService,
+        ListenService, ListenService, ListenService,
     ]
     store = IServiceCollection(root).getServiceNamed("store")
     assert isinstance(store, StoreService)
     assert store.database is None and not store.running
-    listener = children[2]
+    listener = children[3]
     assert isinstance(listener, ListenService)
     assert (listener.address, listener.port, listener.listening) == ("0.0.0.0", 8123, None)
-    assert (children[3].name, children[3].port) == ("mainaportudp", 8123)
-    assert (children[4].name, children[4].port) == ("sslportmain", 443)
-    assert children[4].prepare is not None  # the certificate is loaded before binding
-    assert (children[5].name, children[5].port) == ("httpserver", 8084)
+    names = [(c.name, c.port) for c in children[4:]]
+    assert names == [("mainaportudp", 8123), ("sipportudp", 5060), ("sipport", 5060), ("localtsport", 5061),
+                     ("sslportmain", 443), ("httpserver", 8084)]
+    assert children[7].prepare is not None and children[8].prepare is not None  # certificates load before binding
 
 
 def test_main_port_can_be_turned_off() -> None:
     """usemainaport=false or mainaport=0 leaves the shared port unbound."""
     for setting in ("usemainaport=false", "mainaport=0"):
-        root = makeService(options("--set", setting, "--set", "httpserver=0", "--set", "sslportmain=0"))
+        root = makeService(options("--set", setting, "--set", "httpserver=0", "--set", "sslportmain=0", "--set", "sipport=0", "--set", "localtsport=0"))
         kinds = [type(c) for c in IServiceCollection(root)]
         assert ListenService not in kinds and UdpListenService not in kinds
     root = makeService(options("--set", "mainaport=8123", "--set", "mainaportudp=0", "--set", "httpserver=0",
-                               "--set", "sslportmain=0"))
+                               "--set", "sslportmain=0", "--set", "sipport=0", "--set", "localtsport=0"))
     assert UdpListenService not in [type(c) for c in IServiceCollection(root)]
     root = makeService(options("--set", "mainaport=8123", "--set", "mainaportudp=9123", "--set", "httpserver=0",
-                               "--set", "sslportmain=0"))
+                               "--set", "sslportmain=0", "--set", "sipport=0", "--set", "localtsport=0"))
     assert [c.port for c in IServiceCollection(root) if isinstance(c, UdpListenService)] == [9123]
 
 
 def test_logfile_service_comes_first(tmp_path: Path) -> None:
     """With logfile set, the log file service precedes the store."""
     root = makeService(options("--set", f"logfile={tmp_path / 'm.log'}", "--set", "mainaport=0", "--set", "httpserver=0",
-                               "--set", "sslportmain=0"))
-    assert [type(c) for c in IServiceCollection(root)] == [LogFileService, StoreService, ApiService]
+                               "--set", "sslportmain=0", "--set", "sipport=0", "--set", "localtsport=0"))
+    assert [type(c) for c in IServiceCollection(root)] == [LogFileService, StoreService, ApiService, SipService]
     assert not (tmp_path / "m.log").exists()
 
 

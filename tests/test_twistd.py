@@ -34,7 +34,7 @@ def environment() -> dict[str, str]:
 def run_to_end(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run twistd mizud expecting it to exit by itself."""
     return subprocess.run(
-        [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={free_port()}", "--set", "httpserver=0", "--set", "sslportmain=0", "--set", "mainaportudp=0", *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=60
+        [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={free_port()}", "--set", "httpserver=0", "--set", "sslportmain=0", "--set", "sipport=0", "--set", "localtsport=0", "--set", "mainaportudp=0", *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=60
     )
 
 
@@ -151,7 +151,7 @@ def test_postgres_start(tmp_path: Path, pg_database: str) -> None:
 
     process = subprocess.Popen(
         [*TWISTD, "mizud", "--set", f"database={pg_database}", "--set", "bootstrapadmin=boss:correcthorse",
-         "--set", "mainaport=0", "--set", "httpserver=0", "--set", "sslportmain=0"],
+         "--set", "mainaport=0", "--set", "httpserver=0", "--set", "sslportmain=0", "--set", "sipport=0", "--set", "localtsport=0"],
         cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert process.stdout is not None

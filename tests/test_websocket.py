@@ -83,6 +83,9 @@ async def test_sip_over_websocket_is_handed_to_the_sip_layer(tmp_path: Any) -> N
             send(b"SIP/2.0 200 OK\r\n\r\n")
             return True
 
+        def websocket_closed(self, address: Any) -> None:
+            pass
+
     h = await make_harness(tmp_path)
     sip = Sip()
     site = make_site(h.api.settings, lambda: h.api, sip)

@@ -149,6 +149,8 @@ class Api:
         self.maintenance = Maintenance(self)
         self.bans = Bans(self.db, clock)
         self.overrides: dict[str, Access] = {}
+        #: The SIP element (L{mizud.sip.core.SipCore}) once the SIP service links it; None without SIP.
+        self.sip: Any = None
         self.started = clock.seconds()
         self.requests = 0
         self._limits_from(settings)
@@ -177,6 +179,8 @@ class Api:
         """Re-read the config (see L{Settings.reload}) and rebuild the limiters."""
         applied, pending = self.settings.reload()
         self._limits_from(self.settings)
+        if self.sip is not None:
+            self.sip.reconfigure()
         return applied, pending
 
     async def reload_access(self) -> int:
@@ -281,8 +285,14 @@ class Api:
             if rule.req_ip and not trust.ip_allowed(source):
                 return error("access not allowed from this address", answer.AUTH_FAILED)
         try:
+            sip_user = request.context.get("sip_user")
             if legacy_request:
                 caller = await self.identify_legacy(request, function, trusted)
+            elif sip_user is not None:
+                # Only the SIP front end sets this, after digest authentication
+                # of the SIP request that carried the API request.
+                self._check_enabled(sip_user, sip_user.username)
+                caller = Caller(sip_user, self._level(sip_user, trusted), trusted, "sip digest")
             else:
                 if rule.req_key and config.apiv2key and not trusted:
                     if not secret_equal(request.get("authkey"), config.apiv2key):

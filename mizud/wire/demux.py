@@ -93,11 +93,14 @@ class SipEntry(TypingProtocol):
     def stream_protocol(self, address: IAddress) -> Protocol | None:
         """A protocol for a SIP connection (TCP or TLS), or None to refuse it."""
 
-    def datagram(self, data: bytes, address: tuple[str, int], send: Callable[[bytes], None]) -> None:
-        """Handle one SIP datagram; C{send} answers to its source."""
+    def datagram(self, data: bytes, address: tuple[str, int], transport: Any) -> None:
+        """Handle one SIP datagram; C{transport} is the UDP socket it came on (write(data, addr))."""
 
     def websocket_message(self, data: bytes, address: IAddress, send: Callable[[bytes], None]) -> bool:
         """Handle one SIP message from a WebSocket (RFC 7118); False closes the WebSocket."""
+
+    def websocket_closed(self, address: IAddress) -> None:
+        """A SIP WebSocket closed."""
 
 
 class NoSip:
@@ -108,7 +111,7 @@ class NoSip:
         log.info("SIP connection from {address} refused: SIP is not served yet", address=address)
         return None
 
-    def datagram(self, data: bytes, address: tuple[str, int], send: Callable[[bytes], None]) -> None:
+    def datagram(self, data: bytes, address: tuple[str, int], transport: Any) -> None:
         """Drop SIP datagrams."""
         log.info("SIP datagram from {address} dropped: SIP is not served yet", address=address)
 
@@ -116,6 +119,9 @@ class NoSip:
         """Refuse SIP over WebSocket."""
         log.info("SIP WebSocket from {address} closed: SIP is not served yet", address=address)
         return False
+
+    def websocket_closed(self, address: IAddress) -> None:
+        """Nothing to forget."""
 
 
 def line_answer(answered: ApiAnswer, fmt: str) -> bytes:
@@ -332,7 +338,7 @@ class ApiDatagramProtocol(DatagramProtocol):
                 self.transport.write(response, addr)
             return
         if kind == "sip":
-            self.sip.datagram(data, addr, lambda reply: self.transport.write(reply, addr))
+            self.sip.datagram(data, addr, self.transport)
             return
         if data[:1] == b"/" or data[:8] == b"mvapireq":
             if len(data) > MAX_DATAGRAM:

@@ -84,6 +84,13 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
         if not keep:
             self.sendClose(4000, "SIP is not served")
 
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """Tell the SIP layer the connection is gone."""
+        factory: SipWebSocketFactory = self.factory  # type: ignore[assignment]
+        transport: Any = self.transport
+        if transport is not None:
+            factory.sip.websocket_closed(transport.getPeer())
+
 
 class SipWebSocketFactory(WebSocketServerFactory):
     """Builds SIP WebSocket protocols bound to the SIP entry point."""

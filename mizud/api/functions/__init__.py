@@ -8,7 +8,7 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import accounts, admin, cdrs, core, fields, money, numbers, rating
+    from . import accounts, admin, cdrs, core, fields, money, numbers, rating, sipstate
 
     registry = Registry()
     catalogue.load(registry)
@@ -21,4 +21,5 @@ def build_registry() -> Registry:
     numbers.register(registry)
     admin.register(registry)
     admin.register_rebill(registry)
+    sipstate.register(registry)
     return registry

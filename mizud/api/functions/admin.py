@@ -1,4 +1,4 @@
-"""Admin functions: db, showcfg, checkcredits, quickstat, regstat, reguser, rebill and the maintenance runs."""
+"""Admin functions: db, showcfg, checkcredits, quickstat, rebill and the maintenance runs."""
 
 from __future__ import annotations
 
@@ -77,33 +77,6 @@ def register(registry: Registry) -> None:
         }
         return ok(f"{record['users']} users, {record['registered']} registered, {record['calls_today']} calls today",
                   [record])
-
-    @fn("regstat", Category.ADMIN, "registrar statistics")
-    async def regstat(call: Call) -> ApiAnswer:
-        now = call.api.store.now()
-        row = (await call.api.db.run_query(
-            "regstat", "SELECT count(*), count(DISTINCT userid) FROM tb_registrations WHERE expires > ?", (now,))).rows[0]
-        return ok(f"{int(row[1])} users registered with {int(row[0])} contacts",
-                  [{"users": int(row[1]), "contacts": int(row[0])}])
-
-    @fn("reguser", Category.ADMIN, "registered contacts of a user (usr), or of everyone (usr=all or empty)", ("usr",))
-    async def reguser(call: Call) -> ApiAnswer:
-        now = call.api.store.now()
-        name = call.arg("usr").strip()
-        sql = "SELECT username, contact, address, transport, useragent, expires FROM tb_registrations WHERE expires > ?"
-        params: list[Any] = [now]
-        if name and name.lower() not in ("all", "x"):
-            sql += " AND username = ?"
-            params.append(name)
-        result = await call.api.db.run_query("reguser", sql + " ORDER BY username, id LIMIT 1000", params)
-        time = call.api.db.engine.time
-        records = [
-            {**dict(zip(result.columns, row)), "expires": time(row[5]).isoformat(sep=" ", timespec="seconds")}  # type: ignore[union-attr]
-            for row in result.rows
-        ]
-        if name and name.lower() not in ("all", "x") and not records:
-            return error(f"{name[:64]} is not registered", 404)
-        return ok(f"{len(records)} contacts", records)
 
     async def hourly(call: Call) -> ApiAnswer:
         done = await call.api.maintenance.hourly()

@@ -1,0 +1,201 @@
+"""Registrations (bindings) in tb_registrations, and tb_users.status kept current.
+
+Every node reads and writes the same rows, so a user registered through
+one node is online for all of them.  tb_users.status is 0 while a user has
+no live binding and 2 (online) while it has one (3 and 4, calling and
+speaking, belong to calls); statusdate is the last change or refresh, so
+the spec's SQL "status > 0 and statusdate > now - 0.1 day" finds the
+registered users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from ..store.database import Database, Txn
+
+ONLINE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One contact of a user."""
+
+    userid: int
+    username: str
+    contact: str
+    address: str
+    transport: str
+    useragent: str
+    q: Decimal
+    expires: datetime
+    created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One contact of a REGISTER: its URI and seconds to live (0 removes it)."""
+
+    contact: str
+    expires: int
+    q: Decimal = Decimal(1)
+
+
+class OutOfOrder(Exception):
+    """A REGISTER older than the binding it would change (RFC 3261 10.3 step 7)."""
+
+
+_COLUMNS = "userid, username, contact, address, transport, useragent, q, expires, created"
+
+
+class Bindings:
+    """tb_registrations on one L{Database}."""
+
+    def __init__(self, db: Database, now: Any) -> None:
+        self.db = db
+        self.engine = db.engine
+        self.now = now
+
+    def _binding(self, row: tuple[Any, ...]) -> Binding:
+        engine = self.engine
+        return Binding(int(row[0]), row[1], row[2], row[3], row[4], row[5], engine.money(row[6]),
+                       engine.time(row[7]) or datetime.min, engine.time(row[8]) or datetime.min)
+
+    async def register(
+        self,
+        userid: int,
+        username: str,
+        changes: list[Change],
+        *,
+        wildcard: bool,
+        callid: str,
+        cseq: int,
+        address: str,
+        transport: str,
+        useragent: str,
+    ) -> list[Binding]:
+        """Apply one REGISTER in one transaction; return the user's bindings after it."""
+
+        async def register_txn(txn: Txn) -> list[Binding]:
+            now = self.now()
+            # Serialise REGISTERs of one user (PostgreSQL; SQLite has one writer).
+            await txn.execute("SELECT id FROM tb_users WHERE id = ?" + self.engine.for_update, (userid,))
+            await txn.execute("DELETE FROM tb_registrations WHERE userid = ? AND expires <= ?", (userid, now))
+            rows = (await txn.execute(
+                "SELECT contact, callid, cseq FROM tb_registrations WHERE userid = ?", (userid,))).rows
+            existing = {row[0]: (row[1], int(row[2])) for row in rows}
+            if wildcard:
+                for contact, (old_callid, old_cseq) in existing.items():
+                    if old_callid == callid and cseq <= old_cseq:
+                        raise OutOfOrder(contact)
+                await txn.execute("DELETE FROM tb_registrations WHERE userid = ?", (userid,))
+            for change in changes:
+                known = existing.get(change.contact)
+                if known is not None and known[0] == callid and cseq <= known[1]:
+                    raise OutOfOrder(change.contact)
+                if change.expires <= 0:
+                    await txn.execute("DELETE FROM tb_registrations WHERE userid = ? AND contact = ?",
+                                      (userid, change.contact))
+                    continue
+                expires = now + timedelta(seconds=change.expires)
+                values = (address, transport, useragent[:200], change.q, expires, callid, cseq, now)
+                if known is not None:
+                    await txn.execute(
+                        "UPDATE tb_registrations SET address = ?, transport = ?, useragent = ?, q = ?, expires = ?, "
+                        "callid = ?, cseq = ?, updated = ? WHERE userid = ? AND contact = ?",
+                        (*values, userid, change.contact))
+                else:
+                    await txn.execute(
+                        "INSERT INTO tb_registrations (userid, username, contact, address, transport, useragent, q, "
+                        "expires, callid, cseq, updated, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (userid, username, change.contact, *values, now))
+            result = await txn.execute(
+                f"SELECT {_COLUMNS} FROM tb_registrations WHERE userid = ? ORDER BY q DESC, id", (userid,))
+            bindings = [self._binding(row) for row in result.rows]
+            await self._set_status(txn, userid, bool(bindings), now)
+            return bindings
+
+        return await self.db.run_interaction("register", register_txn)
+
+    @staticmethod
+    async def _set_status(txn: Txn, userid: int, online: bool, now: datetime) -> None:
+        if online:
+            await txn.execute(
+                "UPDATE tb_users SET status = CASE WHEN status > ? THEN status ELSE ? END, statusdate = ? WHERE id = ?",
+                (ONLINE, ONLINE, now, userid))
+        else:
+            await txn.execute("UPDATE tb_users SET status = 0, statusdate = ? WHERE id = ?", (now, userid))
+
+    async def of_user(self, userid: int) -> list[Binding]:
+        """A user's live bindings, best q first."""
+        result = await self.db.run_query(
+            "bindings", f"SELECT {_COLUMNS} FROM tb_registrations WHERE userid = ? AND expires > ? ORDER BY q DESC, id",
+            (userid, self.now()))
+        return [self._binding(row) for row in result.rows]
+
+    async def all(self, username: str = "", transport: str = "", live: bool = True) -> list[Binding]:
+        """Bindings, optionally of one username or transport; live ones or expired ones."""
+        sql = f"SELECT {_COLUMNS} FROM tb_registrations WHERE expires {'>' if live else '<='} ?"
+        params: list[Any] = [self.now()]
+        if username:
+            sql += " AND username = ?"
+            params.append(username)
+        if transport:
+            sql += " AND transport = ?"
+            params.append(transport)
+        result = await self.db.run_query("bindings", sql + " ORDER BY username, id", params)
+        return [self._binding(row) for row in result.rows]
+
+    async def remove(self, username: str = "", address: str = "") -> list[str]:
+        """End bindings (of a username, or all; optionally only from one host); return the usernames."""
+
+        async def remove_txn(txn: Txn) -> list[str]:
+            now = self.now()
+            where = " WHERE 1 = 1"
+            params: list[Any] = []
+            if username:
+                where += " AND username = ?"
+                params.append(username)
+            if address:
+                where += " AND (address = ? OR address LIKE ? OR address LIKE ?)"
+                params.extend((address, f"{address}:%", f"[{address}]:%"))
+            rows = (await txn.execute(f"SELECT DISTINCT userid, username FROM tb_registrations{where}", params)).rows
+            await txn.execute(f"DELETE FROM tb_registrations{where}", params)
+            for userid, _ in rows:
+                left = (await txn.execute("SELECT count(*) FROM tb_registrations WHERE userid = ? AND expires > ?",
+                                          (userid, now))).rows[0][0]
+                await self._set_status(txn, int(userid), bool(left), now)
+            return sorted(row[1] for row in rows)
+
+        return await self.db.run_interaction("unregister", remove_txn)
+
+    async def expire(self) -> int:
+        """Remove expired bindings; users left with none go offline. Returns how many were removed."""
+
+        async def expire_txn(txn: Txn) -> int:
+            now = self.now()
+            await txn.execute(
+                "UPDATE tb_users SET status = 0, statusdate = ? WHERE status > 0 AND id IN "
+                "(SELECT userid FROM tb_registrations WHERE expires <= ?) AND NOT EXISTS "
+                "(SELECT 1 FROM tb_registrations r WHERE r.userid = tb_users.id AND r.expires > ?)",
+                (now, now, now))
+            return (await txn.execute("DELETE FROM tb_registrations WHERE expires <= ?", (now,))).rowcount
+
+        return await self.db.run_interaction("expire_bindings", expire_txn)
+
+    async def status(self, username: str) -> int:
+        """The spec's status: 0 no such user, 1 offline, 2 online, 3 calling, 4 speaking."""
+        result = await self.db.run_query(
+            "user_status",
+            "SELECT u.status, (SELECT count(*) FROM tb_registrations r WHERE r.userid = u.id AND r.expires > ?) "
+            "FROM tb_users u WHERE u.username = ?", (self.now(), username))
+        row = result.one()
+        if row is None:
+            return 0
+        status, live = int(row[0] or 0), int(row[1])
+        if not live:
+            return 1
+        return max(status, ONLINE)

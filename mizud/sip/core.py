@@ -1,0 +1,475 @@
+"""The SIP element: takes messages from every transport, answers requests.
+
+mizud is a registrar and a user agent server, not a proxy: it answers
+REGISTER (L{mizud.sip.registrar}), OPTIONS (keep-alive, and API requests
+when C{sipapi} is on), MESSAGE (stored and forwarded to the target user's
+contacts, or an API request), and refuses INVITE (calls are placed by the
+API's p2p and callback) after the checks RFC 3261 8.2 puts first.
+
+Requests pass, in order: the per-address rate limit and bans (dropped),
+parsing (400/505/413/513), the structural checks (400), the server
+transaction layer (retransmissions absorbed), then method inspection
+(501/405), URI scheme (416), Require (420), content (415/406).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import Counter, OrderedDict
+from typing import Any, Callable
+from urllib.parse import parse_qsl
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ..api.ratelimit import LeakyBucket
+from ..api.request import ApiRequest
+from ..config import Settings
+from ..store.billing import User
+from .digest import DigestAuth, parse_credentials
+from .message import (
+    ParseError,
+    SipMessage,
+    check_request,
+    check_response,
+    parse_datagram,
+    parse_name_addr,
+    parse_uri,
+    parse_via,
+)
+from .transaction import ClientTransactions, ServerTransactions, Source, new_branch
+
+log = Logger()
+
+#: Methods this element knows (others: 501).
+KNOWN = frozenset({"REGISTER", "OPTIONS", "MESSAGE", "INVITE", "ACK", "CANCEL", "BYE", "SUBSCRIBE",
+                   "NOTIFY", "PUBLISH", "INFO", "UPDATE", "PRACK", "REFER"})
+#: Methods it serves (known but others: 405 with Allow).
+ALLOWED = ("REGISTER", "OPTIONS", "MESSAGE", "INVITE", "ACK", "CANCEL", "BYE")
+ALLOW = ", ".join(ALLOWED)
+#: Option tags we support (a Require naming another gets 420).
+SUPPORTED: frozenset[str] = frozenset()
+API_HEADER = "x-mizuapi"
+API_ANSWER_HEADER = "X-MizuAPI-Answer"
+#: Answers up to this long also travel in the X-MizuAPI-Answer header.
+SHORT_ANSWER = 200
+SERVER = "mizud"
+#: UDP peers whose address we remember to send them requests (NAT pinholes).
+MAX_ROUTES = 500_000
+
+REASONS = {
+    100: "Trying", 200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
+    413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
+    420: "Bad Extension", 423: "Interval Too Brief", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 487: "Request Terminated", 500: "Server Internal Error",
+    501: "Not Implemented", 503: "Service Unavailable", 505: "Version Not Supported",
+    513: "Message Too Large",
+}
+
+
+def response_to(request: SipMessage, status: int, reason: str = "", source: Source | None = None) -> SipMessage:
+    """A response that mirrors the request's Via, From, To (with a tag), Call-ID and CSeq."""
+    response = SipMessage(status=status, reason=reason or REASONS.get(status, "Unknown"))
+    headers = response.headers
+    vias = request.all("via")
+    for i, via in enumerate(vias):
+        if i == 0 and source is not None:
+            via = _received(via, source)
+        headers.append(("via", via))
+    to = request.get("to")
+    if to and status > 100 and ";tag=" not in to.replace(" ", "").lower():
+        to += ";tag=" + _tag_for(request)
+    # A request missing some of these (RFC 4475 "insuf") still gets an answer with the rest.
+    for name, value in (("from", request.get("from")), ("to", to), ("call-id", request.call_id),
+                        ("cseq", request.get("cseq"))):
+        if value:
+            headers.append((name, value))
+    headers.append(("server", SERVER))
+    return response
+
+
+def _tag_for(request: SipMessage) -> str:
+    # The same To tag for every response of one transaction (retransmitted requests included).
+    seed = request.get("via") + request.call_id + request.get("cseq")
+    return hashlib.sha1(seed.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _received(via: str, source: Source) -> str:
+    """RFC 3261 18.2.1 received= and RFC 3581 rport= on the top Via."""
+    try:
+        parsed = parse_via(via)
+    except ParseError:
+        return via
+    rport = parsed.param("rport") == ""
+    if rport:
+        via = _RPORT.sub(f";rport={source.port}", via, count=1)
+    if (rport or parsed.host != source.host) and parsed.param("received") is None:
+        via += f";received={source.host}"
+    return via
+
+
+_RPORT = re.compile(r";\s*rport(?=\s*(?:;|$))", re.I)
+
+
+class SipCore:
+    """One node's SIP element."""
+
+    def __init__(self, settings: Settings, api_of: Callable[[], Any], clock: Any) -> None:
+        self.settings = settings
+        self.api_of = api_of
+        self.clock = clock
+        config = settings.current
+        self.transactions = ServerTransactions(clock)
+        self.clients = ClientTransactions(clock)
+        self.digest = DigestAuth(clock, config.sipnoncettl)
+        self.limiter = LeakyBucket(clock, float(config.sipratelimitip), float(config.sipratelimitip) * 2)
+        #: (transport, host, port) -> how to send to that peer (UDP: the socket it last used).
+        self.routes: OrderedDict[tuple[str, str, int], Source] = OrderedDict()
+        #: UDP sockets we can send requests from: (write(data, addr), our host:port).
+        self.udp_sockets: list[tuple[Callable[[bytes, tuple[str, int]], None], str]] = []
+        #: Open stream connections by (transport, host, port): their protocols (to close them).
+        self.connections: dict[tuple[str, str, int], Any] = {}
+        self.stats: Counter[str] = Counter()
+        self.started = clock.seconds()
+        self._limited_logged: dict[str, float] = {}
+        from .messaging import Messenger
+        from .registrar import Registrar
+
+        self.registrar = Registrar(self)
+        self.messenger = Messenger(self)
+
+    def reconfigure(self) -> None:
+        """Apply live options (rate limit, nonce lifetime)."""
+        config = self.settings.current
+        self.digest.ttl = config.sipnoncettl
+        self.limiter.rate = float(config.sipratelimitip)
+        self.limiter.burst = float(config.sipratelimitip) * 2
+
+    # -- input ----------------------------------------------------------------
+
+    def admit(self, source: Source) -> bool:
+        """Whether to look at a message from this source at all (bans, rate limit)."""
+        api = self.api_of()
+        if api is not None and api.bans.is_banned("ip", source.host):
+            self.stats["dropped_banned"] += 1
+            return False
+        if not self.limiter.allow(source.host):
+            self.stats["dropped_rate"] += 1
+            now = self.clock.seconds()
+            if now - self._limited_logged.get(source.host, 0.0) > 10:
+                self._limited_logged[source.host] = now
+                log.warn("SIP: {source} is over sipratelimitip; dropping its messages", source=source.host)
+                if len(self._limited_logged) > 10_000:
+                    self._limited_logged.clear()
+            return False
+        return True
+
+    def datagram(self, data: bytes, source: Source) -> None:
+        """One message from a datagram or a WebSocket frame."""
+        if not self.admit(source):
+            return
+        if not data.strip(b"\r\n"):
+            return  # a keep-alive
+        try:
+            message = parse_datagram(data)
+        except ParseError as error:
+            self.refuse(error, source)
+            return
+        self.received(message, source)
+
+    def refuse(self, error: ParseError, source: Source) -> None:
+        """Answer (or drop) a message that failed to parse or check; log it with its source."""
+        self.stats["bad_messages"] += 1
+        log.info("SIP: bad message from {source} ({transport}): {reason}", source=source.address,
+                 transport=source.transport, reason=error.reason)
+        partial = error.message
+        if error.status is None or partial is None or not partial.is_request or partial.method == "ACK":
+            return
+        if not partial.get("via"):
+            return  # cannot address an answer
+        response = response_to(partial, error.status, source=source)
+        if error.status == 501:
+            response.add("Allow", ALLOW)
+        response.add("Warning", f'399 {SERVER} "{_quoted(error.reason)}"')
+        self._send(source, response.serialize())
+
+    def received(self, message: SipMessage, source: Source) -> None:
+        """A parsed message from C{source}."""
+        if not message.is_request:
+            try:
+                check_response(message)
+            except ParseError as error:
+                self.refuse(error, source)
+                return
+            if not self.clients.match(message):
+                self.stats["stray_responses"] += 1
+            return
+        try:
+            check_request(message, KNOWN)
+        except ParseError as error:
+            self.refuse(error, source)
+            return
+        self.stats["requests"] += 1
+        self.stats["requests_" + message.method.lower() if message.method in KNOWN else "requests_other"] += 1
+        existing = self.transactions.find(message)
+        if existing is not None:
+            existing.retransmitted(message)
+            return
+        if message.method == "ACK":
+            return  # an ACK for a 2xx, or for a transaction long gone: nothing to do
+        if message.method == "CANCEL":
+            invite = self.transactions.find_invite(message)
+            status = 200 if invite is not None else 481
+            self._send(source, response_to(message, status, source=source).serialize())
+            return
+        transaction = self.transactions.create(message, source)
+        if transaction is None:
+            response = response_to(message, 503, source=source)
+            response.add("Retry-After", "5")
+            self._send(source, response.serialize())
+            return
+        self.remember(source)
+        defer.ensureDeferred(self._serve(message, source, transaction))
+
+    async def _serve(self, request: SipMessage, source: Source, transaction: Any) -> None:
+        try:
+            response = await self.respond(request, source)
+        except Exception:
+            log.failure("SIP {method} from {source} failed", method=request.method, source=source.address)
+            response = response_to(request, 500, source=source)
+        transaction.respond(response)
+
+    # -- requests ----------------------------------------------------------------
+
+    async def respond(self, request: SipMessage, source: Source) -> SipMessage:
+        """The final response to a request (RFC 3261 8.2 checks, then the method)."""
+        method = request.method
+        if method not in KNOWN:
+            response = response_to(request, 501, source=source)
+            response.add("Allow", ALLOW)
+            return response
+        if method not in ALLOWED:
+            response = response_to(request, 405, source=source)
+            response.add("Allow", ALLOW)
+            return response
+        uri = parse_uri(request.uri)
+        if not uri.is_sip:
+            return response_to(request, 416, source=source)
+        unsupported = [tag for tag in request.all("require") if tag.lower() not in SUPPORTED]
+        if unsupported:
+            response = response_to(request, 420, source=source)
+            for tag in unsupported:
+                response.add("Unsupported", tag)
+            return response
+        if method == "INVITE":
+            return self._invite(request, source)
+        if method == "BYE":
+            return response_to(request, 481, source=source)
+        api = self.api_of()
+        if api is None:
+            response = response_to(request, 503, "Starting", source=source)
+            response.add("Retry-After", "5")
+            return response
+        if method == "REGISTER":
+            return await self.registrar.register(request, source, api)
+        if method == "MESSAGE":
+            return await self._message(request, source, api)
+        return await self._options(request, source, api)
+
+    def _invite(self, request: SipMessage, source: Source) -> SipMessage:
+        kind = request.get("content-type").split(";")[0].strip().lower()
+        if request.body and kind != "application/sdp":
+            response = response_to(request, 415, source=source)
+            response.add("Accept", "application/sdp")
+            return response
+        accepts = [a.split(";")[0].strip().lower() for a in request.all("accept")]
+        if accepts and not {"application/sdp", "application/*", "*/*"} & set(accepts):
+            response = response_to(request, 406, source=source)
+            response.add("Warning", f'399 {SERVER} "only application/sdp can be offered"')
+            return response
+        return response_to(request, 403, "Calls are placed through the API (p2p, callback)", source=source)
+
+    async def _options(self, request: SipMessage, source: Source, api: Any) -> SipMessage:
+        if request.get(API_HEADER):
+            return await self._api(request, source, api)
+        response = response_to(request, 200, source=source)
+        response.add("Allow", ALLOW)
+        response.add("Accept", "text/plain")
+        return response
+
+    async def _message(self, request: SipMessage, source: Source, api: Any) -> SipMessage:
+        if request.get(API_HEADER):
+            return await self._api(request, source, api)
+        kind = request.get("content-type", "text/plain").split(";")[0].strip().lower()
+        if not kind.startswith("text/"):
+            response = response_to(request, 415, source=source)
+            response.add("Accept", "text/plain")
+            return response
+        user = await self.authenticate(request, source, api)
+        if isinstance(user, SipMessage):
+            return user
+        target = parse_uri(request.uri).user or parse_name_addr(request.get("to")).uri.user
+        recipient = await api.store.find_user(target) if target else None
+        if recipient is None:
+            return response_to(request, 404, source=source)
+        try:
+            text = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            return response_to(request, 400, "Body is not UTF-8", source=source)
+        await self.messenger.send(user.username, [recipient], text)
+        return response_to(request, 202, source=source)
+
+    async def _api(self, request: SipMessage, source: Source, api: Any) -> SipMessage:
+        if not self.settings.current.sipapi:
+            return response_to(request, 403, "API requests over SIP are disabled", source=source)
+        user = await self.authenticate(request, source, api)
+        if isinstance(user, SipMessage):
+            return user
+        query = request.get(API_HEADER)
+        params = dict(parse_qsl(query.lstrip("/?").removeprefix("mvapireq").lstrip("/?"), keep_blank_values=True))
+        function = params.get("apientry", "")
+        params.pop("format", None)  # the answer is text: it travels in a SIP body and header
+        api_request = ApiRequest(function, params, source.host, transport="sip", fmt="text")
+        api_request.context["sip_user"] = user
+        answered = await api.dispatch(api_request)
+        response = response_to(request, 200, source=source)
+        text = answered.text
+        single = text.replace("\r", " ").replace("\n", " ")
+        if len(single) <= SHORT_ANSWER:
+            response.add(API_ANSWER_HEADER, single)
+        response.add("Content-Type", "text/plain;charset=utf-8")
+        response.body = text.encode("utf-8")
+        self.stats["api_requests"] += 1
+        return response
+
+    # -- authentication ------------------------------------------------------------
+
+    def realm(self, request: SipMessage) -> str:
+        """The digest realm: the siprealm option, else the Request-URI's host."""
+        configured = self.settings.current.siprealm
+        if configured:
+            return configured
+        try:
+            return parse_uri(request.uri).host or SERVER
+        except ParseError:
+            return SERVER
+
+    def challenge(self, request: SipMessage, source: Source, stale: bool = False) -> SipMessage:
+        """401 with a fresh digest challenge."""
+        response = response_to(request, 401, source=source)
+        response.add("WWW-Authenticate", self.digest.challenge(self.realm(request), stale))
+        self.stats["challenges"] += 1
+        return response
+
+    async def authenticate(self, request: SipMessage, source: Source, api: Any) -> User | SipMessage:
+        """The user a request's digest credentials prove, or the response to send instead."""
+        realm = self.realm(request)
+        credentials = None
+        for header in ("authorization", "proxy-authorization"):
+            for value in request.all(header):
+                params = parse_credentials(value)
+                if params is not None and params.get("realm") == realm:
+                    credentials = params
+                    break
+            if credentials is not None:
+                break
+        if credentials is None:
+            return self.challenge(request, source)
+        username = credentials.get("username", "")
+        if api.bans.is_banned("user", username):
+            return response_to(request, 403, "Too many failed authentications", source=source)
+        user = await api.store.find_user(username) if username else None
+        password = user.password if user is not None else os.urandom(12).hex()
+        verdict = self.digest.check(credentials, request.method, password)
+        if user is None or verdict.wrong_password:
+            self.stats["auth_failures"] += 1
+            fake = ApiRequest(f"sip {request.method}", {}, source.host, transport="sip")
+            await api.failed_login(fake, "SIP digest: " + ("unknown user" if user is None else verdict.reason), username)
+            return self.challenge(request, source)
+        if verdict.stale:
+            return self.challenge(request, source, stale=True)
+        if not verdict.ok:
+            log.info("SIP: bad credentials from {source}: {reason}", source=source.address, reason=verdict.reason)
+            return response_to(request, 400, "Malformed credentials", source=source)
+        if not user.enabled or user.temporarydisabled:
+            return response_to(request, 403, "Account disabled", source=source)
+        return user
+
+    # -- output -------------------------------------------------------------------
+
+    def remember(self, source: Source) -> None:
+        """Remember how to reach a peer (the socket or connection it used)."""
+        key = (source.transport, source.host, source.port)
+        routes = self.routes
+        if key in routes:
+            routes.move_to_end(key)
+        routes[key] = source
+        if len(routes) > MAX_ROUTES:
+            routes.popitem(last=False)
+
+    def forget(self, transport: str, host: str, port: int) -> None:
+        """A connection closed: it is no route any more."""
+        self.routes.pop((transport, host, port), None)
+        self.connections.pop((transport, host, port), None)
+
+    def _send(self, source: Source, data: bytes) -> None:
+        try:
+            source.send(data)
+        except Exception as error:
+            log.info("SIP: could not answer {source}: {error}", source=source.address, error=error)
+
+    def route(self, transport: str, address: str, contact: str) -> tuple[Callable[[bytes], None], str, bool] | None:
+        """How to send a request to a binding: (send, our host:port, reliable), or None if unreachable.
+
+        Stream bindings are reached through their connection.  UDP bindings
+        through the socket their REGISTER came on: to the Contact's address
+        when it names the very host the REGISTER came from (a phone that
+        receives on another port), else to the source (a phone behind NAT).
+        """
+        host, _, port_text = address.rpartition(":")
+        host = host.strip("[]")
+        try:
+            port = int(port_text)
+        except ValueError:
+            return None
+        known = self.routes.get((transport, host, port))
+        if transport != "udp":
+            return (known.send, known.local, True) if known else None
+        if known is not None and known.write_to is not None:
+            write, local = known.write_to, known.local
+        elif self.udp_sockets:
+            write, local = self.udp_sockets[0]
+        else:
+            return None
+        try:
+            uri = parse_uri(contact)
+        except ParseError:
+            uri = None
+        if uri is not None and uri.is_sip and uri.host == host and uri.port:
+            port = uri.port
+        destination = (host, port)
+        return (lambda data: write(data, destination)), local, False
+
+    def add_udp_socket(self, write: Callable[[bytes, tuple[str, int]], None], local: str) -> None:
+        """A UDP socket we can send requests from."""
+        self.udp_sockets.append((write, local))
+
+    def request(self, method: str, uri: str, from_uri: str, to_uri: str, local: str, transport: str) -> SipMessage:
+        """A new out-of-dialog request from mizud."""
+        message = SipMessage(method=method, uri=uri)
+        add = message.headers.append
+        add(("via", f"SIP/2.0/{transport.upper()} {local};branch={new_branch()};rport"))
+        add(("max-forwards", "70"))
+        add(("from", f"<{from_uri}>;tag={os.urandom(6).hex()}"))
+        add(("to", f"<{to_uri}>"))
+        add(("call-id", f"{os.urandom(12).hex()}@{SERVER}"))
+        add(("cseq", f"1 {method}"))
+        add(("user-agent", SERVER))
+        return message
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', "'")[:100]

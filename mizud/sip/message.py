@@ -1,0 +1,638 @@
+"""SIP messages (RFC 3261 sections 7, 20 and 25): parse, check, serialize.
+
+The parser is strict where a wrong guess could be exploited (the start
+line, Content-Length, CSeq, the headers a transaction is matched on) and
+liberal where RFC 4475 says being liberal is safe (unknown headers are
+kept as opaque text, whitespace around colons, folded lines).
+
+A message that cannot be parsed raises L{ParseError}, which carries the
+status code to answer with (or None: drop silently, as for a broken
+response) and, when the headers were readable, the half-parsed message so
+that the error response can still be addressed to its sender.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+#: RFC 3261 section 7.3.3 and later RFCs' compact header forms.
+COMPACT = {
+    "i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length",
+    "c": "content-type", "f": "from", "s": "subject", "k": "supported", "t": "to",
+    "v": "via", "o": "event", "r": "refer-to", "u": "allow-events", "x": "session-expires",
+    "b": "referred-by", "a": "accept-contact", "j": "reject-contact", "d": "request-disposition",
+    "y": "identity", "n": "identity-info",
+}
+
+#: How a header is written when we serialize it (lower-case name -> canonical form).
+CANONICAL = {
+    name.lower(): name
+    for name in (
+        "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Length",
+        "Content-Type", "Content-Encoding", "Expires", "Min-Expires", "Allow", "Supported",
+        "Require", "Proxy-Require", "Unsupported", "Accept", "Accept-Encoding", "Accept-Language",
+        "Authorization", "WWW-Authenticate", "Proxy-Authenticate", "Proxy-Authorization",
+        "Authentication-Info", "Route", "Record-Route", "User-Agent", "Server", "Date", "Warning",
+        "Retry-After", "Subject", "Event", "Allow-Events", "Timestamp", "Organization", "Path",
+    )
+}
+CANONICAL["call-id"] = "Call-ID"
+CANONICAL["cseq"] = "CSeq"
+CANONICAL["www-authenticate"] = "WWW-Authenticate"
+
+#: Headers whose comma-separated values are separate header values (RFC 3261 7.3.1).
+MULTI = frozenset({
+    "via", "contact", "route", "record-route", "allow", "supported", "require", "proxy-require",
+    "unsupported", "accept", "accept-encoding", "accept-language", "content-encoding",
+    "allow-events", "path", "service-route", "warning", "in-reply-to", "call-info",
+    "alert-info", "error-info",
+})
+
+#: Headers that must appear at most once in a request (RFC 3261 section 20; RFC 4475 3.3.8).
+SINGLE = ("from", "to", "call-id", "cseq", "max-forwards", "content-length", "content-type", "expires")
+
+#: The most bytes of headers we read; beyond this a message is refused.
+MAX_HEADERS = 16 * 1024
+#: The largest body we accept.
+MAX_BODY = 64 * 1024
+#: The most header lines a message may have.
+MAX_HEADER_LINES = 200
+
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_METHOD = _TOKEN
+_DIGITS = re.compile(r"[0-9]+\Z")
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?\Z")
+_IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}\Z")
+_IPV6 = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
+#: Characters that may appear in the user part of a SIP URI (RFC 3261 25.1: unreserved, escaped, user-unreserved).
+_USER = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+\Z")
+_PASSWORD = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*\Z")
+_GENVALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+\Z")
+_PARAMCHARS = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+\Z")
+_WS = re.compile(r"[ \t]*\r?\n[ \t]+")
+_MAX_CSEQ = 2**32 - 1
+
+
+class ParseError(Exception):
+    """A message that cannot be processed; C{status} is the answer (None: drop)."""
+
+    def __init__(self, reason: str, status: int | None = 400, message: SipMessage | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.message = message
+
+
+def _canonical(name: str) -> str:
+    lower = name.lower()
+    return CANONICAL.get(lower) or name
+
+
+def split_commas(value: str) -> list[str]:
+    """Split a header value at commas outside quotes and angle brackets."""
+    if "," not in value:
+        return [value.strip()]
+    parts: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    i = 0
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            parts.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    parts.append(value[start:].strip())
+    return parts
+
+
+@dataclass(slots=True)
+class SipMessage:
+    """A SIP request (C{method} set) or response (C{status} set)."""
+
+    method: str = ""
+    uri: str = ""
+    status: int = 0
+    reason: str = ""
+    #: [lower-case name, value] in order; multi-value headers hold one value each.
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    @property
+    def is_request(self) -> bool:
+        """Whether this is a request (else a response)."""
+        return bool(self.method)
+
+    def get(self, name: str, default: str = "") -> str:
+        """The first value of a header (by lower-case name), or C{default}."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
+    def all(self, name: str) -> list[str]:
+        """Every value of a header (by lower-case name), in order."""
+        return [value for key, value in self.headers if key == name]
+
+    def count(self, name: str) -> int:
+        """How many values a header has."""
+        return sum(1 for key, _ in self.headers if key == name)
+
+    def add(self, name: str, value: str) -> None:
+        """Append a header value."""
+        self.headers.append((name.lower(), value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every value of a header with one value (appended if absent)."""
+        lower = name.lower()
+        for i, (key, _) in enumerate(self.headers):
+            if key == lower:
+                self.headers[i] = (lower, value)
+                self.headers = [h for j, h in enumerate(self.headers) if j <= i or h[0] != lower]
+                return
+        self.headers.append((lower, value))
+
+    def remove(self, name: str) -> None:
+        """Remove every value of a header."""
+        lower = name.lower()
+        self.headers = [h for h in self.headers if h[0] != lower]
+
+    @property
+    def call_id(self) -> str:
+        """The Call-ID."""
+        return self.get("call-id")
+
+    def cseq(self) -> tuple[int, str]:
+        """The CSeq number and method (checked by L{check_request})."""
+        number, _, method = self.get("cseq").partition(" ")
+        return int(number), method.strip()
+
+    def top_via(self) -> Via:
+        """The first Via, parsed."""
+        return parse_via(self.get("via"))
+
+    def serialize(self) -> bytes:
+        """The message on the wire; Content-Length always matches the body."""
+        if self.method:
+            lines = [f"{self.method} {self.uri} SIP/2.0"]
+        else:
+            lines = [f"SIP/2.0 {self.status} {self.reason}"]
+        for key, value in self.headers:
+            if key != "content-length":
+                lines.append(f"{_canonical(key)}: {value}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        lines.append("")
+        lines.append("")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+def split_head(data: bytes) -> tuple[bytes, bytes] | None:
+    """Split at the blank line after the headers: (head, rest), or None if not there yet."""
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return data[:end], data[end + 4:]
+    end = data.find(b"\n\n")
+    if end >= 0:
+        return data[:end], data[end + 2:]
+    return None
+
+
+def parse_head(head: bytes) -> SipMessage:
+    """Parse the start line and headers (no body)."""
+    if len(head) > MAX_HEADERS:
+        raise ParseError("headers too large", 513)
+    text = head.decode("utf-8", "surrogateescape")
+    text = _WS.sub(" ", text)  # unfold continuation lines
+    lines = text.replace("\r\n", "\n").split("\n")
+    if len(lines) > MAX_HEADER_LINES:
+        raise ParseError("too many header lines", 513)
+    message, pending = _start_line(lines[0].rstrip("\r"))
+    headers = message.headers
+    for line in lines[1:]:
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not _TOKEN.match(name):
+            raise ParseError(f"malformed header line {line[:40]!r}", 400, message)
+        lower = name.lower()
+        lower = COMPACT.get(lower, lower)
+        value = value.strip(" \t")
+        if lower in MULTI:
+            for part in split_commas(value):
+                headers.append((lower, part))
+        else:
+            headers.append((lower, value))
+    if pending is not None:
+        pending.message = message
+        raise pending
+    return message
+
+
+def _start_line(line: str) -> tuple[SipMessage, ParseError | None]:
+    """The message its start line begins, and the error to raise once the headers are read.
+
+    Errors wait for the headers where the message can still be framed (and,
+    for a request, answered): a bad version, extra white space in the
+    request line, an impossible status code.
+    """
+    if line.startswith("SIP/"):
+        version, _, rest = line.partition(" ")
+        code, _, reason = rest.partition(" ")
+        message = SipMessage(status=0, reason=reason)
+        if version.upper() != "SIP/2.0":
+            return message, ParseError("unsupported SIP version in a response", None)
+        if len(code) != 3 or not code.isdigit():
+            return message, ParseError(f"bad status code {code[:20]!r}", None)
+        message.status = int(code)
+        return message, None
+    parts = line.split(" ")
+    if len(parts) != 3 or not all(parts):
+        words = line.split()
+        if len(words) >= 3 and words[-1].upper() == "SIP/2.0" and _METHOD.match(words[0]):
+            # Extra white space in the request line (RFC 4475 lwsruri, lwsstart, trws).
+            return SipMessage(method=words[0], uri=" ".join(words[1:-1])), ParseError("malformed request line")
+        raise ParseError("malformed request line", 400)
+    method, uri, version = parts
+    if not _METHOD.match(method):
+        raise ParseError("malformed method", 400)
+    if not version.upper().startswith("SIP/"):
+        raise ParseError("malformed request line", 400)
+    message = SipMessage(method=method, uri=uri)
+    if version.upper() != "SIP/2.0":
+        return message, ParseError("version not supported", 505)
+    return message, None
+
+
+def content_length(message: SipMessage) -> int | None:
+    """The Content-Length, or None if absent; L{ParseError} if broken or repeated."""
+    values = message.all("content-length")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ParseError("more than one Content-Length", 400, message)
+    value = values[0]
+    if not _DIGITS.match(value):
+        raise ParseError(f"bad Content-Length {value[:20]!r}", 400, message)
+    length = int(value)
+    if length > MAX_BODY:
+        raise ParseError("body too large", 413, message)
+    return length
+
+
+def parse_datagram(data: bytes) -> SipMessage:
+    """Parse one SIP message from a datagram (or WebSocket message).
+
+    Bytes after Content-Length are ignored (RFC 3261 18.3); a body shorter
+    than Content-Length is an error.
+    """
+    parts = split_head(data)
+    if parts is None:
+        head, rest = data.rstrip(b"\r\n"), b""
+        complete = False
+    else:
+        head, rest = parts
+        complete = True
+    message = parse_head(head)
+    length = content_length(message)
+    if length is None:
+        length = len(rest)
+    if not complete and length:
+        raise ParseError("headers not terminated", 400, message)
+    if len(rest) < length:
+        raise ParseError("body shorter than Content-Length", 400, message)
+    message.body = rest[:length]
+    return message
+
+
+# -- structured values ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Uri:
+    """A URI; for sip/sips the parts are split out, others keep C{opaque}."""
+
+    scheme: str
+    user: str = ""
+    password: str = ""
+    host: str = ""
+    port: int | None = None
+    params: list[tuple[str, str | None]] = field(default_factory=list)
+    headers: str = ""
+    opaque: str = ""
+
+    @property
+    def is_sip(self) -> bool:
+        """Whether this is a sip: or sips: URI."""
+        return self.scheme in ("sip", "sips")
+
+    def param(self, name: str) -> str | None:
+        """A URI parameter's value ('' for a flag), or None if absent."""
+        for key, value in self.params:
+            if key == name:
+                return value if value is not None else ""
+        return None
+
+    def __str__(self) -> str:
+        if not self.is_sip:
+            return f"{self.scheme}:{self.opaque}"
+        text = f"{self.scheme}:"
+        if self.user:
+            text += self.user + (f":{self.password}" if self.password else "") + "@"
+        text += self.host
+        if self.port is not None:
+            text += f":{self.port}"
+        for key, value in self.params:
+            text += f";{key}" if value is None else f";{key}={value}"
+        if self.headers:
+            text += "?" + self.headers
+        return text
+
+
+def parse_uri(text: str) -> Uri:
+    """Parse a URI; raises L{ParseError} (400) if it is not one."""
+    scheme, colon, rest = text.partition(":")
+    if not colon or not _SCHEME.match(scheme) or not rest:
+        raise ParseError(f"malformed URI {text[:60]!r}")
+    scheme = scheme.lower()
+    if any(ch in rest for ch in " \t<>\"") or any(ord(ch) < 0x21 for ch in rest):
+        raise ParseError(f"malformed URI {text[:60]!r}")
+    if scheme not in ("sip", "sips"):
+        return Uri(scheme, opaque=rest)
+    uri = Uri(scheme)
+    at = rest.rfind("@")  # '@' may not appear unescaped in URI headers
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1:]
+        user, _, password = userinfo.partition(":")
+        if not _USER.match(user) or not _PASSWORD.match(password):
+            raise ParseError(f"malformed user part in {text[:60]!r}")
+        uri.user, uri.password = user, password
+    rest, _, uri.headers = rest.partition("?")
+    hostport, *params = rest.split(";")
+    if hostport.startswith("["):
+        close = hostport.find("]")
+        host, port = hostport[:close + 1], hostport[close + 1:]
+        if port and not port.startswith(":"):
+            raise ParseError(f"malformed host in {text[:60]!r}")
+        port = port[1:]
+    else:
+        host, _, port = hostport.partition(":")
+    if not (_HOST.match(host) or _IPV6.match(host)):
+        raise ParseError(f"malformed host in {text[:60]!r}")
+    uri.host = host.lower()
+    if port:
+        if not _DIGITS.match(port) or not 0 < int(port) < 65536:
+            raise ParseError(f"malformed port in {text[:60]!r}")
+        uri.port = int(port)
+    for param in params:
+        key, eq, value = param.partition("=")
+        if not key or not _PARAMCHARS.match(key) or (eq and not _PARAMCHARS.match(value)):
+            raise ParseError(f"malformed URI parameter in {text[:60]!r}")
+        uri.params.append((key.lower(), value if eq else None))
+    return uri
+
+
+@dataclass(slots=True)
+class NameAddr:
+    """A From, To, Contact, Route or Record-Route value."""
+
+    uri: Uri
+    display: str = ""
+    params: list[tuple[str, str | None]] = field(default_factory=list)
+    bracketed: bool = True
+
+    def param(self, name: str) -> str | None:
+        """A header parameter's value ('' for a flag), or None if absent."""
+        for key, value in self.params:
+            if key == name:
+                return value if value is not None else ""
+        return None
+
+    @property
+    def tag(self) -> str:
+        """The tag parameter ('' if none)."""
+        return self.param("tag") or ""
+
+    def __str__(self) -> str:
+        text = f"<{self.uri}>"
+        if self.display:
+            text = f"{self.display} {text}"
+        for key, value in self.params:
+            text += f";{key}" if value is None else f";{key}={value}"
+        return text
+
+
+def _header_params(text: str, what: str) -> list[tuple[str, str | None]]:
+    params: list[tuple[str, str | None]] = []
+    if not text.strip():
+        return params
+    text = text.strip()
+    if not text.startswith(";"):
+        raise ParseError(f"malformed {what}")
+    for item in _split_params(text[1:]):
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not _TOKEN.match(key):
+            raise ParseError(f"malformed {what} parameter")
+        if eq:
+            if value.startswith('"'):
+                if len(value) < 2 or not value.endswith('"'):
+                    raise ParseError(f"unbalanced quotes in {what}")
+            elif not _GENVALUE.match(value):
+                raise ParseError(f"malformed {what} parameter")
+        params.append((key.lower(), value if eq else None))
+    return params
+
+
+def _split_params(text: str) -> list[str]:
+    items: list[str] = []
+    quoted = False
+    start = 0
+    for i, ch in enumerate(text):
+        if ch == '"' and (i == 0 or text[i - 1] != "\\"):
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            items.append(text[start:i])
+            start = i + 1
+    if quoted:
+        raise ParseError("unbalanced quotes")
+    items.append(text[start:])
+    return items
+
+
+def parse_name_addr(text: str, what: str = "address") -> NameAddr:
+    """Parse C{[display] <uri> *(;param)} or C{addr-spec *(;param)}."""
+    text = text.strip()
+    display = ""
+    if text.startswith('"'):
+        i = 1
+        while i < len(text):
+            if text[i] == "\\":
+                i += 2
+                continue
+            if text[i] == '"':
+                break
+            i += 1
+        else:
+            raise ParseError(f"unbalanced quotes in {what}")
+        display, text = text[: i + 1], text[i + 1:].lstrip()
+        if not text.startswith("<"):
+            raise ParseError(f"malformed {what}")
+    lt = text.find("<")
+    if lt >= 0:
+        before = text[:lt].strip()
+        if before:
+            if display or not all(_TOKEN.match(word) for word in before.split()):
+                raise ParseError(f"malformed display name in {what}")
+            display = before
+        gt = text.find(">", lt)
+        if gt < 0:
+            raise ParseError(f"malformed {what}")
+        inner = text[lt + 1:gt]
+        if inner != inner.strip():
+            raise ParseError(f"whitespace inside <> in {what}")
+        return NameAddr(parse_uri(inner), display, _header_params(text[gt + 1:], what))
+    # addr-spec: the URI cannot carry parameters or headers; they belong to the header.
+    uri_text, semi, params = text.partition(";")
+    if "?" in uri_text or "," in uri_text:
+        raise ParseError(f"a URI with '?' or ',' must be in <> in {what}")
+    return NameAddr(parse_uri(uri_text.strip()), "", _header_params(semi + params, what), bracketed=False)
+
+
+@dataclass(slots=True)
+class Via:
+    """One Via value."""
+
+    transport: str
+    host: str
+    port: int | None
+    params: list[tuple[str, str | None]]
+
+    def param(self, name: str) -> str | None:
+        """A Via parameter's value ('' for a flag), or None if absent."""
+        for key, value in self.params:
+            if key == name:
+                return value if value is not None else ""
+        return None
+
+    @property
+    def branch(self) -> str:
+        """The branch parameter ('' if none)."""
+        return self.param("branch") or ""
+
+    @property
+    def sent_by(self) -> str:
+        """host[:port] as sent."""
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+
+def parse_via(text: str) -> Via:
+    """Parse one Via value: C{SIP/2.0/TRANSPORT host[:port] *(;param)}."""
+    protocol, _, rest = text.strip().partition(" ")
+    pieces = [p.strip() for p in protocol.split("/")]
+    if len(pieces) != 3 or pieces[0].upper() != "SIP" or not all(_TOKEN.match(p) for p in pieces):
+        # Whitespace around the slashes is legal; rebuild and retry once.
+        joined = re.match(r"\s*SIP\s*/\s*([0-9.]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(.*)\Z", text, re.I)
+        if not joined:
+            raise ParseError("malformed Via")
+        pieces = ["SIP", joined.group(1), joined.group(2)]
+        rest = joined.group(3)
+    if pieces[1] != "2.0":
+        raise ParseError("Via version is not 2.0", 400)
+    rest = rest.strip()
+    hostport, semi, params = rest.partition(";")
+    hostport = hostport.strip()
+    if hostport.startswith("["):
+        close = hostport.find("]")
+        host, port = hostport[:close + 1], hostport[close + 1:].strip()
+        port = port[1:].strip() if port.startswith(":") else port
+    else:
+        host, _, port = hostport.partition(":")
+        host, port = host.strip(), port.strip()
+    if not host or not (_HOST.match(host) or _IPV6.match(host)):
+        raise ParseError("malformed Via host")
+    number: int | None = None
+    if port:
+        if not _DIGITS.match(port) or not 0 < int(port) < 65536:
+            raise ParseError("malformed Via port")
+        number = int(port)
+    return Via(pieces[2].upper(), host.lower(), number, _header_params(semi + params, "Via"))
+
+
+def parse_cseq(text: str) -> tuple[int, str]:
+    """Parse C{number method}; the number must fit 32 bits."""
+    parts = text.split()
+    if len(parts) != 2 or not _DIGITS.match(parts[0]) or not _METHOD.match(parts[1]):
+        raise ParseError("malformed CSeq")
+    number = int(parts[0])
+    if number > _MAX_CSEQ:
+        raise ParseError("CSeq number too large")
+    return number, parts[1]
+
+
+def check_request(message: SipMessage, known: frozenset[str] = frozenset()) -> None:
+    """The checks every request must pass before any method handles it (400s).
+
+    Structure only: the mandatory headers, each present once where it must
+    be, CSeq, Via, From, To, Max-Forwards and the Request-URI well-formed.
+    """
+    try:
+        for name in ("via", "from", "to", "call-id", "cseq"):
+            if not message.get(name):
+                raise ParseError(f"missing {_canonical(name)}")
+        for name in SINGLE:
+            if message.count(name) > 1:
+                raise ParseError(f"more than one {_canonical(name)}")
+        _, method = parse_cseq(message.get("cseq"))
+        if method != message.method:
+            if known and message.method not in known:
+                raise ParseError(f"method {message.method[:30]} not implemented", 501)
+            raise ParseError("CSeq method does not match the request")
+        for value in message.all("via"):
+            parse_via(value)
+        parse_name_addr(message.get("from"), "From")
+        parse_name_addr(message.get("to"), "To")
+        forwards = message.get("max-forwards")
+        if forwards and (not _DIGITS.match(forwards) or int(forwards) > 255):
+            raise ParseError("malformed Max-Forwards")
+        if message.uri.startswith("<"):
+            raise ParseError("Request-URI in angle brackets")
+        parsed = parse_uri(message.uri)
+        if parsed.is_sip and parsed.headers:
+            raise ParseError("headers are not allowed in a Request-URI")
+    except ParseError as error:
+        error.message = message
+        raise
+
+
+def check_response(message: SipMessage) -> None:
+    """The checks a response must pass to be matched to a transaction (else dropped)."""
+    try:
+        for name in ("via", "from", "to", "call-id", "cseq"):
+            if not message.get(name):
+                raise ParseError(f"missing {_canonical(name)}")
+        parse_cseq(message.get("cseq"))
+        parse_via(message.get("via"))
+    except ParseError as error:
+        error.status = None
+        error.message = message
+        raise

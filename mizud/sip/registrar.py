@@ -1,0 +1,155 @@
+"""REGISTER (RFC 3261 section 10.3) with digest authentication against tb_users."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .bindings import Binding, Bindings, Change, OutOfOrder
+from .message import ParseError, SipMessage, parse_name_addr
+from .transaction import Source
+
+if TYPE_CHECKING:
+    from .core import SipCore
+
+log = Logger()
+
+#: How many users' last registration outcomes this node remembers (fastregusers).
+MAX_RECENT = 100_000
+_DIGITS = frozenset("0123456789")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The last REGISTER of one user seen by this node."""
+
+    ok: bool
+    when: float
+    address: str
+    transport: str
+    contacts: int
+
+
+def _seconds(text: str, maximum: int) -> int:
+    text = text.strip()
+    if not text or not set(text) <= _DIGITS:
+        raise ParseError(f"malformed expires value {text[:20]!r}")
+    # Absurdly long values (RFC 4475 scalar02) are simply the longest we grant.
+    return maximum if len(text) > 9 else min(int(text), maximum)
+
+
+class Registrar:
+    """Handles REGISTER for a L{SipCore}."""
+
+    def __init__(self, core: SipCore) -> None:
+        self.core = core
+        self.recent: OrderedDict[str, Attempt] = OrderedDict()
+
+    def bindings(self, api: Any) -> Bindings:
+        """The bindings table of the API's store."""
+        return Bindings(api.store.db, api.store.now)
+
+    def _note(self, username: str, attempt: Attempt) -> None:
+        recent = self.recent
+        recent.pop(username, None)
+        recent[username] = attempt
+        if len(recent) > MAX_RECENT:
+            recent.popitem(last=False)
+
+    async def register(self, request: SipMessage, source: Source, api: Any) -> SipMessage:
+        """The response to one REGISTER."""
+        from .core import response_to
+
+        core = self.core
+        config = core.settings.current
+        to = parse_name_addr(request.get("to"), "To")
+        if not to.uri.is_sip or not to.uri.user:
+            return response_to(request, 400, "To must be a SIP address of record", source=source)
+        try:
+            changes, wildcard = self._changes(request, config)
+        except ParseError as error:
+            return response_to(request, 400, error.reason[:80], source=source)
+        except _TooBrief:
+            response = response_to(request, 423, source=source)
+            response.add("Min-Expires", str(config.sipminexpires))
+            return response
+        user = await core.authenticate(request, source, api)
+        if isinstance(user, SipMessage):
+            if user.status == 401 and ("authorization" in dict(request.headers)):
+                self._note(to.uri.user, Attempt(False, core.clock.seconds(), source.address, source.transport, 0))
+            return user
+        if user.username != to.uri.user:
+            return response_to(request, 403, "Not allowed to register this address", source=source)
+        number, _ = request.cseq()
+        try:
+            bindings = await self.bindings(api).register(
+                user.id, user.username, changes, wildcard=wildcard, callid=request.call_id, cseq=number,
+                address=source.address, transport=source.transport, useragent=request.get("user-agent"),
+            )
+        except OutOfOrder:
+            return response_to(request, 400, "Out of order CSeq", source=source)
+        core.stats["registrations"] += 1
+        self._note(user.username, Attempt(True, core.clock.seconds(), source.address, source.transport, len(bindings)))
+        response = response_to(request, 200, source=source)
+        now = api.store.now()
+        for binding in bindings:
+            left = max(0, int((binding.expires - now).total_seconds()))
+            text = f"<{binding.contact}>;expires={left}"
+            if binding.q != 1:
+                text += f";q={binding.q.normalize()}"
+            response.add("Contact", text)
+        response.add("Date", formatdate(core.clock.seconds(), usegmt=True))
+        if bindings and any(change.expires > 0 for change in changes):
+            defer.ensureDeferred(core.messenger.deliver_pending(user.id))
+        return response
+
+    def _changes(self, request: SipMessage, config: Any) -> tuple[list[Change], bool]:
+        contacts = request.all("contact")
+        header = request.get("expires")
+        default = config.sipdefexpires
+        if header:
+            default = _seconds(header, config.sipmaxexpires)
+        if any(value.strip() == "*" for value in contacts):
+            if len(contacts) != 1 or not header or default != 0:
+                raise ParseError("a wildcard Contact needs Expires: 0 and no other Contact")
+            return [], True
+        changes = []
+        for value in contacts:
+            address = parse_name_addr(value, "Contact")
+            if not address.uri.is_sip:
+                raise ParseError("Contact must be a SIP URI")
+            given = address.param("expires")
+            expires = default if given is None else _seconds(given, config.sipmaxexpires)
+            if 0 < expires < config.sipminexpires:
+                raise _TooBrief()
+            q = Decimal(1)
+            given_q = address.param("q")
+            if given_q is not None:
+                try:
+                    q = Decimal(given_q)
+                except InvalidOperation:
+                    raise ParseError("malformed q value") from None
+                if not 0 <= q <= 1 or q.as_tuple().exponent < -3:  # type: ignore[operator]
+                    raise ParseError("q must be from 0 to 1 with at most three decimals")
+            changes.append(Change(str(address.uri), expires, q))
+        return changes, False
+
+
+class _TooBrief(Exception):
+    """An expiry shorter than sipminexpires (423)."""
+
+
+def describe(binding: Binding, now: Any) -> dict[str, Any]:
+    """A binding as an API record."""
+    return {
+        "username": binding.username, "contact": binding.contact, "address": binding.address,
+        "transport": binding.transport, "useragent": binding.useragent, "q": str(binding.q.normalize()),
+        "expires": max(0, int((binding.expires - now).total_seconds())),
+        "registered": binding.created.isoformat(sep=" ", timespec="seconds"),
+    }

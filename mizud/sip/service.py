@@ -1,0 +1,62 @@
+"""The SIP service: the core, its chores, and its place in the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from ..config import Settings
+from .bindings import Bindings
+from .core import SipCore
+from .transport import SipEntry
+
+log = Logger()
+
+#: Seconds between sweeps of expired registrations.
+SWEEP = 15.0
+
+
+class SipService(Service):
+    """Owns the L{SipCore}; once the API is ready, links them and sweeps expired bindings."""
+
+    name = "sip"  # type: ignore[assignment]
+
+    def __init__(self, settings: Settings, api_service: Any, reactor: Any) -> None:
+        self.settings = settings
+        self.api_service = api_service
+        self.reactor = reactor
+        self.core = SipCore(settings, api_service.current, reactor)
+        self.entry = SipEntry(self.core, reactor)
+        self._sweep: LoopingCall | None = None
+
+    def startService(self) -> None:
+        """Link to the API when it is ready."""
+        super().startService()
+        self.api_service.ready.addCallback(self._ready)
+
+    def _ready(self, api: Any) -> Any:
+        api.sip = self.core
+        bindings = Bindings(api.db, api.store.now)
+
+        async def sweep() -> None:
+            try:
+                removed = await bindings.expire()
+                if removed:
+                    log.info("SIP: {count} registrations expired", count=removed)
+            except Exception:
+                log.failure("SIP: sweeping expired registrations failed")
+
+        self._sweep = LoopingCall(lambda: defer.ensureDeferred(sweep()))
+        self._sweep.clock = self.reactor
+        self._sweep.start(SWEEP, now=True)
+        return api
+
+    def stopService(self) -> None:
+        """Stop sweeping."""
+        super().stopService()
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()

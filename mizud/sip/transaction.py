@@ -1,0 +1,265 @@
+"""SIP transactions (RFC 3261 section 17) on an injected clock.
+
+Server transactions absorb retransmitted requests and retransmit the last
+response; INVITE server transactions retransmit a final error response
+(timer G) until the ACK arrives or timer H gives up.  Client non-INVITE
+transactions (the MESSAGEs mizud sends) retransmit with timer E over
+unreliable transports and time out with timer F, answering 408.
+
+A transaction is keyed by the top Via's branch when it carries the RFC
+3261 magic cookie; otherwise (RFC 2543 peers, RFC 4475 "badbranch") by
+Call-ID, CSeq, From tag and the top Via as RFC 3261 17.2.3 allows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .message import SipMessage, parse_name_addr, parse_via
+
+log = Logger()
+
+T1 = 0.5
+T2 = 4.0
+T4 = 5.0
+MAGIC = "z9hG4bK"
+#: The most server transactions alive at once (a flood makes new ones wait for old ones to end).
+MAX_TRANSACTIONS = 200_000
+
+
+@dataclass(slots=True)
+class Source:
+    """Where a message came from, and how to answer it."""
+
+    transport: str  # udp, tcp, tls, ws, wss
+    host: str
+    port: int
+    send: Callable[[bytes], None]
+    #: Our own host:port the message arrived on (for the Via of requests we send back).
+    local: str = ""
+    #: For UDP: the socket's write(data, (host, port)), to reach other addresses from it.
+    write_to: Callable[[bytes, tuple[str, int]], None] | None = None
+
+    @property
+    def reliable(self) -> bool:
+        """Whether the transport retransmits for us (everything but UDP)."""
+        return self.transport != "udp"
+
+    @property
+    def address(self) -> str:
+        """host:port (IPv6 in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def server_key(request: SipMessage) -> tuple[str, ...]:
+    """The key a request's server transaction is found by (ACK and CANCEL map as RFC 3261 17.2.3 says)."""
+    method = "INVITE" if request.method == "ACK" else request.method
+    top = request.get("via")
+    via = parse_via(top)
+    branch = via.branch
+    if branch.startswith(MAGIC) and len(branch) > len(MAGIC):
+        return ("3261", branch, via.sent_by, method)
+    tag = parse_name_addr(request.get("from")).tag
+    number = request.get("cseq").split()[0]
+    return ("2543", request.call_id, number, tag, top, method)
+
+
+def new_branch() -> str:
+    """A fresh RFC 3261 branch."""
+    return MAGIC + os.urandom(10).hex()
+
+
+@dataclass(eq=False)
+class ServerTransaction:
+    """One server transaction: its last response and its timers."""
+
+    key: tuple[str, ...]
+    method: str
+    source: Source
+    table: ServerTransactions
+    response: bytes = b""
+    final: bool = False
+    confirmed: bool = False
+    timers: list[Any] = field(default_factory=list)
+    interval: float = T1
+
+    def respond(self, response: SipMessage) -> None:
+        """Send a response and move to the state it implies."""
+        if self.final:
+            return  # one final response per transaction
+        data = response.serialize()
+        self.response = data
+        self._send(data)
+        if response.status < 200:
+            return
+        self.final = True
+        clock = self.table.clock
+        if self.method == "INVITE":
+            if response.status >= 300:
+                if not self.source.reliable:
+                    self.timers.append(clock.callLater(T1, self._timer_g))
+                self.timers.append(clock.callLater(64 * T1, self._timer_h))
+            else:
+                self.end()  # 2xx retransmission belongs to the dialog (RFC 3261 13.3.1.4)
+        else:
+            # Timer J: absorb retransmissions for 64*T1 over UDP, at once otherwise.
+            self.timers.append(clock.callLater(64 * T1 if not self.source.reliable else 0, self.end))
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.source.send(data)
+        except Exception as error:  # a closed connection: the transaction just ends
+            log.info("SIP response to {source} not sent: {error}", source=self.source.address, error=error)
+
+    def retransmitted(self, request: SipMessage) -> None:
+        """The same request again: answer with the last response (or wait)."""
+        if request.method == "ACK":
+            if self.method == "INVITE" and self.final and not self.confirmed:
+                self.confirmed = True
+                self._cancel_timers()
+                # Timer I: absorb ACK retransmissions for T4 over UDP.
+                self.timers.append(self.table.clock.callLater(T4 if not self.source.reliable else 0, self.end))
+            return
+        if self.response:
+            self._send(self.response)
+
+    def _timer_g(self) -> None:
+        if self.confirmed or self.key not in self.table.live:
+            return
+        self._send(self.response)
+        self.interval = min(self.interval * 2, T2)
+        self.timers.append(self.table.clock.callLater(self.interval, self._timer_g))
+
+    def _timer_h(self) -> None:
+        log.info("SIP: no ACK from {source} for a final response", source=self.source.address)
+        self.end()
+
+    def _cancel_timers(self) -> None:
+        for timer in self.timers:
+            if timer.active():
+                timer.cancel()
+        self.timers.clear()
+
+    def end(self) -> None:
+        """Forget the transaction."""
+        self._cancel_timers()
+        if self.table.live.get(self.key) is self:
+            del self.table.live[self.key]
+
+
+class ServerTransactions:
+    """The live server transactions."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.live: dict[tuple[str, ...], ServerTransaction] = {}
+
+    def find(self, request: SipMessage) -> ServerTransaction | None:
+        """The transaction a request belongs to, if it is a retransmission (or an ACK/CANCEL target)."""
+        return self.live.get(server_key(request))
+
+    def find_invite(self, cancel: SipMessage) -> ServerTransaction | None:
+        """The INVITE transaction a CANCEL refers to."""
+        key = server_key(cancel)
+        return self.live.get((*key[:-1], "INVITE"))
+
+    def create(self, request: SipMessage, source: Source) -> ServerTransaction | None:
+        """A new transaction for a request (None when too many are alive)."""
+        if len(self.live) >= MAX_TRANSACTIONS:
+            return None
+        key = server_key(request)
+        transaction = ServerTransaction(key, request.method, source, self)
+        self.live[key] = transaction
+        return transaction
+
+
+@dataclass(eq=False)
+class ClientTransaction:
+    """A non-INVITE client transaction; C{result} fires with the final response (408 on timeout)."""
+
+    request: SipMessage
+    send: Callable[[bytes], None]
+    reliable: bool
+    table: ClientTransactions
+    result: defer.Deferred[SipMessage] = field(default_factory=defer.Deferred)
+    timers: list[Any] = field(default_factory=list)
+    interval: float = T1
+    key: tuple[str, str] = ("", "")
+
+    def start(self) -> None:
+        """Send the request and start timers E and F."""
+        self.data = self.request.serialize()
+        self._send()
+        clock = self.table.clock
+        if not self.reliable:
+            self.timers.append(clock.callLater(T1, self._timer_e))
+        self.timers.append(clock.callLater(64 * T1, self._timer_f))
+
+    def _send(self) -> None:
+        try:
+            self.send(self.data)
+        except Exception as error:
+            log.info("SIP request not sent: {error}", error=error)
+            self._finish(timeout_response(self.request, 503, "Service Unavailable"))
+
+    def _timer_e(self) -> None:
+        if self.result.called:
+            return
+        self._send()
+        self.interval = min(self.interval * 2, T2)
+        self.timers.append(self.table.clock.callLater(self.interval, self._timer_e))
+
+    def _timer_f(self) -> None:
+        self._finish(timeout_response(self.request, 408, "Request Timeout"))
+
+    def received(self, response: SipMessage) -> None:
+        """A response for this transaction."""
+        if response.status >= 200:
+            self._finish(response)
+
+    def _finish(self, response: SipMessage) -> None:
+        for timer in self.timers:
+            if timer.active():
+                timer.cancel()
+        self.timers.clear()
+        self.table.live.pop(self.key, None)
+        if not self.result.called:
+            self.result.callback(response)
+
+
+def timeout_response(request: SipMessage, status: int, reason: str) -> SipMessage:
+    """The response a client transaction reports when none came."""
+    return SipMessage(status=status, reason=reason, headers=[("cseq", request.get("cseq"))])
+
+
+class ClientTransactions:
+    """The live client transactions, found by branch and CSeq method."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.live: dict[tuple[str, str], ClientTransaction] = {}
+
+    def start(self, request: SipMessage, send: Callable[[bytes], None], reliable: bool) -> defer.Deferred[SipMessage]:
+        """Send a request in a new transaction; the Deferred fires with the final response."""
+        branch = parse_via(request.get("via")).branch
+        transaction = ClientTransaction(request, send, reliable, self)
+        transaction.key = (branch, request.method)
+        self.live[transaction.key] = transaction
+        transaction.start()
+        return transaction.result
+
+    def match(self, response: SipMessage) -> bool:
+        """Hand a response to its transaction; False if it has none (then it is dropped)."""
+        branch = parse_via(response.get("via")).branch
+        method = response.get("cseq").split()[-1]
+        transaction = self.live.get((branch, method))
+        if transaction is None:
+            return False
+        transaction.received(response)
+        return True

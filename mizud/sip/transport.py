@@ -1,0 +1,203 @@
+"""SIP over UDP, TCP, TLS and WebSocket: framing, and the shared ports' entry point.
+
+Streams are framed by Content-Length (RFC 3261 18.3), with caps on header
+and body size; a stream whose framing is broken (no or negative or
+repeated Content-Length, oversized headers) gets a 400 when it can be
+addressed and is closed, since nothing after it can be trusted to start a
+message.  CRLF keep-alives (RFC 5626 3.5.1) are answered with a CRLF.
+Datagrams and WebSocket messages carry one message each (RFC 7118).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+
+from .core import SipCore
+from .message import MAX_HEADERS, ParseError, content_length, parse_head, split_head
+from .transaction import Source
+
+log = Logger()
+
+
+def _host_port(address: Any) -> tuple[str, int]:
+    return getattr(address, "host", "?"), int(getattr(address, "port", 0) or 0)
+
+
+def _local(transport: Any) -> str:
+    try:
+        host = transport.getHost()
+        return f"{host.host}:{host.port}"
+    except Exception:
+        return ""
+
+
+class SipStreamProtocol(Protocol):
+    """One SIP connection (TCP, or TLS once decrypted)."""
+
+    transport: Any
+
+    def __init__(self, core: SipCore, clock: Any, transport_name: str = "tcp") -> None:
+        self.core = core
+        self.clock = clock
+        self.transport_name = transport_name
+        self.buffer = b""
+        self.source: Source | None = None
+        self.idle: Any = None
+
+    def connectionMade(self) -> None:
+        """Remember the connection and start its idle timer."""
+        if self.transport_name == "tcp" and _is_tls(self.transport):
+            self.transport_name = "tls"
+        host, port = _host_port(self.transport.getPeer())
+        self.source = Source(self.transport_name, host, port, self.transport.write, _local(self.transport))
+        self.core.connections[(self.transport_name, host, port)] = self
+        self._touch()
+
+    def _touch(self) -> None:
+        timeout = self.core.settings.current.sipidletimeout
+        if self.idle is not None and self.idle.active():
+            self.idle.reset(timeout)
+        else:
+            self.idle = self.clock.callLater(timeout, self._idle)
+
+    def _idle(self) -> None:
+        log.info("SIP: closing idle connection from {source}", source=self.source.address if self.source else "?")
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Frame and hand over every complete message."""
+        self._touch()
+        self.buffer += data
+        source = self.source
+        assert source is not None
+        while self.buffer:
+            if self.buffer[:1] in (b"\r", b"\n"):
+                stripped = self.buffer.lstrip(b"\r\n")
+                if self.buffer.startswith(b"\r\n\r\n"):
+                    self.transport.write(b"\r\n")  # RFC 5626 keep-alive pong
+                self.buffer = stripped
+                continue
+            parts = split_head(self.buffer)
+            if parts is None:
+                if len(self.buffer) > MAX_HEADERS:
+                    self._broken(ParseError("headers too large", None))
+                return
+            head, rest = parts
+            refused: ParseError | None = None
+            try:
+                message = parse_head(head)
+            except ParseError as error:
+                if error.message is None:
+                    self._broken(error)  # not even a start line: nothing after it can be framed
+                    return
+                message, refused = error.message, error
+            try:
+                length = content_length(message) or 0
+            except ParseError as error:
+                self._broken(error)
+                return
+            if len(rest) < length:
+                return  # wait for the body
+            message.body = rest[:length]
+            self.buffer = rest[length:]
+            if not self.core.admit(source):
+                self.transport.loseConnection()  # banned, or flooding
+                return
+            if refused is not None:
+                self.core.refuse(refused, source)  # answered; the stream stays framed
+            else:
+                self.core.received(message, source)
+
+    def _broken(self, error: ParseError) -> None:
+        assert self.source is not None
+        self.core.refuse(error, self.source)
+        self.buffer = b""
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """Forget the connection."""
+        if self.idle is not None and self.idle.active():
+            self.idle.cancel()
+        if self.source is not None:
+            self.core.forget(self.source.transport, self.source.host, self.source.port)
+
+
+def _is_tls(transport: Any) -> bool:
+    from twisted.internet.interfaces import ISSLTransport
+
+    return ISSLTransport.providedBy(transport) or ISSLTransport.providedBy(getattr(transport, "transport", None))
+
+
+class SipStreamFactory(Factory):
+    """Builds SIP stream protocols (the dedicated sipport's TCP side, and localtsport)."""
+
+    noisy = False
+
+    def __init__(self, core: SipCore, clock: Any, transport_name: str = "tcp") -> None:
+        self.core = core
+        self.clock = clock
+        self.transport_name = transport_name
+
+    def buildProtocol(self, addr: IAddress) -> Protocol:  # type: ignore[override]
+        """A protocol for one connection."""
+        return SipStreamProtocol(self.core, self.clock, self.transport_name)
+
+
+class SipDatagramProtocol(DatagramProtocol):
+    """The dedicated sipport's UDP side: every datagram is SIP (or a keep-alive)."""
+
+    noisy = False
+    transport: Any
+
+    def __init__(self, core: SipCore) -> None:
+        self.core = core
+
+    def startProtocol(self) -> None:
+        """Offer this socket for requests mizud sends."""
+        self.core.add_udp_socket(self.transport.write, _local(self.transport))
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        """Hand one datagram to the SIP core."""
+        entry_datagram(self.core, data, addr, self.transport)
+
+
+def entry_datagram(core: SipCore, data: bytes, addr: tuple[str, int], transport: Any) -> None:
+    """A SIP datagram from any of our UDP sockets."""
+    write = transport.write
+    source = Source("udp", addr[0], addr[1], lambda reply: write(reply, addr), _local(transport), write)
+    core.datagram(data, source)
+
+
+class SipEntry:
+    """The SIP layer as the shared ports see it (L{mizud.wire.demux.SipEntry})."""
+
+    def __init__(self, core: SipCore, clock: Any) -> None:
+        self.core = core
+        self.clock = clock
+        self._sockets: set[int] = set()
+
+    def stream_protocol(self, address: IAddress) -> Protocol | None:
+        """A SIP connection on the shared port (TCP, or TLS after the hand-off)."""
+        return SipStreamProtocol(self.core, self.clock, "tcp")
+
+    def datagram(self, data: bytes, address: tuple[str, int], transport: Any) -> None:
+        """A SIP datagram on the shared UDP port."""
+        if id(transport) not in self._sockets:
+            self._sockets.add(id(transport))
+            self.core.add_udp_socket(transport.write, _local(transport))
+        entry_datagram(self.core, data, address, transport)
+
+    def websocket_message(self, data: bytes, address: IAddress, send: Callable[[bytes], None]) -> bool:
+        """One SIP message from a WebSocket (RFC 7118); the connection stays open."""
+        host, port = _host_port(address)
+        self.core.datagram(data, Source("ws", host, port, send))
+        return True
+
+    def websocket_closed(self, address: IAddress) -> None:
+        """A SIP WebSocket closed: its bindings can no longer be reached through it."""
+        host, port = _host_port(address)
+        self.core.forget("ws", host, port)
