@@ -115,8 +115,8 @@ class Rig:
         return [parse_datagram(data) for addr, data in self.sent[before:] if addr == (source.host, source.port)]
 
     async def one(self, data: bytes, source: Source | None = None) -> SipMessage:
-        """Feed one request and return its single response."""
-        answers = await self.exchange(data, source)
+        """Feed one request and return its single response (requests mizud sends meanwhile are ignored)."""
+        answers = [m for m in await self.exchange(data, source) if not m.is_request]
         assert len(answers) == 1, answers
         return answers[0]
 

@@ -135,6 +135,8 @@ class SipCore:
         self.stats: Counter[str] = Counter()
         self.started = clock.seconds()
         self._limited_logged: dict[str, float] = {}
+        #: Work to start once a request's response has been sent (by id of the request).
+        self._after: dict[int, Callable[[], Any]] = {}
         from .messaging import Messenger
         from .registrar import Registrar
 
@@ -241,6 +243,13 @@ class SipCore:
             log.failure("SIP {method} from {source} failed", method=request.method, source=source.address)
             response = response_to(request, 500, source=source)
         transaction.respond(response)
+        after = self._after.pop(id(request), None)
+        if after is not None:
+            after()
+
+    def after_response(self, request: SipMessage, work: Callable[[], Any]) -> None:
+        """Run C{work} right after the response to C{request} has gone out."""
+        self._after[id(request)] = work
 
     # -- requests ----------------------------------------------------------------
 

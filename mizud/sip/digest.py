@@ -74,7 +74,7 @@ class DigestAuth:
         self._counts: dict[str, int] = {}
         self._order: deque[tuple[float, str]] = deque()
         #: Nonces issued at or before this time whose counts were forgotten early are stale.
-        self._floor = 0.0
+        self._floor = -1.0
 
     def nonce(self) -> str:
         """A fresh nonce."""

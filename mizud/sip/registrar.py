@@ -106,7 +106,9 @@ class Registrar:
             response.add("Contact", text)
         response.add("Date", formatdate(core.clock.seconds(), usegmt=True))
         if bindings and any(change.expires > 0 for change in changes):
-            defer.ensureDeferred(core.messenger.deliver_pending(user.id))
+            # Stored messages follow the 200, not precede it.
+            userid = user.id
+            core.after_response(request, lambda: defer.ensureDeferred(core.messenger.deliver_pending(userid)))
         return response
 
     def _changes(self, request: SipMessage, config: Any) -> tuple[list[Change], bool]:

@@ -1,0 +1,110 @@
+"""SIP transactions (RFC 3261 17) on a fake clock: retransmissions absorbed and sent, timers G, H, E, F."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest_twisted
+
+from mizud.sip.message import SipMessage, parse_datagram
+from mizud.sip.transaction import T1, T2, ClientTransactions
+from sipkit import Phone, make_rig
+
+
+def statuses(rig: object, since: int) -> list[int]:
+    """Statuses of the responses the rig sent since index C{since}."""
+    return [parse_datagram(data).status for _, data in rig.sent[since:]]  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_invite_retransmission_gets_the_same_response(tmp_path: Path) -> None:
+    """A retransmitted OPTIONS is answered with the very same bytes, until timer J ends the transaction."""
+    rig = await make_rig(tmp_path)
+    request = Phone("alice", "alicepw").request("OPTIONS", "sip:alice@example.com")
+    first = await rig.exchange(request)
+    again = await rig.exchange(request)
+    assert [m.status for m in first] == [200] and again[0].serialize() == first[0].serialize()
+    assert rig.core.stats["requests"] == 2 and len(rig.core.transactions.live) == 1
+    rig.h.clock.advance(64 * T1)
+    assert rig.core.transactions.live == {}
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_invite_error_is_retransmitted_until_ack(tmp_path: Path) -> None:
+    """Over UDP a final INVITE error is resent on timer G (T1, doubling to T2) until the ACK comes."""
+    rig = await make_rig(tmp_path)
+    phone = Phone("alice", "alicepw")
+    invite = phone.request("INVITE", "sip:bob@example.com")
+    mark = len(rig.sent)
+    assert [m.status for m in await rig.exchange(invite)] == [403]
+    clock = rig.h.clock
+    for delay in (T1, 2 * T1, 4 * T1, T2):
+        clock.advance(delay)
+    assert statuses(rig, mark) == [403] * 5
+    message = parse_datagram(invite)
+    ack = invite.replace(b"INVITE sip:bob", b"ACK sip:bob").replace(
+        f"CSeq: {message.cseq()[0]} INVITE".encode(), f"CSeq: {message.cseq()[0]} ACK".encode())
+    assert await rig.exchange(ack) == []
+    clock.advance(T2 * 3)
+    assert statuses(rig, mark) == [403] * 5  # nothing after the ACK
+    clock.advance(10)
+    assert rig.core.transactions.live == {}  # timer I ended it
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_invite_without_ack_ends_on_timer_h(tmp_path: Path) -> None:
+    """Without an ACK the retransmissions stop at 64*T1 (timer H); over TCP there are none at all."""
+    rig = await make_rig(tmp_path)
+    mark = len(rig.sent)
+    await rig.exchange(Phone("alice", "alicepw").request("INVITE", "sip:bob@example.com"))
+    rig.h.clock.pump([T1] * 200)
+    assert rig.core.transactions.live == {}
+    count = len(statuses(rig, mark))
+    assert 7 <= count <= 13  # T1, 2T1, 4T1, then every T2 until 32 s
+    mark = len(rig.sent)
+    await rig.exchange(Phone("alice", "alicepw", transport="TCP").request("INVITE", "sip:bob@example.com"),
+                       rig.source(transport="tcp"))
+    rig.h.clock.pump([T1] * 200)
+    assert statuses(rig, mark) == [403]
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel(tmp_path: Path) -> None:
+    """CANCEL of a live INVITE transaction gets 200, of an unknown one 481."""
+    rig = await make_rig(tmp_path)
+    invite = Phone("alice", "alicepw").request("INVITE", "sip:bob@example.com")
+    await rig.exchange(invite)
+    message = parse_datagram(invite)
+    number = message.cseq()[0]
+    cancel = invite.replace(b"INVITE sip:bob", b"CANCEL sip:bob").replace(
+        f"CSeq: {number} INVITE".encode(), f"CSeq: {number} CANCEL".encode())
+    assert [m.status for m in await rig.exchange(cancel)] == [200]
+    stray = Phone("alice", "alicepw").request("CANCEL", "sip:bob@example.com")
+    assert [m.status for m in await rig.exchange(stray)] == [481]
+    await rig.h.db.close()
+
+
+def test_client_transaction_timers() -> None:
+    """A client MESSAGE over UDP is resent on timer E and reports 408 on timer F; a 200 stops it."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    table = ClientTransactions(clock)
+    sent: list[bytes] = []
+    request = parse_datagram(Phone("a", "b").request("MESSAGE", "sip:x@example.com"))
+    outcome: list[SipMessage] = []
+    table.start(request, sent.append, reliable=False).addCallback(outcome.append)
+    clock.pump([T1] * 70)
+    assert outcome[0].status == 408 and table.live == {}
+    assert 9 <= len(sent) <= 12  # 0, .5, 1.5, 3.5, 7.5, then every 4 s to 32 s
+    request2 = parse_datagram(Phone("a", "b").request("MESSAGE", "sip:x@example.com"))
+    sent.clear()
+    outcome.clear()
+    table.start(request2, sent.append, reliable=True).addCallback(outcome.append)
+    response = SipMessage(status=200, reason="OK", headers=[("via", request2.get("via")), ("cseq", request2.get("cseq"))])
+    assert table.match(response)
+    clock.pump([T1] * 70)
+    assert [m.status for m in outcome] == [200] and len(sent) == 1
