@@ -195,3 +195,18 @@ async def test_api_inside_sip(tmp_path: Path) -> None:
     await rig.h.db.close()
 
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_apidefneedregister_uses_live_registrations(tmp_path: Path) -> None:
+    """With apidefneedregister the API serves a user only while a SIP registration is live (2: from its address)."""
+    rig = await make_rig(tmp_path, "apidefneedregister=2")
+    h = rig.h
+    refused = await h.call(f"apientry=balance&{USER}", "192.0.2.10")
+    assert refused.text.startswith("ERROR:") and "regist" in refused.text
+    await rig.register(Phone("alice", "alicepw", host="192.0.2.10"), expires=60)
+    assert (await h.call(f"apientry=balance&{USER}", "192.0.2.10")).text == "OK: 5.00 USD"
+    assert (await h.call(f"apientry=balance&{USER}", "192.0.2.11")).text.startswith("ERROR:")  # another address
+    h.clock.advance(61)
+    assert (await h.call(f"apientry=balance&{USER}", "192.0.2.10")).text.startswith("ERROR:")  # lapsed
+    await h.db.close()
