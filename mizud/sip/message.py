@@ -327,8 +327,29 @@ def parse_datagram(data: bytes) -> SipMessage:
 # -- structured values ---------------------------------------------------------------
 
 
+Params = list[tuple[str, "str | None"]]
+
+
+class _HasParams:
+    """The parameter lookup shared by URIs, name-addrs and Vias."""
+
+    __slots__ = ()
+    params: Params
+
+    def param(self, name: str) -> str | None:
+        """A parameter's value ('' for a flag), or None if absent."""
+        for key, value in self.params:
+            if key == name:
+                return value if value is not None else ""
+        return None
+
+
+def _format_params(params: Params) -> str:
+    return "".join(f";{key}" if value is None else f";{key}={value}" for key, value in params)
+
+
 @dataclass(slots=True)
-class Uri:
+class Uri(_HasParams):
     """A URI; for sip/sips the parts are split out, others keep C{opaque}."""
 
     scheme: str
@@ -345,13 +366,6 @@ class Uri:
         """Whether this is a sip: or sips: URI."""
         return self.scheme in ("sip", "sips")
 
-    def param(self, name: str) -> str | None:
-        """A URI parameter's value ('' for a flag), or None if absent."""
-        for key, value in self.params:
-            if key == name:
-                return value if value is not None else ""
-        return None
-
     def __str__(self) -> str:
         if not self.is_sip:
             return f"{self.scheme}:{self.opaque}"
@@ -361,8 +375,7 @@ class Uri:
         text += self.host
         if self.port is not None:
             text += f":{self.port}"
-        for key, value in self.params:
-            text += f";{key}" if value is None else f";{key}={value}"
+        text += _format_params(self.params)
         if self.headers:
             text += "?" + self.headers
         return text
@@ -412,20 +425,13 @@ def parse_uri(text: str) -> Uri:
 
 
 @dataclass(slots=True)
-class NameAddr:
+class NameAddr(_HasParams):
     """A From, To, Contact, Route or Record-Route value."""
 
     uri: Uri
     display: str = ""
     params: list[tuple[str, str | None]] = field(default_factory=list)
     bracketed: bool = True
-
-    def param(self, name: str) -> str | None:
-        """A header parameter's value ('' for a flag), or None if absent."""
-        for key, value in self.params:
-            if key == name:
-                return value if value is not None else ""
-        return None
 
     @property
     def tag(self) -> str:
@@ -436,9 +442,7 @@ class NameAddr:
         text = f"<{self.uri}>"
         if self.display:
             text = f"{self.display} {text}"
-        for key, value in self.params:
-            text += f";{key}" if value is None else f";{key}={value}"
-        return text
+        return text + _format_params(self.params)
 
 
 def _header_params(text: str, what: str) -> list[tuple[str, str | None]]:
@@ -519,20 +523,13 @@ def parse_name_addr(text: str, what: str = "address") -> NameAddr:
 
 
 @dataclass(slots=True)
-class Via:
+class Via(_HasParams):
     """One Via value."""
 
     transport: str
     host: str
     port: int | None
     params: list[tuple[str, str | None]]
-
-    def param(self, name: str) -> str | None:
-        """A Via parameter's value ('' for a flag), or None if absent."""
-        for key, value in self.params:
-            if key == name:
-                return value if value is not None else ""
-        return None
 
     @property
     def branch(self) -> str:
