@@ -18,6 +18,8 @@ from typing import Any
 from ..store.database import Database, Txn
 
 ONLINE = 2
+#: While a user stays registered, its statusdate is rewritten at most this often.
+STATUS_REFRESH = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,41 +83,65 @@ class Bindings:
 
         async def register_txn(txn: Txn) -> list[Binding]:
             now = self.now()
-            # Serialise REGISTERs of one user (PostgreSQL; SQLite has one writer).
-            await txn.execute("SELECT id FROM tb_users WHERE id = ?" + self.engine.for_update, (userid,))
-            await txn.execute("DELETE FROM tb_registrations WHERE userid = ? AND expires <= ?", (userid, now))
+            engine = self.engine
+            # Locks the user's row on PostgreSQL, so one user's REGISTERs are serialised
+            # (SQLite has one writer anyway).
+            user = (await txn.execute(
+                "SELECT status, statusdate FROM tb_users WHERE id = ?" + engine.for_update, (userid,))).one()
             rows = (await txn.execute(
-                "SELECT contact, callid, cseq FROM tb_registrations WHERE userid = ?", (userid,))).rows
-            existing = {row[0]: (row[1], int(row[2])) for row in rows}
+                f"SELECT {_COLUMNS}, callid, cseq FROM tb_registrations WHERE userid = ?", (userid,))).rows
+            current: dict[str, Binding] = {}
+            order: dict[str, tuple[str, int]] = {}
+            lapsed = False
+            for row in rows:
+                binding = self._binding(row)
+                if binding.expires <= now:
+                    lapsed = True
+                    continue
+                current[binding.contact] = binding
+                order[binding.contact] = (row[9], int(row[10]))
+            if lapsed:
+                await txn.execute("DELETE FROM tb_registrations WHERE userid = ? AND expires <= ?", (userid, now))
             if wildcard:
-                for contact, (old_callid, old_cseq) in existing.items():
+                for contact, (old_callid, old_cseq) in order.items():
                     if old_callid == callid and cseq <= old_cseq:
                         raise OutOfOrder(contact)
                 await txn.execute("DELETE FROM tb_registrations WHERE userid = ?", (userid,))
+                current.clear()
             for change in changes:
-                known = existing.get(change.contact)
-                if known is not None and known[0] == callid and cseq <= known[1]:
+                known = current.get(change.contact)
+                previous = order.get(change.contact)
+                if previous is not None and previous[0] == callid and cseq <= previous[1]:
                     raise OutOfOrder(change.contact)
                 if change.expires <= 0:
-                    await txn.execute("DELETE FROM tb_registrations WHERE userid = ? AND contact = ?",
-                                      (userid, change.contact))
+                    if known is not None:
+                        await txn.execute("DELETE FROM tb_registrations WHERE userid = ? AND contact = ?",
+                                          (userid, change.contact))
+                        del current[change.contact]
                     continue
                 expires = now + timedelta(seconds=change.expires)
-                values = (address, transport, useragent[:200], change.q, expires, callid, cseq, now)
+                agent = useragent[:200]
+                values = (address, transport, agent, change.q, expires, callid, cseq, now)
                 if known is not None:
                     await txn.execute(
                         "UPDATE tb_registrations SET address = ?, transport = ?, useragent = ?, q = ?, expires = ?, "
                         "callid = ?, cseq = ?, updated = ? WHERE userid = ? AND contact = ?",
                         (*values, userid, change.contact))
+                    created = known.created
                 else:
                     await txn.execute(
                         "INSERT INTO tb_registrations (userid, username, contact, address, transport, useragent, q, "
                         "expires, callid, cseq, updated, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (userid, username, change.contact, *values, now))
-            result = await txn.execute(
-                f"SELECT {_COLUMNS} FROM tb_registrations WHERE userid = ? ORDER BY q DESC, id", (userid,))
-            bindings = [self._binding(row) for row in result.rows]
-            await self._set_status(txn, userid, bool(bindings), now)
+                    created = now
+                current[change.contact] = Binding(userid, username, change.contact, address, transport, agent,
+                                                  change.q, expires, created)
+            bindings = sorted(current.values(), key=lambda b: (-b.q, b.created, b.contact))
+            status, when = (int(user[0] or 0), engine.time(user[1])) if user else (0, None)
+            online = bool(bindings)
+            # statusdate is refreshed at most every STATUS_REFRESH while nothing else changes.
+            if online != (status >= ONLINE) or when is None or now - when >= STATUS_REFRESH:
+                await self._set_status(txn, userid, online, now)
             return bindings
 
         return await self.db.run_interaction("register", register_txn)

@@ -35,7 +35,6 @@ from .message import (
     check_request,
     check_response,
     parse_datagram,
-    parse_name_addr,
     parse_uri,
     parse_via,
 )
@@ -264,7 +263,7 @@ class SipCore:
             response = response_to(request, 405, source=source)
             response.add("Allow", ALLOW)
             return response
-        uri = parse_uri(request.uri)
+        uri = request.request_uri()
         if not uri.is_sip:
             return response_to(request, 416, source=source)
         unsupported = [tag for tag in request.all("require") if tag.lower() not in SUPPORTED]
@@ -320,7 +319,7 @@ class SipCore:
         user = await self.authenticate(request, source, api)
         if isinstance(user, SipMessage):
             return user
-        target = parse_uri(request.uri).user or parse_name_addr(request.get("to")).uri.user
+        target = request.request_uri().user or request.address("to").uri.user
         recipient = await api.store.find_user(target) if target else None
         if recipient is None:
             return response_to(request, 404, source=source)
@@ -362,7 +361,7 @@ class SipCore:
         if configured:
             return configured
         try:
-            return parse_uri(request.uri).host or SERVER
+            return request.request_uri().host or SERVER
         except ParseError:
             return SERVER
 

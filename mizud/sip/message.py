@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 #: RFC 3261 section 7.3.3 and later RFCs' compact header forms.
 COMPACT = {
@@ -132,6 +133,8 @@ class SipMessage:
     #: [lower-case name, value] in order; multi-value headers hold one value each.
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    #: Parsed header values, memoized (a message is parsed once however often it is asked).
+    _parsed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_request(self) -> bool:
@@ -156,10 +159,12 @@ class SipMessage:
     def add(self, name: str, value: str) -> None:
         """Append a header value."""
         self.headers.append((name.lower(), value))
+        self._parsed.clear()
 
     def set(self, name: str, value: str) -> None:
         """Replace every value of a header with one value (appended if absent)."""
         lower = name.lower()
+        self._parsed.clear()
         for i, (key, _) in enumerate(self.headers):
             if key == lower:
                 self.headers[i] = (lower, value)
@@ -170,6 +175,7 @@ class SipMessage:
     def remove(self, name: str) -> None:
         """Remove every value of a header."""
         lower = name.lower()
+        self._parsed.clear()
         self.headers = [h for h in self.headers if h[0] != lower]
 
     @property
@@ -183,8 +189,25 @@ class SipMessage:
         return int(number), method.strip()
 
     def top_via(self) -> Via:
-        """The first Via, parsed."""
-        return parse_via(self.get("via"))
+        """The first Via, parsed (memoized)."""
+        parsed = self._parsed.get("via")
+        if parsed is None:
+            parsed = self._parsed["via"] = parse_via(self.get("via"))
+        return parsed  # type: ignore[no-any-return]
+
+    def address(self, name: str) -> NameAddr:
+        """A From or To header, parsed (memoized)."""
+        parsed = self._parsed.get(name)
+        if parsed is None:
+            parsed = self._parsed[name] = parse_name_addr(self.get(name), _canonical(name))
+        return parsed  # type: ignore[no-any-return]
+
+    def request_uri(self) -> Uri:
+        """The Request-URI, parsed (memoized)."""
+        parsed = self._parsed.get("uri")
+        if parsed is None:
+            parsed = self._parsed["uri"] = parse_uri(self.uri)
+        return parsed  # type: ignore[no-any-return]
 
     def serialize(self) -> bytes:
         """The message on the wire; Content-Length always matches the body."""
@@ -604,16 +627,17 @@ def check_request(message: SipMessage, known: frozenset[str] = frozenset()) -> N
             if known and message.method not in known:
                 raise ParseError(f"method {message.method[:30]} not implemented", 501)
             raise ParseError("CSeq method does not match the request")
-        for value in message.all("via"):
+        message.top_via()
+        for value in message.all("via")[1:]:
             parse_via(value)
-        parse_name_addr(message.get("from"), "From")
-        parse_name_addr(message.get("to"), "To")
+        message.address("from")
+        message.address("to")
         forwards = message.get("max-forwards")
         if forwards and (not _DIGITS.match(forwards) or int(forwards) > 255):
             raise ParseError("malformed Max-Forwards")
         if message.uri.startswith("<"):
             raise ParseError("Request-URI in angle brackets")
-        parsed = parse_uri(message.uri)
+        parsed = message.request_uri()
         if parsed.is_sip and parsed.headers:
             raise ParseError("headers are not allowed in a Request-URI")
     except ParseError as error:
@@ -628,7 +652,7 @@ def check_response(message: SipMessage) -> None:
             if not message.get(name):
                 raise ParseError(f"missing {_canonical(name)}")
         parse_cseq(message.get("cseq"))
-        parse_via(message.get("via"))
+        message.top_via()
     except ParseError as error:
         error.status = None
         error.message = message

@@ -68,7 +68,7 @@ class Registrar:
 
         core = self.core
         config = core.settings.current
-        to = parse_name_addr(request.get("to"), "To")
+        to = request.address("to")
         if not to.uri.is_sip or not to.uri.user:
             return response_to(request, 400, "To must be a SIP address of record", source=source)
         try:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .message import SipMessage, parse_name_addr, parse_via
+from .message import SipMessage, parse_via
 
 log = Logger()
 
@@ -60,14 +60,13 @@ class Source:
 def server_key(request: SipMessage) -> tuple[str, ...]:
     """The key a request's server transaction is found by (ACK and CANCEL map as RFC 3261 17.2.3 says)."""
     method = "INVITE" if request.method == "ACK" else request.method
-    top = request.get("via")
-    via = parse_via(top)
+    via = request.top_via()
     branch = via.branch
     if branch.startswith(MAGIC) and len(branch) > len(MAGIC):
         return ("3261", branch, via.sent_by, method)
-    tag = parse_name_addr(request.get("from")).tag
+    tag = request.address("from").tag
     number = request.get("cseq").split()[0]
-    return ("2543", request.call_id, number, tag, top, method)
+    return ("2543", request.call_id, number, tag, request.get("via"), method)
 
 
 def new_branch() -> str:
@@ -256,7 +255,7 @@ class ClientTransactions:
 
     def match(self, response: SipMessage) -> bool:
         """Hand a response to its transaction; False if it has none (then it is dropped)."""
-        branch = parse_via(response.get("via")).branch
+        branch = response.top_via().branch
         method = response.get("cseq").split()[-1]
         transaction = self.live.get((branch, method))
         if transaction is None:
