@@ -15,6 +15,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 
 from mizud.sip.message import SipMessage, parse_datagram, parse_head
 from mizud.sip.transport import SipEntry, SipStreamFactory
@@ -48,15 +49,17 @@ async def ports(tmp_path: Path) -> AsyncIterator[Ports]:
     entry = SipEntry(rig.core, global_reactor)
     settings = h.api.settings
     site = make_site(settings, lambda: h.api, sip=entry, reactor=global_reactor)
-    listening = [
-        global_reactor.listenTCP(0, DemuxFactory(site, lambda: h.api, settings, global_reactor, sip=entry),
-                                 interface="127.0.0.1"),
-        global_reactor.listenUDP(0, ApiDatagramProtocol(lambda: h.api, settings, entry), interface="127.0.0.1"),
-    ]
     pem = str(tmp_path / "tls.pem")
     generate_self_signed(pem)
     tls = TlsProvider(pem, pem)
     tls.options()
+    # TLS on the shared port is demultiplexed again after the handshake, SIP included.
+    hand_off = TlsHandOff(tls, DemuxFactory(site, lambda: h.api, settings, global_reactor, sip=entry))
+    listening = [
+        global_reactor.listenTCP(0, DemuxFactory(site, lambda: h.api, settings, global_reactor, sip=entry,
+                                                 tls=hand_off), interface="127.0.0.1"),
+        global_reactor.listenUDP(0, ApiDatagramProtocol(lambda: h.api, settings, entry), interface="127.0.0.1"),
+    ]
     listening.append(global_reactor.listenTCP(
         0, TlsPortFactory(TlsHandOff(tls, SipStreamFactory(rig.core, global_reactor, "tls"))), interface="127.0.0.1"))
     yield Ports(rig, *(p.getHost().port for p in listening))
@@ -125,15 +128,27 @@ async def test_register_over_shared_tcp_and_udp(ports: Ports) -> None:
     assert await contacts(ports.rig) == [("alice", "tcp"), ("root", "udp")]
 
 
-@pytest_twisted.ensureDeferred
-async def test_tls_registration_receives_messages_on_its_connection(ports: Ports) -> None:
-    """A phone registered over TLS (localtsport) gets sendim's MESSAGE over that same TLS connection."""
+def tls_connect(port: int) -> Callable[[], socket.socket]:
+    """A TLS client connection factory (the test certificate is self-signed)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    return lambda: context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
 
-    def connect() -> socket.socket:
-        return context.wrap_socket(socket.create_connection(("127.0.0.1", ports.tls)), server_hostname="localhost")
+
+@pytest_twisted.ensureDeferred
+async def test_tls_on_the_shared_port_carries_sip(ports: Ports) -> None:
+    """A TLS ClientHello on the shared port, then SIP inside: the REGISTER is served as transport tls."""
+    phone = Phone("root", "rootpw", transport="TLS", host="127.0.0.1")
+    seen = await deferToThread(stream_register, tls_connect(ports.tcp), phone)
+    assert parse_datagram(seen[0]).status == 200
+    assert await contacts(ports.rig) == [("root", "tls")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_registration_receives_messages_on_its_connection(ports: Ports) -> None:
+    """A phone registered over TLS (localtsport) gets sendim's MESSAGE over that same TLS connection."""
+    connect = tls_connect(ports.tls)
 
     phone = Phone("alice", "alicepw", transport="TLS", host="127.0.0.1")
     done = deferToThread(stream_register, connect, phone, True)
@@ -227,7 +242,15 @@ async def test_hostile_streams_and_floods(ports: Ports) -> None:
                 pass
         return big, absurd + closed, answered, 0
 
-    big, absurd, answered, _ = await deferToThread(attack)
+    events: list[dict[str, Any]] = []
+    observer = events.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        big, absurd, answered, _ = await deferToThread(attack)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    bad = [formatEvent(e) for e in events if "bad message" in e.get("log_format", "")]
+    assert bad and all("127.0.0.1:" in line for line in bad)  # logged with the source
     assert big == b""  # closed without an answer: nothing to address it to
     assert absurd.startswith(b"SIP/2.0 413 ")
     assert 30 <= answered <= 60  # the bucket: a burst of 40 and 20 per second
