@@ -12,7 +12,21 @@
 #             successful registrations/s, failed calls, sipp's UDP
 #             retransmissions, the server's CPU seconds (utime+stime of all its
 #             processes, from /proc) and CPU per registration; then the ratio
-#             of mizud's CPU per registration to Kamailio's.
+#             of mizud's CPU per registration to Kamailio's.  Before the
+#             measured run every user registers once (at RATE/4) as a warm-up.
+#             Columns: ok/s = successful registrations / wall seconds of the
+#             sipp run; unfin = calls neither successful nor failed when sipp
+#             stopped (its -timeout; an overloaded server also makes sipp hold
+#             back new calls at its -l limit); retrans = sipp's UDP
+#             retransmissions; cpu_s, cpu% = server CPU (utime+stime) and
+#             that / wall; us/reg = server CPU microseconds per successful
+#             registration; us/reg* = the same from the exact run time in
+#             /proc/PID/task/*/schedstat (utime+stime are sampled at the
+#             scheduler tick; the two agree on this machine); sipp% = sipp's
+#             own CPU / wall (near 100%: sipp is the bottleneck, give it more
+#             SIPP_PROCS on more CLIENT_CPU cores).  CPU per registration
+#             depends on the rate (fewer wake-ups per message when busy), so
+#             compare servers at the same rate, one that both sustain.
 #   bindings  Each server gets BINDINGS users and registers each of them once
 #             at BIND_RATE/s; reported: memory per binding, (after - before) /
 #             bindings (mizud: VmRSS of its process; Kamailio: the sum of Pss
@@ -30,11 +44,13 @@
 #                     else python3 and twistd]
 #   KAMAILIO [kamailio]  SIPP [sipp]
 #   KEEP=1   keep the temporary directory (logs, sipp statistics) and print it
+#            (made by mktemp -d, so TMPDIR chooses where it is)
 #
 # Kamailio runs bench/kamailio/kamailio.cfg with a db_text directory made here.
 # mizud runs `twistd -n mizud` on a fresh SQLite database (schema created by
 # mizud.store.schema.migrate, users inserted into tb_users) with only the SIP
-# listener on an ephemeral port.  Example:
+# listener on an ephemeral port and without its per-address request limit
+# (sipratelimitip=0: all of sipp's traffic comes from 127.0.0.1).  Example:
 #   RATE=1000 DURATION=10 SERVERS=kamailio bench/sip_register.sh
 #   BINDINGS=20000 bench/sip_register.sh bindings
 set -euo pipefail
@@ -72,7 +88,7 @@ for phase in "${PHASES[@]}"; do
         *) echo "usage: $0 [rate] [bindings]" >&2; exit 2 ;;
     esac
 done
-for tool in "$KAMAILIO" "$SIPP" taskset; do
+for tool in "$KAMAILIO" "$SIPP" taskset ss; do
     command -v "$tool" >/dev/null || { echo "$0: $tool not found" >&2; exit 1; }
 done
 
@@ -143,6 +159,15 @@ server_ticks() {
     echo "$total"
 }
 
+# Run time, in ns, of all the server's threads (/proc/PID/task/TID/schedstat,
+# first field): exact even on kernels that sample utime+stime at the tick.
+server_ns() {
+    local p
+    for p in $(server_pids); do
+        cat /proc/"$p"/task/*/schedstat 2>/dev/null || true
+    done | awk '{ t += $1 } END { printf "%.0f\n", t }'
+}
+
 # Memory of the server in kB: mizud VmRSS, Kamailio the sum of Pss.
 server_mem_kb() {
     local total=0 p v
@@ -183,7 +208,8 @@ wait_bound() {  # port, what, log file
     return 1
 }
 
-# users FILE-PREFIX COUNT: the sipp injection files, one per sipp process.
+# write_csv DIR COUNT PROCS: DIR/users.K.csv, the sipp injection file of
+# sipp process K; user I goes to process (I-1) mod PROCS.
 # A user is "b" + 7 digits, the password "pw" + the same digits.
 write_csv() {
     local dir=$1 count=$2 procs=$3
@@ -241,6 +267,7 @@ EOF
         --set "database=$dir/bench.sqlite" --set listenaddress=127.0.0.1 \
         --set mainaport=0 --set sslportmain=0 --set httpserver=0 \
         --set "sipport=$port" --set localtsport=0 --set "logfile=$dir/mizud.log" \
+        --set sipratelimitip=0 \
         >"$dir/server.log" 2>&1) &
     SERVER_PID=$!
     wait_bound "$port" mizud "$dir/server.log"
@@ -290,7 +317,8 @@ run_sipp() {
 RESULTS=()
 
 bench_rate() {  # server
-    local server=$1 dir=$TMP/rate-$1 port before after cpu ok failed retrans wall sippcpu
+    local server=$1 dir=$TMP/rate-$1 port before after before_ns after_ns cpu cpu_ns
+    local ok failed retrans wall sippcpu
     mkdir -p "$dir"
     port=$(free_port)
     log "$server: $USERS users, UDP 127.0.0.1:$port, core $SERVER_CPU"
@@ -305,18 +333,22 @@ bench_rate() {  # server
     read -r ok failed _ _ _ <"$dir/warmup.result"
     log "$server: warm-up $ok successful, $failed failed"
     log "$server: $RATE registrations/s offered for ${DURATION}s by $SIPP_PROCS sipp on core $CLIENT_CPU"
-    before=$(server_ticks)
+    before=$(server_ticks); before_ns=$(server_ns)
     run_sipp "$dir" "$port" "$RATE" $(( RATE * DURATION )) "$SIPP_PROCS" run
-    after=$(server_ticks)
+    after=$(server_ticks); after_ns=$(server_ns)
     stop_server
     read -r ok failed retrans wall sippcpu <"$dir/run.result"
     cpu=$(awk -v a="$before" -v b="$after" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')
-    RESULTS+=("$(awk -v s="$server" -v r="$RATE" -v ok="$ok" -v f="$failed" -v x="$retrans" \
-        -v w="$wall" -v c="$cpu" -v sc="$sippcpu" 'BEGIN {
-        printf "%-9s %8d %8.0f %8d %7d %8d %7.2f %6.2f %6.0f%% %10.1f %6.0f%%",
-            s, r, ok / w, ok, f, x, w, c, 100 * c / w, ok ? 1e6 * c / ok : 0, 100 * sc / w }')")
-    echo "$server $( [ "$ok" -gt 0 ] && awk -v c="$cpu" -v ok="$ok" 'BEGIN { print 1e6 * c / ok }' || echo 0)" \
-        >>"$TMP/cpu_per_reg"
+    cpu_ns=$(awk -v a="$before_ns" -v b="$after_ns" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+    RESULTS+=("$(awk -v s="$server" -v r="$RATE" -v n="$(( RATE * DURATION ))" -v ok="$ok" \
+        -v f="$failed" -v x="$retrans" -v w="$wall" -v c="$cpu" -v e="$cpu_ns" -v sc="$sippcpu" 'BEGIN {
+        printf "%-9s %8d %8.0f %8d %7d %7d %8d %7.2f %6.2f %5.0f%% %8.1f %8.1f %6.0f%%",
+            s, r, ok / w, ok, f, n - ok - f, x, w, c, 100 * c / w,
+            ok ? 1e6 * c / ok : 0, ok ? 1e6 * e / ok : 0, 100 * sc / w }')")
+    if [ "$ok" -gt 0 ]; then
+        awk -v s="$server" -v c="$cpu" -v e="$cpu_ns" -v ok="$ok" \
+            'BEGIN { print s, 1e6 * c / ok, 1e6 * e / ok }' >>"$TMP/cpu_per_reg"
+    fi
 }
 
 bench_bindings() {  # server
@@ -357,13 +389,14 @@ for phase in "${PHASES[@]}"; do
         echo "REGISTER with digest auth, $USERS users, offered $RATE/s for ${DURATION}s;" \
             "server on core $SERVER_CPU, $SIPP_PROCS sipp on core $CLIENT_CPU" \
             "(Kamailio: $KAMAILIO_CHILDREN children, $KAMAILIO_AUTH auth)"
-        printf '%-9s %8s %8s %8s %7s %8s %7s %6s %7s %10s %7s\n' server offered 'ok/s' ok failed \
-            retrans wall_s cpu_s 'cpu%' 'us_cpu/reg' 'sipp%'
+        printf '%-9s %8s %8s %8s %7s %7s %8s %7s %6s %6s %8s %8s %7s\n' server offered 'ok/s' ok failed \
+            unfin retrans wall_s cpu_s 'cpu%' 'us/reg' 'us/reg*' 'sipp%'
         printf '%s\n' "${RESULTS[@]}"
-        awk '{ v[$1] = $2 } END {
+        echo "cpu_s, cpu%, us/reg: utime+stime (/proc/PID/stat); us/reg*: run time from schedstat"
+        awk '{ v[$1] = $2; x[$1] = $3 } END {
             if (v["kamailio"] > 0 && v["mizud"] > 0)
-                printf "mizud / Kamailio CPU per registration: %.2f\n", v["mizud"] / v["kamailio"] }' \
-            "$TMP/cpu_per_reg"
+                printf "mizud / Kamailio CPU per registration: %.2f (schedstat: %.2f)\n",
+                    v["mizud"] / v["kamailio"], x["mizud"] / x["kamailio"] }' "$TMP/cpu_per_reg"
     else
         echo "Memory per binding: BINDINGS distinct users registered once at $BIND_RATE/s"
         printf '%-9s %9s %9s %7s %10s %10s %10s   %s\n' server users ok failed 'before_MB' \
