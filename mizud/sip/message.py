@@ -52,6 +52,7 @@ MULTI = frozenset({
 
 #: Headers that must appear at most once in a request (RFC 3261 section 20; RFC 4475 3.3.8).
 SINGLE = ("from", "to", "call-id", "cseq", "max-forwards", "content-length", "content-type", "expires")
+_SINGLE = frozenset(SINGLE)
 
 #: The most bytes of headers we read; beyond this a message is refused.
 MAX_HEADERS = 16 * 1024
@@ -73,6 +74,8 @@ _PASSWORD = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*\Z")
 _GENVALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+\Z")
 _PARAMCHARS = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+\Z")
 _WS = re.compile(r"[ \t]*\r?\n[ \t]+")
+#: Characters no URI may contain (white space, controls, and what delimits a URI in a header).
+_URI_FORBIDDEN = re.compile(r'[\x00-\x20<>"]')
 _MAX_CSEQ = 2**32 - 1
 
 
@@ -243,7 +246,8 @@ def parse_head(head: bytes) -> SipMessage:
     if len(head) > MAX_HEADERS:
         raise ParseError("headers too large", 513)
     text = head.decode("utf-8", "surrogateescape")
-    text = _WS.sub(" ", text)  # unfold continuation lines
+    if "\n " in text or "\n\t" in text:
+        text = _WS.sub(" ", text)  # unfold continuation lines
     lines = text.replace("\r\n", "\n").split("\n")
     if len(lines) > MAX_HEADER_LINES:
         raise ParseError("too many header lines", 513)
@@ -410,7 +414,7 @@ def parse_uri(text: str) -> Uri:
     if not colon or not _SCHEME.match(scheme) or not rest:
         raise ParseError(f"malformed URI {text[:60]!r}")
     scheme = scheme.lower()
-    if any(ch in rest for ch in " \t<>\"") or any(ord(ch) < 0x21 for ch in rest):
+    if _URI_FORBIDDEN.search(rest):
         raise ParseError(f"malformed URI {text[:60]!r}")
     if scheme not in ("sip", "sips"):
         return Uri(scheme, opaque=rest)
@@ -491,6 +495,8 @@ def _header_params(text: str, what: str) -> list[tuple[str, str | None]]:
 
 
 def _split_params(text: str) -> list[str]:
+    if '"' not in text:
+        return text.split(";")
     items: list[str] = []
     quoted = False
     start = 0
@@ -619,9 +625,12 @@ def check_request(message: SipMessage, known: frozenset[str] = frozenset()) -> N
         for name in ("via", "from", "to", "call-id", "cseq"):
             if not message.get(name):
                 raise ParseError(f"missing {_canonical(name)}")
-        for name in SINGLE:
-            if message.count(name) > 1:
-                raise ParseError(f"more than one {_canonical(name)}")
+        seen: set[str] = set()
+        for key, _ in message.headers:
+            if key in _SINGLE:
+                if key in seen:
+                    raise ParseError(f"more than one {_canonical(key)}")
+                seen.add(key)
         _, method = parse_cseq(message.get("cseq"))
         if method != message.method:
             if known and message.method not in known:

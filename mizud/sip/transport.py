@@ -158,17 +158,18 @@ class SipDatagramProtocol(DatagramProtocol):
 
     def startProtocol(self) -> None:
         """Offer this socket for requests mizud sends."""
-        self.core.add_udp_socket(self.transport.write, _local(self.transport))
+        self.local = _local(self.transport)
+        self.core.add_udp_socket(self.transport.write, self.local)
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         """Hand one datagram to the SIP core."""
-        entry_datagram(self.core, data, addr, self.transport)
+        entry_datagram(self.core, data, addr, self.transport, self.local)
 
 
-def entry_datagram(core: SipCore, data: bytes, addr: tuple[str, int], transport: Any) -> None:
-    """A SIP datagram from any of our UDP sockets."""
+def entry_datagram(core: SipCore, data: bytes, addr: tuple[str, int], transport: Any, local: str) -> None:
+    """A SIP datagram from one of our UDP sockets (C{local}: its host:port)."""
     write = transport.write
-    source = Source("udp", addr[0], addr[1], lambda reply: write(reply, addr), _local(transport), write)
+    source = Source("udp", addr[0], addr[1], lambda reply: write(reply, addr), local, write)
     core.datagram(data, source)
 
 
@@ -178,7 +179,8 @@ class SipEntry:
     def __init__(self, core: SipCore, clock: Any) -> None:
         self.core = core
         self.clock = clock
-        self._sockets: set[int] = set()
+        #: Our shared UDP sockets (by id) and their host:port.
+        self._sockets: dict[int, str] = {}
 
     def stream_protocol(self, address: IAddress) -> Protocol | None:
         """A SIP connection on the shared port (TCP, or TLS after the hand-off)."""
@@ -186,10 +188,11 @@ class SipEntry:
 
     def datagram(self, data: bytes, address: tuple[str, int], transport: Any) -> None:
         """A SIP datagram on the shared UDP port."""
-        if id(transport) not in self._sockets:
-            self._sockets.add(id(transport))
-            self.core.add_udp_socket(transport.write, _local(transport))
-        entry_datagram(self.core, data, address, transport)
+        local = self._sockets.get(id(transport))
+        if local is None:
+            local = self._sockets[id(transport)] = _local(transport)
+            self.core.add_udp_socket(transport.write, local)
+        entry_datagram(self.core, data, address, transport, local)
 
     def websocket_message(self, data: bytes, address: IAddress, send: Callable[[bytes], None]) -> bool:
         """One SIP message from a WebSocket (RFC 7118); the connection stays open."""
