@@ -36,7 +36,6 @@ from .message import (
     check_response,
     parse_datagram,
     parse_uri,
-    parse_via,
 )
 from .transaction import ClientTransactions, ServerTransactions, Source, new_branch
 
@@ -73,10 +72,9 @@ def response_to(request: SipMessage, status: int, reason: str = "", source: Sour
     """A response that mirrors the request's Via, From, To (with a tag), Call-ID and CSeq."""
     response = SipMessage(status=status, reason=reason or REASONS.get(status, "Unknown"))
     headers = response.headers
-    vias = request.all("via")
-    for i, via in enumerate(vias):
+    for i, via in enumerate(request.all("via")):
         if i == 0 and source is not None:
-            via = _received(via, source)
+            via = _received(via, request, source)
         headers.append(("via", via))
     to = request.get("to")
     if to and status > 100 and ";tag=" not in to.replace(" ", "").lower():
@@ -96,10 +94,10 @@ def _tag_for(request: SipMessage) -> str:
     return hashlib.sha1(seed.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-def _received(via: str, source: Source) -> str:
+def _received(via: str, request: SipMessage, source: Source) -> str:
     """RFC 3261 18.2.1 received= and RFC 3581 rport= on the top Via."""
     try:
-        parsed = parse_via(via)
+        parsed = request.top_via()
     except ParseError:
         return via
     rport = parsed.param("rport") == ""
