@@ -364,6 +364,8 @@ OPTIONS: tuple[Option, ...] = (
          "Longest registration granted (longer requests are shortened).", live=True, group="sip"),
     _opt("sipdefexpires", int_range(1, 604800), "3600",
          "Registration time when a REGISTER names none.", live=True, group="sip"),
+    _opt("sipmaxcontacts", int_range(1, 1000), "10",
+         "Most contacts (devices) one user may have registered at once (more get 403).", live=True, group="sip"),
     _opt("sipratelimitip", parse_decimal, "200",
          "SIP requests per second one source address may sustain (bursts of twice that); "
          "0 for no limit. Requests over it are dropped.", live=True, group="sip"),

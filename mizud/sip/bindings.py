@@ -50,6 +50,15 @@ class OutOfOrder(Exception):
     """A REGISTER older than the binding it would change (RFC 3261 10.3 step 7)."""
 
 
+class TooManyContacts(Exception):
+    """A REGISTER that would leave a user with more contacts than allowed."""
+
+
+def _host(address: str) -> str:
+    """The host of a host:port address (IPv6 without its brackets)."""
+    return address.rpartition(":")[0].strip("[]") if ":" in address else address
+
+
 _COLUMNS = "userid, username, contact, address, transport, useragent, q, expires, created"
 
 
@@ -78,8 +87,12 @@ class Bindings:
         address: str,
         transport: str,
         useragent: str,
+        most: int = 10,
     ) -> list[Binding]:
-        """Apply one REGISTER in one transaction; return the user's bindings after it."""
+        """Apply one REGISTER in one transaction; return the user's bindings after it.
+
+        Raises L{OutOfOrder} or L{TooManyContacts} (then nothing is changed).
+        """
 
         async def register_txn(txn: Txn) -> list[Binding]:
             now = self.now()
@@ -119,6 +132,8 @@ class Bindings:
                                           (userid, change.contact))
                         del current[change.contact]
                     continue
+                if known is None and len(current) >= most:
+                    raise TooManyContacts()
                 expires = now + timedelta(seconds=change.expires)
                 agent = useragent[:200]
                 values = (address, transport, agent, change.q, expires, callid, cseq, now)
@@ -180,21 +195,24 @@ class Bindings:
 
         async def remove_txn(txn: Txn) -> list[str]:
             now = self.now()
-            where = " WHERE 1 = 1"
+            sql = "SELECT id, userid, username, address FROM tb_registrations"
             params: list[Any] = []
             if username:
-                where += " AND username = ?"
+                sql += " WHERE username = ?"
                 params.append(username)
-            if address:
-                where += " AND (address = ? OR address LIKE ? OR address LIKE ?)"
-                params.extend((address, f"{address}:%", f"[{address}]:%"))
-            rows = (await txn.execute(f"SELECT DISTINCT userid, username FROM tb_registrations{where}", params)).rows
-            await txn.execute(f"DELETE FROM tb_registrations{where}", params)
-            for userid, _ in rows:
+            rows = [row for row in (await txn.execute(sql, params)).rows
+                    if not address or _host(row[3]) == address]
+            users = sorted({(int(row[1]), row[2]) for row in rows})
+            # Users first, then their bindings: the order REGISTER locks them in.
+            for userid, _ in users:
+                await txn.execute("SELECT id FROM tb_users WHERE id = ?" + self.engine.for_update, (userid,))
+            for row in rows:
+                await txn.execute("DELETE FROM tb_registrations WHERE id = ?", (row[0],))
+            for userid, _ in users:
                 left = (await txn.execute("SELECT count(*) FROM tb_registrations WHERE userid = ? AND expires > ?",
                                           (userid, now))).rows[0][0]
-                await self._set_status(txn, int(userid), bool(left), now)
-            return sorted(row[1] for row in rows)
+                await self._set_status(txn, userid, bool(left), now)
+            return sorted({name for _, name in users})
 
         return await self.db.run_interaction("unregister", remove_txn)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 from collections import Counter, OrderedDict
 from typing import Any, Callable
 from urllib.parse import parse_qsl
@@ -54,8 +55,10 @@ API_ANSWER_HEADER = "X-MizuAPI-Answer"
 #: Answers up to this long also travel in the X-MizuAPI-Answer header.
 SHORT_ANSWER = 200
 SERVER = "mizud"
-#: UDP peers whose address we remember to send them requests (NAT pinholes).
-MAX_ROUTES = 500_000
+#: Registered peers whose socket or connection we remember to send them requests (NAT pinholes).
+MAX_ROUTES = 200_000
+#: The longest instant message (characters), as through the API's sendim.
+MAX_IM = 4000
 
 REASONS = {
     100: "Trying", 200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
@@ -132,6 +135,8 @@ class SipCore:
         self.stats: Counter[str] = Counter()
         self.started = clock.seconds()
         self._limited_logged: dict[str, float] = {}
+        #: Our local address towards each peer host, when listening on a wildcard address.
+        self._local_ips: dict[str, str] = {}
         #: Work to start once a request's response has been sent (by id of the request).
         self._after: dict[int, Callable[[], Any]] = {}
         from .messaging import Messenger
@@ -177,6 +182,10 @@ class SipCore:
         except ParseError as error:
             self.refuse(error, source)
             return
+        except Exception:
+            self.stats["bad_messages"] += 1
+            log.failure("SIP: unparseable message from {source}", source=source.address)
+            return
         self.received(message, source)
 
     def refuse(self, error: ParseError, source: Source) -> None:
@@ -196,7 +205,14 @@ class SipCore:
         self._send(source, response.serialize())
 
     def received(self, message: SipMessage, source: Source) -> None:
-        """A parsed message from C{source}."""
+        """A parsed message from C{source}; whatever it holds, nothing escapes from here."""
+        try:
+            self._received_message(message, source)
+        except Exception:
+            self.stats["bad_messages"] += 1
+            log.failure("SIP: message from {source} not handled", source=source.address)
+
+    def _received_message(self, message: SipMessage, source: Source) -> None:
         if not message.is_request:
             try:
                 check_response(message)
@@ -215,7 +231,9 @@ class SipCore:
         self.stats["requests_" + message.method.lower() if message.method in KNOWN else "requests_other"] += 1
         existing = self.transactions.find(message)
         if existing is not None:
-            existing.retransmitted(message)
+            if existing.source.host == source.host and existing.source.port == source.port:
+                existing.retransmitted(message)
+            # A copy from elsewhere never makes us resend to the first sender (reflection).
             return
         if message.method == "ACK":
             return  # an ACK for a 2xx, or for a transaction long gone: nothing to do
@@ -230,7 +248,6 @@ class SipCore:
             response.add("Retry-After", "5")
             self._send(source, response.serialize())
             return
-        self.remember(source)
         defer.ensureDeferred(self._serve(message, source, transaction))
 
     async def _serve(self, request: SipMessage, source: Source, transaction: Any) -> None:
@@ -325,6 +342,9 @@ class SipCore:
             text = request.body.decode("utf-8")
         except UnicodeDecodeError:
             return response_to(request, 400, "Body is not UTF-8", source=source)
+        if len(text) > MAX_IM or "\x00" in text:
+            return response_to(request, 413 if len(text) > MAX_IM else 400,
+                               "Messages are at most 4000 characters of text", source=source)
         await self.messenger.send(user.username, [recipient], text)
         return response_to(request, 202, source=source)
 
@@ -364,14 +384,20 @@ class SipCore:
             return SERVER
 
     def challenge(self, request: SipMessage, source: Source, stale: bool = False) -> SipMessage:
-        """401 with a fresh digest challenge."""
+        """401 with a fresh digest challenge (its nonce valid from this source only)."""
         response = response_to(request, 401, source=source)
-        response.add("WWW-Authenticate", self.digest.challenge(self.realm(request), stale))
+        response.add("WWW-Authenticate", self.digest.challenge(self.realm(request), stale, source.host))
         self.stats["challenges"] += 1
         return response
 
     async def authenticate(self, request: SipMessage, source: Source, api: Any) -> User | SipMessage:
-        """The user a request's digest credentials prove, or the response to send instead."""
+        """The user a request's digest credentials prove, or the response to send instead.
+
+        Credentials are only weighed when their nonce was issued by this
+        process to this source address: anything else (a nonce from another
+        node, from before a restart, forged, or sent from a spoofed address)
+        is challenged again with stale=true and counts as nothing.
+        """
         realm = self.realm(request)
         credentials = None
         for header in ("authorization", "proxy-authorization"):
@@ -384,16 +410,21 @@ class SipCore:
                 break
         if credentials is None:
             return self.challenge(request, source)
+        if self.digest.issued(credentials.get("nonce", ""), source.host) is None:
+            return self.challenge(request, source, stale=True)
+        if credentials.get("uri", "") != request.uri:
+            return response_to(request, 400, "Digest uri does not match the Request-URI", source=source)
         username = credentials.get("username", "")
         if api.bans.is_banned("user", username):
             return response_to(request, 403, "Too many failed authentications", source=source)
-        user = await api.store.find_user(username) if username else None
+        user = await api.store.find_user(username) if _sane(username) else None
         password = user.password if user is not None else os.urandom(12).hex()
-        verdict = self.digest.check(credentials, request.method, password)
+        verdict = self.digest.check(credentials, request.method, password, source.host)
         if user is None or verdict.wrong_password:
             self.stats["auth_failures"] += 1
             fake = ApiRequest(f"sip {request.method}", {}, source.host, transport="sip")
-            await api.failed_login(fake, "SIP digest: " + ("unknown user" if user is None else verdict.reason), username)
+            reason = "unknown user" if user is None else verdict.reason
+            await api.failed_login(fake, "SIP digest: " + reason, username if _sane(username) else "?")
             return self.challenge(request, source)
         if verdict.stale:
             return self.challenge(request, source, stale=True)
@@ -454,10 +485,30 @@ class SipCore:
             uri = parse_uri(contact)
         except ParseError:
             uri = None
-        if uri is not None and uri.is_sip and uri.host == host and uri.port:
+        if uri is not None and uri.is_sip and uri.host.strip("[]") == host and uri.port:
             port = uri.port
         destination = (host, port)
-        return (lambda data: write(data, destination)), local, False
+        return (lambda data: write(data, destination)), self._reachable(local, host), False
+
+    def _reachable(self, local: str, peer: str) -> str:
+        """Our host:port as the peer can reach it: a wildcard listen address becomes the local
+        address the system routes to that peer from (asked of the kernel, no packet sent)."""
+        host, _, port = local.rpartition(":")
+        if host not in ("0.0.0.0", "[::]"):
+            return local
+        found = self._local_ips.get(peer)
+        if found is None:
+            family = socket.AF_INET6 if ":" in peer else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.connect((peer, 9))
+                    found = probe.getsockname()[0]
+            except OSError:
+                found = host.strip("[]")
+            if len(self._local_ips) > 10_000:
+                self._local_ips.clear()
+            self._local_ips[peer] = found
+        return f"[{found}]:{port}" if ":" in found else f"{found}:{port}"
 
     def add_udp_socket(self, write: Callable[[bytes, tuple[str, int]], None], local: str) -> None:
         """A UDP socket we can send requests from."""
@@ -475,6 +526,17 @@ class SipCore:
         add(("cseq", f"1 {method}"))
         add(("user-agent", SERVER))
         return message
+
+
+def _sane(username: str) -> bool:
+    """Whether a username can be looked up at all (printable, valid UTF-8, not absurdly long)."""
+    if not username or len(username) > 128 or not username.isprintable():
+        return False
+    try:
+        username.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes kept from the message
+        return False
+    return True
 
 
 def _quoted(text: str) -> str:

@@ -2,7 +2,10 @@
 
 Nonces are stateless until used: C{hex(time) + hex(random) + HMAC} under a
 per-process secret, so a flood of unauthenticated requests costs no
-memory.  A nonce older than C{ttl} is stale (the client is told
+memory.  The HMAC also covers the address the challenge was sent to: a
+nonce only works from there, so credentials can only be tried (and failed
+logins only counted) by someone who receives at that address, never with
+a spoofed UDP source.  A nonce older than C{ttl} is stale (the client is told
 C{stale=true} and retries without asking its user).  Each nonce that has
 been used remembers the highest nonce-count it was used with; a request
 that repeats or goes back is refused as a replay, and a nonce answered
@@ -25,8 +28,8 @@ MAX_TRACKED = 1_000_000
 
 
 def md5(text: str) -> str:
-    """Hex MD5 of UTF-8 text."""
-    return hashlib.md5(text.encode("utf-8")).hexdigest()
+    """Hex MD5 of UTF-8 text (undecodable bytes of the message kept as they came)."""
+    return hashlib.md5(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def parse_credentials(value: str) -> dict[str, str] | None:
@@ -76,30 +79,34 @@ class DigestAuth:
         #: Nonces issued at or before this time whose counts were forgotten early are stale.
         self._floor = -1.0
 
-    def nonce(self) -> str:
-        """A fresh nonce."""
-        stamp = f"{int(self.clock.seconds()):08x}{os.urandom(8).hex()}"
-        return stamp + hmac.new(self.secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
+    def _mac(self, stamp: str, address: str) -> str:
+        return hmac.new(self.secret, f"{stamp} {address}".encode(), hashlib.sha256).hexdigest()[:32]
 
-    def challenge(self, realm: str, stale: bool = False) -> str:
-        """A WWW-Authenticate / Proxy-Authenticate value."""
-        text = f'Digest realm="{realm}", nonce="{self.nonce()}", algorithm=MD5, qop="auth"'
+    def nonce(self, address: str = "") -> str:
+        """A fresh nonce, valid from C{address} only."""
+        stamp = f"{int(self.clock.seconds()):08x}{os.urandom(8).hex()}"
+        return stamp + self._mac(stamp, address)
+
+    def challenge(self, realm: str, stale: bool = False, address: str = "") -> str:
+        """A WWW-Authenticate / Proxy-Authenticate value (its nonce valid from C{address})."""
+        text = f'Digest realm="{realm}", nonce="{self.nonce(address)}", algorithm=MD5, qop="auth"'
         return text + (", stale=true" if stale else "")
 
-    def _issued(self, nonce: str) -> float | None:
-        if len(nonce) != 56:
+    def issued(self, nonce: str, address: str = "") -> float | None:
+        """When this process issued C{nonce} for C{address}; None if it did not."""
+        if len(nonce) != 56 or not nonce.isascii():
             return None
         stamp, mac = nonce[:24], nonce[24:]
-        expected = hmac.new(self.secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
-        if not hmac.compare_digest(mac, expected):
+        if not hmac.compare_digest(mac.encode(), self._mac(stamp, address).encode()):
             return None
         try:
             return float(int(stamp[:8], 16))
         except ValueError:
             return None
 
-    def check(self, params: dict[str, str], method: str, password: str) -> Verdict:
-        """Check credentials already matched to a user (C{params} from L{parse_credentials})."""
+    def check(self, params: dict[str, str], method: str, password: str, address: str = "") -> Verdict:
+        """Check credentials already matched to a user (C{params} from L{parse_credentials}),
+        sent from C{address}."""
         for needed in ("username", "realm", "nonce", "uri", "response"):
             if needed not in params:
                 return Verdict(False, reason=f"credentials without {needed}")
@@ -107,7 +114,7 @@ class DigestAuth:
         if algorithm.upper() != "MD5":
             return Verdict(False, reason=f"algorithm {algorithm[:20]} not supported")
         nonce = params["nonce"]
-        issued = self._issued(nonce)
+        issued = self.issued(nonce, address)
         if issued is None:
             return Verdict(False, stale=True, reason="nonce not issued here (or by an earlier run)")
         qop = params.get("qop", "")
@@ -119,7 +126,8 @@ class DigestAuth:
             expected = md5(f"{ha1}:{nonce}:{params['nc']}:{params['cnonce']}:{qop}:{ha2}")
         else:
             expected = md5(f"{ha1}:{nonce}:{ha2}")
-        if not hmac.compare_digest(params["response"].lower().encode(), expected.encode()):
+        given = params["response"].lower()
+        if not given.isascii() or not hmac.compare_digest(given.encode(), expected.encode()):
             return Verdict(False, reason="wrong password", wrong_password=True)
         now = self.clock.seconds()
         if now - issued > self.ttl:

@@ -73,7 +73,6 @@ _USER = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+\Z")
 _PASSWORD = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*\Z")
 _GENVALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+\Z")
 _PARAMCHARS = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+\Z")
-_WS = re.compile(r"[ \t]*\r?\n[ \t]+")
 #: Characters no URI may contain (white space, controls, and what delimits a URI in a header).
 _URI_FORBIDDEN = re.compile(r'[\x00-\x20<>"]')
 _MAX_CSEQ = 2**32 - 1
@@ -232,12 +231,12 @@ class SipMessage:
 
 def split_head(data: bytes) -> tuple[bytes, bytes] | None:
     """Split at the blank line after the headers: (head, rest), or None if not there yet."""
-    end = data.find(b"\r\n\r\n")
-    if end >= 0:
-        return data[:end], data[end + 4:]
-    end = data.find(b"\n\n")
-    if end >= 0:
-        return data[:end], data[end + 2:]
+    crlf = data.find(b"\r\n\r\n")
+    lf = data.find(b"\n\n")
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        return data[:lf], data[lf + 2:]
+    if crlf >= 0:
+        return data[:crlf], data[crlf + 4:]
     return None
 
 
@@ -246,11 +245,11 @@ def parse_head(head: bytes) -> SipMessage:
     if len(head) > MAX_HEADERS:
         raise ParseError("headers too large", 513)
     text = head.decode("utf-8", "surrogateescape")
-    if "\n " in text or "\n\t" in text:
-        text = _WS.sub(" ", text)  # unfold continuation lines
     lines = text.replace("\r\n", "\n").split("\n")
     if len(lines) > MAX_HEADER_LINES:
         raise ParseError("too many header lines", 513)
+    if "\n " in text or "\n\t" in text:
+        lines = _unfold(lines)
     message, pending = _start_line(lines[0].rstrip("\r"))
     headers = message.headers
     for line in lines[1:]:
@@ -275,6 +274,17 @@ def parse_head(head: bytes) -> SipMessage:
     return message
 
 
+def _unfold(lines: list[str]) -> list[str]:
+    """Join continuation lines (starting with white space) to the line before, with one space."""
+    unfolded: list[str] = []
+    for line in lines:
+        if line[:1] in (" ", "\t") and unfolded:
+            unfolded[-1] = unfolded[-1].rstrip(" \t") + " " + line.lstrip(" \t")
+        else:
+            unfolded.append(line)
+    return unfolded
+
+
 def _start_line(line: str) -> tuple[SipMessage, ParseError | None]:
     """The message its start line begins, and the error to raise once the headers are read.
 
@@ -288,7 +298,7 @@ def _start_line(line: str) -> tuple[SipMessage, ParseError | None]:
         message = SipMessage(status=0, reason=reason)
         if version.upper() != "SIP/2.0":
             return message, ParseError("unsupported SIP version in a response", None)
-        if len(code) != 3 or not code.isdigit():
+        if len(code) != 3 or not _DIGITS.match(code):
             return message, ParseError(f"bad status code {code[:20]!r}", None)
         message.status = int(code)
         return message, None
@@ -320,6 +330,8 @@ def content_length(message: SipMessage) -> int | None:
     value = values[0]
     if not _DIGITS.match(value):
         raise ParseError(f"bad Content-Length {value[:20]!r}", 400, message)
+    if len(value.lstrip("0")) > 9:
+        raise ParseError("body too large", 413, message)
     length = int(value)
     if length > MAX_BODY:
         raise ParseError("body too large", 413, message)
@@ -440,7 +452,7 @@ def parse_uri(text: str) -> Uri:
         raise ParseError(f"malformed host in {text[:60]!r}")
     uri.host = host.lower()
     if port:
-        if not _DIGITS.match(port) or not 0 < int(port) < 65536:
+        if not _DIGITS.match(port) or len(port) > 5 or not 0 < int(port) < 65536:
             raise ParseError(f"malformed port in {text[:60]!r}")
         uri.port = int(port)
     for param in params:
@@ -598,7 +610,7 @@ def parse_via(text: str) -> Via:
         raise ParseError("malformed Via host")
     number: int | None = None
     if port:
-        if not _DIGITS.match(port) or not 0 < int(port) < 65536:
+        if not _DIGITS.match(port) or len(port) > 5 or not 0 < int(port) < 65536:
             raise ParseError("malformed Via port")
         number = int(port)
     return Via(pieces[2].upper(), host.lower(), number, _header_params(semi + params, "Via"))
@@ -609,6 +621,8 @@ def parse_cseq(text: str) -> tuple[int, str]:
     parts = text.split()
     if len(parts) != 2 or not _DIGITS.match(parts[0]) or not _METHOD.match(parts[1]):
         raise ParseError("malformed CSeq")
+    if len(parts[0].lstrip("0")) > 10:
+        raise ParseError("CSeq number too large")
     number = int(parts[0])
     if number > _MAX_CSEQ:
         raise ParseError("CSeq number too large")
@@ -642,7 +656,7 @@ def check_request(message: SipMessage, known: frozenset[str] = frozenset()) -> N
         message.address("from")
         message.address("to")
         forwards = message.get("max-forwards")
-        if forwards and (not _DIGITS.match(forwards) or int(forwards) > 255):
+        if forwards and (not _DIGITS.match(forwards) or len(forwards) > 5 or int(forwards) > 255):
             raise ParseError("malformed Max-Forwards")
         if message.uri.startswith("<"):
             raise ParseError("Request-URI in angle brackets")

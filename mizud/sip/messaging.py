@@ -28,6 +28,8 @@ log = Logger()
 MAX_HANDED_OVER = 50
 #: The longest instant message accepted.
 MAX_TEXT = 4000
+#: Delivery rounds a stored message gets at registrations; after that only a presence poll hands it over.
+MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,8 @@ class Messenger:
 
     def __init__(self, core: SipCore) -> None:
         self.core = core
+        #: Ids of messages whose delivery round is under way (not started twice at once).
+        self.in_flight: set[int] = set()
 
     def _api(self) -> Any:
         api = self.core.api_of()
@@ -84,13 +88,14 @@ class Messenger:
         return await self._deliver(userid, user.username, pending)
 
     async def pending(self, userid: int, limit: int = MAX_HANDED_OVER) -> list[Stored]:
-        """A user's undelivered messages, oldest first."""
+        """A user's undelivered messages still due a delivery round, oldest first."""
         result = await self._api().db.run_query(
             "pending_messages",
-            "SELECT id, fromuser, body FROM tb_messages WHERE touserid = ? AND delivered IS NULL ORDER BY id LIMIT ?",
-            (userid, limit),
+            "SELECT id, fromuser, body FROM tb_messages WHERE touserid = ? AND delivered IS NULL AND attempts < ? "
+            "ORDER BY id LIMIT ?",
+            (userid, MAX_ATTEMPTS, limit),
         )
-        return [Stored(int(row[0]), row[1], row[2]) for row in result.rows]
+        return [Stored(int(row[0]), row[1], row[2]) for row in result.rows if int(row[0]) not in self.in_flight]
 
     async def hand_over(self, userid: int) -> list[Stored]:
         """Take a user's undelivered messages for a presence answer (marked delivered)."""
@@ -133,6 +138,7 @@ class Messenger:
                 results.append(core.clients.start(request, send, reliable))
                 sent += 1
             if results:
+                self.in_flight.add(message.id)
                 defer.ensureDeferred(self._settle(message, results))
         return sent
 
@@ -140,9 +146,12 @@ class Messenger:
         """Mark a message delivered once any contact accepted it."""
         api = self._api()
         statuses = []
-        for result in results:
-            response = await result
-            statuses.append(response.status)
+        try:
+            for result in results:
+                response = await result
+                statuses.append(response.status)
+        finally:
+            self.in_flight.discard(message.id)
         await api.db.run_statement("message_attempt", "UPDATE tb_messages SET attempts = attempts + 1 WHERE id = ?",
                                    (message.id,))
         if any(200 <= status < 300 for status in statuses):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .bindings import Binding, Bindings, Change, OutOfOrder
+from .bindings import Binding, Bindings, Change, OutOfOrder, TooManyContacts
 from .message import ParseError, SipMessage, parse_name_addr
 from .transaction import Source
 
@@ -41,7 +41,8 @@ def _seconds(text: str, maximum: int) -> int:
     if not text or not set(text) <= _DIGITS:
         raise ParseError(f"malformed expires value {text[:20]!r}")
     # Absurdly long values (RFC 4475 scalar02) are simply the longest we grant.
-    return maximum if len(text) > 9 else min(int(text), maximum)
+    digits = text.lstrip("0")
+    return maximum if len(digits) > 9 else min(int(digits or "0"), maximum)
 
 
 class Registrar:
@@ -90,11 +91,15 @@ class Registrar:
         try:
             bindings = await self.bindings(api).register(
                 user.id, user.username, changes, wildcard=wildcard, callid=request.call_id, cseq=number,
+                most=config.sipmaxcontacts,
                 address=source.address, transport=source.transport, useragent=request.get("user-agent"),
             )
         except OutOfOrder:
             return response_to(request, 400, "Out of order CSeq", source=source)
+        except TooManyContacts:
+            return response_to(request, 403, f"At most {config.sipmaxcontacts} contacts per user", source=source)
         core.stats["registrations"] += 1
+        core.remember(source)  # requests for this phone go back the way it came
         self._note(user.username, Attempt(True, core.clock.seconds(), source.address, source.transport, len(bindings)))
         response = response_to(request, 200, source=source)
         now = api.store.now()
@@ -137,7 +142,7 @@ class Registrar:
                     q = Decimal(given_q)
                 except InvalidOperation:
                     raise ParseError("malformed q value") from None
-                if not 0 <= q <= 1 or q.as_tuple().exponent < -3:  # type: ignore[operator]
+                if not q.is_finite() or not 0 <= q <= 1 or q.as_tuple().exponent < -3:  # type: ignore[operator]
                     raise ParseError("q must be from 0 to 1 with at most three decimals")
             changes.append(Change(str(address.uri), expires, q))
         return changes, False

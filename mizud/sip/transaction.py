@@ -28,8 +28,8 @@ T1 = 0.5
 T2 = 4.0
 T4 = 5.0
 MAGIC = "z9hG4bK"
-#: The most server transactions alive at once (a flood makes new ones wait for old ones to end).
-MAX_TRANSACTIONS = 200_000
+#: The most server transactions alive at once (beyond it new requests get 503 until old ones end).
+MAX_TRANSACTIONS = 100_000
 
 
 @dataclass(slots=True)
@@ -218,9 +218,11 @@ class ClientTransaction:
         self._finish(timeout_response(self.request, 408, "Request Timeout"))
 
     def received(self, response: SipMessage) -> None:
-        """A response for this transaction."""
+        """A response for this transaction (after a provisional one, timer E runs at T2)."""
         if response.status >= 200:
             self._finish(response)
+        else:
+            self.interval = T2
 
     def _finish(self, response: SipMessage) -> None:
         for timer in self.timers:

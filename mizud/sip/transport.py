@@ -17,7 +17,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
 from .core import SipCore
-from .message import MAX_HEADERS, ParseError, content_length, parse_head, split_head
+from .message import MAX_HEADERS, ParseError, SipMessage, content_length, parse_head
 from .transaction import Source
 
 log = Logger()
@@ -30,9 +30,10 @@ def _host_port(address: Any) -> tuple[str, int]:
 def _local(transport: Any) -> str:
     try:
         host = transport.getHost()
-        return f"{host.host}:{host.port}"
     except Exception:
         return ""
+    name = f"[{host.host}]" if ":" in host.host else host.host
+    return f"{name}:{host.port}"
 
 
 class SipStreamProtocol(Protocol):
@@ -44,7 +45,11 @@ class SipStreamProtocol(Protocol):
         self.core = core
         self.clock = clock
         self.transport_name = transport_name
-        self.buffer = b""
+        self.buffer = bytearray()
+        #: Where the search for the end of the headers resumes.
+        self.scan_from = 0
+        #: A message whose headers are read, waiting for its body: (message, length, refusal).
+        self.pending: tuple[SipMessage, int, ParseError | None] | None = None
         self.source: Source | None = None
         self.idle: Any = None
 
@@ -69,44 +74,64 @@ class SipStreamProtocol(Protocol):
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        """Frame and hand over every complete message."""
+        """Frame and hand over every complete message.
+
+        Work is linear in the bytes received: the end of the headers is
+        searched for only in what is new, headers are parsed once, and a
+        body is then simply waited for.
+        """
         self._touch()
-        self.buffer += data
+        buffer = self.buffer
+        buffer.extend(data)
         source = self.source
         assert source is not None
-        while self.buffer:
-            if self.buffer[:1] in (b"\r", b"\n"):
-                stripped = self.buffer.lstrip(b"\r\n")
-                if self.buffer.startswith(b"\r\n\r\n"):
-                    self.transport.write(b"\r\n")  # RFC 5626 keep-alive pong
-                self.buffer = stripped
-                continue
-            parts = split_head(self.buffer)
-            if parts is None:
-                if len(self.buffer) > MAX_HEADERS:
-                    self._broken(ParseError("headers too large", None))
-                return
-            head, rest = parts
-            refused: ParseError | None = None
-            try:
-                message = parse_head(head)
-            except ParseError as error:
-                if error.message is None:
-                    self._broken(error)  # not even a start line: nothing after it can be framed
+        while buffer:
+            if self.pending is None:
+                if buffer[:1] in (b"\r", b"\n"):
+                    blank = len(buffer) - len(buffer.lstrip(b"\r\n"))
+                    if buffer[:4] == b"\r\n\r\n":
+                        self.transport.write(b"\r\n")  # RFC 5626 keep-alive pong
+                    del buffer[:blank]
+                    self.scan_from = 0
+                    continue
+                start = max(0, self.scan_from - 3)
+                crlf = buffer.find(b"\r\n\r\n", start)
+                lf = buffer.find(b"\n\n", start)
+                if crlf < 0 and lf < 0:
+                    self.scan_from = len(buffer)
+                    if len(buffer) > MAX_HEADERS:
+                        self._broken(ParseError("headers too large", None))
                     return
-                message, refused = error.message, error
-            try:
-                length = content_length(message) or 0
-            except ParseError as error:
-                self._broken(error)
-                return
-            if len(rest) < length:
+                if lf >= 0 and (crlf < 0 or lf < crlf):
+                    end, skip = lf, 2
+                else:
+                    end, skip = crlf, 4
+                head = bytes(buffer[:end])
+                del buffer[:end + skip]
+                self.scan_from = 0
+                refused: ParseError | None = None
+                try:
+                    message = parse_head(head)
+                except ParseError as error:
+                    if error.message is None:
+                        self._broken(error)  # not even a start line: nothing after it can be framed
+                        return
+                    message, refused = error.message, error
+                try:
+                    length = content_length(message) or 0
+                except ParseError as error:
+                    self._broken(error)
+                    return
+                if not self.core.admit(source):
+                    self.transport.loseConnection()  # banned, or flooding
+                    return
+                self.pending = (message, length, refused)
+            message, length, refused = self.pending
+            if len(buffer) < length:
                 return  # wait for the body
-            message.body = rest[:length]
-            self.buffer = rest[length:]
-            if not self.core.admit(source):
-                self.transport.loseConnection()  # banned, or flooding
-                return
+            message.body = bytes(buffer[:length])
+            del buffer[:length]
+            self.pending = None
             if refused is not None:
                 self.core.refuse(refused, source)  # answered; the stream stays framed
             else:
@@ -115,7 +140,7 @@ class SipStreamProtocol(Protocol):
     def _broken(self, error: ParseError) -> None:
         assert self.source is not None
         self.core.refuse(error, self.source)
-        self.buffer = b""
+        self.buffer.clear()
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
