@@ -172,3 +172,18 @@ async def test_unreg_by_ip_is_exact(tmp_path: Path) -> None:
     assert (await rig.h.call("apientry=unreg&username=all&ip=192.0.2.10", "127.0.0.1")).text == \
         "OK: unregistered 1 users: alice"
     await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_keepalive_split_across_segments(tmp_path: Path) -> None:
+    """A double-CRLF keep-alive arriving in pieces still gets its CRLF pong (RFC 5626)."""
+    rig = await make_rig(tmp_path)
+    protocol = SipStreamProtocol(rig.core, Clock())
+    transport = StringTransport(peerAddress=_Address("192.0.2.77", 40000))
+    protocol.makeConnection(transport)
+    for piece in (b"\r", b"\n", b"\r", b"\n"):
+        protocol.dataReceived(piece)
+    assert transport.value() == b"\r\n"
+    protocol.dataReceived(b"\r\n\r\n")
+    assert transport.value() == b"\r\n\r\n" and not transport.disconnecting
+    await rig.h.db.close()

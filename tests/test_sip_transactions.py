@@ -25,8 +25,9 @@ async def test_non_invite_retransmission_gets_the_same_response(tmp_path: Path) 
     again = await rig.exchange(request)
     assert [m.status for m in first] == [200] and again[0].serialize() == first[0].serialize()
     assert rig.core.stats["requests"] == 2 and len(rig.core.transactions.live) == 1
+    assert rig.core.transactions.kept == len(rig.sent[-1][1])  # the answer, kept for retransmissions
     rig.h.clock.advance(64 * T1)
-    assert rig.core.transactions.live == {}
+    assert rig.core.transactions.live == {} and rig.core.transactions.kept == 0
     await rig.h.db.close()
 
 

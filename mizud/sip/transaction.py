@@ -30,6 +30,8 @@ T4 = 5.0
 MAGIC = "z9hG4bK"
 #: The most server transactions alive at once (beyond it new requests get 503 until old ones end).
 MAX_TRANSACTIONS = 100_000
+#: The most bytes of responses kept for retransmission at once (same: 503 beyond it).
+MAX_KEPT_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -93,6 +95,7 @@ class ServerTransaction:
         if self.final:
             return  # one final response per transaction
         data = response.serialize()
+        self.table.kept += len(data) - len(self.response)
         self.response = data
         self._send(data)
         if response.status < 200:
@@ -150,6 +153,7 @@ class ServerTransaction:
         self._cancel_timers()
         if self.table.live.get(self.key) is self:
             del self.table.live[self.key]
+            self.table.kept -= len(self.response)
 
 
 class ServerTransactions:
@@ -158,6 +162,8 @@ class ServerTransactions:
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self.live: dict[tuple[str, ...], ServerTransaction] = {}
+        #: Bytes of responses the live transactions keep.
+        self.kept = 0
 
     def find(self, request: SipMessage) -> ServerTransaction | None:
         """The transaction a request belongs to, if it is a retransmission (or an ACK/CANCEL target)."""
@@ -170,7 +176,7 @@ class ServerTransactions:
 
     def create(self, request: SipMessage, source: Source) -> ServerTransaction | None:
         """A new transaction for a request (None when too many are alive)."""
-        if len(self.live) >= MAX_TRANSACTIONS:
+        if len(self.live) >= MAX_TRANSACTIONS or self.kept >= MAX_KEPT_BYTES:
             return None
         key = server_key(request)
         transaction = ServerTransaction(key, request.method, source, self)

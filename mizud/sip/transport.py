@@ -88,6 +88,8 @@ class SipStreamProtocol(Protocol):
         while buffer:
             if self.pending is None:
                 if buffer[:1] in (b"\r", b"\n"):
+                    if bytes(buffer) in (b"\r", b"\r\n", b"\r\n\r"):
+                        return  # perhaps a keep-alive split across segments: wait for the rest
                     blank = len(buffer) - len(buffer.lstrip(b"\r\n"))
                     if buffer[:4] == b"\r\n\r\n":
                         self.transport.write(b"\r\n")  # RFC 5626 keep-alive pong
