@@ -68,6 +68,8 @@ USER_FIELDS = frozenset(
     {
         "name", "email", "phone", "address", "country", "tariffid", "enabled",
         "temporarydisabled", "pin", "parentid", "deviceid", "forgotquestion", "forgotanswer",
+        # SIP servers and traffic senders (addserver, delta 08)
+        "domain", "ip", "port", "proxy", "transport", "needauth", "serverrole",
     }
 )
 
@@ -198,9 +200,14 @@ class BillingStore:
         postpaid: bool = False,
         creditlimit: Any = 0,
         currency: str | None = None,
+        then: Callable[[Txn, int], Awaitable[Any]] | None = None,
         **fields: Any,
     ) -> int:
-        """Insert a user and return its id; opening credit goes through the ledger."""
+        """Insert a user and return its id; opening credit goes through the ledger.
+
+        C{then(txn, userid)}, if given, runs in the same transaction (its
+        failure undoes the user too).
+        """
         unknown = set(fields) - USER_FIELDS
         if unknown:
             raise ValueError(f"unknown user fields: {', '.join(sorted(unknown))}")
@@ -220,6 +227,8 @@ class BillingStore:
             userid = int(result.rows[0][0])
             if opening:
                 await self._change_balance_txn(txn, userid, opening, "initial", now=now)
+            if then is not None:
+                await then(txn, userid)
             return userid
 
         return await self.db.run_interaction("create_user", create_user_txn)
