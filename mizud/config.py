@@ -81,6 +81,19 @@ def parse_optional_port(raw: str) -> int | None:
     return parse_port(raw)
 
 
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    """Return a parser accepting one of C{choices} (case-insensitive)."""
+
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    parse.__doc__ = "one of " + ", ".join(choices)
+    return parse
+
+
 def parse_str(raw: str) -> str:
     """Return the string with surrounding white space removed."""
     return raw.strip()
@@ -331,6 +344,16 @@ OPTIONS: tuple[Option, ...] = (
          live=True, group="api"),
     _opt("smtpfrom", parse_str, "mizud@localhost",
          "Sender address of e-mail mizud sends.", live=True, group="api"),
+    _opt("smtpuser", parse_str, "",
+         "User name for SMTP authentication (empty: none).", live=True, group="api"),
+    _opt("smtppassword", parse_secret, "",
+         "Password for SMTP authentication.", live=True, group="api"),
+    _opt("smtptls", parse_choice("auto", "require", "off"), "auto",
+         "STARTTLS to the SMTP server: auto (when offered), require (never send without it), off.",
+         live=True, group="api"),
+    _opt("smtpcafile", parse_str, "",
+         "PEM file of the CA that signs the SMTP server's certificate (empty: the system's trust store).",
+         live=True, group="api"),
     _opt("adminemail", parse_str, "",
          "Where e-mail for the operator goes (custom actions without a ***TO line).", live=True, group="api"),
     # The old HTTP interface (spec/mizu-http-interface-legacy.md).

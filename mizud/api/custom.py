@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from email.message import EmailMessage
 from typing import Any
 
 from twisted.internet import defer
@@ -222,11 +221,9 @@ class Actions:
 
     async def email(self, body: str) -> None:
         """Send an e-mail through smtpserver; ***TO and ***SUBJECT lines set the headers."""
-        from twisted.mail.smtp import sendmail
+        from ..mail import Mailer, MailError
 
         config = self.api.settings.current
-        if not config.smtpserver:
-            raise CustomError("no smtpserver is configured")
         recipient, subject, lines = config.adminemail, "mizud API action", []
         for line in body.splitlines():
             if line.startswith("***TO"):
@@ -237,10 +234,7 @@ class Actions:
                 lines.append(line)
         if not recipient:
             raise CustomError("no recipient: set adminemail or a ***TO line")
-        message = EmailMessage()
-        message["From"] = config.smtpfrom
-        message["To"] = recipient
-        message["Subject"] = subject
-        message.set_content("\n".join(lines) + "\n")
-        host, _, port = config.smtpserver.partition(":")
-        await sendmail(host, config.smtpfrom, [recipient], message.as_bytes(), port=int(port or 25), reactor=self.reactor)
+        try:
+            await Mailer(self.api.settings, self.reactor).send([recipient], subject, "\n".join(lines))
+        except MailError as problem:
+            raise CustomError(str(problem)) from None

@@ -144,6 +144,8 @@ class Api:
         self.store = store
         self.db: Database = store.db
         self.clock = clock
+        #: The reactor for outgoing connections (SMTP); the clock in production, replaced in tests.
+        self.reactor: Any = clock
         self.nonces = Nonces(self.db, clock)
         self.actions = custom.Actions(self, clock)
         self.maintenance = Maintenance(self)

@@ -8,7 +8,7 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import accounts, admin, cdrs, core, fields, money, numbers, rating, servers, sipstate
+    from . import accounts, admin, cdrs, core, fields, money, numbers, outbound, rating, servers, sipstate
 
     registry = Registry()
     catalogue.load(registry)
@@ -23,4 +23,5 @@ def build_registry() -> Registry:
     admin.register_rebill(registry)
     sipstate.register(registry)
     servers.register(registry)
+    outbound.register(registry)
     return registry

@@ -16,7 +16,8 @@ from .cdrs import since
 log = Logger()
 
 #: Options whose values showcfg never shows.
-SECRETS = frozenset({"apiv2key", "apiv2md5salt", "httpapikey", "httpapimd5salt", "httpapiencryptkey", "bootstrapadmin"})
+SECRETS = frozenset({"apiv2key", "apiv2md5salt", "httpapikey", "httpapimd5salt", "httpapiencryptkey", "bootstrapadmin",
+                     "smtppassword"})
 MAX_DB_ROWS = 1000
 
 
