@@ -57,6 +57,8 @@ class Tariff:
     mininterval: int
     interval: int
     currency: str
+    #: The price of one SMS (one part) to this destination (delta 09).
+    smsprice: Decimal = Decimal(0)
 
     def cost(self, seconds: int) -> Decimal:
         """What a call of C{seconds} to this destination costs."""
@@ -139,7 +141,8 @@ class RatingTable:
                     prefixes.popitem()
 
 
-_SELECT = "SELECT tariffid, prefix, name, price, connectfee, mininterval, interval, currency FROM tb_tariffs"
+_SELECT = ("SELECT tariffid, prefix, name, price, connectfee, mininterval, interval, currency, smsprice "
+           "FROM tb_tariffs")
 
 
 def tariffs_from_rows(rows: Iterable[tuple[Any, ...]], engine: Engine) -> Iterable[Tariff]:
@@ -163,7 +166,7 @@ def tariffs_from_rows(rows: Iterable[tuple[Any, ...]], engine: Engine) -> Iterab
         name = row[2] or ""
         yield Tariff(
             int(row[0]), str(row[1]), texts.setdefault(name, name), amount(row[3]), amount(row[4]),
-            int(row[5]), int(row[6]), texts.setdefault(row[7], row[7]),
+            int(row[5]), int(row[6]), texts.setdefault(row[7], row[7]), amount(row[8]),
         )
 
 

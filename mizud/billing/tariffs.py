@@ -7,8 +7,8 @@ File format (UTF-8, comma-separated, a header line naming the columns):
     3630,Hungary mobile,0.0456,0.01,30,6,EUR
 
 `prefix` and `price` (per minute) are required; the rest default to an empty
-name, no connect fee, no minimum, 1-second increments and the
-`defaultcurrency` option.  Prefixes are digits (a leading + or 00 and
+name, no connect fee, no minimum, 1-second increments, the
+`defaultcurrency` option and no SMS price (`smsprice`: per message part).  Prefixes are digits (a leading + or 00 and
 spaces are dropped) and unique within the file; amounts are exact decimals
 with at most six places.  Any invalid row rejects the whole file with its
 line number; nothing is changed.
@@ -25,7 +25,7 @@ from ..store.database import Database, Txn
 from ..store.money import InvalidAmount, parse_amount
 from .rating import Tariff, normalise
 
-COLUMNS = ("prefix", "name", "price", "connectfee", "mininterval", "interval", "currency")
+COLUMNS = ("prefix", "name", "price", "connectfee", "mininterval", "interval", "currency", "smsprice")
 MAX_ROWS = 2_000_000
 
 
@@ -94,6 +94,7 @@ def _tariff(cells: dict[str, str], plan: int, default_currency: str) -> Tariff:
         mininterval=_count(cells, "mininterval", 0, 0),
         interval=_count(cells, "interval", 1, 1),
         currency=currency,
+        smsprice=parse_amount(cells.get("smsprice") or "0", allow_zero=True),
     )
 
 
@@ -104,9 +105,9 @@ async def replace_plan(db: Database, plan: int, tariffs: list[Tariff]) -> int:
         await txn.execute("DELETE FROM tb_tariffs WHERE tariffid = ?", (plan,))
         for t in tariffs:
             await txn.execute(
-                "INSERT INTO tb_tariffs (tariffid, prefix, name, price, connectfee, mininterval, interval, currency) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (plan, t.prefix, t.name, t.price, t.connectfee, t.mininterval, t.interval, t.currency),
+                "INSERT INTO tb_tariffs (tariffid, prefix, name, price, connectfee, mininterval, interval, currency, "
+                "smsprice) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (plan, t.prefix, t.name, t.price, t.connectfee, t.mininterval, t.interval, t.currency, t.smsprice),
             )
         return len(tariffs)
 

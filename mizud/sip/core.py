@@ -141,9 +141,11 @@ class SipCore:
         self._after: dict[int, Callable[[], Any]] = {}
         from .messaging import Messenger
         from .registrar import Registrar
+        from .sms import SmsSender
 
         self.registrar = Registrar(self)
         self.messenger = Messenger(self)
+        self.sms = SmsSender(self)
 
     def reconfigure(self) -> None:
         """Apply live options (rate limit, nonce lifetime)."""

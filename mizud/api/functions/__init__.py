@@ -24,4 +24,5 @@ def build_registry() -> Registry:
     sipstate.register(registry)
     servers.register(registry)
     outbound.register(registry)
+    outbound.register_sms(registry)
     return registry

@@ -1,4 +1,9 @@
-"""E-mail through the configured smarthost: sendmail (waits for the result) and asendemail (queues).
+"""E-mail and SMS: sendmail and asendemail; sms, sendsms(unicode)(sync), asendsms(sync) and smsreceive.
+
+E-mail goes through the configured smarthost: sendmail waits for the
+result, asendemail queues.  SMS are sent by L{mizud.sip.sms}: the *sync
+variants and sms wait for the gateway's answer, the others answer once the
+cost is held and the message queued.
 
 Users (not admins) cannot choose the sender: their mail goes out from
 `smtpfrom` with their own address, when they have one, as Reply-To; they
@@ -9,10 +14,14 @@ open relay.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from ...mail import MailError, Mailer, check_address
+from ...sip.sms import SmsError
+from ...store.money import format_money
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import REQ_ADMINS, Category, Registry
@@ -84,3 +93,67 @@ def register(registry: Registry) -> None:
 
         defer.ensureDeferred(deliver())
         return ok(f"queued for {len(recipients)} recipients")
+
+
+SMS_PARAMS = ("anum", "bnum", "txt")
+#: name -> (waits for the result, unicode, category)
+SMS_FUNCTIONS = {
+    "sms": (True, False, Category.USER),
+    "sendsms": (False, False, Category.USER),
+    "sendsmssync": (True, False, Category.USER),
+    "sendsmsunicode": (False, True, Category.USER),
+    "sendsmsunicodesync": (True, True, Category.USER),
+    "asendsms": (False, False, Category.ADMIN),
+    "asendsmssync": (True, False, Category.ADMIN),
+}
+
+
+def register_sms(registry: Registry) -> None:
+    """Register the SMS handlers."""
+    fn = registry.function
+
+    def make(wait: bool, unicode: bool) -> Any:
+        async def send_sms(call: Call) -> ApiAnswer:
+            sip = call.api.sip
+            if sip is None:
+                return error("SIP is not running on this node", 412)
+            try:
+                outcome = await sip.sms.send(call.user(), call.arg("anum").strip(), call.require("bnum").strip(),
+                                             call.require("txt"), unicode=unicode, wait=wait)
+            except SmsError as problem:
+                return error(str(problem), 412)
+            if outcome.status == "failed":
+                return error(f"SMS {outcome.smsid} not delivered: {outcome.reason}", 412)
+            if outcome.status == "queued":
+                return ok(f"SMS {outcome.smsid} queued (held {format_money(outcome.cost)})")
+            if outcome.route == "user":
+                return ok(f"SMS {outcome.smsid} {'sent to' if outcome.status == 'sent' else 'stored for'} the user")
+            return ok(f"SMS {outcome.smsid} delivered through {outcome.route} (cost {format_money(outcome.cost)})")
+
+        return send_sms
+
+    for name, (wait, unicode, category) in SMS_FUNCTIONS.items():
+        summary = ("send an SMS" + (" (Unicode)" if unicode else "")
+                   + (" and wait for the gateway's answer" if wait else " (queued; answers once the cost is held)"))
+        fn(name, category, summary, SMS_PARAMS)(make(wait, unicode))
+
+    @fn("smsreceive", Category.ADMIN, "inbound SMS from a gateway: anum (from) to bnum (a username or DID), txt",
+        SMS_PARAMS)
+    async def smsreceive(call: Call) -> ApiAnswer:
+        sip = call.api.sip
+        if sip is None:
+            return error("SIP is not running on this node", 412)
+        target, text = call.require("bnum").strip(), call.require("txt")
+        sender = call.arg("anum").strip() or "unknown"
+        if len(text) > 4000 or len(sender) > 64 or not sender.isprintable():
+            return error("txt must be at most 4000 characters and anum a printable number", 412)
+        store = call.api.store
+        recipient = await store.find_user(target) or await store.find_user_by_number(target)
+        if recipient is None:
+            return error(f"no user for {target[:40]}", 404)
+        await call.api.db.run_statement(
+            "sms_in", "INSERT INTO tb_sms (userid, anum, bnum, body, direction, route, status, created, finished) "
+                      "VALUES (?, ?, ?, ?, 'in', 'user', 'received', ?, ?)",
+            (recipient.id, sender, target[:64], text, store.now(), store.now()))
+        sent, _ = await sip.messenger.send(sender, [recipient], text)
+        return ok(f"delivered to {recipient.username}" if sent else f"stored for {recipient.username} until online")

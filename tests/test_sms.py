@@ -1,0 +1,150 @@
+"""SMS: to SIP users (free, stored when offline), to numbers through gateways by HTTP or SIP MESSAGE,
+rated per part and paid through a hold that is settled on delivery and released on failure."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet import reactor as global_reactor
+from twisted.internet.task import deferLater
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from mizud.sip.core import response_to
+from mizud.sip.message import parse_datagram
+from mizud.sip.sms import parts
+from sipkit import Phone, Rig, make_rig, settle
+
+ALICE = "authkey=apikey123&authid=alice&authpwd=alicepw"
+ADMIN = "127.0.0.1"
+
+
+class Provider(Resource):
+    """An HTTP SMS provider: records each request, answers with the configured code."""
+
+    isLeaf = True
+
+    def __init__(self, code: int = 200) -> None:
+        super().__init__()
+        self.code = code
+        self.seen: list[dict[bytes, list[bytes]]] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        self.seen.append(request.args)
+        request.setResponseCode(self.code)
+        return b"accepted" if self.code == 200 else b"no"
+
+
+async def rig_with_tariff(tmp_path: Path, database: str | None = None) -> Rig:
+    """A rig with plan 1 (default): Hungary 36 at 0.05 per SMS part."""
+    rig = await make_rig(tmp_path, "defaulttariff=1", database=database)
+    await rig.h.db.run_statement(
+        "x", "INSERT INTO tb_tariffs (tariffid, prefix, name, price, connectfee, mininterval, interval, currency, "
+             "smsprice) VALUES (1, '36', 'Hungary', ?, 0, 0, 1, 'USD', ?)", (Decimal("0.02"), Decimal("0.05")))
+    await rig.h.api.rater.rebuild()
+    rig.core.clock = global_reactor  # real network for HTTP providers
+    return rig
+
+
+async def balance(rig: Rig) -> str:
+    """alice's balance as the API says it."""
+    return (await rig.h.call(f"apientry=balance&{ALICE}")).text
+
+
+def test_parts() -> None:
+    """GSM text takes 160 characters per single part, 153 per part of a long one; Unicode 70 and 67."""
+    assert (parts("a" * 160, False), parts("a" * 161, False), parts("a" * 306, False)) == (1, 2, 2)
+    assert (parts("á" * 70, False), parts("á" * 71, False), parts("a" * 70, True)) == (1, 2, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_provider_failover_and_billing(tmp_path: Path, database_option: str) -> None:
+    """The first gateway's provider fails (500), the second delivers: one part charged, ledger consistent."""
+    rig = await rig_with_tariff(tmp_path, database_option)
+    h = rig.h
+    broken, working = Provider(500), Provider(200)
+    ports = [global_reactor.listenTCP(0, Site(p), interface="127.0.0.1") for p in (broken, working)]
+    for name, port, priority in (("gwbad", ports[0], 1), ("gwgood", ports[1], 2)):
+        url = quote(f"http://127.0.0.1:{port.getHost().port}/send?from={{from}}&to={{to}}&text={{text}}", safe="")
+        answer = await h.call(f"apientry=addserver&u_username={name}&u_domain=sms.example&u_routingpriority={priority}"
+                              f"&fieldname0=smsurl&fieldval0={url}", ADMIN)
+        assert answer.ok, answer.text
+    try:
+        sent = await h.call(f"apientry=sms&anum=3670111&bnum=%2B36%2030%20123%204567&txt=Hello%20%C3%A1rv%C3%ADz&{ALICE}")
+        assert sent.text == "OK: SMS 1 delivered through gwgood (cost 0.05)"
+        assert len(broken.seen) == 1 and working.seen[0][b"to"] == [b"36301234567"]
+        assert working.seen[0][b"text"] == ["Hello árvíz".encode()] and working.seen[0][b"from"] == [b"3670111"]
+        assert await balance(rig) == "OK: 4.95 USD"
+        assert (await h.call("apientry=checkcredits", ADMIN)).ok
+        row = (await h.db.run_query("x", "SELECT status, route, parts FROM tb_sms")).rows[0]
+        assert tuple(row) == ("delivered", "gwgood", 1)
+        working.code = 503
+        failed = await h.call(f"apientry=sendsmssync&bnum=3630&txt=x&{ALICE}")
+        assert failed.text.startswith("ERROR: SMS 2 not delivered: gwbad: HTTP 500; gwgood: HTTP 503")
+        assert await balance(rig) == "OK: 4.95 USD"  # the hold was released
+        assert (await h.call(f"apientry=sms&bnum=4412345&txt=x&{ALICE}")).text == "ERROR: no tariff for 4412345"
+    finally:
+        for port in ports:
+            await port.stopListening()
+        await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sip_gateway_and_queued_sms(tmp_path: Path) -> None:
+    """Without an smsurl the gateway gets a SIP MESSAGE; sendsms answers at once and settles later."""
+    rig = await rig_with_tariff(tmp_path)
+    h = rig.h
+    assert (await h.call("apientry=addserver&u_username=gw&u_ip=192.0.2.50:5070", ADMIN)).ok
+    mark = len(rig.sent)
+    pending = defer.ensureDeferred(h.call(f"apientry=sendsmssync&bnum=3612345&txt=via%20sip&{ALICE}"))
+    request = None
+    for _ in range(100):
+        for addr, data in rig.sent[mark:]:
+            if addr == ("192.0.2.50", 5070):
+                request = parse_datagram(data)
+        if request is not None:
+            break
+        await deferLater(global_reactor, 0.01, lambda: None)
+    assert request is not None and request.method == "MESSAGE"
+    assert request.uri == "sip:3612345@192.0.2.50:5070" and request.body == b"via sip"
+    rig.core.datagram(response_to(request, 202).serialize(), rig.source("192.0.2.50", 5070))
+    assert (await pending).text == "OK: SMS 1 delivered through gw (cost 0.05)"
+    queued = await h.call(f"apientry=sendsms&bnum=3612345&txt=later&{ALICE}")
+    assert queued.text == "OK: SMS 2 queued (held 0.05)"
+    assert await balance(rig) == "OK: 4.90 USD"  # held already
+    await settle()
+    request = parse_datagram([d for a, d in rig.sent if a == ("192.0.2.50", 5070)][-1])
+    rig.core.datagram(response_to(request, 480).serialize(), rig.source("192.0.2.50", 5070))
+    for _ in range(100):
+        status = (await h.db.run_query("x", "SELECT status FROM tb_sms WHERE id = 2")).rows[0][0]
+        if status != "pending":
+            break
+        await settle()
+    assert status == "failed" and await balance(rig) == "OK: 4.95 USD"
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sms_to_users_and_inbound(tmp_path: Path) -> None:
+    """An SMS to a username is a free instant message; smsreceive hands an inbound SMS to the DID's user."""
+    rig = await rig_with_tariff(tmp_path)
+    h = rig.h
+    await h.store.create_user("bob", "bobpw")
+    await rig.register(Phone("bob", "bobpw", host="192.0.2.30"), source=rig.source("192.0.2.30"))
+    assert (await h.call(f"apientry=sms&bnum=bob&txt=hi%20bob&{ALICE}")).text == "OK: SMS 1 sent to the user"
+    assert await balance(rig) == "OK: 5.00 USD"
+    await h.db.run_statement("x", "INSERT INTO tb_phonenumbers (number, userid, status, created) VALUES "
+                                  "('3615550000', 1, 1, ?)", (h.store.now(),))
+    inbound = await h.call("apientry=smsreceive&anum=36209998888&bnum=3615550000&txt=ping", ADMIN)
+    assert inbound.text == "OK: stored for alice until online"
+    polled = await h.call(f"apientry=presence_get&userusername=bob&{ALICE}")
+    assert polled.text.endswith("XOFFMESSAGE:36209998888:pingXOFFMESSAGE:")
+    assert (await h.call("apientry=smsreceive&bnum=999&txt=x", ADMIN)).text == "ERROR: no user for 999"
+    poor = await h.call("apientry=sms&bnum=3612345&txt=x&authkey=apikey123&authid=root&authpwd=rootpw")
+    assert poor.text.startswith("ERROR: no route to 3612345")  # no gateway yet: nothing held
+    await h.db.close()
