@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest_twisted
 
@@ -109,3 +110,73 @@ def test_client_transaction_timers() -> None:
     assert table.match(response)
     clock.pump([T1] * 70)
     assert [m.status for m in outcome] == [200] and len(sent) == 1
+
+
+def _invite_rig(reliable: bool = False) -> tuple[Any, ClientTransactions, list[bytes], list[SipMessage], list[SipMessage]]:
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    table = ClientTransactions(clock)
+    sent: list[bytes] = []
+    outcome: list[SipMessage] = []
+    seen: list[SipMessage] = []
+    request = parse_datagram(Phone("a", "b").request("INVITE", "sip:bob@example.com"))
+    table.start(request, sent.append, reliable, on_response=seen.append).addCallback(outcome.append)
+    return clock, table, sent, outcome, seen
+
+
+def _reply(request: SipMessage, status: int, tag: str = "t1") -> SipMessage:
+    from mizud.sip.core import response_to
+
+    response = response_to(request, status)
+    response.set("To", request.get("to") + f";tag={tag}")
+    return response
+
+
+def test_invite_client_retransmits_until_provisional_and_times_out() -> None:
+    """Timer A doubles without limit until a provisional; without any answer timer B reports 408."""
+    clock, table, sent, outcome, _ = _invite_rig()
+    clock.pump([T1] * 70)
+    assert [m.status for m in outcome] == [408] and table.live == {}
+    assert len(sent) == 7  # 0, .5, 1.5, 3.5, 7.5, 15.5, 31.5
+    clock, table, sent, outcome, seen = _invite_rig()
+    request = parse_datagram(sent[0])
+    clock.advance(T1)
+    table.match(_reply(request, 180))
+    clock.pump([T1] * 10)
+    assert len(sent) == 2 and [m.status for m in seen] == [180] and outcome == []
+
+
+def test_invite_client_acks_errors_and_hands_2xx_to_the_dialog() -> None:
+    """A 486 is ACKed by the transaction (again for each retransmission); a 2xx is passed on, not ACKed."""
+    clock, table, sent, outcome, seen = _invite_rig()
+    request = parse_datagram(sent[0])
+    busy = _reply(request, 486)
+    table.match(busy)
+    table.match(busy)
+    acks = [parse_datagram(d) for d in sent[1:]]
+    assert [a.method for a in acks] == ["ACK", "ACK"] and [m.status for m in outcome] == [486]
+    ack = acks[0]
+    assert ack.uri == request.uri and ack.get("via") == request.get("via") and ack.get("to") == busy.get("to")
+    assert ack.get("cseq") == f"{request.cseq()[0]} ACK"
+    clock.advance(33)
+    assert table.live == {}
+    clock, table, sent, outcome, seen = _invite_rig()
+    request = parse_datagram(sent[0])
+    table.match(_reply(request, 200))
+    table.match(_reply(request, 200))
+    assert len(sent) == 1 and [m.status for m in outcome] == [200] and [m.status for m in seen] == [200]
+    clock.advance(64 * T1)
+    assert table.live == {}
+
+
+def test_cancel_only_after_a_provisional() -> None:
+    """CANCEL (same Request-URI, branch, Call-ID, From, To and CSeq number) only once a 1xx arrived."""
+    clock, table, sent, outcome, seen = _invite_rig()
+    request = parse_datagram(sent[0])
+    transaction = table.find(request)
+    assert transaction is not None and transaction.cancel_request() is None  # type: ignore[attr-defined]
+    table.match(_reply(request, 183))
+    cancel = transaction.cancel_request()  # type: ignore[attr-defined]
+    assert cancel.method == "CANCEL" and cancel.uri == request.uri and cancel.get("via") == request.get("via")
+    assert cancel.get("cseq") == f"{request.cseq()[0]} CANCEL" and cancel.get("to") == request.get("to")

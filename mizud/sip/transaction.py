@@ -240,6 +240,106 @@ class ClientTransaction:
             self.result.callback(response)
 
 
+@dataclass(eq=False)
+class InviteClientTransaction(ClientTransaction):
+    """An INVITE client transaction (RFC 3261 17.1.1, with RFC 6026's Accepted state).
+
+    Timer A retransmits over UDP until a provisional arrives, timer B gives
+    up (408).  A final error is ACKed here, and its retransmissions are ACKed
+    again until timer D.  A 2xx is the dialog's business: it goes to the
+    caller (C{result}, then C{on_response} for retransmitted 2xx, which the
+    caller must ACK again) and the transaction absorbs them for 64*T1.
+    C{on_response} also sees every provisional response.
+    """
+
+    on_response: Callable[[SipMessage], None] | None = None
+    provisional: bool = False
+    final: SipMessage | None = None
+
+    def start(self) -> None:
+        """Send the INVITE and start timers A and B."""
+        self.data = self.request.serialize()
+        self._send()
+        clock = self.table.clock
+        if not self.reliable:
+            self.timers.append(clock.callLater(T1, self._timer_a))
+        self.timers.append(clock.callLater(64 * T1, self._timer_f))
+
+    def _timer_a(self) -> None:
+        if self.result.called or self.provisional:
+            return
+        self._send()
+        self.interval *= 2
+        self.timers.append(self.table.clock.callLater(self.interval, self._timer_a))
+
+    def received(self, response: SipMessage) -> None:
+        """A response: provisional, error (ACKed here) or 2xx (for the dialog)."""
+        if response.status < 200:
+            if self.final is None:
+                self.provisional = True
+                self._tell(response)
+            return
+        if self.final is not None:
+            # A retransmitted final response.
+            if response.status >= 300:
+                self._send_ack(response)
+            else:
+                self._tell(response)
+            return
+        self.final = response
+        for timer in self.timers:
+            if timer.active():
+                timer.cancel()
+        self.timers.clear()
+        if response.status >= 300:
+            self._send_ack(response)
+            linger = 0.0 if self.reliable else 32.0  # timer D
+        else:
+            linger = 64 * T1  # RFC 6026 Accepted: absorb retransmitted 2xx
+        self.timers.append(self.table.clock.callLater(linger, self._end))
+        if not self.result.called:
+            self.result.callback(response)
+
+    def _tell(self, response: SipMessage) -> None:
+        if self.on_response is not None:
+            try:
+                self.on_response(response)
+            except Exception:
+                log.failure("SIP: handling a response to INVITE failed")
+
+    def _send_ack(self, response: SipMessage) -> None:
+        ack = ack_for(self.request, response)
+        try:
+            self.send(ack.serialize())
+        except Exception as error:
+            log.info("SIP ACK not sent: {error}", error=error)
+
+    def _end(self) -> None:
+        self.table.live.pop(self.key, None)
+
+    def cancel_request(self) -> SipMessage | None:
+        """The CANCEL for this INVITE, once a provisional arrived and no final (RFC 3261 9.1); else None."""
+        if not self.provisional or self.final is not None:
+            return None
+        invite = self.request
+        cancel = SipMessage(method="CANCEL", uri=invite.uri)
+        cancel.headers = [("via", invite.get("via"))]
+        cancel.headers += [(k, v) for k, v in invite.headers if k == "route"]
+        cancel.headers += [("max-forwards", "70"), ("from", invite.get("from")), ("to", invite.get("to")),
+                           ("call-id", invite.call_id), ("cseq", f"{invite.cseq()[0]} CANCEL")]
+        return cancel
+
+
+def ack_for(invite: SipMessage, response: SipMessage) -> SipMessage:
+    """The ACK of a non-2xx final response (RFC 3261 17.1.1.3): same branch, the response's To."""
+    ack = SipMessage(method="ACK", uri=invite.uri)
+    ack.headers = [("via", invite.get("via"))]
+    ack.headers += [(k, v) for k, v in invite.headers if k == "route"]
+    ack.headers += [("max-forwards", "70"), ("from", invite.get("from")), ("to", response.get("to")),
+                    ("call-id", invite.call_id), ("cseq", f"{invite.cseq()[0]} ACK")]
+    return ack
+
+
 def timeout_response(request: SipMessage, status: int, reason: str) -> SipMessage:
     """The response a client transaction reports when none came."""
     return SipMessage(status=status, reason=reason, headers=[("cseq", request.get("cseq"))])
@@ -252,10 +352,25 @@ class ClientTransactions:
         self.clock = clock
         self.live: dict[tuple[str, str], ClientTransaction] = {}
 
-    def start(self, request: SipMessage, send: Callable[[bytes], None], reliable: bool) -> defer.Deferred[SipMessage]:
-        """Send a request in a new transaction; the Deferred fires with the final response."""
+    def find(self, request: SipMessage) -> ClientTransaction | None:
+        """The live client transaction of a request we sent (to CANCEL it, say)."""
+        return self.live.get((parse_via(request.get("via")).branch, request.method))
+
+    def start(
+        self, request: SipMessage, send: Callable[[bytes], None], reliable: bool,
+        on_response: Callable[[SipMessage], None] | None = None,
+    ) -> defer.Deferred[SipMessage]:
+        """Send a request in a new transaction; the Deferred fires with the final response.
+
+        For an INVITE, C{on_response} sees provisional and retransmitted 2xx
+        responses (see L{InviteClientTransaction}).
+        """
         branch = parse_via(request.get("via")).branch
-        transaction = ClientTransaction(request, send, reliable, self)
+        transaction: ClientTransaction
+        if request.method == "INVITE":
+            transaction = InviteClientTransaction(request, send, reliable, self, on_response=on_response)
+        else:
+            transaction = ClientTransaction(request, send, reliable, self)
         transaction.key = (branch, request.method)
         self.live[transaction.key] = transaction
         transaction.start()
