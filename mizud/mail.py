@@ -46,6 +46,20 @@ def check_address(address: str, what: str) -> str:
     return address
 
 
+def _smarthost(text: str) -> tuple[str, int]:
+    """host and port of smtpserver (host, host:port, [v6], [v6]:port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if port_text and not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise MailError(f"smtpserver has a bad port: {text[:60]}")
+    return host, int(port_text or 25)
+
+
 class Mailer:
     """Sends e-mail with the live options of a L{mizud.config.Settings}."""
 
@@ -53,7 +67,7 @@ class Mailer:
         self.settings = settings
         self.reactor = reactor
 
-    def compose(self, sender: str, recipients: list[str], subject: str, body: str) -> bytes:
+    def compose(self, sender: str, recipients: list[str], subject: str, body: str, reply_to: str = "") -> bytes:
         """The message as bytes (headers encoded by the standard library: no injection)."""
         if len(body) > MAX_BODY:
             raise MailError(f"message longer than {MAX_BODY} characters")
@@ -63,12 +77,14 @@ class Mailer:
         message["From"] = sender
         message["To"] = ", ".join(recipients)
         message["Subject"] = subject
+        if reply_to:
+            message["Reply-To"] = check_address(reply_to, "reply-to")
         message["Date"] = formatdate(self.reactor.seconds(), usegmt=True)
         message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
         message.set_content(body if body.endswith("\n") else body + "\n")
         return message.as_bytes()
 
-    async def send(self, recipients: list[str], subject: str, body: str, sender: str = "") -> int:
+    async def send(self, recipients: list[str], subject: str, body: str, sender: str = "", reply_to: str = "") -> int:
         """Send one message; returns how many recipients the server accepted. Raises L{MailError}."""
         from twisted.mail.smtp import ESMTPSenderFactory, SMTPClientError
 
@@ -79,12 +95,13 @@ class Mailer:
             raise MailError("no recipient")
         sender = check_address(sender or config.smtpfrom, "from")
         recipients = [check_address(r, "to") for r in recipients]
-        data = self.compose(sender, recipients, subject, body)
-        host, _, port_text = config.smtpserver.rpartition(":") if ":" in config.smtpserver else (
-            config.smtpserver, "", "25")
-        port = int(port_text or 25)
+        data = self.compose(sender, recipients, subject, body, reply_to)
+        host, port = _smarthost(config.smtpserver)
         mode = config.smtptls
-        context = None if mode == "off" else self._tls_options(host, config.smtpcafile)
+        try:
+            context = None if mode == "off" else self._tls_options(host, config.smtpcafile)
+        except (OSError, ValueError) as problem:
+            raise MailError(f"smtpcafile cannot be used: {problem}") from None
         done: defer.Deferred[Any] = defer.Deferred()
         user = config.smtpuser.encode() if config.smtpuser else None
         password = config.smtppassword.encode() if config.smtpuser else None

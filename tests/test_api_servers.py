@@ -94,6 +94,12 @@ async def test_addserver_refuses_bad_input(tmp_path: Path) -> None:
             "ERROR: fieldname1: not a settable tb_users column: nosuch",
         "u_name=a&u_domain=x.example&u_routing=77": "ERROR: no routing entry with id 77",
         "u_username=alice&u_domain=x.example": "ERROR: username already exists: alice",
+        "u_name=a&u_domain=x.example&u_port=%C2%B2": "ERROR: u_port has a bad port: ²",
+        "u_name=a&u_domain=x.example&u_auth=%C2%B2": "ERROR: u_auth must be a number (1: by IP address)",
+        "u_name=a&u_domain=x.example&fieldname0=port&fieldval0=abc":
+            "ERROR: fieldname0: not a settable tb_users column: port",
+        "u_name=a&u_domain=x.example&fieldname0=smsurl&fieldval0=file:///etc/passwd":
+            "ERROR: fieldval0: smsurl must be an http(s) URL template",
     }
     for query, expected in cases.items():
         assert await add(h, query) == expected, query
@@ -102,4 +108,6 @@ async def test_addserver_refuses_bad_input(tmp_path: Path) -> None:
     assert (await h.db.run_query("x", "SELECT count(*) FROM tb_routing")).rows[0][0] == 0
     user = "authkey=apikey123&authid=alice&authpwd=alicepw"
     assert (await h.call(f"apientry=addserver&u_name=z&u_domain=z.example&{user}")).text == "ERROR: access denied"
+    assert await add(h, "u_name=v6&u_ip=%5B2001:db8::1%5D:5070&u_routing=v6") == "OK: 4; routing entry v6 prefix '' priority 0"
+    assert (await h.call("apientry=routingtest&called=4412", ADMIN)).text == "OK: 1 routes: v6 sip:4412@[2001:db8::1]:5070"
     await h.db.close()

@@ -57,9 +57,12 @@ async def balance(rig: Rig) -> str:
 
 
 def test_parts() -> None:
-    """GSM text takes 160 characters per single part, 153 per part of a long one; Unicode 70 and 67."""
+    """GSM 7-bit text takes 160 septets per single part, 153 per part of a long one (extension characters
+    take two); anything else is UCS-2 with 70 and 67 UTF-16 units (an emoji takes two)."""
     assert (parts("a" * 160, False), parts("a" * 161, False), parts("a" * 306, False)) == (1, 2, 2)
+    assert (parts("é" * 160, False), parts("{" * 80, False), parts("{" * 81, False)) == (1, 1, 2)
     assert (parts("á" * 70, False), parts("á" * 71, False), parts("a" * 70, True)) == (1, 2, 1)
+    assert (parts("😀" * 35, False), parts("😀" * 36, False), parts("`", False)) == (1, 2, 1)
 
 
 @pytest_twisted.ensureDeferred
@@ -75,6 +78,11 @@ async def test_http_provider_failover_and_billing(tmp_path: Path, database_optio
                               f"&fieldname0=smsurl&fieldval0={url}", ADMIN)
         assert answer.ok, answer.text
     try:
+        spoofed = await h.call(f"apientry=sms&anum=3670111&bnum=3630&txt=x&{ALICE}")
+        assert spoofed.text == "ERROR: anum must be your username or one of your numbers"
+        injected = await h.call(f"apientry=sms&anum=x%3E%0D%0AX-Evil:%201&bnum=3630&txt=x&{ALICE}")
+        assert injected.text == "ERROR: anum must be 1 to 32 letters, digits or + . _ -"
+        assert (await h.call(f"apientry=cli&anum=3670111&{ALICE}")).ok  # now it is alice's number
         sent = await h.call(f"apientry=sms&anum=3670111&bnum=%2B36%2030%20123%204567&txt=Hello%20%C3%A1rv%C3%ADz&{ALICE}")
         assert sent.text == "OK: SMS 1 delivered through gwgood (cost 0.05)"
         assert len(broken.seen) == 1 and working.seen[0][b"to"] == [b"36301234567"]
@@ -88,6 +96,13 @@ async def test_http_provider_failover_and_billing(tmp_path: Path, database_optio
         assert failed.text.startswith("ERROR: SMS 2 not delivered: gwbad: HTTP 500; gwgood: HTTP 503")
         assert await balance(rig) == "OK: 4.95 USD"  # the hold was released
         assert (await h.call(f"apientry=sms&bnum=4412345&txt=x&{ALICE}")).text == "ERROR: no tariff for 4412345"
+        # A tariff without an SMS price (every row before delta 09) allows no SMS: never free by accident.
+        await h.db.run_statement("x", "INSERT INTO tb_tariffs (tariffid, prefix, name, price, connectfee, mininterval, "
+                                      "interval, currency) VALUES (1, '44', 'UK', 1, 0, 0, 1, 'USD')")
+        await h.api.rater.rebuild()
+        assert (await h.call(f"apientry=sms&bnum=4412345&txt=x&{ALICE}")).text == \
+            "ERROR: no SMS price for 4412345 in the tariff"
+        assert await balance(rig) == "OK: 4.95 USD"
     finally:
         for port in ports:
             await port.stopListening()
@@ -148,3 +163,39 @@ async def test_sms_to_users_and_inbound(tmp_path: Path) -> None:
     poor = await h.call("apientry=sms&bnum=3612345&txt=x&authkey=apikey123&authid=root&authpwd=rootpw")
     assert poor.text.startswith("ERROR: no route to 3612345")  # no gateway yet: nothing held
     await h.db.close()
+
+
+class Stalling(Resource):
+    """A provider that promises 100 bytes and sends 2, then goes silent."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> Any:
+        from twisted.web.server import NOT_DONE_YET
+
+        request.setHeader(b"content-length", b"100")
+        request.write(b"ok")
+        return NOT_DONE_YET
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalling_provider_releases_the_hold(tmp_path: Path, monkeypatch: Any) -> None:
+    """A provider that never finishes its answer times out as a whole: the SMS fails and the money returns."""
+    import mizud.sip.sms
+
+    monkeypatch.setattr(mizud.sip.sms, "HTTP_TIMEOUT", 0.5)
+    rig = await rig_with_tariff(tmp_path)
+    h = rig.h
+    port = global_reactor.listenTCP(0, Site(Stalling()), interface="127.0.0.1")
+    url = quote(f"http://127.0.0.1:{port.getHost().port}/s?to={{to}}", safe="")
+    assert (await h.call(f"apientry=addserver&u_username=slow&u_domain=s.example&fieldname0=smsurl&fieldval0={url}",
+                         ADMIN)).ok
+    try:
+        answer = await h.call(f"apientry=sms&bnum=3612345&txt=x&{ALICE}")
+        assert answer.text.startswith("ERROR: SMS 1 not delivered: slow:")
+        assert await balance(rig) == "OK: 5.00 USD"
+        holds = (await h.db.run_query("x", "SELECT status FROM tb_holds")).rows
+        assert [r[0] for r in holds] == [2]  # released
+    finally:
+        await port.stopListening()
+        await h.db.close()

@@ -45,8 +45,7 @@ def server_uri(number: str, domain: str, ip: str, port: int, transport: str) -> 
     """The Request-URI that reaches C{number} through a server."""
     host = ip or domain
     if ":" in host and not host.startswith("["):
-        host, _, given = host.rpartition(":")
-        port = int(given) if given.isdigit() else port
+        host = f"[{host}]"  # an IPv6 address (addserver keeps the port in its own column)
     text = f"sip:{number}@{host}"
     if port and port != 5060:
         text += f":{port}"
@@ -102,11 +101,9 @@ class Router:
         """The traffic sender (a server allowed to send calls) at this IP address, if any."""
         result = await self.db.run_query(
             "route_sender",
-            "SELECT username, ip FROM tb_users WHERE enabled <> 0 AND serverrole <> ? AND type IN (5, 9) "
-            "AND (ip = ? OR ip LIKE ?)",
-            (ROLE_SERVER, address, f"{address}:%"),
+            "SELECT username FROM tb_users WHERE enabled <> 0 AND serverrole <> ? AND type IN (5, 9) AND ip = ? "
+            "ORDER BY id",
+            (ROLE_SERVER, address.strip("[]")),
         )
-        for username, ip in result.rows:
-            if ip == address or ip.rpartition(":")[0] == address:
-                return str(username)
-        return None
+        row = result.one()
+        return str(row[0]) if row else None

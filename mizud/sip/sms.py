@@ -14,6 +14,7 @@ exactly for what was delivered to a gateway.  Each SMS is a row of tb_sms.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -33,6 +34,14 @@ log = Logger()
 
 #: Characters of one part: GSM 7-bit alone / in a multipart message, and UCS-2 alike.
 GSM_SINGLE, GSM_MULTI, UCS_SINGLE, UCS_MULTI = 160, 153, 70, 67
+#: The GSM 03.38 default alphabet, and its extension table (each of those takes two septets).
+GSM_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§"
+    "¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM_EXTENDED = frozenset("^{}\\[~]|€\f")
+#: A sender id (anum): a number or a short alphanumeric name, nothing that could break a header.
+SENDER = re.compile(r"[A-Za-z0-9+._-]{1,32}\Z")
 MAX_PARTS = 10
 HTTP_TIMEOUT = 20
 
@@ -53,10 +62,14 @@ class Outcome:
 
 
 def parts(text: str, unicode: bool) -> int:
-    """How many SMS parts the text needs."""
-    wide = unicode or not text.isascii()
-    single, multi = (UCS_SINGLE, UCS_MULTI) if wide else (GSM_SINGLE, GSM_MULTI)
-    return 1 if len(text) <= single else math.ceil(len(text) / multi)
+    """How many SMS parts the text needs (GSM 7-bit when every character has a septet, else UCS-2)."""
+    if not unicode and all(ch in GSM_BASIC or ch in GSM_EXTENDED for ch in text):
+        length = len(text) + sum(1 for ch in text if ch in GSM_EXTENDED)
+        single, multi = GSM_SINGLE, GSM_MULTI
+    else:
+        length = len(text.encode("utf-16-le")) // 2  # UTF-16 units: an emoji takes two
+        single, multi = UCS_SINGLE, UCS_MULTI
+    return 1 if length <= single else math.ceil(length / multi)
 
 
 class SmsSender:
@@ -66,17 +79,19 @@ class SmsSender:
         self.core = core
 
     async def send(self, user: User, anum: str, bnum: str, text: str, *, unicode: bool = False,
-                   wait: bool = True) -> Outcome:
+                   wait: bool = True, admin: bool = False) -> Outcome:
         """Send one SMS for C{user}; with C{wait} False a gateway SMS is answered once held and queued."""
         api = self.core.api_of()
         if api is None:
             raise SmsError("the server is starting")
-        if not text or len(text) > UCS_MULTI * MAX_PARTS:
-            raise SmsError(f"txt must be 1 to {UCS_MULTI * MAX_PARTS} characters")
+        if not text or len(text) > GSM_MULTI * MAX_PARTS:
+            raise SmsError("txt must not be empty")
         count = parts(text, unicode)
         if count > MAX_PARTS:
             raise SmsError(f"txt needs more than {MAX_PARTS} parts")
         store = api.store
+        if anum:
+            await self._check_sender(user, anum, admin)
         router = Router(api.db, store.now)
         recipient = await store.find_user(bnum) or await store.find_user_by_number(bnum)
         if recipient is not None and recipient.type not in (USER_TRAFFICSENDER, USER_SIPSERVER):
@@ -90,22 +105,43 @@ class SmsSender:
         tariff = api.rater.table.lookup(plan, number)
         if tariff is None:
             raise SmsError(f"no tariff for {number}")
+        if tariff.smsprice <= 0:
+            # A tariff without an SMS price does not allow SMS (a delta cannot know the price).
+            raise SmsError(f"no SMS price for {number} in the tariff")
         routes = [r for r in await router.routes(number) if r.kind == "gateway"]
         if not routes:
             raise SmsError(f"no route to {number}")
         cost = (tariff.smsprice * count).quantize(Decimal("0.000001"))
-        holdid = 0
-        if cost > 0:
-            # Held before anything is sent or recorded: no credit, no SMS.
-            held = await store.hold(user.id, cost, reference=f"sms to {number}")
-            holdid = int(held.get("holdid") or 0)
-        smsid = await self._record(user, anum, number, text, count, "", "pending", cost, holdid)
+        # Held before anything is sent or recorded: no credit, no SMS.
+        held = await store.hold(user.id, cost, reference=f"sms to {number}")
+        holdid = int(held.get("holdid") or 0)
+        try:
+            smsid = await self._record(user, anum, number, text, count, "", "pending", cost, holdid)
+        except Exception:
+            await store.release(holdid)
+            raise
+        sender = anum or user.username
         if not wait:
             from twisted.internet import defer
 
-            defer.ensureDeferred(self._deliver(smsid, holdid, cost, anum or user.username, number, text, routes))
+            d = defer.ensureDeferred(self._deliver(smsid, holdid, cost, sender, number, text, routes))
+            d.addErrback(lambda failure: log.failure("SMS {id} delivery failed", failure, id=smsid))
             return Outcome(smsid, "queued", "", cost)
-        return await self._deliver(smsid, holdid, cost, anum or user.username, number, text, routes)
+        return await self._deliver(smsid, holdid, cost, sender, number, text, routes)
+
+    async def _check_sender(self, user: User, anum: str, admin: bool) -> None:
+        """anum must be a plain sender id; users may only use their own username or numbers."""
+        if not SENDER.match(anum):
+            raise SmsError("anum must be 1 to 32 letters, digits or + . _ -")
+        if admin or anum == user.username:
+            return
+        api = self.core.api_of()
+        owned = await api.db.run_query(
+            "sms_sender", "SELECT number FROM tb_phonenumbers WHERE userid = ? AND number = ? "
+                          "UNION SELECT number FROM tb_usernumbers WHERE userid = ? AND number = ?",
+            (user.id, anum, user.id, normalise(anum) or anum))
+        if not owned.rows:
+            raise SmsError("anum must be your username or one of your numbers")
 
     async def _record(self, user: User, anum: str, bnum: str, text: str, count: int, route: str, status: str,
                       cost: Decimal, holdid: int) -> int:
@@ -122,22 +158,36 @@ class SmsSender:
                        routes: list[Route]) -> Outcome:
         api = self.core.api_of()
         reasons = []
-        for route in routes:
-            try:
-                await self._through(route, sender, number, text)
-            except Exception as problem:
-                reasons.append(f"{route.name}: {str(problem)[:100] or type(problem).__name__}")
-                continue
-            if holdid:
+        delivered = ""
+        try:
+            for route in routes:
+                try:
+                    await self._through(route, sender, number, text)
+                except Exception as problem:
+                    reasons.append(f"{route.name}: {str(problem)[:100] or type(problem).__name__}")
+                    continue
+                delivered = route.name
+                break
+        finally:
+            # Whatever happened above, the hold is closed exactly once.
+            if delivered:
                 await api.store.settle(holdid, cost)
-            await self._finish(smsid, "delivered", route.name, "")
-            return Outcome(smsid, "delivered", route.name, cost)
-        if holdid:
-            await api.store.release(holdid)
+            else:
+                await api.store.release(holdid)
+        if delivered:
+            await self._finish_quietly(smsid, "delivered", delivered, "")
+            return Outcome(smsid, "delivered", delivered, cost)
         reason = "; ".join(reasons)[:500]
-        await self._finish(smsid, "failed", "", reason)
+        await self._finish_quietly(smsid, "failed", "", reason)
         log.info("SMS {id} to {number} failed: {reason}", id=smsid, number=number, reason=reason)
         return Outcome(smsid, "failed", "", Decimal(0), reason)
+
+    async def _finish_quietly(self, smsid: int, status: str, route: str, reason: str) -> None:
+        # The money is settled; a failure to update the log row must not turn the answer into an error.
+        try:
+            await self._finish(smsid, status, route, reason)
+        except Exception:
+            log.failure("SMS {id}: could not record its outcome", id=smsid)
 
     async def _finish(self, smsid: int, status: str, route: str, reason: str) -> None:
         api = self.core.api_of()
@@ -161,12 +211,22 @@ class SmsSender:
     async def _http(self, template: str, sender: str, number: str, text: str) -> None:
         import treq
 
+        if not template.startswith(("http://", "https://")):
+            raise SmsError("smsurl is not an http(s) URL")
         url = (template.replace("{from}", quote(sender, safe="")).replace("{to}", quote(number, safe=""))
                .replace("{text}", quote(text, safe="")))
-        response = await treq.get(url, timeout=HTTP_TIMEOUT, reactor=self.core.clock)
-        await response.content()
-        if not 200 <= response.code < 300:
-            raise SmsError(f"HTTP {response.code}")
+
+        async def exchange() -> int:
+            response = await treq.get(url, timeout=HTTP_TIMEOUT, reactor=self.core.clock, allow_redirects=False)
+            await response.content()
+            return int(response.code)
+
+        from twisted.internet import defer
+
+        # One deadline for the whole exchange (treq's covers only the headers).
+        code = await defer.ensureDeferred(exchange()).addTimeout(HTTP_TIMEOUT, self.core.clock)
+        if not 200 <= code < 300:
+            raise SmsError(f"HTTP {code}")
 
     async def _sip(self, route: Route, domain: str, ip: str, port: int, sender: str, number: str, text: str) -> None:
         core = self.core

@@ -52,6 +52,18 @@ def _sender(call: Call) -> str:
     return ""
 
 
+async def _own_address(call: Call) -> str:
+    """The calling user's own e-mail address, when it is a valid one (for Reply-To)."""
+    user = call.caller.user
+    if user is None:
+        return ""
+    row = (await call.api.db.run_query("user_email", "SELECT email FROM tb_users WHERE id = ?", (user.id,))).one()
+    try:
+        return check_address(row[0], "email") if row and row[0] else ""
+    except MailError:
+        return ""
+
+
 def _body(call: Call) -> str:
     # The request decoder files the spec's "message" under txt.
     return call.arg("txt") or call.arg("message")
@@ -67,8 +79,9 @@ def register(registry: Registry) -> None:
         try:
             recipients = _recipients(call)
             sender = _sender(call)
+            reply_to = "" if call.caller.level <= REQ_ADMINS else await _own_address(call)
             accepted = await Mailer(call.api.settings, call.api.reactor).send(
-                recipients, call.arg("subject"), _body(call), sender)
+                recipients, call.arg("subject"), _body(call), sender, reply_to=reply_to)
         except MailError as problem:
             return error(str(problem), 412)
         return ok(f"sent to {accepted} of {len(recipients)} recipients")
@@ -119,7 +132,8 @@ def register_sms(registry: Registry) -> None:
                 return error("SIP is not running on this node", 412)
             try:
                 outcome = await sip.sms.send(call.user(), call.arg("anum").strip(), call.require("bnum").strip(),
-                                             call.require("txt"), unicode=unicode, wait=wait)
+                                             call.require("txt"), unicode=unicode, wait=wait,
+                                             admin=call.caller.level <= REQ_ADMINS)
             except SmsError as problem:
                 return error(str(problem), 412)
             if outcome.status == "failed":

@@ -21,7 +21,11 @@ HOSTNAME = re.compile(r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-
 NAME = re.compile(r"[A-Za-z0-9_.@+\-]{1,64}\Z")
 PREFIX = re.compile(r"[0-9]{0,32}\Z")
 #: tb_users columns addserver's fieldNameX may not set (identity, money, the server's own parameters).
-NOT_EXTRA = frozenset({"id", "credit", "creditlimit", "type", "username", "password", "serverrole", "created"})
+NOT_EXTRA = frozenset({
+    "id", "credit", "creditlimit", "type", "username", "password", "serverrole", "created", "currency",
+    "postpaid", "status", "statusdate", "domain", "ip", "port", "proxy", "transport", "needauth",
+})
+DIGITS = re.compile(r"[0-9]+\Z")
 ADDSERVER_PARAMS = (
     "u_type", "u_name", "u_username", "u_password", "u_domain", "u_ip", "u_port", "u_proxy", "u_transport",
     "u_auth", "u_email", "u_country", "u_currency", "u_credit", "u_routing", "u_routingpriority",
@@ -48,7 +52,7 @@ def _host_port(text: str, what: str) -> tuple[str, int | None]:
 
 
 def _port(text: str, what: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536 or len(text) > 5:
+    if not DIGITS.match(text) or len(text) > 5 or not 0 < int(text) < 65536:
         raise RequestError(f"{what} has a bad port: {text[:10]}", 412)
     return int(text)
 
@@ -63,7 +67,11 @@ def _extra_fields(call: Call, columns: set[str]) -> dict[str, Any]:
             continue
         if name not in columns or name in NOT_EXTRA:
             raise RequestError(f"fieldname{index}: not a settable tb_users column: {name[:40]}", 412)
-        extra[name] = convert("auto", params.get(f"fieldval{index}", ""))
+        value = convert("auto", params.get(f"fieldval{index}", ""))
+        if name == "smsurl" and value and (not str(value).startswith(("http://", "https://"))
+                                           or not str(value).isprintable() or " " in str(value)):
+            raise RequestError(f"fieldval{index}: smsurl must be an http(s) URL template", 412)
+        extra[name] = value
     return extra
 
 
@@ -102,7 +110,7 @@ def register(registry: Registry) -> None:
         if proxy:
             _host_port(proxy, "u_proxy")
         auth = call.arg("u_auth", "1").strip()
-        if not auth.isdigit() or len(auth) > 3:
+        if not DIGITS.match(auth) or len(auth) > 3:
             return error("u_auth must be a number (1: by IP address)", 412)
         password = call.arg("u_password") or secrets.token_urlsafe(12)
         if len(password) > 128 or not password.isprintable():
@@ -123,11 +131,12 @@ def register(registry: Registry) -> None:
         db = call.api.db
         entry_name, entry_prefix = username, ""
         if routing and routing.lower() != "null":
-            column = "id" if routing.isdigit() else "name"
+            numeric = bool(DIGITS.match(routing)) and len(routing) < 19
+            column = "id" if numeric else "name"
             found = (await db.run_query(
                 "routing_entry", f"SELECT name, prefix FROM tb_routing WHERE {column} = ? ORDER BY id",
-                (int(routing) if routing.isdigit() else routing,))).one()
-            if found is None and routing.isdigit():
+                (int(routing) if numeric else routing,))).one()
+            if found is None and numeric:
                 return error(f"no routing entry with id {routing}", 404)
             entry_name, entry_prefix = (found[0], found[1]) if found else (routing[:64], "")
         makes_route = routing.lower() != "null" and serverrole != ROLE_SENDER
