@@ -199,3 +199,37 @@ async def test_a_stalling_provider_releases_the_hold(tmp_path: Path, monkeypatch
     finally:
         await port.stopListening()
         await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_gateway_digest_challenge_is_answered(tmp_path: Path) -> None:
+    """A gateway answering 407 gets the MESSAGE again with Proxy-Authorization for its account."""
+    from mizud.sip.digest import md5, parse_credentials
+
+    rig = await rig_with_tariff(tmp_path)
+    h = rig.h
+    assert (await h.call("apientry=addserver&u_username=gwauth&u_password=gwsecret&u_ip=192.0.2.60", ADMIN)).ok
+    pending = defer.ensureDeferred(h.call(f"apientry=sms&bnum=3612345&txt=auth&{ALICE}"))
+
+    async def next_request(count: int) -> Any:
+        for _ in range(200):
+            found = [parse_datagram(d) for a, d in rig.sent if a == ("192.0.2.60", 5060)]
+            if len(found) >= count:
+                return found[count - 1]
+            await deferLater(global_reactor, 0.01, lambda: None)
+        raise AssertionError("no request")
+
+    first = await next_request(1)
+    challenge = response_to(first, 407)
+    challenge.add("Proxy-Authenticate", 'Digest realm="carrier", nonce="n0nce", qop="auth", algorithm=MD5')
+    rig.core.datagram(challenge.serialize(), rig.source("192.0.2.60", 5060))
+    second = await next_request(2)
+    credentials = parse_credentials(second.get("proxy-authorization"))
+    assert credentials is not None and credentials["username"] == "gwauth"
+    assert second.call_id == first.call_id and second.cseq()[0] == first.cseq()[0] + 1
+    ha1, ha2 = md5("gwauth:carrier:gwsecret"), md5(f"MESSAGE:{second.uri}")
+    expected = md5(f"{ha1}:n0nce:{credentials['nc']}:{credentials['cnonce']}:auth:{ha2}")
+    assert credentials["response"] == expected and credentials["uri"] == second.uri
+    rig.core.datagram(response_to(second, 200).serialize(), rig.source("192.0.2.60", 5060))
+    assert (await pending).text == "OK: SMS 1 delivered through gwauth (cost 0.05)"
+    await h.db.close()

@@ -154,3 +154,39 @@ class DigestAuth:
             self._counts.pop(nonce, None)
             if expiry >= now:  # forgotten while still valid: refuse it from now on
                 self._floor = max(self._floor, expiry - self.ttl)
+
+
+def answer_challenge(challenge: str, method: str, uri: str, username: str, password: str,
+                     cnonce: str | None = None) -> str | None:
+    """The credentials (for Authorization or Proxy-Authorization) that answer a peer's Digest challenge.
+
+    For mizud as a client, e.g. towards a gateway that challenges (MD5,
+    with qop=auth when offered); None for a challenge it cannot answer.
+    """
+    params = parse_credentials(challenge)
+    if params is None or "nonce" not in params:
+        return None
+    if params.get("algorithm", "MD5").upper() != "MD5":
+        return None
+    realm, nonce = params.get("realm", ""), params["nonce"]
+    ha1 = md5(f"{username}:{realm}:{password}")
+    ha2 = md5(f"{method}:{uri}")
+    offered = [q.strip() for q in params.get("qop", "").split(",") if q.strip()]
+    fields = [f'username="{_quote(username)}"', f'realm="{_quote(realm)}"', f'nonce="{_quote(nonce)}"',
+              f'uri="{_quote(uri)}"', "algorithm=MD5"]
+    if "auth" in offered:
+        cnonce = cnonce or os.urandom(8).hex()
+        response = md5(f"{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}")
+        fields += ["qop=auth", "nc=00000001", f'cnonce="{cnonce}"']
+    elif offered:
+        return None  # only auth-int offered
+    else:
+        response = md5(f"{ha1}:{nonce}:{ha2}")
+    fields.append(f'response="{response}"')
+    if "opaque" in params:
+        fields.append(f'opaque="{_quote(params["opaque"])}"')
+    return "Digest " + ", ".join(fields)
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from ..billing.rating import normalise
 from ..store.billing import USER_SIPSERVER, USER_TRAFFICSENDER, User
 from .core import SERVER
+from .digest import answer_challenge
 from .routing import Route, Router
 
 if TYPE_CHECKING:
@@ -198,15 +199,16 @@ class SmsSender:
     async def _through(self, route: Route, sender: str, number: str, text: str) -> None:
         """Hand the SMS to one gateway; raises if it does not accept it."""
         api = self.core.api_of()
-        row = (await api.db.run_query("sms_gateway", "SELECT smsurl, domain, ip, port FROM tb_users WHERE username = ?",
-                                      (route.name,))).one()
+        row = (await api.db.run_query(
+            "sms_gateway", "SELECT smsurl, domain, ip, port, username, password FROM tb_users WHERE username = ?",
+            (route.name,))).one()
         if row is None:
             raise SmsError("gateway gone")
         template = row[0]
         if template:
             await self._http(template, sender, number, text)
         else:
-            await self._sip(route, row[1], row[2], int(row[3]), sender, number, text)
+            await self._sip(route, row[1], row[2], int(row[3]), sender, number, text, (row[4], row[5]))
 
     async def _http(self, template: str, sender: str, number: str, text: str) -> None:
         import treq
@@ -228,7 +230,8 @@ class SmsSender:
         if not 200 <= code < 300:
             raise SmsError(f"HTTP {code}")
 
-    async def _sip(self, route: Route, domain: str, ip: str, port: int, sender: str, number: str, text: str) -> None:
+    async def _sip(self, route: Route, domain: str, ip: str, port: int, sender: str, number: str, text: str,
+                   account: tuple[str, str]) -> None:
         core = self.core
         host = ip or domain
         if not ip:
@@ -242,6 +245,25 @@ class SmsSender:
         request.add("Content-Type", "text/plain;charset=UTF-8")
         request.body = text.encode("utf-8")
         destination = (host, port or 5060)
-        response = await core.clients.start(request, lambda data: write(data, destination), reliable=False)
+
+        def send(data: bytes) -> None:
+            write(data, destination)
+
+        response = await core.clients.start(request, send, reliable=False)
+        if response.status in (401, 407):
+            # The gateway challenges: answer once with its account (addserver's u_username/u_password).
+            header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
+            credentials = answer_challenge(response.get(header), "MESSAGE", route.target, *account)
+            if credentials is None:
+                raise SmsError(f"SIP {response.status}: a challenge mizud cannot answer")
+            retry = core.request("MESSAGE", route.target, f"sip:{sender}@{realm}", route.target, local, "udp")
+            retry.headers = [(k, v) for k, v in retry.headers if k not in ("from", "call-id", "cseq")]
+            retry.add("From", request.get("from"))
+            retry.add("Call-ID", request.call_id)
+            retry.add("CSeq", f"{request.cseq()[0] + 1} MESSAGE")
+            retry.add("Authorization" if response.status == 401 else "Proxy-Authorization", credentials)
+            retry.add("Content-Type", "text/plain;charset=UTF-8")
+            retry.body = request.body
+            response = await core.clients.start(retry, send, reliable=False)
         if not 200 <= response.status < 300:
             raise SmsError(f"SIP {response.status} {response.reason}"[:100])
