@@ -29,6 +29,7 @@ from ..api.ratelimit import LeakyBucket
 from ..api.request import ApiRequest
 from ..config import Settings
 from ..store.billing import User
+from .dialog import Dialogs
 from .digest import DigestAuth, parse_credentials
 from .message import (
     ParseError,
@@ -123,6 +124,7 @@ class SipCore:
         self.clock = clock
         config = settings.current
         self.transactions = ServerTransactions(clock)
+        self.dialogs = Dialogs()
         self.clients = ClientTransactions(clock)
         self.digest = DigestAuth(clock, config.sipnoncettl)
         self.limiter = LeakyBucket(clock, float(config.sipratelimitip), float(config.sipratelimitip) * 2)
@@ -292,7 +294,8 @@ class SipCore:
         if method == "INVITE":
             return self._invite(request, source)
         if method == "BYE":
-            return response_to(request, 481, source=source)
+            _, status = self.dialogs.incoming(request)
+            return response_to(request, status, source=source)
         api = self.api_of()
         if api is None:
             response = response_to(request, 503, "Starting", source=source)

@@ -1,0 +1,135 @@
+"""Dialogs mizud creates as a user agent client (RFC 3261 section 12): the legs of its calls.
+
+A dialog starts from a 2xx to mizud's INVITE. It knows the remote target
+(the 2xx's Contact), the route set (its Record-Route, reversed), both tags
+and the CSeq numbers, and builds the ACK for the 2xx (which may carry the
+SDP answer, as third-party call control needs) and in-dialog requests
+such as BYE. The core hands it in-dialog requests the peer sends (BYE).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .message import SipMessage, parse_name_addr
+from .transaction import new_branch
+
+#: Dialog identifiers: (Call-ID, local tag, remote tag).
+DialogId = tuple[str, str, str]
+
+
+@dataclass(eq=False)
+class Dialog:
+    """One confirmed dialog where mizud was the caller."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local: str  # From header value (with our tag)
+    remote: str  # To header value (with theirs)
+    remote_target: str
+    route_set: list[str]
+    local_cseq: int
+    invite_cseq: int
+    via_host: str
+    transport: str
+    #: Called with each in-dialog request the peer sends (BYE, re-INVITE); its answer is sent back.
+    on_request: Callable[[SipMessage], int] | None = None
+    remote_cseq: int = -1
+    ended: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> DialogId:
+        """(Call-ID, local tag, remote tag)."""
+        return (self.call_id, self.local_tag, self.remote_tag)
+
+    @classmethod
+    def from_2xx(cls, invite: SipMessage, response: SipMessage) -> Dialog:
+        """The dialog a 2xx to our INVITE establishes (RFC 3261 12.1.2)."""
+        contacts = response.all("contact")
+        target = parse_name_addr(contacts[0]).uri if contacts else invite.request_uri()
+        routes = list(reversed(response.all("record-route")))
+        via = invite.top_via()
+        return cls(
+            call_id=invite.call_id, local_tag=invite.address("from").tag, remote_tag=response.address("to").tag,
+            local=invite.get("from"), remote=response.get("to"), remote_target=str(target), route_set=routes,
+            local_cseq=invite.cseq()[0], invite_cseq=invite.cseq()[0], via_host=via.sent_by,
+            transport=via.transport,
+        )
+
+    def _request(self, method: str, cseq: int) -> SipMessage:
+        message = SipMessage(method=method, uri=self.remote_target)
+        add = message.headers.append
+        add(("via", f"SIP/2.0/{self.transport} {self.via_host};branch={new_branch()};rport"))
+        for route in self.route_set:
+            add(("route", route))
+        add(("max-forwards", "70"))
+        add(("from", self.local))
+        add(("to", self.remote))
+        add(("call-id", self.call_id))
+        add(("cseq", f"{cseq} {method}"))
+        return message
+
+    def ack(self, body: bytes = b"", content_type: str = "application/sdp") -> SipMessage:
+        """The ACK for the INVITE's 2xx (same CSeq number), with an SDP answer when given."""
+        ack = self._request("ACK", self.invite_cseq)
+        if body:
+            ack.add("Content-Type", content_type)
+            ack.body = body
+        return ack
+
+    def request(self, method: str, body: bytes = b"", content_type: str = "application/sdp") -> SipMessage:
+        """A new in-dialog request (BYE, re-INVITE, ...) with the next CSeq."""
+        self.local_cseq += 1
+        message = self._request(method, self.local_cseq)
+        if body:
+            message.add("Content-Type", content_type)
+            message.body = body
+        return message
+
+
+class Dialogs:
+    """The dialogs alive on this node, found by the requests the peers send in them."""
+
+    def __init__(self) -> None:
+        self.live: dict[DialogId, Dialog] = {}
+
+    def add(self, dialog: Dialog) -> None:
+        """Remember a dialog."""
+        self.live[dialog.id] = dialog
+
+    def remove(self, dialog: Dialog) -> None:
+        """Forget a dialog."""
+        dialog.ended = True
+        self.live.pop(dialog.id, None)
+
+    def incoming(self, request: SipMessage) -> tuple[Dialog | None, int]:
+        """The dialog an incoming request belongs to and the status to answer it with.
+
+        481 when there is none; 500 for a CSeq lower than the last one (RFC
+        3261 12.2.2); otherwise what the dialog's owner says (200 if it has
+        no opinion). A BYE ends the dialog.
+        """
+        # The peer's From tag is our remote tag; its To tag is ours.
+        key = (request.call_id, request.address("to").tag, request.address("from").tag)
+        dialog = self.live.get(key)
+        if dialog is None:
+            return None, 481
+        number = request.cseq()[0]
+        if dialog.remote_cseq >= 0 and number < dialog.remote_cseq:
+            return dialog, 500
+        dialog.remote_cseq = number
+        status = 200
+        if dialog.on_request is not None:
+            status = dialog.on_request(request)
+        if request.method == "BYE":
+            self.remove(dialog)
+        return dialog, status
+
+
+def new_tag() -> str:
+    """A fresh From/To tag."""
+    return os.urandom(6).hex()
