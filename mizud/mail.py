@@ -67,12 +67,17 @@ class Mailer:
         self.settings = settings
         self.reactor = reactor
 
-    def compose(self, sender: str, recipients: list[str], subject: str, body: str, reply_to: str = "") -> bytes:
-        """The message as bytes (headers encoded by the standard library: no injection)."""
+    @staticmethod
+    def check_content(subject: str, body: str) -> None:
+        """Raise L{MailError} unless the subject is one short line and the body within MAX_BODY."""
         if len(body) > MAX_BODY:
             raise MailError(f"message longer than {MAX_BODY} characters")
         if "\n" in subject or "\r" in subject or len(subject) > 500:
             raise MailError("subject must be one line of at most 500 characters")
+
+    def compose(self, sender: str, recipients: list[str], subject: str, body: str, reply_to: str = "") -> bytes:
+        """The message as bytes (headers encoded by the standard library: no injection)."""
+        self.check_content(subject, body)
         message = EmailMessage()
         message["From"] = sender
         message["To"] = ", ".join(recipients)

@@ -107,6 +107,21 @@ class UdpListenService(_Listener):
         return listening
 
 
+def every(reactor: Any, seconds: float, chore: Any, now: bool = False) -> LoopingCall:
+    """Run an async chore every C{seconds}; a failure is logged and the chore goes on."""
+
+    async def run() -> None:
+        try:
+            await chore()
+        except Exception:
+            log.failure("periodic {chore} failed", chore=getattr(chore, "__qualname__", chore))
+
+    loop = LoopingCall(lambda: defer.ensureDeferred(run()))
+    loop.clock = reactor
+    loop.start(seconds, now=now)
+    return loop
+
+
 #: Seconds between reloads of the bans (so other nodes' bans reach this one).
 BAN_REFRESH = 5.0
 HOUR = 3600.0
@@ -127,18 +142,7 @@ class ApiService(Service):
         self.ready: defer.Deferred[Api] = defer.Deferred()
 
     def _every(self, seconds: float, chore: Any) -> LoopingCall:
-        """Run an async chore every C{seconds}; a failure is logged and the chore goes on."""
-
-        async def run() -> None:
-            try:
-                await chore()
-            except Exception:
-                log.failure("periodic {chore} failed", chore=getattr(chore, "__qualname__", chore))
-
-        loop = LoopingCall(lambda: defer.ensureDeferred(run()))
-        loop.clock = self.reactor
-        loop.start(seconds, now=False)
-        return loop
+        return every(self.reactor, seconds, chore)
 
     def stopService(self) -> None:
         """Stop the periodic chores."""

@@ -51,8 +51,7 @@ MULTI = frozenset({
 })
 
 #: Headers that must appear at most once in a request (RFC 3261 section 20; RFC 4475 3.3.8).
-SINGLE = ("from", "to", "call-id", "cseq", "max-forwards", "content-length", "content-type", "expires")
-_SINGLE = frozenset(SINGLE)
+SINGLE = frozenset({"from", "to", "call-id", "cseq", "max-forwards", "content-length", "content-type", "expires"})
 
 #: The most bytes of headers we read; beyond this a message is refused.
 MAX_HEADERS = 16 * 1024
@@ -153,10 +152,6 @@ class SipMessage:
     def all(self, name: str) -> list[str]:
         """Every value of a header (by lower-case name), in order."""
         return [value for key, value in self.headers if key == name]
-
-    def count(self, name: str) -> int:
-        """How many values a header has."""
-        return sum(1 for key, _ in self.headers if key == name)
 
     def add(self, name: str, value: str) -> None:
         """Append a header value."""
@@ -641,7 +636,7 @@ def check_request(message: SipMessage, known: frozenset[str] = frozenset()) -> N
                 raise ParseError(f"missing {_canonical(name)}")
         seen: set[str] = set()
         for key, _ in message.headers:
-            if key in _SINGLE:
+            if key in SINGLE:
                 if key in seen:
                     raise ParseError(f"more than one {_canonical(key)}")
                 seen.add(key)

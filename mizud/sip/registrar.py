@@ -82,7 +82,7 @@ class Registrar:
             return response
         user = await core.authenticate(request, source, api)
         if isinstance(user, SipMessage):
-            if user.status == 401 and ("authorization" in dict(request.headers)):
+            if user.status == 401 and request.get("authorization"):
                 self._note(to.uri.user, Attempt(False, core.clock.seconds(), source.address, source.transport, 0))
             return user
         if user.username != to.uri.user:

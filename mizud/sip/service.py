@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ..api.service import every
 from ..config import Settings
 from .bindings import Bindings
 from .core import SipCore
@@ -42,17 +42,12 @@ class SipService(Service):
         api.sip = self.core
         bindings = Bindings(api.db, api.store.now)
 
-        async def sweep() -> None:
-            try:
-                removed = await bindings.expire()
-                if removed:
-                    log.info("SIP: {count} registrations expired", count=removed)
-            except Exception:
-                log.failure("SIP: sweeping expired registrations failed")
+        async def sweep_registrations() -> None:
+            removed = await bindings.expire()
+            if removed:
+                log.info("SIP: {count} registrations expired", count=removed)
 
-        self._sweep = LoopingCall(lambda: defer.ensureDeferred(sweep()))
-        self._sweep.clock = self.reactor
-        self._sweep.start(SWEEP, now=True)
+        self._sweep = every(self.reactor, SWEEP, sweep_registrations, now=True)
         return api
 
     def stopService(self) -> None:
