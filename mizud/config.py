@@ -399,7 +399,20 @@ OPTIONS: tuple[Option, ...] = (
          "Execute API requests carried in the X-MizuAPI header of SIP MESSAGE and OPTIONS requests "
          "from SIP-authenticated users (answered in the response).", live=True, group="sip"),
     _opt("defcallbackivr", parse_str, "",
-         "IVR campaign or access number a callback connects to.", live=True, group="calls"),
+         "The number (or SIP username) a callback connects the called-back user to when the request names "
+         "no bnum: an IVR or access number served elsewhere (mizud handles no media).", live=True, group="calls"),
+    _opt("callringtimeout", int_range(5, 600), "60",
+         "Seconds a leg of a p2p or callback call may ring before it is cancelled (no answer).",
+         live=True, group="calls"),
+    _opt("callsetuptimeout", int_range(1, 32), "8",
+         "Seconds to wait for any answer (even 100 Trying) to a call's INVITE before the next route "
+         "is tried (SIP timer B).", live=True, group="calls"),
+    _opt("maxcallduration", int_range(60, 86400), "7200",
+         "The longest a p2p or callback call may last, whatever the credit (seconds).", live=True, group="calls"),
+    _opt("p2panyanum", parse_bool, "false",
+         "Let users place p2p and callback calls whose first leg (anum/num) is any number; by default it must "
+         "be their username, one of their DIDs or a number they added with cli/addcallbacknumber.",
+         live=True, group="calls"),
     _opt("callbackaccessnumber", parse_str, "",
          "The access number the callbackaccessnumber function tells users (empty: none).", live=True, group="calls"),
     # Billing and storage (mizud's own).

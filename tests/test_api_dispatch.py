@@ -305,7 +305,7 @@ async def test_targetuser_for_admins_only(h: Harness) -> None:
 async def test_positional_parameters(h: Harness) -> None:
     """param1..N map onto a function's documented parameters."""
     answer = await h.call("apientry=help&param1=cb")
-    assert answer.text == "OK: callback: initiate a callback call"
+    assert answer.text == "OK: callback: calls num back, then connects it to bnum or the callback IVR/access number"
 
 
 @pytest_twisted.ensureDeferred

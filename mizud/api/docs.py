@@ -138,6 +138,21 @@ client transaction id (`txid=`) adds ` (repeated transaction)`.
 | showcfg | `OK: N options`, a record per option (secrets shown as `***`) |
 | checkcredits | `OK: every balance equals its ledger`, or an error listing the users whose balance differs |
 | hourlymaint, dailymaint, weeklymaint, monthlymaint | `OK: nonces N, bans N, numbers N, registrations N` (daily and longer: `, optimized 1`) |
+| status, verifyuser | `OK: N` (0 no such user, 1 offline, 2 online, 3 calling, 4 speaking) |
+| presence_get / presence_set | `OK: puserlist: user1:status1,...` / `OK: presence set`; both append stored messages as `XOFFMESSAGE:from:text...XOFFMESSAGE:` |
+| sendim | `OK: message for N users: S sent to registered devices, T stored` |
+| reguser, endpoints, epreg, fastregusers | `OK: N registered users: ...` / `OK: N contacts` / `OK: N endpoints` / `OK: N registrations` / `OK: N users`, a record per contact or device |
+| unreg | `OK: unregistered N users: ...` (`USER was not registered`) |
+| addserver | `OK: USERID; routing entry NAME prefix 'P' priority N`, record id, username, password |
+| routingtest | `OK: N routes: NAME TARGET, ...`, a record per route in the order a call tries them; `ERROR: no route to NUMBER` |
+| sendmail / asendemail | `OK: sent to N of M recipients` / `OK: queued for M recipients` |
+| sms, sendsmssync, sendsmsunicodesync, asendsmssync | `OK: SMS ID delivered through GATEWAY (cost C)`, `OK: SMS ID sent to the user` / `stored for the user`; `ERROR: SMS ID not delivered: REASONS` |
+| sendsms, sendsmsunicode, asendsms | `OK: SMS ID queued (held C)` (or as above for SMS to users) |
+| smsreceive | `OK: delivered to USER` / `OK: stored for USER until online` |
+| p2p, callback | `OK: call ID placed (max H CUR held)` at once; with waitfor=1 `OK: call ID answered by A (...)`, waitfor=2 `OK: call ID connected (...)`, or `ERROR: call ID failed: WHY`; a record callid, username, kind, anum, bnum, state, duration, connected, maxduration, held, cost, currency, sipcallida, sipcallidb, reason. Refusals hold nothing: `ERROR: not enough credit to call B (C CUR)`, `ERROR: no route to N`, `ERROR: N is not registered`, `ERROR: no tariff for N (leg A/B)`, `ERROR: N is not one of your numbers ...` |
+| calls, call | `OK: N calls: ID ANUM->BNUM STATE, ...`, a record per live call (on other nodes: callid, username, kind, anum, bnum, state, held, node) |
+| discall | `OK: call ID ended (cost C CUR)` once both legs are down and the call is billed |
+| callrating | `OK: credit C CUR, maxduration S, rating R CUR/min` (S: seconds the call may still last; R: both legs' price per minute) |
 | a tb_api custom SQL function | `OK: N rows` with the rows, `OK: N rows affected`, or `OK: queued` |
 
 Tariff files for `importtariffs` are CSV with a header line naming the

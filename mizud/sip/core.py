@@ -4,7 +4,9 @@ mizud is a registrar and a user agent server, not a proxy: it answers
 REGISTER (L{mizud.sip.registrar}), OPTIONS (keep-alive, and API requests
 when C{sipapi} is on), MESSAGE (stored and forwarded to the target user's
 contacts, or an API request), and refuses INVITE (calls are placed by the
-API's p2p and callback) after the checks RFC 3261 8.2 puts first.
+API's p2p and callback, L{mizud.sip.calls}) after the checks RFC 3261 8.2
+puts first; BYE and re-INVITE inside the dialogs of those calls go to
+their owner.
 
 Requests pass, in order: the per-address rate limit and bans (dropped),
 parsing (400/505/413/513), the structural checks (400), the server
@@ -15,6 +17,7 @@ transaction layer (retransmissions absorbed), then method inspection
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import socket
@@ -30,7 +33,7 @@ from ..api.request import ApiRequest
 from ..config import Settings
 from ..store.billing import User
 from .dialog import Dialogs
-from .digest import DigestAuth, parse_credentials
+from .digest import DigestAuth, answer_challenge, parse_credentials
 from .message import (
     ParseError,
     SipMessage,
@@ -38,7 +41,9 @@ from .message import (
     check_response,
     parse_datagram,
     parse_uri,
+    parse_via,
 )
+from .routing import Route
 from .transaction import ClientTransactions, ServerTransactions, Source, new_branch
 
 log = Logger()
@@ -66,10 +71,15 @@ REASONS = {
     404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
     413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
     420: "Bad Extension", 423: "Interval Too Brief", 480: "Temporarily Unavailable",
-    481: "Call/Transaction Does Not Exist", 487: "Request Terminated", 500: "Server Internal Error",
+    481: "Call/Transaction Does Not Exist", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 500: "Server Internal Error",
     501: "Not Implemented", 503: "Service Unavailable", 505: "Version Not Supported",
     513: "Message Too Large",
 }
+
+
+class Unreachable(Exception):
+    """A route cannot be used right now; the message says why."""
 
 
 def response_to(request: SipMessage, status: int, reason: str = "", source: Source | None = None) -> SipMessage:
@@ -141,6 +151,7 @@ class SipCore:
         self._local_ips: dict[str, str] = {}
         #: Work to start once a request's response has been sent (by id of the request).
         self._after: dict[int, Callable[[], Any]] = {}
+        from .calls import CallControl
         from .messaging import Messenger
         from .registrar import Registrar
         from .sms import SmsSender
@@ -148,6 +159,7 @@ class SipCore:
         self.registrar = Registrar(self)
         self.messenger = Messenger(self)
         self.sms = SmsSender(self)
+        self.calls = CallControl(self)
 
     def reconfigure(self) -> None:
         """Apply live options (rate limit, nonce lifetime)."""
@@ -308,6 +320,10 @@ class SipCore:
         return await self._options(request, source, api)
 
     def _invite(self, request: SipMessage, source: Source) -> SipMessage:
+        if request.address("to").tag:
+            # A re-INVITE in one of our calls' dialogs (its owner answers), else 481.
+            _, status = self.dialogs.incoming(request)
+            return response_to(request, status, source=source)
         kind = request.get("content-type").split(";")[0].strip().lower()
         if request.body and kind != "application/sdp":
             response = response_to(request, 415, source=source)
@@ -514,6 +530,58 @@ class SipCore:
                 self._local_ips.clear()
             self._local_ips[peer] = found
         return f"[{found}]:{port}" if ":" in found else f"{found}:{port}"
+
+    async def destination(self, route: Route) -> tuple[Callable[[bytes], None], str, bool]:
+        """How to send a request along a route: (send, our host:port as the peer sees it, reliable).
+
+        A registered contact is reached the way its REGISTER came (L{route});
+        a gateway at its proxy if it has one, else at its Request-URI's host,
+        over UDP (a name is resolved first).  Raises L{Unreachable}.
+        """
+        if route.kind == "user":
+            found = self.route(route.transport, route.address, route.target)
+            if found is None:
+                raise Unreachable(f"{route.name}'s {route.transport} connection is gone")
+            return found
+        if route.transport != "udp":
+            raise Unreachable(f"{route.transport} towards gateways is not supported (udp only)")
+        try:
+            uri = parse_uri(f"sip:{route.proxy}" if route.proxy else route.target)
+        except ParseError:
+            raise Unreachable(f"{route.name} has no usable address") from None
+        host = uri.host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                host = await self.clock.resolve(host)
+            except Exception as problem:
+                raise Unreachable(f"{route.name}: cannot resolve {host[:60]}: {type(problem).__name__}") from None
+        if not self.udp_sockets:
+            raise Unreachable("no UDP socket to send from")
+        write, local = self.udp_sockets[0]
+        destination = (host, uri.port or 5060)
+        return (lambda data: write(data, destination)), self._reachable(local, host), False
+
+    def authorised(self, request: SipMessage, response: SipMessage, account: tuple[str, str]) -> SipMessage | None:
+        """The request again with credentials for a 401/407 challenge (RFC 3261 22.2), or None if we cannot
+        answer it: same Call-ID and From, the next CSeq, a new branch."""
+        header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
+        credentials = answer_challenge(response.get(header), request.method, request.uri, *account)
+        if credentials is None:
+            return None
+        retry = SipMessage(method=request.method, uri=request.uri, body=request.body)
+        number = request.cseq()[0] + 1
+        for name, value in request.headers:
+            if name == "via":
+                value = value.replace(parse_via(value).branch, new_branch())
+            elif name == "cseq":
+                value = f"{number} {request.method}"
+            elif name in ("authorization", "proxy-authorization"):
+                continue
+            retry.headers.append((name, value))
+        retry.add("Authorization" if response.status == 401 else "Proxy-Authorization", credentials)
+        return retry
 
     def add_udp_socket(self, write: Callable[[bytes, tuple[str, int]], None], local: str) -> None:
         """A UDP socket we can send requests from."""

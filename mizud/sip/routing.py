@@ -33,6 +33,8 @@ class Route:
     routing: str = ""  # the tb_routing entry name
     transport: str = "udp"
     proxy: str = ""
+    #: For a registered contact: the address its REGISTER came from (how to reach it behind NAT).
+    address: str = ""
 
     def record(self, order: int) -> dict[str, Any]:
         """The route as an API record."""
@@ -95,7 +97,7 @@ class Router:
         if row is None:
             return None
         bindings = await Bindings(self.db, self.now).of_user(int(row[0]))
-        return [Route("user", row[1], b.contact, transport=b.transport, priority=0) for b in bindings]
+        return [Route("user", row[1], b.contact, transport=b.transport, address=b.address) for b in bindings]
 
     async def sender(self, address: str) -> str | None:
         """The traffic sender (a server allowed to send calls) at this IP address, if any."""
@@ -107,3 +109,14 @@ class Router:
         )
         row = result.one()
         return str(row[0]) if row else None
+
+
+async def owns_number(db: Database, userid: int, username: str, number: str) -> bool:
+    """Whether C{number} is the user's username, one of their DIDs, or a number they added (cli, callback)."""
+    if number == username:
+        return True
+    found = await db.run_query(
+        "owns_number", "SELECT number FROM tb_phonenumbers WHERE userid = ? AND number = ? "
+                       "UNION SELECT number FROM tb_usernumbers WHERE userid = ? AND number = ?",
+        (userid, number, userid, normalise(number) or number))
+    return bool(found.rows)

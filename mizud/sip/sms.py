@@ -25,8 +25,7 @@ from twisted.logger import Logger
 from ..billing.rating import normalise
 from ..store.billing import USER_SIPSERVER, USER_TRAFFICSENDER, User
 from .core import SERVER
-from .digest import answer_challenge
-from .routing import Route, Router
+from .routing import Route, Router, owns_number
 
 if TYPE_CHECKING:
     from .core import SipCore
@@ -134,14 +133,9 @@ class SmsSender:
         """anum must be a plain sender id; users may only use their own username or numbers."""
         if not SENDER.match(anum):
             raise SmsError("anum must be 1 to 32 letters, digits or + . _ -")
-        if admin or anum == user.username:
+        if admin:
             return
-        api = self.core.api_of()
-        owned = await api.db.run_query(
-            "sms_sender", "SELECT number FROM tb_phonenumbers WHERE userid = ? AND number = ? "
-                          "UNION SELECT number FROM tb_usernumbers WHERE userid = ? AND number = ?",
-            (user.id, anum, user.id, normalise(anum) or anum))
-        if not owned.rows:
+        if not await owns_number(self.core.api_of().db, user.id, user.username, anum):
             raise SmsError("anum must be your username or one of your numbers")
 
     async def _record(self, user: User, anum: str, bnum: str, text: str, count: int, route: str, status: str,
@@ -200,15 +194,14 @@ class SmsSender:
         """Hand the SMS to one gateway; raises if it does not accept it."""
         api = self.core.api_of()
         row = (await api.db.run_query(
-            "sms_gateway", "SELECT smsurl, domain, ip, port, username, password FROM tb_users WHERE username = ?",
+            "sms_gateway", "SELECT smsurl, username, password FROM tb_users WHERE username = ?",
             (route.name,))).one()
         if row is None:
             raise SmsError("gateway gone")
-        template = row[0]
-        if template:
-            await self._http(template, sender, number, text)
+        if row[0]:
+            await self._http(row[0], sender, number, text)
         else:
-            await self._sip(route, row[1], row[2], int(row[3]), sender, number, text, (row[4], row[5]))
+            await self._sip(route, sender, text, (row[1], row[2]))
 
     async def _http(self, template: str, sender: str, number: str, text: str) -> None:
         import treq
@@ -230,40 +223,19 @@ class SmsSender:
         if not 200 <= code < 300:
             raise SmsError(f"HTTP {code}")
 
-    async def _sip(self, route: Route, domain: str, ip: str, port: int, sender: str, number: str, text: str,
-                   account: tuple[str, str]) -> None:
+    async def _sip(self, route: Route, sender: str, text: str, account: tuple[str, str]) -> None:
         core = self.core
-        host = ip or domain
-        if not ip:
-            host = await core.clock.resolve(domain)
-        if not core.udp_sockets:
-            raise SmsError("no UDP socket to send from")
-        write, local = core.udp_sockets[0]
-        local = core._reachable(local, host)
+        send, local, reliable = await core.destination(route)
         realm = core.settings.current.siprealm or SERVER
         request = core.request("MESSAGE", route.target, f"sip:{sender}@{realm}", route.target, local, "udp")
         request.add("Content-Type", "text/plain;charset=UTF-8")
         request.body = text.encode("utf-8")
-        destination = (host, port or 5060)
-
-        def send(data: bytes) -> None:
-            write(data, destination)
-
-        response = await core.clients.start(request, send, reliable=False)
+        response = await core.clients.start(request, send, reliable=reliable)
         if response.status in (401, 407):
             # The gateway challenges: answer once with its account (addserver's u_username/u_password).
-            header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
-            credentials = answer_challenge(response.get(header), "MESSAGE", route.target, *account)
-            if credentials is None:
+            retry = core.authorised(request, response, account)
+            if retry is None:
                 raise SmsError(f"SIP {response.status}: a challenge mizud cannot answer")
-            retry = core.request("MESSAGE", route.target, f"sip:{sender}@{realm}", route.target, local, "udp")
-            retry.headers = [(k, v) for k, v in retry.headers if k not in ("from", "call-id", "cseq")]
-            retry.add("From", request.get("from"))
-            retry.add("Call-ID", request.call_id)
-            retry.add("CSeq", f"{request.cseq()[0] + 1} MESSAGE")
-            retry.add("Authorization" if response.status == 401 else "Proxy-Authorization", credentials)
-            retry.add("Content-Type", "text/plain;charset=UTF-8")
-            retry.body = request.body
-            response = await core.clients.start(retry, send, reliable=False)
+            response = await core.clients.start(retry, send, reliable=reliable)
         if not 200 <= response.status < 300:
             raise SmsError(f"SIP {response.status} {response.reason}"[:100])

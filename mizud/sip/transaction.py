@@ -196,6 +196,8 @@ class ClientTransaction:
     timers: list[Any] = field(default_factory=list)
     interval: float = T1
     key: tuple[str, str] = ("", "")
+    #: Timer B/F: how long to wait for any response (RFC 3261's 64*T1; a caller may shorten it).
+    timeout: float = 64 * T1
 
     def start(self) -> None:
         """Send the request and start timers E and F."""
@@ -204,7 +206,7 @@ class ClientTransaction:
         clock = self.table.clock
         if not self.reliable:
             self.timers.append(clock.callLater(T1, self._timer_e))
-        self.timers.append(clock.callLater(64 * T1, self._timer_f))
+        self.timers.append(clock.callLater(self.timeout, self._timer_f))
 
     def _send(self) -> None:
         try:
@@ -255,6 +257,7 @@ class InviteClientTransaction(ClientTransaction):
     on_response: Callable[[SipMessage], None] | None = None
     provisional: bool = False
     final: SipMessage | None = None
+    _timer_b: Any = None
 
     def start(self) -> None:
         """Send the INVITE and start timers A and B."""
@@ -263,7 +266,8 @@ class InviteClientTransaction(ClientTransaction):
         clock = self.table.clock
         if not self.reliable:
             self.timers.append(clock.callLater(T1, self._timer_a))
-        self.timers.append(clock.callLater(64 * T1, self._timer_f))
+        self._timer_b = clock.callLater(self.timeout, self._timer_f)
+        self.timers.append(self._timer_b)
 
     def _timer_a(self) -> None:
         if self.result.called or self.provisional:
@@ -277,6 +281,8 @@ class InviteClientTransaction(ClientTransaction):
         if response.status < 200:
             if self.final is None:
                 self.provisional = True
+                if self._timer_b is not None and self._timer_b.active():
+                    self._timer_b.cancel()  # Proceeding: only a final response (or CANCEL) ends it now
                 self._tell(response)
             return
         if self.final is not None:
@@ -316,6 +322,11 @@ class InviteClientTransaction(ClientTransaction):
 
     def _end(self) -> None:
         self.table.live.pop(self.key, None)
+
+    def cancelled(self) -> None:
+        """A CANCEL was sent: without a final response within 64*T1 the INVITE counts as ended (RFC 3261 9.1)."""
+        if self.final is None:
+            self.timers.append(self.table.clock.callLater(64 * T1, self._timer_f))
 
     def cancel_request(self) -> SipMessage | None:
         """The CANCEL for this INVITE, once a provisional arrived and no final (RFC 3261 9.1); else None."""
@@ -358,7 +369,7 @@ class ClientTransactions:
 
     def start(
         self, request: SipMessage, send: Callable[[bytes], None], reliable: bool,
-        on_response: Callable[[SipMessage], None] | None = None,
+        on_response: Callable[[SipMessage], None] | None = None, timeout: float = 64 * T1,
     ) -> defer.Deferred[SipMessage]:
         """Send a request in a new transaction; the Deferred fires with the final response.
 
@@ -371,6 +382,7 @@ class ClientTransactions:
             transaction = InviteClientTransaction(request, send, reliable, self, on_response=on_response)
         else:
             transaction = ClientTransaction(request, send, reliable, self)
+        transaction.timeout = timeout
         transaction.key = (branch, request.method)
         self.live[transaction.key] = transaction
         transaction.start()

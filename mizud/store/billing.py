@@ -529,11 +529,14 @@ class BillingStore:
 
         return await self.db.run_interaction("redeem_pin", redeem_pin_txn)
 
-    async def hold(self, userid: int, amount: Any, *, reference: str = "", txid: str | None = None) -> MoneyResult:
+    async def hold(self, userid: int, amount: Any, *, reference: str = "", txid: str | None = None,
+                   then: Callable[[Txn, int], Awaitable[Any]] | None = None) -> MoneyResult:
         """Reserve funds: debit them now (checked) and open a hold.
 
-        The result's C{extra} holds C{holdid}.  Concurrent holds of one user
-        can never reserve more than the account allows.
+        The result's C{extra} holds C{holdid} (and C{then}: what C{then(txn,
+        holdid)} returned, when given; it runs in the same transaction).
+        Concurrent holds of one user can never reserve more than the account
+        allows.
         """
         value = parse_amount(amount)
         txid = _check_txid(txid)
@@ -552,14 +555,22 @@ class BillingStore:
                 balance, ledgerid = await self._change_balance_txn(
                     txn, userid, -value, "hold", now=now, reference=f"hold:{holdid}", txid=txid
                 )
-                return MoneyResult(userid, balance, ledgerid, extra=(("holdid", str(holdid)),))
+                extra: tuple[tuple[str, str], ...] = (("holdid", str(holdid)),)
+                if then is not None:
+                    extra += (("then", str(await then(txn, holdid))),)
+                return MoneyResult(userid, balance, ledgerid, extra=extra)
 
             return await self._idempotent_txn(txn, userid, txid, f"hold:{value}", body)
 
         return await self.db.run_interaction("hold", hold_txn)
 
-    async def settle(self, holdid: int, cost: Any) -> MoneyResult:
-        """Close a hold charging C{cost} (at most the held amount); refund the rest."""
+    async def settle(self, holdid: int, cost: Any,
+                     then: Callable[[Txn, int], Awaitable[Any]] | None = None) -> MoneyResult:
+        """Close a hold charging C{cost} (at most the held amount); refund the rest.
+
+        C{then(txn, userid)}, if given, runs in the same transaction first (a
+        call's CDRs, say): its failure leaves the hold open.
+        """
         value = parse_amount(cost, allow_zero=True)
 
         async def settle_txn(txn: Txn) -> MoneyResult:
@@ -567,6 +578,8 @@ class BillingStore:
             userid, held = row
             if value > held:
                 raise InvalidAmount(f"cost {value} exceeds the held {held}")
+            if then is not None:
+                await then(txn, userid)
             refund = held - value
             if refund == 0:
                 balance = self.engine.money(

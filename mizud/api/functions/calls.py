@@ -1,0 +1,173 @@
+"""Calls: p2p, callback, calls/call (live calls), discall, callrating.
+
+p2p and callback place real calls through L{mizud.sip.calls}: leg A first
+(anum for p2p, num for callback), then leg B (bnum; for a callback without
+bnum, C{defcallbackivr} or else C{callbackaccessnumber}).  C{waitfor}=1
+answers once leg A answered, 2 once both legs are connected (or either
+failed), anything else at once with the call id.  Users may only start
+calls whose first leg is their own (username, DIDs, cli/callback numbers)
+unless C{p2panyanum} is on; admins may call for any user (C{username}).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ...sip.calls import ANSWERED, CONNECTED, CallError, PlacedCall
+from ...sip.routing import owns_number
+from ...sip.sms import SENDER
+from ...store.money import format_money
+from ..answer import ApiAnswer, error, ok
+from ..dispatcher import Call
+from ..registry import REQ_ADMINS, Category, Registry
+from ..request import RequestError
+
+#: A number or username a call may go to.
+NUMBER = re.compile(r"[A-Za-z0-9+*#._-]{1,64}\Z")
+
+
+def _number(call: Call, *names: str, required: bool = True) -> str:
+    value = ""
+    for name in names:
+        value = call.arg(name).strip()
+        if value:
+            break
+    if not value:
+        if required:
+            raise RequestError(f"missing parameter: {names[0]}", 421)
+        return ""
+    if not NUMBER.match(value):
+        raise RequestError(f"{names[0]} is not a number or username: {value[:40]!r}", 412)
+    return value
+
+
+async def _caller_for(call: Call) -> Any:
+    """The user a call is for: the caller, or for admins the user named by C{username} if given."""
+    admin = call.caller.level <= REQ_ADMINS
+    name = call.arg("username").strip()
+    if admin and name:
+        user = await call.api.store.find_user(name)
+        if user is None:
+            raise RequestError(f"no such user: {name[:40]}", 404)
+        return user
+    return call.user()
+
+
+async def _place(call: Call, user: Any, kind: str, anum: str, bnum: str, cnum: str) -> ApiAnswer:
+    sip = call.api.sip
+    if sip is None:
+        return error("SIP is not running on this node", 412)
+    admin = call.caller.level <= REQ_ADMINS
+    db = call.api.db
+    if not admin and not call.api.settings.current.p2panyanum and not await owns_number(db, user.id, user.username,
+                                                                                         anum):
+        return error(f"{anum} is not one of your numbers (add it with cli or addcallbacknumber)", 412)
+    if cnum and not admin:
+        if not SENDER.match(cnum) or not await owns_number(db, user.id, user.username, cnum):
+            return error("cnum must be your username or one of your numbers", 412)
+    try:
+        placed = await sip.calls.place(user, kind, anum, bnum, cnum)
+    except CallError as problem:
+        return error(str(problem), 412)
+    waitfor = call.arg("waitfor").strip()
+    level = {"1": ANSWERED, "2": CONNECTED}.get(waitfor)
+    if level is None:
+        return _answer(placed, f"call {placed.id} placed")
+    await placed.wait(level)
+    if placed.reached < level:
+        await placed.wait(3)  # failed: wait for its CDRs so the answer can name them
+        return ApiAnswer(False, f"call {placed.id} failed: {placed.outcome() or placed.stopping}", 412,
+                         [placed.record()])
+    return _answer(placed, f"call {placed.id} {'connected' if level == CONNECTED else 'answered by A'}")
+
+
+def _answer(placed: PlacedCall, text: str) -> ApiAnswer:
+    return ok(f"{text} (max {format_money(placed.held)} {placed.currency} held)", [placed.record()])
+
+
+async def _visible(call: Call, callid: str) -> PlacedCall:
+    """A live call of this node by id (or SIP Call-ID of either leg) that the caller may see."""
+    sip = call.api.sip
+    found = None
+    if sip is not None:
+        if callid.isdigit() and len(callid) < 19:
+            found = sip.calls.find(int(callid))
+        else:
+            found = next((c for c in sip.calls.live.values() if callid in (c.a.call_id, c.b.call_id)), None)
+    if found is None or (call.caller.level > REQ_ADMINS and found.user.id != call.user().id):
+        raise RequestError(f"no live call {callid[:40]} on this node", 404)
+    return found
+
+
+def register(registry: Registry) -> None:
+    """Register this module's handlers."""
+    fn = registry.function
+
+    @fn("p2p", Category.USER, "phone to phone call: rings anum, then connects it to bnum",
+        ("bnum", "cnum", "waitfor", "anum"))
+    async def p2p(call: Call) -> ApiAnswer:
+        user = await _caller_for(call)
+        anum = _number(call, "anum", required=False) or user.username
+        return await _place(call, user, "p2p", anum, _number(call, "bnum"), _number(call, "cnum", required=False))
+
+    @fn("callback", Category.USER, "calls num back, then connects it to bnum or the callback IVR/access number",
+        ("num", "bnum", "cnum", "waitfor"))
+    async def callback(call: Call) -> ApiAnswer:
+        num = _number(call, "num", "anum")
+        config = call.api.settings.current
+        bnum = _number(call, "bnum", required=False) or config.defcallbackivr or config.callbackaccessnumber
+        if not bnum:
+            return error("nothing to connect the callback to: give bnum, or set defcallbackivr", 412)
+        if not NUMBER.match(bnum):
+            return error("defcallbackivr is not a number or username", 412)
+        return await _place(call, await _caller_for(call), "callback", num, bnum, _number(call, "cnum", required=False))
+
+    async def live_calls(call: Call) -> ApiAnswer:
+        if call.arg("origsimid") or call.arg("telnum"):
+            return error("not supported: simulated calls between GSM SIMs are specific to Mizu's VoIP-GSM gateways",
+                         406)
+        admin = call.caller.level <= REQ_ADMINS
+        where, params = ("", ()) if admin else (" WHERE c.userid = ?", (call.user().id,))
+        rows = (await call.api.db.run_query(
+            "live_calls",
+            "SELECT c.id, u.username, c.kind, c.anum, c.bnum, c.state, c.held, c.node, c.created, c.connected "
+            f"FROM tb_calls c LEFT JOIN tb_users u ON u.id = c.userid{where} ORDER BY c.id", params)).rows
+        sip = call.api.sip
+        records = []
+        for row in rows:
+            local = sip.calls.find(int(row[0])) if sip is not None else None
+            if local is not None:
+                records.append(local.record())
+            else:
+                records.append({"callid": int(row[0]), "username": row[1] or "", "kind": row[2], "anum": row[3],
+                                "bnum": row[4], "state": row[5], "held": format_money(call.api.db.engine.money(row[6])),
+                                "node": row[7]})
+        listing = ", ".join(f"{r['callid']} {r['anum']}->{r['bnum']} {r['state']}" for r in records)
+        return ok(f"{len(records)} calls" + (f": {listing}" if listing else ""), records)
+
+    fn("calls", Category.USER, "live calls (a user's own; all for admins)")(live_calls)
+    fn("call", Category.USER, "live calls, like calls (the GSM SIM test call with origsimid/telnum: not supported)",
+       ("origsimid", "telnum", "duration"))(
+        live_calls)
+
+    @fn("discall", Category.USER, "end a live call (a user's own; any for admins)", ("dbcallid",))
+    async def discall(call: Call) -> ApiAnswer:
+        placed = await _visible(call, call.require("dbcallid").strip())
+        who = call.caller.user.username if call.caller.user else "the API"
+        placed.stop(f"ended by {who} (discall)")
+        await placed.wait(3)
+        return ok(f"call {placed.id} ended (cost {format_money(placed.cost)} {placed.currency})", [placed.record()])
+
+    @fn("callrating", Category.USER, "credit, maximum remaining duration and rate of a live call",
+        ("username", "callid"))
+    async def callrating(call: Call) -> ApiAnswer:
+        placed = await _visible(call, call.require("callid").strip())
+        name = call.arg("username").strip()
+        if name and name != placed.user.username:
+            return error(f"call {placed.id} is not {name[:40]}'s", 404)
+        credit = await call.api.store.balance(placed.user.id)
+        record = placed.record()
+        record.update(credit=format_money(credit), rate=format_money(placed.rate()))
+        return ok(f"credit {format_money(credit)} {placed.user.currency}, maxduration {record['maxduration']}, "
+                  f"rating {format_money(placed.rate())} {placed.currency}/min", [record])
