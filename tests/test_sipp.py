@@ -34,7 +34,7 @@ USERS = [("sippa", "pw-a"), ("sippb", "pw-b"), ("sippc", "pw-c")]
 class Daemon:
     """A running twistd mizud and its ports."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *options: str) -> None:
         self.folder = folder
         self.http = free_port()
         self.sip = free_udp_and_tcp_port()
@@ -42,7 +42,8 @@ class Daemon:
             [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={self.http}",
              "--set", "mainaportudp=0", "--set", "httpserver=0", "--set", "sslportmain=0",
              "--set", f"sipport={self.sip}", "--set", "localtsport=0", "--set", "sipapi=1",
-             "--set", "bootstrapadmin=admin:admin-password", "--set", "sipratelimitip=0"],
+             "--set", "bootstrapadmin=admin:admin-password", "--set", "sipratelimitip=0",
+             *(part for option in options for part in ("--set", option))],
             cwd=folder, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         assert self.process.stdout is not None

@@ -277,8 +277,8 @@ class PlacedCall:
         a, b = self.a, self.b
         if not await self._dial(a, hold=True):
             return
-        self._reach(ANSWERED)
         self._arm_limit()
+        self._reach(ANSWERED)
         if not await self._dial(b, hold=False):
             return
         problem = check_sdp(b.sdp)
@@ -291,8 +291,8 @@ class PlacedCall:
             self._ack(b)
             return
         self._ack(b, answer)
-        self._reach(CONNECTED)
         self._arm_limit()
+        self._reach(CONNECTED)
         await self.control.connected(self)
         await self._stopped
 
