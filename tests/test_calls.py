@@ -362,3 +362,23 @@ async def test_concurrent_calls_cannot_overspend(tmp_path: Path, database_option
     await until_ended(rig)
     assert await balance(rig) == "OK: 5.00 USD" and await rig.h.store.audit() == []
     await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_callback_without_bnum_goes_to_the_callback_ivr(tmp_path: Path) -> None:
+    """callback num=N with no bnum rings N, then connects it to defcallbackivr (here a number behind the
+    gateway); ending the call with discall as an admin bills the seconds both legs were up."""
+    rig = await call_rig(tmp_path, "defcallbackivr=3699999")
+    a = b = Peer(rig)
+    pending, invite_a, invite_b = await connect(rig, f"apientry=callback&num=3611111&waitfor=2&{ALICE}", a, b)
+    assert (await pending).text == "OK: call 1 connected (max 5.00 USD held)"
+    assert invite_a.uri == "sip:3611111@192.0.2.50:5070" and invite_b.uri == "sip:3699999@192.0.2.50:5070"
+    assert invite_a.address("from").uri.user == "3699999"  # A sees whom it will be connected to
+    rig.h.clock.advance(10)
+    ending = defer.ensureDeferred(rig.h.call("apientry=discall&dbcallid=1", ADMIN))
+    byes = {(await a.next("BYE")).call_id, (await b.next("BYE")).call_id}
+    assert byes == {invite_a.call_id, invite_b.call_id}
+    assert (await ending).text == "OK: call 1 ended (cost 0.20 USD)"
+    assert [(r[0], r[2], r[4]) for r in await cdrs(rig)] == [("A", 10, "ended by the API (discall)"),
+                                                            ("B", 10, "ended by the API (discall)")]
+    await rig.h.db.close()

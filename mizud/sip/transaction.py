@@ -13,6 +13,7 @@ Call-ID, CSeq, From tag and the top Via as RFC 3261 17.2.3 allows.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -71,9 +72,14 @@ def server_key(request: SipMessage) -> tuple[str, ...]:
     return ("2543", request.call_id, number, tag, request.get("via"), method)
 
 
+#: Branches are unique in space (a random prefix per process) and time (a counter): no system call each.
+_BRANCH_PREFIX = MAGIC + os.urandom(6).hex()
+_branches = itertools.count(1)
+
+
 def new_branch() -> str:
     """A fresh RFC 3261 branch."""
-    return MAGIC + os.urandom(10).hex()
+    return f"{_BRANCH_PREFIX}{next(_branches):x}"
 
 
 @dataclass(eq=False)
