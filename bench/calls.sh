@@ -67,25 +67,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 log() { printf '== %s\n' "$*" >&2; }
 
-free_port() {
-    "$PYTHON" - <<'EOF'
-import socket
-while True:
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("127.0.0.1", 0))
-    port = u.getsockname()[1]
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        t.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        t.close()
-        u.close()
-    print(port)
-    break
-EOF
-}
+. "$REPO/bench/common.sh"
 
 ticks_of() {  # utime+stime of one process (all threads), in clock ticks
     local rest

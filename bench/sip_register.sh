@@ -110,26 +110,7 @@ trap 'exit 130' INT TERM
 
 log() { printf '== %s\n' "$*" >&2; }
 
-# A port free for both UDP and TCP on 127.0.0.1.
-free_port() {
-    "$PYTHON" - <<'EOF'
-import socket
-while True:
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("127.0.0.1", 0))
-    port = u.getsockname()[1]
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        t.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        t.close()
-        u.close()
-    print(port)
-    break
-EOF
-}
+. "$REPO/bench/common.sh"
 
 # Whether something listens on UDP port $1.
 udp_bound() { [ -n "$(ss -Hlnu "( sport = :$1 )" 2>/dev/null)" ]; }
