@@ -344,16 +344,18 @@ async def test_calls_to_registered_users_and_malformed_sdp(tmp_path: Path) -> No
 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_calls_cannot_overspend(tmp_path: Path, database_option: str) -> None:
-    """Five p2p requests at once with credit for one call's hold: one is placed, the others are refused
-    for credit; the ledger stays consistent."""
+    """Five p2p requests at once, each wanting 2.00 of alice's 5.00: what is held never passes the
+    balance (a request that read the balance before another's hold is refused or holds what is left);
+    the ledger stays consistent."""
     rig = await call_rig(tmp_path, "maxcallduration=100", database=database_option)
-    # Each call may last 100 s (2.00 held of 5.00): at most two fit.
     answers = await defer.gatherResults([
         defer.ensureDeferred(rig.h.call(f"apientry=p2p&anum=3611111&bnum=3622222&{ALICE}")) for _ in range(5)])
     placed = [a for a in answers if a.ok]
     refused = [a for a in answers if not a.ok]
-    assert len(placed) == 2 and all("not enough credit" in a.text for a in refused), [a.text for a in answers]
-    assert await balance(rig) == "OK: 1.00 USD"
+    assert placed and refused and all("not enough credit" in a.text for a in refused), [a.text for a in answers]
+    held = sum(Decimal(a.records[0]["held"]) for a in placed)
+    assert held <= Decimal("5.00")
+    assert await balance(rig) == f"OK: {Decimal('5.00') - held:.2f} USD"
     for call in list(rig.core.calls.live.values()):
         call.stop("test over")
     # Nothing rang yet, so nothing can be cancelled (RFC 3261 9.1): the INVITEs end at callsetuptimeout.
@@ -381,4 +383,127 @@ async def test_callback_without_bnum_goes_to_the_callback_ivr(tmp_path: Path) ->
     assert (await ending).text == "OK: call 1 ended (cost 0.20 USD)"
     assert [(r[0], r[2], r[4]) for r in await cdrs(rig)] == [("A", 10, "ended by the API (discall)"),
                                                             ("B", 10, "ended by the API (discall)")]
+    await rig.h.db.close()
+
+
+async def up_to_reinvite(rig: Rig, a: Peer, b: Peer, query: str) -> tuple[Any, SipMessage, SipMessage, SipMessage]:
+    """Dial both legs; return the pending answer, both INVITEs and the re-INVITE of A (not yet answered)."""
+    pending = defer.ensureDeferred(rig.h.call(query))
+    invite_a = await a.next("INVITE")
+    a.reply(invite_a, 200, HELD)
+    await a.next("ACK")
+    invite_b = await b.next("INVITE")
+    b.reply(invite_b, 200, OFFER)
+    reinvite = await a.next("INVITE")
+    return pending, invite_a, invite_b, reinvite
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reinvite_that_never_completes(tmp_path: Path) -> None:
+    """A answers the re-INVITE with 100 and then nothing: discall still ends the call at once (B is
+    ACKed and both get BYE); the same silence without discall ends the call after 64*T1, billed for
+    the time both legs were up."""
+    rig = await call_rig(tmp_path)
+    a = b = Peer(rig)
+    pending, invite_a, invite_b, reinvite = await up_to_reinvite(
+        rig, a, b, f"apientry=p2p&anum=3611111&bnum=3622222&waitfor=2&{ALICE}")
+    a.reply(reinvite, 100)
+    answer = await rig.h.call("apientry=discall&dbcallid=1", ADMIN)
+    assert answer.text.startswith("OK: call 1 ended"), answer.text
+    assert (await pending).text.startswith("ERROR: call 1 failed: ended by the API (discall)")
+    ack_b = await b.next("ACK")
+    assert ack_b.call_id == invite_b.call_id
+    assert {(await a.next("BYE")).call_id, (await b.next("BYE")).call_id} == {invite_a.call_id, invite_b.call_id}
+    # The second call: nobody intervenes, the re-INVITE times out.
+    pending, invite_a, invite_b, reinvite = await up_to_reinvite(
+        rig, a, b, f"apientry=p2p&anum=3611111&bnum=3622222&waitfor=2&{ALICE}")
+    a.reply(reinvite, 100)
+    for _ in range(70):
+        rig.h.clock.advance(0.5)
+    assert (await pending).text.startswith("ERROR: call 2 failed: A refused B's media: 408")
+    await until_ended(rig)
+    # B answered, so both legs were up (and billed) for the 32 s the re-INVITE was waited for.
+    assert await rig.h.store.audit() == [] and await balance(rig) == "OK: 4.36 USD"
+    assert not rig.core.dialogs.live
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_responses_that_must_not_be_believed_or_repeated(tmp_path: Path) -> None:
+    """A 200 for leg B from a host the INVITE did not go to is ignored; many 180s after a cancel bring
+    one CANCEL; a retransmitted 200 of A's first INVITE is ACKed with that INVITE's CSeq; branches are
+    random."""
+    from mizud.sip.transaction import new_branch
+
+    first, second = new_branch(), new_branch()
+    assert len(first) == len(second) == 27 and first[:-4] != second[:-4]
+    rig = await call_rig(tmp_path)
+    a = b = Peer(rig)
+    pending = defer.ensureDeferred(rig.h.call(f"apientry=p2p&anum=3611111&bnum=3622222&waitfor=2&{ALICE}"))
+    invite_a = await a.next("INVITE")
+    a.reply(invite_a, 200, HELD)
+    await a.next("ACK")
+    invite_b = await b.next("INVITE")
+    Peer(rig, ("203.0.113.66", 5060)).reply(invite_b, 200, OFFER)  # forged
+    await settle()
+    placed = rig.core.calls.find(1)
+    assert placed is not None and placed.state == "calling B"
+    b.reply(invite_b, 180)
+    placed.stop("test")
+    for _ in range(20):
+        b.reply(invite_b, 180)
+    await b.next("CANCEL")
+    a.reply(invite_a, 200, HELD)  # A's first 200 again (its ACK was lost)
+    ack = await a.next("ACK")
+    assert ack.cseq() == (invite_a.cseq()[0], "ACK")
+    b.reply(invite_b, 487)
+    await a.next("BYE")
+    await pending
+    await until_ended(rig)
+    cancels = [m for m in (parse_datagram(d) for addr, d in rig.sent if addr == GW) if m.method == "CANCEL"]
+    assert len(cancels) == 1
+    assert not [c for c in rig.h.clock.getDelayedCalls() if c.active() and c.getTime() > rig.h.clock.seconds() + 40]
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_forks_bad_contacts_shutdown_and_a_repeated_settlement(tmp_path: Path) -> None:
+    """B's 2xx with a malformed Contact still connects; a second 2xx from another fork is ACKed and hung
+    up; shutting down ends and bills the live call; settling it again changes nothing."""
+    rig = await call_rig(tmp_path)
+    a = b = Peer(rig)
+    pending = defer.ensureDeferred(rig.h.call(f"apientry=p2p&anum=3611111&bnum=3622222&waitfor=2&{ALICE}"))
+    invite_a = await a.next("INVITE")
+    a.reply(invite_a, 200, HELD)
+    await a.next("ACK")
+    invite_b = await b.next("INVITE")
+    response = response_to(invite_b, 200)
+    response.add("Contact", "<garbage")
+    response.add("Content-Type", "application/sdp")
+    response.body = OFFER
+    rig.core.datagram(response.serialize(), rig.source(*GW))
+    reinvite = await a.next("INVITE")
+    a.reply(reinvite, 200, ANSWER)
+    await a.next("ACK")
+    assert (await b.next("ACK")).body == ANSWER
+    assert (await pending).text.startswith("OK: call 1 connected")
+    fork = response_to(invite_b, 200)
+    fork.headers = [(k, v.replace(response_to(invite_b, 200).address("to").tag, "forktag") if k == "to" else v)
+                    for k, v in fork.headers]
+    fork.add("Contact", "<sip:fork@192.0.2.50:5070>")
+    rig.core.datagram(fork.serialize(), rig.source(*GW))
+    fork_ack = await b.next("ACK")
+    fork_bye = await b.next("BYE")
+    assert fork_ack.get("to").endswith("tag=forktag") and fork_bye.get("to").endswith("tag=forktag")
+    placed = rig.core.calls.find(1)
+    assert placed is not None
+    rig.h.clock.advance(7)
+    await rig.core.calls.shutdown()
+    assert {(await a.next("BYE")).call_id, (await b.next("BYE")).call_id} == {invite_a.call_id, invite_b.call_id}
+    rows = await cdrs(rig)
+    assert [(r[0], r[2], r[4]) for r in rows] == [("A", 7, "the server is shutting down"),
+                                                 ("B", 7, "the server is shutting down")]
+    assert await rig.core.calls.settle(placed, []) == [row_id for row_id, in (await rig.h.db.run_query(
+        "x", "SELECT id FROM tb_cdrs ORDER BY id")).rows]
+    assert len(await cdrs(rig)) == 2 and await balance(rig) == "OK: 4.86 USD" and await rig.h.store.audit() == []
     await rig.h.db.close()

@@ -39,7 +39,7 @@ from .core import ALLOW, SERVER, Unreachable
 from .dialog import Dialog, new_tag
 from .message import SipMessage
 from .routing import Route
-from .transaction import InviteClientTransaction, new_branch
+from .transaction import T1, InviteClientTransaction, new_branch
 
 if TYPE_CHECKING:
     from .core import SipCore
@@ -53,6 +53,8 @@ _SDP_LINE = re.compile(r"[a-z]=[^\r\n]*\Z")
 FAILOVER = frozenset({0, 408, 500, 502, 503, 504, 580})
 #: How many times a call's settlement is tried before it is left to the operator (logged in full).
 SETTLE_ATTEMPTS = 4
+#: Seconds the daemon's shutdown waits for its live calls to be billed.
+SHUTDOWN_WAIT = 10.0
 #: Levels a caller can wait for: leg A answered, both legs connected, the call over.
 ANSWERED, CONNECTED, ENDED = 1, 2, 3
 
@@ -123,9 +125,15 @@ class Leg:
     route: Route | None = None
     send: Callable[[bytes], None] | None = None
     reliable: bool = False
+    #: The host the leg's requests go to (its responses must come from there).
+    peer: str = ""
     transaction: InviteClientTransaction | None = None
+    #: The latest INVITE sent on this leg (forked 2xx are matched against its dialog).
+    invite: SipMessage | None = None
     dialog: Dialog | None = None
-    ack: bytes = b""  # the ACK of the current 2xx, sent again when the 2xx is retransmitted
+    #: The ACK of each answered INVITE (by CSeq), sent again when its 2xx is retransmitted.
+    acks: dict[int, bytes] = field(default_factory=dict)
+    cancel_sent: bool = False
     sdp: bytes = b""
     status: int = 0
     reason: str = ""
@@ -138,8 +146,8 @@ class Leg:
     answered_at: datetime | None = None
 
     def seconds(self, end: float) -> int:
-        """Whole seconds this leg was connected until C{end}."""
-        return max(0, round(end - self.answered)) if self.answered is not None else 0
+        """Whole seconds this leg was connected until C{end} (a started second is not billed)."""
+        return max(0, int(end - self.answered)) if self.answered is not None else 0
 
 
 class PlacedCall:
@@ -166,6 +174,8 @@ class PlacedCall:
         self.limit_at: float | None = None
         self._limit: Any = None
         self._stopped: defer.Deferred[None] = defer.Deferred()
+        #: Called once when the call is stopped (to stop waiting for a re-INVITE's answer).
+        self._on_stop: list[Callable[[], None]] = []
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.cdrs: list[int] = []
         self.cost = Decimal(0)
@@ -190,6 +200,9 @@ class PlacedCall:
         """Why the call ended (or is ending), in words."""
         if self.stopping:
             return self.stopping
+        return self._not_reached() if self.level >= ENDED else ""
+
+    def _not_reached(self) -> str:
         for leg in (self.a, self.b):
             if leg.dialled and leg.answered is None:
                 return f"{leg.label} not reached: {leg.reason or 'no route'}"
@@ -240,8 +253,17 @@ class PlacedCall:
             self._limit.cancel()
         for leg in (self.a, self.b):
             self._cancel(leg, reason)
+        for hook in self._on_stop:
+            hook()
+        self._on_stop.clear()
         if not self._stopped.called:
             self._stopped.callback(None)
+
+    def abandon(self) -> None:
+        """Stop waiting for the final responses of INVITEs (shutdown): their legs count as not reached."""
+        for leg in (self.a, self.b):
+            if leg.transaction is not None and leg.transaction.final is None:
+                leg.transaction.give_up()
 
     def _cancel(self, leg: Leg, reason: str) -> None:
         """CANCEL a leg's ringing INVITE (at once if it rang, else as soon as it does)."""
@@ -253,12 +275,13 @@ class PlacedCall:
 
     def _send_cancel(self, leg: Leg) -> None:
         transaction = leg.transaction
-        if transaction is None or leg.send is None:
+        if transaction is None or leg.send is None or leg.cancel_sent:
             return
         cancel = transaction.cancel_request()
         if cancel is None:
             return  # no provisional yet: sent when one comes (RFC 3261 9.1)
-        self.core.clients.start(cancel, leg.send, leg.reliable).addErrback(lambda _: None)
+        leg.cancel_sent = True
+        self.core.clients.start(cancel, leg.send, leg.reliable, peer=leg.peer).addErrback(lambda _: None)
         transaction.cancelled()
 
     # -- the call --------------------------------------------------------------------
@@ -281,6 +304,7 @@ class PlacedCall:
         self._reach(ANSWERED)
         if not await self._dial(b, hold=False):
             return
+        self._arm_limit()  # B is up: from now on both legs cost
         problem = check_sdp(b.sdp)
         if problem:
             self._ack(b)
@@ -320,7 +344,7 @@ class PlacedCall:
     async def _attempt(self, leg: Leg, route: Route, hold: bool) -> int:
         """One INVITE (and its authenticated retry) along one route; returns the final status."""
         core = self.core
-        leg.send, local, leg.reliable = await core.destination(route)
+        leg.send, local, leg.reliable, leg.peer = await core.destination(route)
         leg.route = route
         offer = no_media_offer(local.rpartition(":")[0].strip("[]")) if hold else b""
         invite = self._invite(leg, route, local, offer)
@@ -373,10 +397,14 @@ class PlacedCall:
         """Run one INVITE transaction, cancelling it when it rings too long or the call stops."""
         assert leg.send is not None
         config = self.core.settings.current
-        result = self.core.clients.start(invite, leg.send, leg.reliable, on_response=lambda r: self._progress(leg, r),
-                                         timeout=float(config.callsetuptimeout))
+        result = self.core.clients.start(
+            invite, leg.send, leg.reliable, on_response=lambda r: self._progress(leg, r),
+            timeout=float(config.callsetuptimeout), peer=leg.peer,
+            proceeding=config.callringtimeout + 64 * T1)  # the ring timeout CANCELs it first
         found = self.core.clients.find(invite)
         leg.transaction = found if isinstance(found, InviteClientTransaction) else None
+        leg.invite = invite
+        leg.cancel_sent = False
         ring = self.clock.callLater(config.callringtimeout, self._cancel, leg, "no answer")
         try:
             return await result
@@ -392,39 +420,87 @@ class PlacedCall:
             leg.ringing = True
             if leg.cancelled:
                 self._send_cancel(leg)  # we wanted to cancel before it rang
-        elif 200 <= response.status < 300 and leg.ack and leg.send is not None:
-            leg.send(leg.ack)
+            return
+        if not 200 <= response.status < 300 or leg.send is None:
+            return
+        dialog = leg.dialog
+        if dialog is not None and response.address("to").tag != dialog.remote_tag and leg.invite is not None:
+            self._drop_fork(leg, leg.invite, response)
+            return
+        ack = leg.acks.get(response.cseq()[0])
+        if ack:
+            leg.send(ack)
+
+    def _drop_fork(self, leg: Leg, invite: SipMessage, response: SipMessage) -> None:
+        """A second 2xx from another branch of a forked INVITE: ACK it and end that dialog at once."""
+        assert leg.send is not None
+        fork = Dialog.from_2xx(invite, response)
+        leg.send(fork.ack().serialize())
+        self.core.clients.start(fork.request("BYE"), leg.send, leg.reliable, peer=leg.peer).addErrback(
+            lambda _: None)
 
     def _ack(self, leg: Leg, body: bytes = b"") -> None:
-        if leg.dialog is None or leg.send is None or leg.ack:
+        """ACK the leg's latest answered INVITE (once)."""
+        dialog = leg.dialog
+        if dialog is None or leg.send is None or dialog.invite_cseq in leg.acks:
             return
-        leg.ack = leg.dialog.ack(body).serialize()
-        leg.send(leg.ack)
+        data = dialog.ack(body).serialize()
+        leg.acks[dialog.invite_cseq] = data
+        leg.send(data)
 
     async def _offer_to_a(self, offer: bytes) -> bytes | None:
         """Send B's offer to A in a re-INVITE; A's answer, or None (the call is then stopped)."""
         a = self.a
         assert a.dialog is not None and a.send is not None
-        request = a.dialog.request("INVITE", offer)
+        dialog = a.dialog
+        request = dialog.request("INVITE", offer)
         request.add("Contact", f"<sip:{SERVER}@{request.top_via().sent_by}>")
-        a.ack = b""
+        cseq = request.cseq()[0]
 
         def again(response: SipMessage) -> None:
-            if 200 <= response.status < 300 and a.ack and a.send is not None:
-                a.send(a.ack)
+            ack = a.acks.get(response.cseq()[0])
+            if 200 <= response.status < 300 and ack and a.send is not None:
+                a.send(ack)
 
-        response = await self.core.clients.start(request, a.send, a.reliable, on_response=again)
+        def acknowledge(response: SipMessage) -> SipMessage:
+            # Whoever still waits for it, a 2xx is ACKed (even when the call stopped meanwhile).
+            if 200 <= response.status < 300 and not dialog.ended:
+                dialog.invite_cseq = cseq
+                self._ack(a)
+            return response
+
+        result = self.core.clients.start(request, a.send, a.reliable, on_response=again, peer=a.peer,
+                                         proceeding=64 * T1)
+        result.addCallback(acknowledge)
+        response = await self._unless_stopped(result)
+        if response is None:
+            return None
         if not 200 <= response.status < 300:
             self.stop(f"A refused B's media: {response.status} {response.reason}".strip())
             return None
-        a.dialog.invite_cseq = request.cseq()[0]
-        a.ack = a.dialog.ack().serialize()
-        a.send(a.ack)
         problem = check_sdp(response.body)
         if problem:
             self.stop(f"A sent no usable answer: {problem}")
             return None
         return response.body
+
+    async def _unless_stopped(self, result: defer.Deferred[SipMessage]) -> SipMessage | None:
+        """A transaction's response, or None as soon as the call is stopped."""
+        race: defer.Deferred[SipMessage | None] = defer.Deferred()
+
+        def settle(outcome: SipMessage | None) -> SipMessage | None:
+            if not race.called:
+                race.callback(outcome)
+            return outcome
+
+        if self.stopping:
+            return None
+        def stopped() -> None:
+            settle(None)
+
+        result.addCallback(settle)
+        self._on_stop.append(stopped)
+        return await race
 
     def _in_dialog(self, leg: Leg, request: SipMessage) -> int:
         """A request from a leg inside its dialog: BYE ends the call; re-INVITEs are refused (488)."""
@@ -461,9 +537,11 @@ class PlacedCall:
         self._limit = self.clock.callLater(left, self.stop, "credit limit" if left < most else "maximum duration")
 
     async def _finish(self) -> None:
+        if self._limit is not None and self._limit.active():
+            self._limit.cancel()
         end = self.ended_at or self.clock.seconds()
         if not self.stopping:
-            self.stopping = self.outcome() or "ended"
+            self.stopping = self._not_reached() or "ended"
         for leg in (self.a, self.b):
             self._hang_up(leg)
         cost_a, cost_b = self._costs(end)
@@ -491,7 +569,7 @@ class PlacedCall:
         self._ack(leg)  # a 2xx not yet acknowledged (the call stopped meanwhile)
         bye = dialog.request("BYE")
         self.core.dialogs.remove(dialog)
-        self.core.clients.start(bye, leg.send, leg.reliable).addErrback(lambda _: None)
+        self.core.clients.start(bye, leg.send, leg.reliable, peer=leg.peer).addErrback(lambda _: None)
 
     def _cdr(self, leg: Leg, cost: Decimal, end: float) -> dict[str, Any]:
         caller = self.user.username if leg is self.a else self.a.number
@@ -602,19 +680,24 @@ class CallControl:
             log.failure("call {id}: could not mark it connected", id=call.id)
 
     async def settle(self, call: PlacedCall, rows: list[dict[str, Any]]) -> list[int]:
-        """Write the CDRs, settle the hold and drop the live-call row in one transaction (retried)."""
+        """Write the CDRs, settle the hold and drop the live-call row in one transaction.
+
+        Retried when it fails; the live-call row going away with the CDRs
+        makes a retry after a commit whose answer was lost find the work done.
+        """
         api = self._api()
         ids: list[int] = []
 
         async def write(txn: Txn, _: int = 0) -> None:
             ids.clear()
+            if not (await txn.execute("DELETE FROM tb_calls WHERE id = ? RETURNING id", (call.id,))).rows:
+                raise AlreadySettled(call.id)
             for row in rows:
                 names = sorted(row)
                 result = await txn.execute(
                     f"INSERT INTO tb_cdrs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING id",
                     tuple(row[name] for name in names))
                 ids.append(int(result.rows[0][0]))
-            await txn.execute("DELETE FROM tb_calls WHERE id = ?", (call.id,))
 
         for attempt in range(1, SETTLE_ATTEMPTS + 1):
             try:
@@ -624,6 +707,8 @@ class CallControl:
                     await api.db.run_interaction("call_cdrs", write)
                 return list(ids)
             except Exception:
+                if await self._settled(call):
+                    return await self._cdr_ids(call)
                 log.failure("call {id}: settlement attempt {n} failed", id=call.id, n=attempt)
                 if attempt < SETTLE_ATTEMPTS:
                     from twisted.internet.task import deferLater
@@ -632,3 +717,33 @@ class CallControl:
         log.critical("call {id}: not settled; hold {hold} stays open; CDRs {rows!r}", id=call.id,
                      hold=call.holdid, rows=rows)
         return []
+
+    async def _settled(self, call: PlacedCall) -> bool:
+        """Whether the call's settlement committed already (its live-call row is gone)."""
+        try:
+            found = await self._api().db.run_query("call_live", "SELECT id FROM tb_calls WHERE id = ?", (call.id,))
+        except Exception:
+            return False
+        return not found.rows
+
+    async def _cdr_ids(self, call: PlacedCall) -> list[int]:
+        found = await self._api().db.run_query("call_cdr_ids", "SELECT id FROM tb_cdrs WHERE callid = ? ORDER BY id",
+                                               (call.id,))
+        return [int(row[0]) for row in found.rows]
+
+    def shutdown(self) -> defer.Deferred[Any]:
+        """The daemon stops: end every live call now (CANCEL, BYE) and bill it; fires when all are billed
+        (or after L{SHUTDOWN_WAIT} seconds)."""
+        calls = list(self.live.values())
+        for call in calls:
+            call.stop("the server is shutting down")
+            call.abandon()
+        if not calls:
+            return defer.succeed(None)
+        log.info("stopping {count} live calls", count=len(calls))
+        done = defer.DeferredList([defer.ensureDeferred(call.wait(ENDED)) for call in calls], consumeErrors=True)
+        return done.addTimeout(SHUTDOWN_WAIT, self.core.clock).addErrback(lambda _: None)
+
+
+class AlreadySettled(Exception):
+    """The call's live-call row is gone: its settlement committed before."""

@@ -235,7 +235,7 @@ class SipCore:
             except ParseError as error:
                 self.refuse(error, source)
                 return
-            if not self.clients.match(message):
+            if not self.clients.match(message, source.host):
                 self.stats["stray_responses"] += 1
             return
         try:
@@ -531,8 +531,9 @@ class SipCore:
             self._local_ips[peer] = found
         return f"[{found}]:{port}" if ":" in found else f"{found}:{port}"
 
-    async def destination(self, route: Route) -> tuple[Callable[[bytes], None], str, bool]:
-        """How to send a request along a route: (send, our host:port as the peer sees it, reliable).
+    async def destination(self, route: Route) -> tuple[Callable[[bytes], None], str, bool, str]:
+        """How to send a request along a route: (send, our host:port as the peer sees it, reliable,
+        the peer's host: its responses must come from there).
 
         A registered contact is reached the way its REGISTER came (L{route});
         a gateway at its proxy if it has one, else at its Request-URI's host,
@@ -542,7 +543,7 @@ class SipCore:
             found = self.route(route.transport, route.address, route.target)
             if found is None:
                 raise Unreachable(f"{route.name}'s {route.transport} connection is gone")
-            return found
+            return (*found, route.address.rpartition(":")[0].strip("[]"))
         if route.transport != "udp":
             raise Unreachable(f"{route.transport} towards gateways is not supported (udp only)")
         try:
@@ -561,7 +562,7 @@ class SipCore:
             raise Unreachable("no UDP socket to send from")
         write, local = self.udp_sockets[0]
         destination = (host, uri.port or 5060)
-        return (lambda data: write(data, destination)), self._reachable(local, host), False
+        return (lambda data: write(data, destination)), self._reachable(local, host), False, host
 
     def authorised(self, request: SipMessage, response: SipMessage, account: tuple[str, str]) -> SipMessage | None:
         """The request again with credentials for a 401/407 challenge (RFC 3261 22.2), or None if we cannot

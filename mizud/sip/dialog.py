@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .message import SipMessage, parse_name_addr
+from .message import ParseError, SipMessage, parse_name_addr
 from .transaction import new_branch
 
 #: Dialog identifiers: (Call-ID, local tag, remote tag).
@@ -50,7 +50,10 @@ class Dialog:
     def from_2xx(cls, invite: SipMessage, response: SipMessage) -> Dialog:
         """The dialog a 2xx to our INVITE establishes (RFC 3261 12.1.2)."""
         contacts = response.all("contact")
-        target = parse_name_addr(contacts[0]).uri if contacts else invite.request_uri()
+        try:
+            target = parse_name_addr(contacts[0]).uri if contacts else invite.request_uri()
+        except ParseError:
+            target = invite.request_uri()  # a malformed Contact: our requests follow the INVITE's path anyway
         routes = list(reversed(response.all("record-route")))
         via = invite.top_via()
         return cls(

@@ -135,7 +135,8 @@ class Messenger:
                 )
                 request.add("Content-Type", "text/plain;charset=UTF-8")
                 request.body = message.body.encode("utf-8")
-                results.append(core.clients.start(request, send, reliable))
+                peer = binding.address.rpartition(":")[0].strip("[]")
+                results.append(core.clients.start(request, send, reliable, peer=peer))
                 sent += 1
             if results:
                 self.in_flight.add(message.id)

@@ -32,11 +32,15 @@ class SipService(Service):
         self.core = SipCore(settings, api_service.current, reactor)
         self.entry = SipEntry(self.core, reactor)
         self._sweep: LoopingCall | None = None
+        self._trigger: Any = None
 
     def startService(self) -> None:
-        """Link to the API when it is ready."""
+        """Link to the API when it is ready; end live calls first when the daemon stops."""
         super().startService()
         self.api_service.ready.addCallback(self._ready)
+        # Registered now, before twistd registers the services' stop: live calls are hung up and
+        # billed while the listeners and the database are still there.
+        self._trigger = self.reactor.addSystemEventTrigger("before", "shutdown", self.core.calls.shutdown)
 
     def _ready(self, api: Any) -> Any:
         api.sip = self.core
@@ -50,8 +54,15 @@ class SipService(Service):
         self._sweep = every(self.reactor, SWEEP, sweep_registrations, now=True)
         return api
 
-    def stopService(self) -> None:
-        """Stop sweeping."""
+    def stopService(self) -> Any:
+        """Stop sweeping; end live calls (if the shutdown trigger has not)."""
         super().stopService()
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
+        if self._trigger is not None:
+            try:
+                self.reactor.removeSystemEventTrigger(self._trigger)
+            except (ValueError, KeyError):
+                pass
+            self._trigger = None
+        return self.core.calls.shutdown()

@@ -225,17 +225,17 @@ class SmsSender:
 
     async def _sip(self, route: Route, sender: str, text: str, account: tuple[str, str]) -> None:
         core = self.core
-        send, local, reliable = await core.destination(route)
+        send, local, reliable, peer = await core.destination(route)
         realm = core.settings.current.siprealm or SERVER
         request = core.request("MESSAGE", route.target, f"sip:{sender}@{realm}", route.target, local, "udp")
         request.add("Content-Type", "text/plain;charset=UTF-8")
         request.body = text.encode("utf-8")
-        response = await core.clients.start(request, send, reliable=reliable)
+        response = await core.clients.start(request, send, reliable=reliable, peer=peer)
         if response.status in (401, 407):
             # The gateway challenges: answer once with its account (addserver's u_username/u_password).
             retry = core.authorised(request, response, account)
             if retry is None:
                 raise SmsError(f"SIP {response.status}: a challenge mizud cannot answer")
-            response = await core.clients.start(retry, send, reliable=reliable)
+            response = await core.clients.start(retry, send, reliable=reliable, peer=peer)
         if not 200 <= response.status < 300:
             raise SmsError(f"SIP {response.status} {response.reason}"[:100])

@@ -13,7 +13,6 @@ Call-ID, CSeq, From tag and the top Via as RFC 3261 17.2.3 allows.
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -72,14 +71,9 @@ def server_key(request: SipMessage) -> tuple[str, ...]:
     return ("2543", request.call_id, number, tag, request.get("via"), method)
 
 
-#: Branches are unique in space (a random prefix per process) and time (a counter): no system call each.
-_BRANCH_PREFIX = MAGIC + os.urandom(6).hex()
-_branches = itertools.count(1)
-
-
 def new_branch() -> str:
-    """A fresh RFC 3261 branch."""
-    return f"{_BRANCH_PREFIX}{next(_branches):x}"
+    """A fresh RFC 3261 branch, unguessable: a response is matched to its request by it."""
+    return MAGIC + os.urandom(10).hex()
 
 
 @dataclass(eq=False)
@@ -204,6 +198,8 @@ class ClientTransaction:
     key: tuple[str, str] = ("", "")
     #: Timer B/F: how long to wait for any response (RFC 3261's 64*T1; a caller may shorten it).
     timeout: float = 64 * T1
+    #: The host the request went to: responses from elsewhere are not believed ("": any).
+    peer: str = ""
 
     def start(self) -> None:
         """Send the request and start timers E and F."""
@@ -230,6 +226,10 @@ class ClientTransaction:
 
     def _timer_f(self) -> None:
         self._finish(timeout_response(self.request, 408, "Request Timeout"))
+
+    def give_up(self) -> None:
+        """Stop waiting now (shutdown): the result fires with a local 408."""
+        self._timer_f()
 
     def received(self, response: SipMessage) -> None:
         """A response for this transaction (after a provisional one, timer E runs at T2)."""
@@ -263,6 +263,9 @@ class InviteClientTransaction(ClientTransaction):
     on_response: Callable[[SipMessage], None] | None = None
     provisional: bool = False
     final: SipMessage | None = None
+    #: After a provisional: how long to wait for the final response before giving up (408),
+    #: like a proxy's timer C; the transaction's user normally CANCELs long before.
+    proceeding: float = 180.0
     _timer_b: Any = None
 
     def start(self) -> None:
@@ -286,9 +289,13 @@ class InviteClientTransaction(ClientTransaction):
         """A response: provisional, error (ACKed here) or 2xx (for the dialog)."""
         if response.status < 200:
             if self.final is None:
-                self.provisional = True
-                if self._timer_b is not None and self._timer_b.active():
-                    self._timer_b.cancel()  # Proceeding: only a final response (or CANCEL) ends it now
+                if not self.provisional:
+                    self.provisional = True
+                    if self._timer_b is not None and self._timer_b.active():
+                        # Proceeding: the final response may take long (ringing), but not forever.
+                        self._timer_b.cancel()
+                        self._timer_b = self.table.clock.callLater(self.proceeding, self._timer_f)
+                        self.timers.append(self._timer_b)
                 self._tell(response)
             return
         if self.final is not None:
@@ -376,30 +383,36 @@ class ClientTransactions:
     def start(
         self, request: SipMessage, send: Callable[[bytes], None], reliable: bool,
         on_response: Callable[[SipMessage], None] | None = None, timeout: float = 64 * T1,
+        peer: str = "", proceeding: float = 180.0,
     ) -> defer.Deferred[SipMessage]:
         """Send a request in a new transaction; the Deferred fires with the final response.
 
         For an INVITE, C{on_response} sees provisional and retransmitted 2xx
-        responses (see L{InviteClientTransaction}).
+        responses (see L{InviteClientTransaction}); C{proceeding} bounds the
+        wait for its final response after a provisional one.  With C{peer},
+        responses from any other host are dropped.
         """
         branch = parse_via(request.get("via")).branch
         transaction: ClientTransaction
         if request.method == "INVITE":
-            transaction = InviteClientTransaction(request, send, reliable, self, on_response=on_response)
+            transaction = InviteClientTransaction(request, send, reliable, self, on_response=on_response,
+                                                  proceeding=proceeding)
         else:
             transaction = ClientTransaction(request, send, reliable, self)
         transaction.timeout = timeout
+        transaction.peer = peer.strip("[]")
         transaction.key = (branch, request.method)
         self.live[transaction.key] = transaction
         transaction.start()
         return transaction.result
 
-    def match(self, response: SipMessage) -> bool:
-        """Hand a response to its transaction; False if it has none (then it is dropped)."""
+    def match(self, response: SipMessage, source: str = "") -> bool:
+        """Hand a response (from host C{source}) to its transaction; False if it has none, or if the
+        response comes from a host the request was not sent to (then it is dropped)."""
         branch = response.top_via().branch
         method = response.get("cseq").split()[-1]
         transaction = self.live.get((branch, method))
-        if transaction is None:
+        if transaction is None or (transaction.peer and source and source != transaction.peer):
             return False
         transaction.received(response)
         return True

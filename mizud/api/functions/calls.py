@@ -23,8 +23,8 @@ from ..dispatcher import Call
 from ..registry import REQ_ADMINS, Category, Registry
 from ..request import RequestError
 
-#: A number or username a call may go to.
-NUMBER = re.compile(r"[A-Za-z0-9+*#._-]{1,64}\Z")
+#: A number or username a call may go to (nothing a SIP URI's user part would need escaped).
+NUMBER = re.compile(r"[A-Za-z0-9+*._-]{1,64}\Z")
 
 
 def _number(call: Call, *names: str, required: bool = True) -> str:
