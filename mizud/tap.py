@@ -8,6 +8,8 @@ from typing import Any
 from twisted.python import usage
 
 from .config import OPTIONS, ConfigError, Settings
+from .console.logbuffer import LogBuffer, LogBufferService
+from .console.protocol import Console, ConsoleFactory
 from .service import LogFileService, MizudService
 from .api.service import ApiService, ListenService, UdpListenService
 from .store.service import StoreService
@@ -65,10 +67,13 @@ def makeService(options: Options, reactor: Any = None) -> MizudService:
     if config.logfile:
         # First, so that everything after it is logged to the file too.
         LogFileService(config.logfile).setServiceParent(root)
+    # The latest log events, for the console's showlog and logsearch.
+    logs = LogBuffer()
+    LogBufferService(logs).setServiceParent(root)
     # The store starts before and stops after everything that uses it.
     store = StoreService(config, reactor)
     store.setServiceParent(root)
-    api = ApiService(settings, store, store.reactor)
+    api = ApiService(settings, store, store.reactor, logs=logs)
     api.setServiceParent(root)
     # Listeners last, so they stop first and no request arrives after the
     # dispatcher or the store has gone.
@@ -105,6 +110,9 @@ def makeService(options: Options, reactor: Any = None) -> MizudService:
         ListenService(
             "sslportmain", reactor, config.listenaddress, config.sslportmain, TlsPortFactory(hand_off), prepare=tls.options
         ).setServiceParent(root)
+    if config.adminport:
+        console = ConsoleFactory(Console(settings, api.current))
+        ListenService("adminport", reactor, config.listenaddress, config.adminport, console).setServiceParent(root)
     if config.httpserver and not (config.usemainaport and config.httpserver == config.mainaport):
         # The old HTTP interface's own port (the same site: /xmapi/ and /mvapireq).
         ListenService("httpserver", store.reactor, config.listenaddress, config.httpserver, site).setServiceParent(root)

@@ -17,6 +17,7 @@ from mizud.service import LogFileService, MizudService, describe, redact_databas
 from mizud.store.billing import USER_ADMIN
 from mizud.store.service import StoreService
 from mizud.sip.service import SipService
+from mizud.console.logbuffer import LogBufferService
 from mizud.tap import Options, makeService
 
 
@@ -42,19 +43,22 @@ def test_make_service_builds_tree_without_binding() -> None:
     assert isinstance(root, MizudService)
     children = list(IServiceCollection(root))
     assert [type(c) for c in children] == [
-        StoreService, ApiService, SipService, ListenService, UdpListenService, UdpListenService, ListenService,
-        ListenService, ListenService, ListenService,
+        LogBufferService, StoreService, ApiService, SipService, ListenService, UdpListenService, UdpListenService,
+        ListenService, ListenService, ListenService, ListenService,
     ]
     store = IServiceCollection(root).getServiceNamed("store")
     assert isinstance(store, StoreService)
     assert store.database is None and not store.running
-    listener = children[3]
+    listener = children[4]
     assert isinstance(listener, ListenService)
     assert (listener.address, listener.port, listener.listening) == ("0.0.0.0", 8123, None)
-    names = [(c.name, c.port) for c in children[4:]]
+    names = [(c.name, c.port) for c in children[5:]]
     assert names == [("mainaportudp", 8123), ("sipportudp", 5060), ("sipport", 5060), ("localtsport", 5061),
                      ("sslportmain", 443), ("httpserver", 8084)]
-    assert children[7].prepare is not None and children[8].prepare is not None  # certificates load before binding
+    assert children[8].prepare is not None and children[9].prepare is not None  # certificates load before binding
+    console = makeService(options("--set", "mainaport=0", "--set", "httpserver=0", "--set", "sslportmain=0",
+                                  "--set", "sipport=0", "--set", "localtsport=0", "--set", "adminport=2323"))
+    assert [(c.name, c.port) for c in IServiceCollection(console) if isinstance(c, ListenService)] == [("adminport", 2323)]
 
 
 def test_main_port_can_be_turned_off() -> None:
@@ -75,7 +79,8 @@ def test_logfile_service_comes_first(tmp_path: Path) -> None:
     """With logfile set, the log file service precedes the store."""
     root = makeService(options("--set", f"logfile={tmp_path / 'm.log'}", "--set", "mainaport=0", "--set", "httpserver=0",
                                "--set", "sslportmain=0", "--set", "sipport=0", "--set", "localtsport=0"))
-    assert [type(c) for c in IServiceCollection(root)] == [LogFileService, StoreService, ApiService, SipService]
+    assert [type(c) for c in IServiceCollection(root)] == [LogFileService, LogBufferService, StoreService, ApiService,
+                                                           SipService]
     assert not (tmp_path / "m.log").exists()
 
 

@@ -15,7 +15,6 @@ P, U, A, S = Category.PUBLIC, Category.USER, Category.ADMIN, Category.SENSITIVE
 BILLING = "not implemented yet (user, billing and admin functions)"
 SIP = "not implemented yet (SIP registrar, presence and messaging)"
 CALLS = "not implemented yet (calls, routing, SMS and e-mail)"
-CONSOLE = "not implemented yet (admin console diagnostics)"
 WINDOWS = "specific to the Windows Mizu server's services"
 H323 = "H.323 is not part of mizud"
 MSSQL = "specific to Mizu's MS SQL Server deployment; use PostgreSQL's own tools"
@@ -85,12 +84,12 @@ _TABLE = [
     ("gencdr", A, "", INTERNAL, "generate CDRs"),
     ("deviceid", A, "", INTERNAL, "device id"),
     ("fastusers", A, "", "mizud keeps no user cache: users are read from the database", "cached users"),
-    ("quickstat", A, "", CONSOLE, "quick statistics"),
-    ("locks", A, "", CONSOLE, "pending locks"),
-    ("threadlist", A, "", CONSOLE, "thread list"),
-    ("threads", A, "", CONSOLE, "thread list"),
-    ("threads2", A, "", INTERNAL, "thread list"),
-    ("querylist", A, "", CONSOLE, "running database queries"),
+    ("quickstat", A, "", "", "quick statistics"),
+    ("locks", A, "", "", "pending locks"),
+    ("threadlist", A, "", "", "thread list"),
+    ("threads", A, "", "", "thread list"),
+    ("threads2", A, "", "", "thread list"),
+    ("querylist", A, "", "", "running database queries"),
     ("fs", A, "", "the internal PBX is not part of mizud", "internal PBX"),
     ("lists", A, "", INTERNAL, "lists"),
     ("shortinfo", A, "", INTERNAL, "short info"),
@@ -98,10 +97,10 @@ _TABLE = [
     ("tunnelinfoex", A, "", TUNNEL, "tunnel info"),
     ("tunnellist", A, "", TUNNEL, "tunnel list"),
     ("call", A, "", INTERNAL, "simulated calls between GSM SIMs"),
-    ("showlog", A, "log,lines", CONSOLE, "show a log file"),
-    ("log", A, "", CONSOLE, "log"),
+    ("showlog", A, "log,lines", "", "show a log file"),
+    ("log", A, "", "", "log"),
     ("file", A, "filename", FILES, "send a file"),
-    ("logsearch", A, "txt", CONSOLE, "search the log"),
+    ("logsearch", A, "txt", "", "search the log"),
     ("reports", A, "", INTERNAL, "reports"),
     ("showcfg", A, "", "the configuration is shown by the console's info; config files stay private", "show config files"),
     ("newuseri", S, "u_username,u_password,u_name,u_email,u_phone,u_currency,u_country,u_address", BILLING, "add a user (trusted sources)"),
@@ -144,7 +143,7 @@ _TABLE = [
     ("reloaddialplan", A, "", BILLING, "reload the dial plan"),
     ("reloadapikeys", A, "", INTERNAL, "reload API keys"),
     ("reloadnumdircache", A, "", INTERNAL, "reload the number directory cache"),
-    ("logrename", A, "", CONSOLE, "rotate the log"),
+    ("logrename", A, "", "log rotation is left to logrotate (copytruncate) or journald", "rotate the log"),
     ("rebill", A, "", BILLING, "rebill CDRs"),
     ("reindexncache", A, "", PREDICTIVE, "reindex the campaign cache"),
     ("calcnccache", A, "", PREDICTIVE, "recalculate the campaign cache"),
@@ -155,7 +154,7 @@ _TABLE = [
     ("dbfailover", A, "reserved,forcedbnum,checkonly,withrestore,needrestart", MSSQL, "database failover"),
     ("help", P, "name", "", "list the functions"),
     ("keepalive", P, "", "", "keep the connection alive"),
-    ("close", P, "", CONSOLE, "close the connection"),
+    ("close", P, "", "a connection is closed by its client; on the admin console close (exit, quit) ends the session", "close the connection"),
     ("predectivet", A, "", PREDICTIVE, "predictive dialer thread"),
     ("syncmedia", A, "", MEDIA, "synchronise media files"),
     ("stopscanner", A, "", GSM, "stop number scanners"),
@@ -195,7 +194,7 @@ _TABLE = [
     ("pputfile", A, "filename,filedata", FILES, "save a file under mvweb/filestorage"),
     ("pgetfile", A, "filename", FILES, "load a file from mvweb/filestorage"),
     ("wsuser", U, "brandname,companyname,upperserver,upperserverdomain", "Mizu's WebRTC softphone provisioning is not part of mizud", "WebRTC user settings"),
-    ("oop", A, "txt", CONSOLE, "console operation (old interface)"),
+    ("oop", A, "txt", "type the command on the admin console (adminport) instead", "console operation (old interface)"),
 ]
 
 # Old names that are the same function (spec and the old HTTP interface).

@@ -153,6 +153,8 @@ class Api:
         self.overrides: dict[str, Access] = {}
         #: The SIP element (L{mizud.sip.core.SipCore}) once the SIP service links it; None without SIP.
         self.sip: Any = None
+        #: The latest log events (L{mizud.console.logbuffer.LogBuffer}) when the daemon keeps them.
+        self.logbuffer: Any = None
         self.started = clock.seconds()
         self.requests = 0
         self._limits_from(settings)
@@ -288,7 +290,11 @@ class Api:
                 return error("access not allowed from this address", answer.AUTH_FAILED)
         try:
             sip_user = request.context.get("sip_user")
-            if legacy_request:
+            console = request.context.get("console")
+            if console is not None:
+                # Only the console sets this, for the admin or support user logged in on it.
+                caller = await self._console_caller(request, rule, console, trusted)
+            elif legacy_request:
                 caller = await self.identify_legacy(request, function, trusted)
             elif sip_user is not None:
                 # Only the SIP front end sets this, after digest authentication
@@ -383,6 +389,16 @@ class Api:
                      seconds=config.authbantime)
 
     # -- who is calling -----------------------------------------------------------------
+
+    async def _console_caller(self, request: ApiRequest, rule: Access, console: tuple[User, int],
+                              trusted: bool) -> Caller:
+        """Who a console command runs as (C{apitrustfromconsole}): 2 the logged-in user; 1 a request
+        from a trusted address (authid names a user, none means admin); 0 its own credentials."""
+        user, mode = console
+        if mode == 2:
+            self._check_enabled(user, user.username)
+            return Caller(user, self._level(user, True), True, "console")
+        return await self.identify(request, rule, True if mode == 1 else trusted)
 
     async def identify(self, request: ApiRequest, rule: Access, trusted: bool) -> Caller:
         """Establish the caller from the request's credentials and source.

@@ -27,9 +27,21 @@ This file is generated from mizud's function registry
   `format=json` or `xml`.
 - Files of the `mvwebdir` directory under `/mvweb/` (content types,
   conditional GET, no directory listings, nothing outside the directory).
-- SIP and the telnet console are not served yet. Mizu's encrypted
-  tunnelling is not supported: connections whose first bytes are not a
-  protocol mizud serves are closed without an answer.
+- Inside SIP: with `sipapi=1`, an `X-MizuAPI` header of a MESSAGE or
+  OPTIONS from a SIP-authenticated user carries a request (answered in the
+  response). Mizu's encrypted tunnelling is not supported: connections
+  whose first bytes are not a protocol mizud serves are closed without an
+  answer.
+- The telnet admin console on `adminport` (off by default; `remoteadmin`
+  says from where, default localhost only): after a login as an admin or
+  support user, every function is a command, `name value1 value2 ...` in
+  the order of the parameters column below, or `name key=value ...`
+  (quoted like a shell). Answers are in the text format. `help` lists the
+  commands, `help NAME` shows one; `close`, `exit` and `quit` end the
+  session. `apitrustfromconsole` decides who the commands run as: 2
+  (default) the logged-in user, 1 a trusted address, 0 each command's own
+  credentials. showlog, log, logsearch, threadlist, threads, threads2,
+  locks and querylist answer only there.
 
 ## Requests
 
@@ -153,6 +165,10 @@ client transaction id (`txid=`) adds ` (repeated transaction)`.
 | calls, call | `OK: N calls: ID ANUM->BNUM STATE, ...`, a record per live call (on other nodes: callid, username, kind, anum, bnum, state, held, node) |
 | discall | `OK: call ID ended (cost C CUR)` once both legs are down and the call is billed |
 | callrating | `OK: credit C CUR, maxduration S, rating R CUR/min` (S: seconds the call may still last; R: both legs' price per minute) |
+| showlog, log / logsearch | `OK: N lines of the main log` (or sip: SIP events only) and the lines / `OK: N lines` containing the text (latest 200) |
+| threadlist, threads, threads2 | `OK: N threads; reactor thread pool: W workers (min, max), I idle, Q queued` and a line per thread |
+| querylist | `OK: N transactions in flight` and a line per transaction: its name and seconds |
+| locks | SQLite: `OK: SQLite has one writer: N transactions queued for it or running`; PostgreSQL: `OK: N locks waited for` and a line per lock (pid, seconds, mode, relation) |
 | a tb_api custom SQL function | `OK: N rows` with the rows, `OK: N rows affected`, or `OK: queued` |
 
 Tariff files for `importtariffs` are CSV with a header line naming the

@@ -133,8 +133,9 @@ class ApiService(Service):
 
     name = "api"  # type: ignore[assignment]
 
-    def __init__(self, settings: Settings, store_service: StoreService, reactor: Any) -> None:
+    def __init__(self, settings: Settings, store_service: StoreService, reactor: Any, logs: Any = None) -> None:
         self.settings = settings
+        self.logs = logs
         self.store_service = store_service
         self.reactor = reactor
         self.registry = build_registry()
@@ -164,6 +165,7 @@ class ApiService(Service):
 
     async def _start(self, store: BillingStore) -> BillingStore:
         api = Api(self.settings, self.registry, store, self.reactor)
+        api.logbuffer = self.logs
         rules = await api.reload_access()
         table = await api.rater.rebuild()
         log.info("rating table loaded: {count} tariffs", count=table.size)

@@ -18,9 +18,11 @@ the commit:
 
 from __future__ import annotations
 
+import itertools
 import queue
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Generator, Protocol, Sequence, TypeVar
 
@@ -69,6 +71,8 @@ class Database(Protocol):
     """A database that runs named transaction functions."""
 
     engine: Engine
+    #: The transactions queued or running now (for the console's querylist).
+    running: Running
 
     def run_interaction(self, name: str, func: TxnFunction[T], *args: Any) -> Awaitable[T]:
         """Run C{func(txn, *args)} in one transaction; complete after commit."""
@@ -84,6 +88,29 @@ class Database(Protocol):
 
     def close(self) -> defer.Deferred[None]:
         """Finish queued work and close connections."""
+
+
+class Running:
+    """Transactions in flight: their names and since when (monotonic seconds)."""
+
+    def __init__(self) -> None:
+        self.now: dict[int, tuple[str, float]] = {}
+        self._ids = itertools.count()
+
+    def begin(self, name: str) -> int:
+        """One more transaction; its key for L{end}."""
+        key = next(self._ids)
+        self.now[key] = (name, time.monotonic())
+        return key
+
+    def end(self, key: int) -> None:
+        """It finished."""
+        self.now.pop(key, None)
+
+    def listing(self) -> list[tuple[str, float]]:
+        """(name, seconds in flight), oldest first."""
+        now = time.monotonic()
+        return [(name, now - started) for name, started in sorted(self.now.values(), key=lambda v: v[1])]
 
 
 # -- SQLite ------------------------------------------------------------------
@@ -165,6 +192,7 @@ class SqliteDatabase:
         self._reader: sqlite3.Connection | None = None
         self.commits = 0
         self.transactions = 0
+        self.running = Running()
 
     def start(self) -> defer.Deferred[None]:
         """Open the connection (WAL, fully synced commits) and start the writer."""
@@ -188,8 +216,14 @@ class SqliteDatabase:
         if self._thread is None:
             return defer.fail(DatabaseError("the database is not open"))
         d: defer.Deferred[T] = defer.Deferred()
+        key = self.running.begin(name)
         self._queue.put(_Job(name, func, args, d))
+        d.addBoth(self._ended, key)
         return d
+
+    def _ended(self, result: Any, key: int) -> Any:
+        self.running.end(key)
+        return result
 
     def run_statement(self, name: str, sql: str, params: Sequence[Any] = ()) -> defer.Deferred[Result]:
         """Queue one statement as a transaction of its own."""
@@ -345,6 +379,7 @@ class PostgresDatabase:
         self._idle: defer.DeferredQueue[Any] = defer.DeferredQueue()
         self._connections: set[Any] = set()
         self._closing = False
+        self.running = Running()
 
     async def _connect(self) -> Any:
         from txpostgres import txpostgres
@@ -386,6 +421,13 @@ class PostgresDatabase:
     async def _run(self, name: str, work: Callable[[Any], Awaitable[T]]) -> T:
         if self._closing:
             raise DatabaseError("the database is closing")
+        key = self.running.begin(name)
+        try:
+            return await self._attempts(name, work)
+        finally:
+            self.running.end(key)
+
+    async def _attempts(self, name: str, work: Callable[[Any], Awaitable[T]]) -> T:
         attempt = 0
         while True:
             connection = await self._idle.get()

@@ -8,7 +8,7 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import accounts, admin, calls, cdrs, core, fields, money, numbers, outbound, rating, servers, sipstate
+    from . import accounts, admin, calls, cdrs, console, core, fields, money, numbers, outbound, rating, servers, sipstate
 
     registry = Registry()
     catalogue.load(registry)
@@ -26,4 +26,5 @@ def build_registry() -> Registry:
     outbound.register(registry)
     outbound.register_sms(registry)
     calls.register(registry)
+    console.register(registry)
     return registry

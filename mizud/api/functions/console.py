@@ -1,0 +1,129 @@
+"""Console diagnostics: showlog, log, logsearch, threadlist, threads, threads2, locks, querylist.
+
+They answer only on the admin console (adminport): they show the daemon's
+insides (its log, threads, database activity), which the console's login
+already restricts to admins and support users on allowed addresses.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..answer import ApiAnswer, error, ok
+from ..dispatcher import Call
+from ..registry import Category, Registry
+
+MAX_LINES = 1000
+MAX_MATCHES = 200
+
+
+def _console_only(call: Call) -> ApiAnswer | None:
+    if call.request.transport != "console":
+        return error("only available on the admin console (adminport)", 406)
+    return None
+
+
+def _count(text: str, default: int) -> int:
+    if not text:
+        return default
+    if not text.isdigit() or len(text) > 6:
+        raise ValueError(text)
+    return min(int(text), MAX_LINES)
+
+
+def register(registry: Registry) -> None:
+    """Register this module's handlers."""
+    fn = registry.function
+
+    @fn("showlog", Category.ADMIN, "the last lines of the main or the SIP log (console only)", ("log", "lines"))
+    async def showlog(call: Call) -> ApiAnswer:
+        refused = _console_only(call)
+        if refused:
+            return refused
+        which = (call.arg("log") or "main").lower()
+        if which not in ("main", "sip"):
+            return error("log must be main or sip (mizud keeps no gk, sh or tcp log)", 412)
+        try:
+            count = _count(call.arg("lines"), 50)
+        except ValueError:
+            return error(f"lines must be a number up to {MAX_LINES}", 412)
+        buffer = getattr(call.api, "logbuffer", None)
+        if buffer is None:
+            return error("no log is kept in memory by this process", 412)
+        lines = buffer.tail(count, which)
+        return ok(f"{len(lines)} lines of the {which} log\n" + "\n".join(lines))
+
+    @fn("log", Category.ADMIN, "the last 50 lines of the main log (console only)")
+    async def log_tail(call: Call) -> ApiAnswer:
+        call.request.params.setdefault("log", "main")
+        return await showlog(call)
+
+    @fn("logsearch", Category.ADMIN, "the latest log lines containing a text (console only)", ("txt",))
+    async def logsearch(call: Call) -> ApiAnswer:
+        refused = _console_only(call)
+        if refused:
+            return refused
+        text = call.require("txt")
+        buffer = getattr(call.api, "logbuffer", None)
+        if buffer is None:
+            return error("no log is kept in memory by this process", 412)
+        found = buffer.search(text, MAX_MATCHES)
+        return ok(f"{len(found)} lines\n" + "\n".join(found))
+
+    async def threadlist(call: Call) -> ApiAnswer:
+        refused = _console_only(call)
+        if refused:
+            return refused
+        records: list[dict[str, Any]] = []
+        for thread in threading.enumerate():
+            records.append({"name": thread.name, "ident": thread.ident, "daemon": thread.daemon,
+                            "role": "reactor" if thread is threading.main_thread() else ""})
+        pool = _pool_state(call.api.clock)
+        summary = f"{len(records)} threads" + (f"; reactor thread pool: {pool}" if pool else "")
+        lines = [f"{r['name']} ({r['ident']}){' reactor' if r['role'] else ''}" for r in records]
+        return ok(summary + "\n" + "\n".join(lines), records)
+
+    for name in ("threadlist", "threads", "threads2"):
+        fn(name, Category.ADMIN, "threads of the daemon and the reactor's thread pool (console only)")(threadlist)
+
+    @fn("querylist", Category.ADMIN, "database transactions queued or running now (console only)")
+    async def querylist(call: Call) -> ApiAnswer:
+        refused = _console_only(call)
+        if refused:
+            return refused
+        running = call.api.db.running.listing()
+        records = [{"name": name, "seconds": round(seconds, 3)} for name, seconds in running]
+        lines = [f"{r['name']} {r['seconds']:.3f}s" for r in records]
+        return ok(f"{len(records)} transactions in flight" + ("\n" + "\n".join(lines) if lines else ""), records)
+
+    @fn("locks", Category.ADMIN, "database locks being waited for (console only)")
+    async def locks(call: Call) -> ApiAnswer:
+        refused = _console_only(call)
+        if refused:
+            return refused
+        db = call.api.db
+        if db.engine.name == "sqlite":
+            waiting = len(db.running.now)
+            return ok(f"SQLite has one writer: {waiting} transactions queued for it or running",
+                      [{"queued": waiting}])
+        result = await db.run_query(
+            "locks",
+            "SELECT l.pid, l.locktype, coalesce(l.relation::regclass::text, ''), l.mode, "
+            "coalesce(extract(epoch FROM now() - a.query_start), 0), left(coalesce(a.query, ''), 200) "
+            "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE NOT l.granted ORDER BY 5 DESC")
+        records = [{"pid": r[0], "locktype": r[1], "relation": r[2], "mode": r[3], "seconds": float(r[4]),
+                    "query": r[5]} for r in result.rows]
+        lines = [f"pid {r['pid']} waits {r['seconds']:.1f}s for {r['mode']} on {r['relation'] or r['locktype']}"
+                 for r in records]
+        return ok(f"{len(records)} locks waited for" + ("\n" + "\n".join(lines) if lines else ""), records)
+
+
+def _pool_state(reactor: Any) -> str:
+    """The reactor's thread pool: workers, idle, queued (if the reactor has one)."""
+    get = getattr(reactor, "getThreadPool", None)
+    if get is None:
+        return ""
+    pool = get()
+    return (f"{len(pool.threads)} workers (min {pool.min}, max {pool.max}), {len(pool.waiters)} idle, "
+            f"{pool._team.statistics().backloggedWorkCount} queued")
