@@ -35,8 +35,9 @@ TELNET = shutil.which("telnet")
 class Session:
     """One console connection over a StringTransport."""
 
-    def __init__(self, harness: Harness, peer: str = "127.0.0.1", clock: Clock | None = None) -> None:
-        self.console = Console(harness.api.settings, lambda: harness.api)
+    def __init__(self, harness: Harness, peer: str = "127.0.0.1", clock: Clock | None = None,
+                 console: Console | None = None) -> None:
+        self.console = console or Console(harness.api.settings, lambda: harness.api)
         self.protocol = ConsoleTransport(self.console)
         self.clock = clock or Clock()
         self.protocol.callLater = self.clock.callLater  # type: ignore[method-assign]
@@ -132,7 +133,7 @@ async def test_wrong_passwords_users_and_addresses(tmp_path: Path) -> None:
         await session.send(b"nope\r\n", "Authentication failed")
         assert session.transport.disconnecting
         failures = [e for e in events if "authentication failure" in e.get("log_format", "")]
-        assert [e["reason"] for e in failures] == ["wrong console username or password", "not an admin or support user",
+        assert [e["reason"] for e in failures] == ["wrong console username or password", "not an enabled admin or support user",
                                                    "wrong console username or password"]
         refused = Session(h, peer="10.0.0.5")
         assert refused.output() == "access denied: remote administration is not allowed from this address\r\n"
@@ -210,6 +211,108 @@ async def test_console_only_diagnostics(tmp_path: Path, database_option: str) ->
     over_http = await h.call("apientry=showlog", "127.0.0.1")
     assert over_http.text == "ERROR: only available on the admin console (adminport)"
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_review_findings(tmp_path: Path) -> None:
+    """Commands piped right after the password run (and are not taken for logins); a demoted admin is
+    out at the next command; targetuser works as over HTTP; mode 1 keeps a support user a support user;
+    an empty password never logs in; control characters in answers are shown, not sent to the terminal;
+    a key=value word that is no parameter is a positional value."""
+    from twisted.logger import globalLogPublisher
+
+    from mizud.store.billing import USER_SUPPORT
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    h = await make_harness(tmp_path, "apitrustfromconsole=1")
+    try:
+        await h.store.create_user("helper", "helperpw", type=USER_SUPPORT)
+        await h.store.create_user("blank", "", type=15)
+        session = Session(h)
+        await session.send(b"root\r\n", "Password: ")
+        piped = await session.send(b"rootpw\r\nbalance authid=alice\r\nreguser\r\n", "registered users")
+        assert "OK: 5.00 USD" in piped
+        assert not [e for e in events if "authentication failure" in e.get("log_format", "")]
+        assert "OK: 5.00 USD" in await session.send(b"balance targetuser=alice\r\n", "mizud> ")
+        found = await session.send(b"logsearch a=b\r\n", "mizud> ")
+        assert "ERROR: missing parameter" not in found
+        h.api.logbuffer = LogBuffer()
+        h.api.logbuffer({"log_format": "SIP: bad algorithm {a}", "a": "\x1b]0;owned\x07", "log_time": 1.0})
+        shown = await session.send(b"showlog main 1\r\n", "mizud> ")
+        assert "\x1b]0;" not in shown and "bad algorithm \\x1b]0;owned\\x07" in shown
+        await h.db.run_statement("x", "UPDATE tb_users SET type = 0 WHERE username = 'root'")
+        assert "ERROR: your account may no longer use the console" in await session.send(b"balance\r\n", "console")
+        assert session.transport.disconnecting
+        support = Session(h)
+        await support.login("helper", "helperpw")
+        assert "ERROR: access denied" in await support.send(b"deluser u_username=alice\r\n", "mizud> ")
+        blank = Session(h)
+        await blank.send(b"blank\r\n", "Password: ")
+        assert "Authentication failed" in await blank.send(b"\r\n", "Username: ")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_floods_and_slow_clients(tmp_path: Path) -> None:
+    """A client that does not read stops being read (its commands wait) and is cut off far behind; an
+    endless escape sequence, window-size floods and control bytes neither grow memory nor the log;
+    history is trimmed; empty usernames, slow logins and too many sessions are refused."""
+    from twisted.logger import globalLogPublisher
+
+    from mizud.console import protocol
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    h = await make_harness(tmp_path)
+    clock = Clock()
+    try:
+        session = Session(h, clock=clock)
+        await session.login()
+        session.protocol.pauseProducing()  # the client's receive window is full
+        mark = len(session.transport.value())
+        session.protocol.dataReceived(b"balance\r\n")
+        await deferLater(global_reactor, 0.1, lambda: None)
+        assert b"OK: 0.00 USD" not in session.transport.value()[mark:]
+        session.protocol.resumeProducing()
+        for _ in range(100):
+            if b"OK: 0.00 USD" in session.transport.value()[mark:]:
+                break
+            await deferLater(global_reactor, 0.01, lambda: None)
+        assert b"OK: 0.00 USD" in session.transport.value()[mark:]
+        await session.send(b"\x1b[" + b"1" * 100_000 + b"\r\n", "mizud> ")  # dropped, the rest typed (and capped)
+        terminal = session.protocol.protocol.protocol
+        assert len(getattr(terminal, "escBuf", [])) <= protocol.MAX_ESCAPE
+        assert "OK: 0.00 USD" in await session.send(b"balance\r\n", "mizud> ")
+        session.protocol.dataReceived(b"\xff\xfa\x1f\x00\x50\x00\x18\xff\xf0" * (protocol.MAX_NEGOTIATIONS + 1))  # NAWS, again
+        assert session.transport.disconnecting  # counted as negotiations
+        quiet = Session(h, clock=clock)
+        await quiet.login()
+        before = len(events)
+        await quiet.send(bytes(range(1, 8)) + b"\x80\x81" + b"\r\n", "mizud> ")
+        assert not [e for e in events[before:] if "unhandled keyID" in e.get("log_format", "")]
+        shell = quiet.protocol.protocol.protocol.terminalProtocol
+        for number in range(protocol.MAX_HISTORY + 20):
+            shell.lineBuffer = [bytes([c]) for c in b"x%d" % number]
+            shell.handle_RETURN()
+        assert len(shell.historyLines) == protocol.MAX_HISTORY
+        quiet.transport.dataBuffer = b"x" * (protocol.MAX_BUFFERED + 1)  # as if the client read nothing
+        quiet.protocol.write(b"more")
+        assert quiet.transport.disconnecting
+        empties = Session(h, clock=clock)
+        empties.protocol.dataReceived(b"\r\n" * (protocol.MAX_EMPTY_USERNAMES + 1))
+        assert empties.transport.disconnecting
+        slow = Session(h, clock=clock)
+        clock.advance(protocol.LOGIN_TIMEOUT + 1)
+        assert slow.transport.disconnecting and "login timeout" in slow.output()
+        console = Console(h.api.settings, lambda: h.api)
+        crowd = [Session(h, clock=clock, console=console) for _ in range(protocol.MAX_SESSIONS + 1)]
+        assert "too many console sessions" in crowd[-1].output()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await h.db.close()
 
 
 # -- a real telnet client against the real daemon -------------------------------------

@@ -41,7 +41,7 @@ from ..store.money import MoneyError
 from . import answer, custom, legacy
 from .maintenance import Maintenance
 from .answer import ApiAnswer, error
-from .auth import Trust, authmd5_full, authmd5_simple, in_networks, is_loopback, same, secret_equal
+from .auth import Trust, authmd5_full, authmd5_simple, in_networks, is_loopback, portal_md5, same, secret_equal
 from .ratelimit import Clock, FailureCounter, LeakyBucket
 from .registry import (
     REQ_ADMINS,
@@ -397,8 +397,12 @@ class Api:
         user, mode = console
         if mode == 2:
             self._check_enabled(user, user.username)
-            return Caller(user, self._level(user, True), True, "console")
-        return await self.identify(request, rule, True if mode == 1 else trusted)
+            return await self._impersonate(request, Caller(user, self._level(user, trusted), trusted, "console"))
+        caller = await self.identify(request, rule, True if mode == 1 else trusted)
+        if mode == 1:
+            # Trusted, but never above the logged-in user: a support user does not become an admin.
+            caller = replace(caller, level=max(caller.level, self._level(user, trusted)))
+        return caller
 
     async def identify(self, request: ApiRequest, rule: Access, trusted: bool) -> Caller:
         """Establish the caller from the request's credentials and source.
@@ -432,7 +436,7 @@ class Api:
             # whether its next guess was right.
             raise Refused(BANNED)
         user = await self._find(authid)
-        proof = request.get("authpwd") or request.get("authmd5")
+        proof = request.get("authpwd") or request.get("authmd5") or request.get("portalmd5")
         if not proof:
             if needs_nonce:
                 raise NewNonce()
@@ -547,6 +551,14 @@ class Api:
             if mode != 6 and config.apiauth != 0 and user.pin and secret_equal(authpwd, user.pin):
                 return "pin"
             raise AuthFailure("wrong password", authid)
+        portal = request.get("portalmd5").strip()
+        if portal:
+            # The web portal's auto-login link: MD5("C8y5:" username ":" password ":" salt).
+            if needs_nonce:
+                raise NewNonce()
+            if same(portal, portal_md5(user.username, user.password, request.get("portalsalt"))):
+                return "portal md5"
+            raise AuthFailure("wrong portal md5", authid)
         given = request.get("authmd5").strip()
         salt1, salt2 = request.get("authsalt1"), request.get("authsalt2")
         serversalt = config.apiv2md5salt

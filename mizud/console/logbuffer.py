@@ -43,7 +43,7 @@ class LogBuffer:
 
     def tail(self, count: int, which: str = "main") -> list[str]:
         """The last C{count} lines of the main log, or of the SIP part of it."""
-        lines: Iterable[tuple[str, str]] = self.lines
+        lines: Iterable[tuple[str, str]] = list(self.lines)  # a snapshot: other threads log too
         if which == "sip":
             lines = [entry for entry in lines if entry[0].startswith(SIP_NAMESPACES)]
         chosen = list(lines)[-count:] if count > 0 else []
@@ -52,7 +52,7 @@ class LogBuffer:
     def search(self, text: str, most: int) -> list[str]:
         """The latest lines containing C{text} (case-insensitive), oldest first, at most C{most}."""
         needle = text.lower()
-        found = [line for _, line in self.lines if needle in line.lower()]
+        found = [line for _, line in list(self.lines) if needle in line.lower()]
         return found[-most:]
 
 

@@ -19,16 +19,19 @@ closed after C{consoleidletimeout}.
 from __future__ import annotations
 
 import shlex
+import struct
 from typing import Any, Callable
 
 from twisted.conch.insults import insults
 from twisted.conch.recvline import HistoricRecvLine
 from twisted.conch.telnet import ECHO, LINEMODE, NAWS, SGA, TelnetBootstrapProtocol, TelnetProtocol, TelnetTransport
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..api.answer import encode, error
 from ..api.auth import Trust, is_loopback, is_private, secret_equal
@@ -48,6 +51,21 @@ MAX_NEGOTIATIONS = 200
 MAX_LOGIN_ATTEMPTS = 3
 #: Commands waiting while one runs.
 MAX_QUEUED = 16
+#: Command lines kept for the up-arrow history.
+MAX_HISTORY = 500
+#: Empty lines at the username prompt before the connection is closed.
+MAX_EMPTY_USERNAMES = 10
+#: Seconds to complete the login.
+LOGIN_TIMEOUT = 60.0
+#: Console connections open at once (more are refused).
+MAX_SESSIONS = 32
+#: Output waiting for a client that does not read: beyond this the connection is closed.
+MAX_BUFFERED = 4 * 1024 * 1024
+#: The longest terminal escape sequence kept (a longer one is dropped).
+MAX_ESCAPE = 64
+#: Parameters every function accepts, so C{name=value} with them is always a named parameter.
+GENERAL = frozenset({"authkey", "authid", "authpwd", "authmd5", "authsalt", "authsalt1", "authsalt2", "nonce",
+                     "format", "targetuser", "txid", "username"})
 SHELL_COMMANDS = {
     "help": "list the commands; help NAME shows one command's parameters",
     "close": "close this connection (also exit, quit)",
@@ -77,19 +95,70 @@ def allowed(mode: int, peer: str, local: str, trust: Trust) -> bool:
     return is_private(peer) or peer == local
 
 
+@implementer(IPushProducer)
 class ConsoleTransport(TelnetTransport, TimeoutMixin):
-    """Telnet framing with limits: idle timeout, negotiation flood, malformed commands."""
+    """Telnet framing with limits: idle timeout, negotiation flood, malformed commands, and output
+    backpressure (a client that does not read stops being read, and is closed when far behind)."""
 
     negotiations = 0
+    paused = False
+    transport: Any
 
     def __init__(self, console: Console) -> None:
         super().__init__(LoginProtocol, console)
         self.console = console
+        self._writable: list[defer.Deferred[None]] = []
 
     def connectionMade(self) -> None:
-        """Start the idle timer, then the login."""
+        """Start the idle timer, watch the output buffer, then the login."""
         self.setTimeout(self.console.settings.current.consoleidletimeout)
+        self.transport.registerProducer(self, True)
         super().connectionMade()
+
+    def pauseProducing(self) -> None:
+        """The client is not reading our output: stop reading its input (and running its commands)."""
+        self.paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """It reads again."""
+        self.paused = False
+        self.transport.resumeProducing()
+        waiting, self._writable = self._writable, []
+        for waiter in waiting:
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:
+        """The connection is going away."""
+        self.resumeProducing()
+
+    async def writable(self) -> None:
+        """Until the client has read enough of our output to take more."""
+        if self.paused:
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._writable.append(waiter)
+            await waiter
+
+    def write(self, data: bytes) -> None:
+        """Telnet output; a client far behind in reading is disconnected."""
+        super().write(data)
+        self.check_buffer()
+
+    def check_buffer(self) -> None:
+        """Close a connection whose unread output passed L{MAX_BUFFERED}."""
+        pending = getattr(self.transport, "dataBuffer", b"")
+        size = len(pending) + getattr(self.transport, "_tempDataLen", 0)
+        if size > MAX_BUFFERED and not self.disconnecting:
+            log.warn("console: {peer} does not read its output; closing", peer=getattr(self.getPeer(), "host", ""))
+            self.transport.abortConnection()
+
+    def negotiate(self, data: Any) -> None:
+        """A subnegotiation (window size and such) counts towards the negotiation limit."""
+        self.negotiations += 1
+        if self.negotiations > MAX_NEGOTIATIONS:
+            self.close_with(b"ERROR: too many telnet negotiations")
+            return
+        super().negotiate(data)
 
     def dataReceived(self, data: bytes) -> None:
         """Telnet bytes; a command the telnet parser cannot make sense of closes the connection."""
@@ -120,6 +189,10 @@ class ConsoleTransport(TelnetTransport, TimeoutMixin):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Stop the timer; tell the protocol."""
         self.setTimeout(None)
+        self.console.sessions.discard(self)
+        waiting, self._writable = self._writable, []
+        for waiter in waiting:
+            waiter.callback(None)
         super().connectionLost(reason)
 
 
@@ -137,7 +210,9 @@ class LoginProtocol(TelnetProtocol):
         self.buffer = b""
         self.username: str | None = None
         self.attempts = 0
+        self.empty = 0
         self.checking = False
+        self.deadline: Any = None
 
     def connectionMade(self) -> None:
         """Refuse excluded addresses; else ask for the username."""
@@ -154,22 +229,43 @@ class LoginProtocol(TelnetProtocol):
             self.transport.write(b"banned: too many failed authentications\n")
             self.transport.loseConnection()
             return
+        if len(self.console.sessions) >= MAX_SESSIONS:
+            self.transport.write(b"busy: too many console sessions\n")
+            self.transport.loseConnection()
+            return
+        self.console.sessions.add(self.transport)
+        self.deadline = self.transport.callLater(LOGIN_TIMEOUT, self._too_slow)
         self.transport.write(b"mizud admin console\nUsername: ")
+
+    def _too_slow(self) -> None:
+        self.transport.close_with(b"login timeout: closing")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Stop the login timer."""
+        if self.deadline is not None and self.deadline.active():
+            self.deadline.cancel()
 
     def dataReceived(self, data: bytes) -> None:
         """Collect lines (a login line is short: a longer one closes the connection)."""
-        self.buffer += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        while b"\n" in self.buffer and not self.checking:
+        self.buffer += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\0", b"")
+        while b"\n" in self.buffer and not self.checking and self.transport.protocol is self:
             line, _, self.buffer = self.buffer.partition(b"\n")
-            self.line_received(line.decode("utf-8", "replace").strip())
-        if len(self.buffer) > MAX_LOGIN_LINE:
+            self.line_received(line.decode("utf-8", "replace"))
+        if self.transport.protocol is not self:
+            return
+        if len(self.buffer.rpartition(b"\n")[2]) > MAX_LOGIN_LINE or len(self.buffer) > 16 * MAX_LOGIN_LINE:
             self.transport.write(b"\nERROR: line too long\n")
             self.transport.loseConnection()
 
     def line_received(self, line: str) -> None:
         """The username, then the password."""
         if self.username is None:
+            line = line.strip()
             if not line:
+                self.empty += 1
+                if self.empty > MAX_EMPTY_USERNAMES:
+                    self.transport.loseConnection()
+                    return
                 self.transport.write(b"Username: ")
                 return
             self.username = line[:128]
@@ -181,7 +277,13 @@ class LoginProtocol(TelnetProtocol):
         self.checking = True
         d = defer.ensureDeferred(self.console.login(username, line, self.peer))
         d.addCallback(self._logged_in)
-        d.addErrback(lambda failure: log.failure("console login failed", failure))
+        d.addErrback(self._login_broke)
+
+    def _login_broke(self, failure: Failure) -> None:
+        log.failure("console login failed", failure)
+        self.checking = False
+        if self.transport is not None and not self.transport.disconnecting:
+            self.transport.close_with(b"ERROR: the login cannot be checked now (server error)")
 
     def _logged_in(self, user: User | None) -> None:
         self.checking = False
@@ -189,6 +291,7 @@ class LoginProtocol(TelnetProtocol):
             return
         if user is None:
             self.attempts += 1
+            self.transport.wont(ECHO).addErrback(_ignore)  # the next username is echoed again
             self.transport.write(b"Authentication failed\n")
             if self.attempts >= MAX_LOGIN_ATTEMPTS:
                 self.transport.loseConnection()
@@ -196,13 +299,16 @@ class LoginProtocol(TelnetProtocol):
             self.transport.write(b"Username: ")
             self.dataReceived(b"")  # a line typed meanwhile
             return
+        if self.deadline is not None and self.deadline.active():
+            self.deadline.cancel()
         log.info("console: {user} logged in from {peer}", user=user.username, peer=self.peer)
-        shell = ShellBootstrap(insults.ServerProtocol, ConsoleShell, self.console, user, self.peer)
+        shell = ShellBootstrap(BoundedTerminal, ConsoleShell, self.console, user, self.peer)
         transport = self.transport
         transport.protocol = shell
         shell.makeConnection(transport)
-        if self.buffer:
-            transport.applicationDataReceived(self.buffer)
+        pending, self.buffer = self.buffer, b""
+        if pending:
+            transport.applicationDataReceived(pending.replace(b"\n", b"\r"))
 
 
 class ShellBootstrap(TelnetBootstrapProtocol):
@@ -228,6 +334,28 @@ class ShellBootstrap(TelnetBootstrapProtocol):
         """Terminal output, whose line ends the terminal layer already made CR LF: only IAC is escaped
         (the telnet transport's own LF to CR LF would double the CR)."""
         self.transport.transport.write(data.replace(b"\xff", b"\xff\xff"))
+        self.transport.check_buffer()
+
+    def telnet_NAWS(self, data: Any) -> None:
+        """A window size: used when well formed and new, else ignored (no log line, no redraw)."""
+        if len(data) != 4:
+            return
+        size = struct.unpack("!HH", b"".join(data))
+        if size != getattr(self, "_size", None):
+            self._size = size
+            self.protocol.terminalProtocol.terminalSize(*size)
+
+
+class BoundedTerminal(insults.ServerProtocol):
+    """The terminal layer with a cap on the escape sequences it collects."""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Keystrokes; an endless escape sequence is dropped instead of buffered."""
+        for start in range(0, len(data), MAX_ESCAPE):
+            super().dataReceived(data[start:start + MAX_ESCAPE])
+            if len(getattr(self, "escBuf", ())) > MAX_ESCAPE:
+                self.escBuf = []
+                self.state = b"data"
 
 
 class ConsoleShell(HistoricRecvLine):
@@ -242,6 +370,22 @@ class ConsoleShell(HistoricRecvLine):
         self.peer = peer
         self.queue: list[str] = []
         self.running = False
+
+    def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
+        """A key: editing keys as usual, any other byte from a space up (UTF-8 included) typed,
+        control bytes dropped without a word (RecvLine would log each one)."""
+        handler = self.keyHandlers.get(keyID)
+        if handler is not None:
+            handler()
+        elif isinstance(keyID, bytes) and len(keyID) == 1 and keyID >= b" " and keyID != b"\x7f":
+            self.characterReceived(keyID, False)
+
+    def handle_RETURN(self) -> None:
+        """The line is run; the history keeps the latest L{MAX_HISTORY} lines."""
+        super().handle_RETURN()
+        if len(self.historyLines) > MAX_HISTORY:
+            del self.historyLines[:-MAX_HISTORY]
+            self.historyPosition = len(self.historyLines)
 
     def characterReceived(self, ch: bytes, moreCharactersComing: bool) -> None:
         """Type a character, unless the line is already at its limit."""
@@ -277,25 +421,37 @@ class ConsoleShell(HistoricRecvLine):
         self.running = True
         try:
             while self.queue and self.terminal is not None:
+                await self.telnet.writable()
+                if self.terminal is None or not self.queue:
+                    return
                 text = self.queue.pop(0)
                 try:
-                    answer = await self.console.run(text, self.user, self.peer)
+                    answer, close = await self.console.run(text, self.user, self.peer)
                 except Exception:
                     log.failure("console command {text!r} failed", text=text[:80])
-                    answer = "ERROR: internal error"
-                if answer is None:  # close
+                    answer, close = "ERROR: internal error", False
+                if self.terminal is None:
+                    return
+                if answer:
+                    self.show(answer)
+                if close:
                     self.terminal.loseConnection()
                     return
-                self.show(answer)
         finally:
             self.running = False
         if self.terminal is not None:
             self.drawInputLine()
 
+    @property
+    def telnet(self) -> ConsoleTransport:
+        """The telnet connection under the terminal."""
+        return self.terminal.transport.transport  # type: ignore[no-any-return]
+
     def show(self, text: str) -> None:
-        """Write an answer, line by line (CR LF: the terminal is in character mode)."""
+        """Write an answer, line by line (CR LF: the terminal is in character mode), with control
+        characters made visible: logged text from peers must not drive the admin's terminal."""
         for line in text.splitlines() or [""]:
-            self.terminal.write(line.encode("utf-8", "replace"))
+            self.terminal.write(_visible(line).encode("utf-8", "replace"))
             self.terminal.nextLine()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -311,6 +467,8 @@ class Console:
     def __init__(self, settings: Settings, api_of: Callable[[], Any]) -> None:
         self.settings = settings
         self.api_of = api_of
+        #: The open connections (L{MAX_SESSIONS} at most).
+        self.sessions: set[Any] = set()
 
     async def login(self, username: str, password: str, peer: str) -> User | None:
         """The admin or support user these credentials prove, or None (a failure is counted and logged)."""
@@ -322,48 +480,60 @@ class Console:
             await api.failed_login(request, "banned", username)
             return None
         user = await api.store.find_user(username)
-        if user is None or not secret_equal(password, user.password):
+        if user is None or not password or not secret_equal(password, user.password):
             await api.failed_login(request, "wrong console username or password", username)
             return None
-        if user.type not in (USER_ADMIN, USER_SUPPORT) or not user.enabled:
-            await api.failed_login(request, "not an admin or support user", username)
+        if not _console_user(user):
+            await api.failed_login(request, "not an enabled admin or support user", username)
             return None
         api.failures.clear(("user", username))
         return user  # type: ignore[no-any-return]
 
-    async def run(self, text: str, user: User, peer: str) -> str | None:
-        """One command line's answer; None to close the connection."""
+    async def run(self, text: str, user: User, peer: str) -> tuple[str, bool]:
+        """One command line's answer, and whether to close the connection after it."""
         try:
-            words = shlex.split(text)
+            lexer = shlex.shlex(text, posix=True)
+            lexer.whitespace_split = True
+            lexer.escape = ""  # backslashes are kept: C:\x stays C:\x
+            words = list(lexer)
         except ValueError as problem:
-            return f"ERROR: {problem}"
+            return f"ERROR: {problem}", False
         if not words:
-            return ""
+            return "", False
         name = words[0].lower()
         if name in ("close", "exit", "quit"):
-            return None
+            return "", True
         api = self.api_of()
         if api is None:
-            return "ERROR: the server is starting"
+            return "ERROR: the server is starting", False
+        # The account is read again for every command: a disabled or demoted admin is out at once.
+        current = await api.store.get_user(user.id)
+        if current is None or not _console_user(current):
+            log.warn("console: {user} is no longer an enabled admin or support user; closing", user=user.username)
+            return "ERROR: your account may no longer use the console", True
         if name == "help":
-            return self.help(api, words[1].lower() if len(words) > 1 else "")
+            return self.help(api, words[1].lower() if len(words) > 1 else ""), False
         try:
             request = self.request(name, words[1:], peer, api)
         except RequestError as problem:
-            return f"ERROR: {problem.message}"
-        request.context["console"] = (user, self.settings.current.apitrustfromconsole)
+            return f"ERROR: {problem.message}", False
+        request.context["console"] = (current, self.settings.current.apitrustfromconsole)
         answer = await api.dispatch(request)
         body, _ = encode(answer, "text")
-        return body.decode("utf-8", "replace")
+        return body.decode("utf-8", "replace"), False
 
     def request(self, name: str, words: list[str], peer: str, api: Any) -> ApiRequest:
-        """An API request from a command's words: key=value pairs by name, the rest by position."""
+        """An API request from a command's words: C{key=value} by name when the function has a
+        parameter C{key} (or it is a general one such as authid), the rest by position."""
+        function = api.registry.get(name)
+        known = set(function.params) if function is not None else set()
         pairs = []
         position = 0
         for word in words:
             key, equals, value = word.partition("=")
-            if equals and key.isidentifier():
-                pairs.append((key.lower(), value))
+            key = key.lower()
+            if equals and (key in known or key in GENERAL or (function is None and key.isidentifier())):
+                pairs.append((key, value))
             else:
                 position += 1
                 pairs.append((f"param{position}", word))
@@ -388,6 +558,17 @@ class Console:
                 lines.append(f"{function.name:<22} {function.summary}")
         lines.append("Commands: name value1 value2 ... (in the order help NAME shows) or name key=value ...")
         return "\n".join(lines)
+
+
+def _console_user(user: User) -> bool:
+    """An enabled admin or support user."""
+    return user.type in (USER_ADMIN, USER_SUPPORT) and user.enabled and not user.temporarydisabled
+
+
+def _visible(text: str) -> str:
+    """Control characters (C0, DEL, C1; not tab) shown as \\xNN."""
+    return "".join(ch if ch == "\t" or not (ord(ch) < 32 or 127 <= ord(ch) < 160) else f"\\x{ord(ch):02x}"
+                   for ch in text)
 
 
 class ConsoleFactory(Factory):

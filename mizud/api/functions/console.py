@@ -54,7 +54,8 @@ def register(registry: Registry) -> None:
         lines = buffer.tail(count, which)
         return ok(f"{len(lines)} lines of the {which} log\n" + "\n".join(lines))
 
-    @fn("log", Category.ADMIN, "the last 50 lines of the main log (console only)")
+    @fn("log", Category.ADMIN, "the last lines of the main or the SIP log, like showlog (console only)",
+        ("log", "lines"))
     async def log_tail(call: Call) -> ApiAnswer:
         call.request.params.setdefault("log", "main")
         return await showlog(call)
@@ -111,7 +112,9 @@ def register(registry: Registry) -> None:
             "locks",
             "SELECT l.pid, l.locktype, coalesce(l.relation::regclass::text, ''), l.mode, "
             "coalesce(extract(epoch FROM now() - a.query_start), 0), left(coalesce(a.query, ''), 200) "
-            "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE NOT l.granted ORDER BY 5 DESC")
+            "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE NOT l.granted "
+            "AND (l.database IS NULL OR l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) "
+            "ORDER BY 5 DESC")
         records = [{"pid": r[0], "locktype": r[1], "relation": r[2], "mode": r[3], "seconds": float(r[4]),
                     "query": r[5]} for r in result.rows]
         lines = [f"pid {r['pid']} waits {r['seconds']:.1f}s for {r['mode']} on {r['relation'] or r['locktype']}"
