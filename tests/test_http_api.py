@@ -256,8 +256,22 @@ async def test_jsonp_forwarder(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_portal_paths_are_reserved(server: Server) -> None:
-    """/webvoip and /webvoipportal are kept for the portal and say so."""
-    for path in ("/webvoip", "/webvoipportal/index.html"):
-        status, _, body = await server.curl(f"{server.base}{path}")
-        assert (status, body) == (404, "ERROR: the web portal is not served yet")
+async def test_portal_is_served(server: Server, tmp_path: Path) -> None:
+    """/webvoip and /webvoipportal serve the portal page (with a strict content security policy), its
+    assets and its configuration (the API key the browser needs); webportal=0 turns it off."""
+    for path in ("/webvoip", "/webvoipportal/", "/webvoip/anything#page"):
+        status, head, body = await server.curl(f"{server.base}{path}")
+        assert status == 200 and "<main id=\"page\"" in body, (path, status)
+        assert "content-security-policy: default-src 'self'" in head.lower()
+    status, head, body = await server.curl(f"{server.base}/webvoip/config.js")
+    assert status == 200 and '"authkey": "k"' in body
+    status, head, body = await server.curl(f"{server.base}/webvoip/md5.js")
+    assert status == 200 and "function digest" in body and "javascript" in head.lower()
+    (tmp_path / "off").mkdir()
+    off, port, db = await start(tmp_path / "off", "webportal=0")
+    try:
+        status, _, body = await off.curl(f"{off.base}/webvoip")
+        assert (status, body) == (404, "ERROR: the web portal is off (webportal=0)")
+    finally:
+        await port.stopListening()  # type: ignore[attr-defined]
+        await db.close()

@@ -27,6 +27,11 @@ This file is generated from mizud's function registry
   `format=json` or `xml`.
 - Files of the `mvwebdir` directory under `/mvweb/` (content types,
   conditional GET, no directory listings, nothing outside the directory).
+- The enduser web portal at `/webvoip` and `/webvoipportal` (`webportal`,
+  on by default): a single page that uses only this API. Besides
+  authmd5, it authenticates the old auto-login links with `portalmd5` =
+  MD5(`C8y5:` username `:` password `:` portalsalt) and `portalsalt`,
+  which any function accepts (as replayable as the simple authmd5).
 - Inside SIP: with `sipapi=1`, an `X-MizuAPI` header of a MESSAGE or
   OPTIONS from a SIP-authenticated user carries a request (answered in the
   response). Mizu's encrypted tunnelling is not supported: connections
@@ -129,6 +134,7 @@ client transaction id (`txid=`) adds ` (repeated transaction)`.
 | balance | `OK: 12.34 USD` |
 | rating | `OK: PRICE CURRENCY PREFIX NAME` (price per minute), record prefix, name, price, currency, connectfee, mininterval, interval, plan |
 | rulesreload, reloaddialplan | `OK: N tariffs loaded` |
+| tariffs, publictariffs | `OK: N tariffs in plan P`, a record per prefix: prefix, name, price, connectfee, mininterval, interval, currency, smsprice; publictariffs without the option: `ERROR: no public tariffs are published (publictariffs=0)` |
 | importtariffs | `OK: N tariffs imported into plan P; M tariffs loaded`; a bad file: `ERROR: tariff file refused: line L: ...` |
 | charge | `OK: BALANCE CURRENCY, credited AMOUNT` |
 | addcredit | `OK: BALANCE CURRENCY, USER credited AMOUNT` (negative: `debited`) |

@@ -196,9 +196,10 @@ class RootResource(Resource):
 
     def __init__(
         self, api: ApiResource, old: ApiResource, websocket: Any = None, static: Resource | None = None,
-        sip_websocket: Any = None,
+        sip_websocket: Any = None, portal: Resource | None = None,
     ) -> None:
         super().__init__()
+        self.portal = portal or _PORTAL_OFF
         self.api = api
         self.old = old
         self.websocket = websocket
@@ -216,8 +217,8 @@ class RootResource(Resource):
             return self.api
         if lowered.startswith(b"/xmapi"):
             return self.old
-        if lowered.startswith(b"/webvoip"):
-            return _PORTAL_RESERVED  # /webvoip and /webvoipportal: the enduser portal's paths
+        if path in (b"webvoip", b"webvoipportal"):
+            return self.portal
         if path == b"mvweb" and self.static is not None:
             # twisted.web.static.File: content types, conditional GET and
             # ranges, and no way out of its directory.
@@ -245,7 +246,7 @@ class _NotFound(Resource):
 
 
 _NOT_FOUND = _NotFound()
-_PORTAL_RESERVED = _NotFound(b"ERROR: the web portal is not served yet")
+_PORTAL_OFF = _NotFound(b"ERROR: the web portal is off (webportal=0)")
 
 
 class LimitedRequest(Request):
@@ -313,6 +314,7 @@ class QuietSite(Site):
 
 def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None, reactor: Any = None) -> Site:
     """The HTTP site of the shared service port; C{sip} is the SIP layer's entry point."""
+    from ..portal import PortalResource
     from .demux import NoSip
     from .websocket import api_websocket_resource, sip_websocket_resource
 
@@ -325,6 +327,7 @@ def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None, 
             api_websocket_resource(dispatch, settings),
             static,
             sip_websocket_resource(sip or NoSip()),
+            PortalResource(settings) if settings.current.webportal else None,
         )
     )
     site.displayTracebacks = False

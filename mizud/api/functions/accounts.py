@@ -24,7 +24,8 @@ TEXT_LIMIT = 200
 DETAILS = {
     "min": ("id", "username", "credit", "currency"),
     "normal": ("id", "username", "name", "email", "phone", "address", "country", "currency", "credit", "postpaid",
-               "creditlimit", "tariffid", "status", "statusdate"),
+               "creditlimit", "tariffid", "status", "statusdate", "forwardalways", "forwardonbusy",
+               "forwardonnoanswer"),
 }
 LIST_ORDER = {"id": "id", "username": "username", "name": "name", "credit": "credit", "created": "created"}
 

@@ -1,4 +1,4 @@
-"""Rating functions: rating, rulesreload, reloaddialplan, importtariffs."""
+"""Rating functions: rating, tariffs, publictariffs, rulesreload, reloaddialplan, importtariffs."""
 
 from __future__ import annotations
 
@@ -32,6 +32,21 @@ def register(registry: Registry) -> None:
         }
         return ok(f"{price} {tariff.currency} {tariff.prefix} {tariff.name}".rstrip(), [record])
 
+    @fn("tariffs", Category.USER, "the caller's tariff plan, by prefix (optional prefix filter, at most 1000 rows)",
+        ("prefix", "maxcount"))
+    async def tariffs(call: Call) -> ApiAnswer:
+        user = call.caller.user
+        plan = (user.tariffid if user else 0) or call.api.settings.current.defaulttariff
+        return await _listing(call, plan)
+
+    @fn("publictariffs", Category.PUBLIC, "the public tariff plan (option publictariffs), by prefix",
+        ("prefix", "maxcount"))
+    async def publictariffs(call: Call) -> ApiAnswer:
+        plan = call.api.settings.current.publictariffs
+        if not plan:
+            return error("no public tariffs are published (publictariffs=0)", 404)
+        return await _listing(call, plan)
+
     async def rebuild(call: Call) -> ApiAnswer:
         table = await call.api.rater.rebuild()
         return ok(f"{table.size} tariffs loaded")
@@ -52,3 +67,24 @@ def register(registry: Registry) -> None:
         count = await replace_plan(call.api.db, int(plan_text), tariffs)
         table = await call.api.rater.rebuild()
         return ok(f"{count} tariffs imported into plan {plan_text}; {table.size} tariffs loaded")
+
+
+async def _listing(call: Call, plan: int) -> ApiAnswer:
+    """A plan's tariffs whose prefix starts with C{prefix}, in prefix order."""
+    prefix = call.arg("prefix").strip()
+    if prefix and (not prefix.isdigit() or len(prefix) > 20):
+        return error("prefix must be digits", 412)
+    most_text = call.arg("maxcount").strip() or "1000"
+    if not most_text.isdigit():
+        return error("maxcount must be a number", 412)
+    most = min(int(most_text), 1000)
+    money = call.api.db.engine.money
+    result = await call.api.db.run_query(
+        "tariff_listing",
+        "SELECT prefix, name, price, connectfee, mininterval, interval, currency, smsprice FROM tb_tariffs "
+        "WHERE tariffid = ? AND substr(prefix, 1, ?) = ? ORDER BY prefix LIMIT ?",
+        (plan, len(prefix), prefix, most))
+    records = [{"prefix": r[0], "name": r[1], "price": format_money(money(r[2])),
+                "connectfee": format_money(money(r[3])), "mininterval": int(r[4]), "interval": int(r[5]),
+                "currency": r[6], "smsprice": format_money(money(r[7]))} for r in result.rows]
+    return ok(f"{len(records)} tariffs in plan {plan}", records)
