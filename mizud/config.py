@@ -423,6 +423,12 @@ OPTIONS: tuple[Option, ...] = (
          live=True, group="calls"),
     _opt("callbackaccessnumber", parse_str, "",
          "The access number the callbackaccessnumber function tells users (empty: none).", live=True, group="calls"),
+    _opt("nodename", parse_str, "",
+         "This node's name (empty: the host name), recorded in its start line, CDRs, live calls and holds; "
+         "unique among the nodes sharing a database.", group="storage"),
+    _opt("nodedeadafter", parse_duration, "2m",
+         "A node whose heartbeat (every 10 s) is older than this is dead: another node releases its held "
+         "funds and ends its calls' records.", live=True, group="storage"),
     # Billing and storage (mizud's own).
     _opt("database", parse_database, "var/mizud.sqlite",
          "SQLite file path, or a postgresql:// DSN.", group="storage"),
@@ -659,3 +665,10 @@ if __name__ == "__main__":  # pragma: no cover - regenerates etc/mizud.ini
     import sys
 
     sys.stdout.write(sample_ini())
+
+
+def node_name(config: Config) -> str:
+    """This node's name: the nodename option, else the host name."""
+    import socket
+
+    return config.nodename or socket.gethostname() or "mizud"

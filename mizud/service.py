@@ -38,8 +38,10 @@ def redact_database(database: str) -> str:
 def describe(config: Config) -> str:
     """One line naming the version, the engine, the database and the ports."""
     ports = " ".join(f"{name}={config[name]}" for name in PORT_OPTIONS)
+    from .config import node_name
+
     return (
-        f"mizud {__version__} engine={config.engine} "
+        f"mizud {__version__} node={node_name(config)} engine={config.engine} "
         f"database={redact_database(config.database)} {ports}"
     )
 

@@ -43,7 +43,8 @@ def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
     port, old_port, tls_port = free_port(), free_port(), free_port()
     process = subprocess.Popen(
         [*TWISTD, "mizud", "--set", "bootstrapadmin=boss:correcthorse", "--set", "listenaddress=127.0.0.1",
-         "--set", f"mainaport={port}", "--set", f"httpserver={old_port}", "--set", f"sslportmain={tls_port}"],
+         "--set", f"mainaport={port}", "--set", f"httpserver={old_port}", "--set", f"sslportmain={tls_port}",
+         "--set", "nodename=node-a"],
         cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert process.stdout is not None
@@ -85,7 +86,7 @@ def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
     # twistd shuts down cleanly, then ends itself with the signal it got.
     assert process.returncode == -signal.SIGTERM, output
     assert "Server Shut Down." in output
-    assert f"starting mizud 0.1.0 engine=sqlite database=var/mizud.sqlite mainaport={port}" in output
+    assert f"starting mizud 0.1.0 node=node-a engine=sqlite database=var/mizud.sqlite mainaport={port}" in output
     assert "stopped mizud 0.1.0" in output
     connection = sqlite3.connect(tmp_path / "var" / "mizud.sqlite")
     assert connection.execute("SELECT type FROM tb_users WHERE username = 'boss'").fetchall() == [(15,)]

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from ..billing.rating import Rater
 from ..config import Settings
 from ..store.billing import USER_ADMIN, USER_OWNER, USER_RESELLER, USER_SUPPORT, BillingStore, User
-from ..store.database import Database
+from ..store.database import Database, DatabaseError
 from ..store.money import MoneyError
 from . import answer, custom, legacy
 from .maintenance import Maintenance
@@ -155,9 +155,17 @@ class Api:
         self.sip: Any = None
         #: The latest log events (L{mizud.console.logbuffer.LogBuffer}) when the daemon keeps them.
         self.logbuffer: Any = None
+        #: This node's name, and how to tell the other nodes of changes (L{mizud.store.notify.Notifications}).
+        self.node = ""
+        self.notifications: Any = None
         self.started = clock.seconds()
         self.requests = 0
         self._limits_from(settings)
+
+    async def publish(self, topic: str) -> None:
+        """Tell the other nodes that C{topic} (tariffs, access, bans) changed, when there are any."""
+        if self.notifications is not None:
+            await self.notifications.publish(topic)
 
     def _limits_from(self, settings: Settings) -> None:
         config = settings.current
@@ -236,6 +244,11 @@ class Api:
             return error(problem.message, problem.status)
         except MoneyError as problem:
             return error(str(problem), _MONEY_STATUS.get(problem.code, answer.FAILED))
+        except DatabaseError as problem:
+            # Almost always nothing was committed; a money request repeated with the same txid is safe either way.
+            log.warn("API {function}: database unavailable: {problem}", function=request.function, problem=problem)
+            return error("the database is unavailable: try again later (money requests with the same txid)",
+                         answer.OTHER)
         except Exception:
             log.failure("API {function} from {source} failed", function=request.function, source=request.source)
             return error("internal error", answer.OTHER)

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from ..config import Settings
 from ..store.billing import BillingStore
 from ..store.schema import StartupError
+from ..store.nodes import BEAT
 from ..store.service import StoreService
 from .dispatcher import Api
 from .functions import build_registry
@@ -166,11 +167,31 @@ class ApiService(Service):
     async def _start(self, store: BillingStore) -> BillingStore:
         api = Api(self.settings, self.registry, store, self.reactor)
         api.logbuffer = self.logs
+        api.node = self.store_service.node
+        notifications = self.store_service.notifications
+        if notifications is not None:
+            # Other nodes' changes to what this node keeps in memory.
+            api.notifications = notifications
+            notifications.subscribe("tariffs", api.rater.rebuild)
+            notifications.subscribe("access", api.reload_access)
+            notifications.subscribe("bans", api.bans.refresh)
+            api.bans.changed = lambda: notifications.publish("bans")
         rules = await api.reload_access()
         table = await api.rater.rebuild()
         log.info("rating table loaded: {count} tariffs", count=table.size)
         await api.bans.refresh()
+        nodes = self.store_service.nodes
+
+        async def heartbeat() -> None:
+            if nodes is not None:
+                await nodes.beat()
+                released = await nodes.sweep(self.settings.current.nodedeadafter)
+                if released:
+                    log.warn("released {count} holds of dead nodes", count=released)
+
         self._chores = [
+            # Beat often enough that a node is only declared dead after several missed beats.
+            self._every(min(BEAT, max(1.0, self.settings.current.nodedeadafter / 3)), heartbeat),
             self._every(BAN_REFRESH, api.bans.refresh),
             self._every(HOUR, api.maintenance.hourly),
             self._every(DAY, api.maintenance.daily),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 
 
@@ -119,6 +120,8 @@ class Bans:
         self.db = db
         self.clock = clock
         self._until: dict[tuple[str, str], float] = {}
+        #: Called after a ban is added or lifted (to tell the other nodes).
+        self.changed: Callable[[], Awaitable[Any]] | None = None
 
     def is_banned(self, kind: str, value: str) -> bool:
         """Whether C{value} (an address or a username) is banned now."""
@@ -139,6 +142,12 @@ class Bans:
             (kind, value, reason, now, until),
         )
         self._until[(kind, value)] = _seconds(until)
+        await self._tell()
+
+    async def _tell(self) -> None:
+        """Let the other nodes reload the bans (when a notifier is attached)."""
+        if self.changed is not None:
+            await self.changed()
 
     async def active(self) -> list[Ban]:
         """Every ban in force, soonest ending first."""
@@ -162,6 +171,7 @@ class Bans:
             )
             for key in [k for k in self._until if k[1] == value]:
                 del self._until[key]
+        await self._tell()
         return result.rowcount
 
 

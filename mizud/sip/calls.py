@@ -578,7 +578,7 @@ class PlacedCall:
             "datum": leg.started or self.control.now(), "callerid": caller[:64], "callednumber": leg.number[:64],
             "userid": self.user.id, "duration": leg.seconds(end), "cost": cost, "sipcallid": leg.call_id,
             "disconnectreason": reason[:200], "gateway": (leg.route.name if leg.route else "")[:64],
-            "callid": self.id, "leg": leg.label, "answered": leg.answered_at,
+            "callid": self.id, "leg": leg.label, "answered": leg.answered_at, "node": self.control.node(),
         }
 
 
@@ -599,6 +599,11 @@ class CallControl:
     def now(self) -> datetime:
         """The store's clock (timestamps of CDRs)."""
         return self._api().store.now()  # type: ignore[no-any-return]
+
+    def node(self) -> str:
+        """This node's name (for CDRs)."""
+        api = self.core.api_of()
+        return str(api.node) if api is not None else ""
 
     def find(self, callid: int) -> PlacedCall | None:
         """A live call of this node by id."""
@@ -649,8 +654,8 @@ class CallControl:
         async def insert(txn: Txn, holdid: int) -> int:
             row = await txn.execute(
                 "INSERT INTO tb_calls (userid, kind, anum, bnum, cnum, state, holdid, held, sipcallida, sipcallidb, "
-                "created) VALUES (?, ?, ?, ?, ?, 'calling', ?, ?, ?, ?, ?) RETURNING id",
-                (user.id, kind, anum[:64], bnum[:64], cnum[:64], holdid, held, a.call_id, b.call_id, now))
+                "created, node) VALUES (?, ?, ?, ?, ?, 'calling', ?, ?, ?, ?, ?, ?) RETURNING id",
+                (user.id, kind, anum[:64], bnum[:64], cnum[:64], holdid, held, a.call_id, b.call_id, now, api.node))
             return int(row.rows[0][0])
 
         if held > 0:

@@ -169,11 +169,13 @@ def _check_txid(txid: str | None) -> str | None:
 class BillingStore:
     """Users and money on one L{Database} (SQLite or PostgreSQL)."""
 
-    def __init__(self, db: Database, clock: Clock, default_currency: str = "USD") -> None:
+    def __init__(self, db: Database, clock: Clock, default_currency: str = "USD", node: str = "") -> None:
         self.db = db
         self.engine = db.engine
         self.clock = clock
         self.default_currency = default_currency
+        #: This node's name: written on the holds it opens (a dead node's holds are released by others).
+        self.node = node
 
     def now(self) -> datetime:
         """The current time from the injected clock, as naive UTC."""
@@ -547,9 +549,9 @@ class BillingStore:
                 if not (await txn.execute("SELECT id FROM tb_users WHERE id = ?", (userid,))).rows:
                     raise UnknownUser(f"no user with id {userid}")
                 hold = await txn.execute(
-                    "INSERT INTO tb_holds (userid, amount, status, reference, created) "
-                    "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                    (userid, value, HOLD_OPEN, reference, now),
+                    "INSERT INTO tb_holds (userid, amount, status, reference, created, node) "
+                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                    (userid, value, HOLD_OPEN, reference, now, self.node),
                 )
                 holdid = int(hold.rows[0][0])
                 balance, ledgerid = await self._change_balance_txn(
@@ -593,11 +595,14 @@ class BillingStore:
 
         return await self.db.run_interaction("settle", settle_txn)
 
-    async def release(self, holdid: int) -> MoneyResult:
-        """Close a hold without charging: the whole amount returns."""
+    async def release(self, holdid: int, then: Callable[[Txn, int], Awaitable[Any]] | None = None) -> MoneyResult:
+        """Close a hold without charging: the whole amount returns (C{then(txn, userid)} in the same
+        transaction)."""
 
         async def release_txn(txn: Txn) -> MoneyResult:
             userid, held = await self._close_hold_txn(txn, holdid, HOLD_RELEASED, None)
+            if then is not None:
+                await then(txn, userid)
             balance, ledgerid = await self._change_balance_txn(
                 txn, userid, held, "release", now=self.now(), reference=f"hold:{holdid}"
             )

@@ -361,6 +361,10 @@ async def _pg_execute(cursor: Any, engine: Engine, sql: str, params: Sequence[An
     return Result(rows, cursor.rowcount, _columns(cursor))
 
 
+#: Seconds a PostgreSQL transaction waits for a free pool connection before it is refused.
+POOL_WAIT = 10.0
+
+
 class PostgresDatabase:
     """PostgreSQL through a pool of txpostgres connections.
 
@@ -430,7 +434,14 @@ class PostgresDatabase:
     async def _attempts(self, name: str, work: Callable[[Any], Awaitable[T]]) -> T:
         attempt = 0
         while True:
-            connection = await self._idle.get()
+            if not self._connections:
+                # Every connection broke and none is back yet: say so now rather than wait.
+                raise DatabaseError(f"{name}: PostgreSQL is unavailable (reconnecting)")
+            waiting = self._idle.get()
+            try:
+                connection = await waiting.addTimeout(POOL_WAIT, self._reactor)
+            except defer.TimeoutError:
+                raise DatabaseError(f"{name}: no PostgreSQL connection became free in {POOL_WAIT:g} s") from None
             broken = False
             try:
                 return await work(connection)

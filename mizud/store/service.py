@@ -10,9 +10,11 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ..config import Config
+from ..config import Config, node_name
 from .billing import USER_ADMIN, BillingStore
 from .database import Database, open_database
+from .nodes import Nodes
+from .notify import Notifications
 from .schema import StartupError, migrate
 
 log = Logger()
@@ -38,6 +40,9 @@ class StoreService(Service):
         self.reactor = reactor
         self.database: Database | None = None
         self.store: BillingStore | None = None
+        self.notifications: Notifications | None = None
+        self.nodes: Nodes | None = None
+        self.node = node_name(config)
         self.schema: tuple[int, int] | None = None
         self.ready: defer.Deferred[BillingStore] = defer.Deferred()
 
@@ -69,7 +74,12 @@ class StoreService(Service):
 
     async def _open(self, database: Database) -> None:
         await database.start()
-        store = BillingStore(database, self.reactor, self.config.defaultcurrency)
+        store = BillingStore(database, self.reactor, self.config.defaultcurrency, node=self.node)
+        dsn = self.config.database if self.config.engine == "postgresql" else ""
+        self.notifications = Notifications(database, self.reactor, dsn)
+        self.notifications.start()
+        self.nodes = Nodes(store, self.node)
+        await self.nodes.beat()
         if self.config.bootstrapadmin:
             username, password = self.config.bootstrapadmin
             if await store.find_user(username) is None:
@@ -89,6 +99,8 @@ class StoreService(Service):
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         """Close the database after queued transactions finish."""
         super().stopService()
+        if self.notifications is not None:
+            self.notifications.stop()
         database, self.database = self.database, None
         if database is None:
             return defer.succeed(None)

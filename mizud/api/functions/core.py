@@ -104,6 +104,7 @@ def register(registry: Registry) -> None:
     @fn("apireload", Category.ADMIN, "reload the tb_api access rules")
     async def apireload(call: Call) -> ApiAnswer:
         count = await call.api.reload_access()
+        await call.api.publish("access")
         return ok(f"{count} tb_api rules loaded")
 
     @fn("bannedlist", Category.ADMIN, "banned addresses and users")

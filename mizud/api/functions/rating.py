@@ -49,6 +49,7 @@ def register(registry: Registry) -> None:
 
     async def rebuild(call: Call) -> ApiAnswer:
         table = await call.api.rater.rebuild()
+        await call.api.publish("tariffs")
         return ok(f"{table.size} tariffs loaded")
 
     fn("rulesreload", Category.ADMIN, "reload the tariffs into the rating engine")(rebuild)
@@ -66,6 +67,7 @@ def register(registry: Registry) -> None:
             return error(f"tariff file refused: {problem}", 412)
         count = await replace_plan(call.api.db, int(plan_text), tariffs)
         table = await call.api.rater.rebuild()
+        await call.api.publish("tariffs")
         return ok(f"{count} tariffs imported into plan {plan_text}; {table.size} tariffs loaded")
 
 

@@ -1,0 +1,89 @@
+"""Several nodes on one database: heartbeats, and the held funds of nodes that died.
+
+Every node writes its heartbeat into tb_nodes every L{BEAT} seconds.  A
+node whose heartbeat is older than C{nodedeadafter} is dead.  Its open holds
+(tb_holds.node) are released by whichever live node sweeps first, each in
+one transaction with the removal of the call it paid for (tb_calls) and a
+CDR per leg saying the node died.  The holds are closed by a conditional
+update, so two nodes sweeping at once release each hold once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from twisted.logger import Logger
+
+from .billing import HOLD_OPEN, BillingStore
+from .database import Txn
+from .money import HoldClosed
+
+log = Logger()
+
+#: Seconds between heartbeats.
+BEAT = 10.0
+
+
+class Nodes:
+    """This node's heartbeat and the sweep of dead nodes' holds."""
+
+    def __init__(self, store: BillingStore, name: str) -> None:
+        self.store = store
+        self.db = store.db
+        self.name = name
+        self.started: datetime | None = None
+
+    async def beat(self) -> None:
+        """Say this node is alive."""
+        now = self.store.now()
+        if self.started is None:
+            self.started = now
+
+        async def beat_txn(txn: Txn) -> None:
+            updated = await txn.execute("UPDATE tb_nodes SET seen = ? WHERE name = ? RETURNING name", (now, self.name))
+            if not updated.rows:
+                await txn.execute("INSERT INTO tb_nodes (name, started, seen) VALUES (?, ?, ?)",
+                                  (self.name, self.started, now))
+
+        await self.db.run_interaction("node_beat", beat_txn)
+
+    async def dead(self, after: float) -> list[str]:
+        """The nodes not heard of for C{after} seconds (never this one)."""
+        limit = self.store.now() - timedelta(seconds=after)
+        result = await self.db.run_query("dead_nodes", "SELECT name FROM tb_nodes WHERE seen < ? AND name <> ?",
+                                         (limit, self.name))
+        return [str(row[0]) for row in result.rows]
+
+    async def sweep(self, after: float) -> int:
+        """Release the open holds of dead nodes; returns how many were released."""
+        released = 0
+        for node in await self.dead(after):
+            holds = await self.db.run_query(
+                "dead_holds", "SELECT id FROM tb_holds WHERE node = ? AND status = ? ORDER BY id", (node, HOLD_OPEN))
+            for (holdid,) in holds.rows:
+                try:
+                    await self.store.release(int(holdid), then=_end_calls(self.store, int(holdid), node))
+                except HoldClosed:
+                    continue  # another node (or the owner, back to life) closed it first
+                released += 1
+                log.warn("node {node} is dead: hold {hold} released by {me}", node=node, hold=holdid, me=self.name)
+        return released
+
+
+def _end_calls(store: BillingStore, holdid: int, node: str) -> Any:
+    """The work done with a dead node's hold: its live call's row goes, each leg gets a CDR saying why."""
+
+    async def end(txn: Txn, _: int) -> None:
+        calls = await txn.execute(
+            "DELETE FROM tb_calls WHERE holdid = ? RETURNING id, userid, anum, bnum, sipcallida, sipcallidb, created",
+            (holdid,))
+        for callid, userid, anum, bnum, sipcallida, sipcallidb, created in calls.rows:
+            for leg, caller, number, sipcallid in (("A", "", anum, sipcallida), ("B", anum, bnum, sipcallidb)):
+                await txn.execute(
+                    "INSERT INTO tb_cdrs (datum, callerid, callednumber, userid, duration, cost, sipcallid, "
+                    "disconnectreason, callid, leg, node) VALUES (?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?)",
+                    (created, caller, number, userid, sipcallid, f"node {node} died; call not billed"[:200],
+                     callid, leg, node))
+
+    return end

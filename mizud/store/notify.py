@@ -1,0 +1,162 @@
+"""Telling the other nodes that something they cache changed: PostgreSQL LISTEN/NOTIFY.
+
+A node that changes what the others keep in memory (the rating table, the
+tb_api access rules, the bans) publishes a topic on the channel C{mizud};
+every node, itself included, runs that topic's handlers.  Handlers run at
+most once per L{COALESCE} seconds per topic however many notifications
+arrive, so a NOTIFY storm costs one reload.  On SQLite there is one node:
+publishing runs the handlers locally.
+
+The listening connection is a dedicated txpostgres connection.  When it
+breaks, it reconnects with backoff, and every handler then runs once: what
+changed meanwhile is reloaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .database import Database
+
+log = Logger()
+
+CHANNEL = "mizud"
+#: Seconds a topic's handlers wait after a notification, collecting further ones.
+COALESCE = 0.1
+#: Seconds between checks that the listening connection still works.
+WATCH = 5.0
+#: The longest backoff between reconnection attempts (seconds).
+MAX_BACKOFF = 30.0
+TOPICS = frozenset({"tariffs", "access", "bans"})
+
+
+class Notifications:
+    """Publish topics to every node; run handlers when one arrives."""
+
+    def __init__(self, db: Database, reactor: Any, dsn: str = "") -> None:
+        self.db = db
+        self.reactor = reactor
+        self.dsn = dsn
+        self.handlers: dict[str, list[Callable[[], Awaitable[Any]]]] = {}
+        self.received = 0
+        self._pending: dict[str, Any] = {}
+        self._connection: Any = None
+        self._stopping = False
+
+    def subscribe(self, topic: str, handler: Callable[[], Awaitable[Any]]) -> None:
+        """Run C{handler()} whenever C{topic} is published (by any node)."""
+        self.handlers.setdefault(topic, []).append(handler)
+
+    async def publish(self, topic: str) -> None:
+        """Tell every node (this one included) that C{topic} changed."""
+        if topic not in TOPICS:
+            raise ValueError(topic)
+        if not self.dsn:
+            self._arrived(topic)
+            return
+        try:
+            await self.db.run_statement("notify", "SELECT pg_notify(?, ?)", (CHANNEL, topic))
+        except Exception as error:
+            log.warn("could not notify the other nodes of {topic}: {error}", topic=topic, error=error)
+            self._arrived(topic)
+
+    def _arrived(self, topic: str) -> None:
+        """One notification: run the topic's handlers soon, once however many more come meanwhile."""
+        self.received += 1
+        if topic not in self.handlers or topic in self._pending:
+            return
+        self._pending[topic] = self.reactor.callLater(COALESCE, self._run, topic)
+
+    def _run(self, topic: str) -> None:
+        self._pending.pop(topic, None)
+        for handler in self.handlers.get(topic, []):
+            defer.ensureDeferred(self._handle(topic, handler))
+
+    async def _handle(self, topic: str, handler: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await handler()
+        except Exception:
+            log.failure("handling the {topic} notification", topic=topic)
+
+    # -- PostgreSQL ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start listening (PostgreSQL only)."""
+        if self.dsn:
+            defer.ensureDeferred(self._listen(0.5))
+
+    async def _listen(self, delay: float) -> None:
+        from txpostgres import txpostgres
+
+        while not self._stopping:
+            connection = txpostgres.Connection(reactor=self.reactor)
+            try:
+                await connection.connect(self.dsn)
+                connection.addNotifyObserver(self._notified)
+                await connection.runOperation(f"LISTEN {CHANNEL}")
+            except Exception as error:
+                log.warn("LISTEN {channel} failed ({error}); retrying in {delay}s", channel=CHANNEL,
+                         error=str(error).splitlines()[0] if str(error) else type(error).__name__, delay=delay)
+                try:
+                    connection.close()
+                except Exception:
+                    pass
+                from twisted.internet.task import deferLater
+
+                await deferLater(self.reactor, delay, lambda: None)
+                delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            self._connection = connection
+            log.info("listening for changes from other nodes")
+            for topic in self.handlers:  # whatever changed while we were not listening
+                self._arrived(topic)
+            lost: defer.Deferred[None] = defer.Deferred()
+            self._lost = lost
+            self._watch(connection, lost)
+            await lost
+            delay = 0.5
+
+    def _watch(self, connection: Any, lost: defer.Deferred[None]) -> None:
+        """Notice when the listening connection breaks: a cheap query every few seconds."""
+        from twisted.internet.task import LoopingCall
+
+        def broken(_: Any = None) -> None:
+            if loop.running:
+                loop.stop()
+            if not lost.called:
+                log.warn("the LISTEN connection broke; reconnecting")
+                lost.callback(None)
+
+        def check() -> None:
+            if self._stopping:
+                broken()
+                return
+            d = connection.runQuery("SELECT 1")
+            d.addTimeout(5, self.reactor)
+            d.addErrback(broken)
+
+        loop = LoopingCall(check)
+        loop.clock = self.reactor
+        loop.start(WATCH, now=False)
+
+    def _notified(self, notify: Any) -> None:
+        payload = getattr(notify, "payload", "")
+        if payload in TOPICS:
+            self._arrived(payload)
+
+    def stop(self) -> None:
+        """Stop listening."""
+        self._stopping = True
+        for call in self._pending.values():
+            if call.active():
+                call.cancel()
+        self._pending.clear()
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:
+                pass
+            self._connection = None

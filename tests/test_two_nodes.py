@@ -1,0 +1,172 @@
+"""Two mizud nodes on one PostgreSQL database: what one node does, the other sees.
+
+Each test runs two real daemons (twistd) on a fresh schema of the test
+PostgreSQL database: users, passwords, registrations, lockouts and money are
+shared; a node killed with funds on hold has them released by the other.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from test_sipp import free_udp_and_tcp_port, register_from
+from test_twistd import TWISTD, environment, free_port
+
+
+class Node:
+    """One daemon of the pair."""
+
+    def __init__(self, folder: Path, name: str, database: str, *options: str) -> None:
+        folder.mkdir(exist_ok=True)
+        self.name = name
+        self.http = free_port()
+        self.sip = free_udp_and_tcp_port()
+        self.process = subprocess.Popen(
+            [*TWISTD, "mizud", "--set", f"database={database}", "--set", f"nodename={name}",
+             "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={self.http}", "--set", "mainaportudp=0",
+             "--set", "httpserver=0", "--set", "sslportmain=0", "--set", f"sipport={self.sip}",
+             "--set", "localtsport=0", "--set", "bootstrapadmin=admin:admin-password", "--set", "ratelimitip=0",
+             "--set", "ratelimituser=0", "--set", "sipratelimitip=0", "--set", "webportal=0",
+             *(part for option in options for part in ("--set", option))],
+            cwd=folder, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert self.process.stdout is not None
+        self.lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            self.lines.append(line)
+            if not line or "API ready" in line:
+                break
+        assert "API ready" in self.lines[-1], "".join(self.lines)
+        # Keep reading the output, so the daemon never blocks on a full pipe.
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def call(self, query: str, **params: str) -> dict[str, Any]:
+        """One API request as JSON; C{query} carries the credentials."""
+        url = f"http://127.0.0.1:{self.http}/mvapireq/?{query}&format=json&{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            return json.loads(answer.read())  # type: ignore[no-any-return]
+
+    def admin(self, **params: str) -> dict[str, Any]:
+        """An admin request."""
+        return self.call("authid=admin&authpwd=admin-password", **params)
+
+    def stop(self, kill: bool = False) -> str:
+        """Stop (or kill) the daemon; its output."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        self.process.wait(timeout=30)
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def pair(tmp_path: Path, pg_database: str) -> Iterator[tuple[Node, Node]]:
+    """Nodes A and B on one fresh database (a node is dead after 3 s without a heartbeat)."""
+    a = Node(tmp_path / "a", "node-a", pg_database, "nodedeadafter=3s", "defaulttariff=1")
+    b = Node(tmp_path / "b", "node-b", pg_database, "nodedeadafter=3s", "defaulttariff=1")
+    try:
+        yield a, b
+    finally:
+        outputs = a.stop() + b.stop()
+        assert "Traceback" not in outputs, outputs
+
+
+def eventually(test: Any, seconds: float, what: str) -> Any:
+    """Poll until C{test()} is truthy."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = test()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {seconds} s")
+
+
+def test_users_passwords_registrations_and_lockouts_are_shared(pair: tuple[Node, Node]) -> None:
+    """A user created on A logs in on B at once; a password changed on A stops working on B within a
+    second; a registration made through A is listed on B; a lockout triggered on A holds on B."""
+    a, b = pair
+    assert a.admin(apientry="newuseri", u_username="carol", u_password="pw-one")["status"] == "OK"
+    assert b.call("authid=carol&authpwd=pw-one", apientry="balance")["message"] == "0.00 USD"
+    assert a.call("authid=carol&authpwd=pw-one", apientry="changepwd", newpassword="pw-two",
+                  oldpassword="pw-one")["status"] == "OK"
+    started = time.monotonic()
+    eventually(lambda: b.call("authid=carol&authpwd=pw-one", apientry="balance")["status"] == "ERROR", 1.0,
+               "the old password failing on B")
+    assert time.monotonic() - started < 1.0
+    assert b.call("authid=carol&authpwd=pw-two", apientry="balance")["status"] == "OK"
+    # A SIP registration through A's registrar.
+    assert register_from(a.sip, free_udp_and_tcp_port(), "carol", "pw-two") == 200
+    listed = b.admin(apientry="reguser", usr="carol")
+    assert listed["status"] == "OK" and "1 contacts" in listed["message"], listed
+    # Wrong passwords on A until carol is banned; B refuses her right password within a second.
+    for _ in range(5):
+        a.call("authid=carol&authpwd=wrong", apientry="balance")
+    assert "banned" in a.call("authid=carol&authpwd=pw-two", apientry="balance")["message"]
+    eventually(lambda: "banned" in b.call("authid=carol&authpwd=pw-two", apientry="balance")["message"], 1.0,
+               "the ban reaching B")
+
+
+def test_concurrent_transfers_over_both_nodes_conserve_money(pair: tuple[Node, Node]) -> None:
+    """200 transfers between four users, sent at once to both nodes: the total is exactly the same."""
+    a, b = pair
+    users = [f"u{i}" for i in range(4)]
+    for user in users:
+        assert a.admin(apientry="newuseri", u_username=user, u_password="pw")["status"] == "OK"
+        assert b.admin(apientry="addcredit", pin=user, credit="10")["status"] == "OK"
+    results: list[str] = []
+
+    def transfer(index: int) -> None:
+        node = (a, b)[index % 2]
+        source, target = users[index % 4], users[(index * 3 + 1) % 4]
+        if source == target:
+            target = users[(index + 1) % 4]
+        answer = node.call(f"authid={source}&authpwd=pw", apientry="transfercredit", username=target,
+                           credit="0.37")
+        results.append(answer["status"])
+
+    threads = [threading.Thread(target=transfer, args=(i,)) for i in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 200 and results.count("OK") > 100, results.count("OK")
+    rows = a.admin(apientry="db", txt="SELECT sum(credit) AS total FROM tb_users WHERE username IN "
+                                      "('u0', 'u1', 'u2', 'u3')")["data"]
+    assert Decimal(str(rows[0]["total"])) == Decimal("40.00"), rows
+    assert b.admin(apientry="checkcredits")["status"] == "OK"
+
+
+def test_a_dead_nodes_holds_are_released_by_the_other(pair: tuple[Node, Node]) -> None:
+    """A holds the price of an SMS for a gateway that never answers, and is killed: B releases the hold
+    once A's heartbeat is older than nodedeadafter."""
+    a, b = pair
+    csv = "prefix,name,price,smsprice\n36,Hungary,0.60,0.05\n"
+    assert a.admin(apientry="importtariffs", tariffid="1", csv=csv)["status"] == "OK"
+    assert a.admin(apientry="newuseri", u_username="dave", u_password="pw")["status"] == "OK"
+    assert a.admin(apientry="addcredit", pin="dave", credit="1")["status"] == "OK"
+    assert a.admin(apientry="addserver", u_username="silentgw", u_ip=f"127.0.0.1:{free_udp_and_tcp_port()}")["status"] == "OK"
+    queued = a.call("authid=dave&authpwd=pw", apientry="sendsms", bnum="3612345", txt="hello")
+    assert queued["message"].endswith("queued (held 0.05)"), queued
+    a.stop(kill=True)
+    eventually(lambda: b.call("authid=dave&authpwd=pw", apientry="balance")["message"] == "1.00 USD", 15,
+               "B releasing the dead node's hold")
+    holds = b.admin(apientry="db", txt="SELECT status, node FROM tb_holds")["data"]
+    assert holds == [{"status": 2, "node": "node-a"}] or holds == [{"status": "2", "node": "node-a"}], holds
+    assert b.admin(apientry="checkcredits")["status"] == "OK"
