@@ -256,9 +256,9 @@ OPTIONS: tuple[Option, ...] = (
          group="listeners"),
     _opt("consoleidletimeout", parse_duration, "15m",
          "Close an admin console connection (adminport) idle for this long.", live=True, group="listeners"),
-    _opt("webportal", parse_bool, "true",
-         "Serve the enduser web portal at /webvoip and /webvoipportal on the shared port (it makes "
-         "apiv2key and apiv2md5salt public: the browser needs them).", group="listeners"),
+    _opt("webportal", parse_bool, "false",
+         "Serve the enduser web portal at /webvoip and /webvoipportal on the shared port. Off by default: "
+         "it makes apiv2key and apiv2md5salt public (the browser needs them).", group="listeners"),
     _opt("publictariffs", int_range(0, 999999999), "0",
          "Tariff plan that anyone may list (publictariffs function, portal page); 0 for none.",
          live=True, group="api"),

@@ -256,10 +256,13 @@ async def test_jsonp_forwarder(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_portal_is_served(server: Server, tmp_path: Path) -> None:
-    """/webvoip and /webvoipportal serve the portal page (with a strict content security policy), its
-    assets and its configuration (the API key the browser needs); webportal=0 turns it off."""
-    for path in ("/webvoip", "/webvoipportal/", "/webvoip/anything#page"):
+async def test_portal_is_served(tmp_path: Path) -> None:
+    """With webportal=1, /webvoip and /webvoipportal (any case) serve the portal page (with a strict
+    content security policy), its assets and its configuration (the API key the browser needs), and the
+    old root links (/?function=...) are sent there; by default it is off."""
+    (tmp_path / "on").mkdir()
+    server, on_port, on_db = await start(tmp_path / "on", "webportal=1")
+    for path in ("/webvoip", "/webvoipportal/", "/webvoip/anything"):
         status, head, body = await server.curl(f"{server.base}{path}")
         assert status == 200 and "<main id=\"page\"" in body, (path, status)
         assert "content-security-policy: default-src 'self'" in head.lower()
@@ -267,8 +270,14 @@ async def test_portal_is_served(server: Server, tmp_path: Path) -> None:
     assert status == 200 and '"authkey": "k"' in body
     status, head, body = await server.curl(f"{server.base}/webvoip/md5.js")
     assert status == 200 and "function digest" in body and "javascript" in head.lower()
+    status, _, body = await server.curl(f"{server.base}/WebVoip")
+    assert status == 200
+    status, head, _ = await server.curl(f"{server.base}/?function=callhistory&username=x&md5=y&salt=z")
+    assert status == 302 and "location: /webvoip?function=callhistory&username=x&md5=y&salt=z" in head.lower()
+    await on_port.stopListening()  # type: ignore[attr-defined]
+    await on_db.close()
     (tmp_path / "off").mkdir()
-    off, port, db = await start(tmp_path / "off", "webportal=0")
+    off, port, db = await start(tmp_path / "off")
     try:
         status, _, body = await off.curl(f"{off.base}/webvoip")
         assert (status, body) == (404, "ERROR: the web portal is off (webportal=0)")

@@ -41,7 +41,8 @@ class Portal:
             [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={self.port}",
              "--set", "mainaportudp=0", "--set", "httpserver=0", "--set", "sslportmain=0", "--set", "sipport=0",
              "--set", "localtsport=0", "--set", "bootstrapadmin=admin:admin-password", "--set", "defaulttariff=1",
-             "--set", "publictariffs=1", "--set", "apiv2key=portal-key", "--set", "apiv2md5salt=portal-salt"],
+             "--set", "publictariffs=1", "--set", "apiv2key=portal-key", "--set", "apiv2md5salt=portal-salt",
+             "--set", "webportal=1"],
             cwd=folder, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert self.process.stdout is not None
         self.lines: list[str] = []

@@ -60,3 +60,23 @@ async def test_portal_md5_login(tmp_path: Path) -> None:
                              source)
         assert wrong.text == "ERROR: wrong authentication"
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_portal_md5_with_nonces_and_stale_nonces(tmp_path: Path) -> None:
+    """With a nonce the link's md5 is proven as MD5(md5 + authsalt2 + serversalt + nonce), once per
+    value; an unknown or expired nonce gets a new one and is not counted as a failed login."""
+    import re
+
+    h = await make_harness(tmp_path)
+    nonce = re.search("is:(.*)EOF", (await h.call("apientry=preauth")).text).group(1)  # type: ignore[union-attr]
+    link = hashlib.md5(b"C8y5:alice:alicepw:s4lt").hexdigest()
+    proof = hashlib.md5(f"{link}x1srvsalt{nonce}".encode()).hexdigest()
+    query = f"apientry=balance&authkey=apikey123&authid=alice&portalmd5={proof}&portalsalt=s4lt&authsalt2=x1&nonce={nonce}"
+    assert (await h.call(query)).text == "OK: 5.00 USD"
+    assert (await h.call(query)).text == "ERROR: wrong authentication"  # a replay
+    for _ in range(8):
+        stale = await h.call("apientry=balance&authkey=apikey123&authid=alice&authmd5=x&authsalt2=y&nonce=0123456789abcdef")
+        assert stale.text.startswith("ERROR: new nonce is:")
+    assert (await h.call(f"apientry=balance&{ALICE}")).text == "OK: 5.00 USD"  # not locked out
+    await h.db.close()

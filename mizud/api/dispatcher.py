@@ -41,7 +41,17 @@ from ..store.money import MoneyError
 from . import answer, custom, legacy
 from .maintenance import Maintenance
 from .answer import ApiAnswer, error
-from .auth import Trust, authmd5_full, authmd5_simple, in_networks, is_loopback, portal_md5, same, secret_equal
+from .auth import (
+    Trust,
+    authmd5_full,
+    authmd5_simple,
+    in_networks,
+    is_loopback,
+    md5hex,
+    portal_md5,
+    same,
+    secret_equal,
+)
 from .ratelimit import Clock, FailureCounter, LeakyBucket
 from .registry import (
     REQ_ADMINS,
@@ -565,29 +575,35 @@ class Api:
                 return "pin"
             raise AuthFailure("wrong password", authid)
         portal = request.get("portalmd5").strip()
+        given = portal or request.get("authmd5").strip()
+        salt1, salt2 = request.get("authsalt1"), request.get("authsalt2")
+        serversalt = config.apiv2md5salt
+        link = portal_md5(user.username, user.password, request.get("portalsalt")) if portal else ""
+        nonce_param = request.get("nonce")
+        if nonce_param:
+            nonces = [n for n in await self.nonces.find(nonce_param)
+                      if not (login_ip_check(rule, config) and n.address != request.source)]
+            if not nonces:
+                # Unknown or expired: the client gets a fresh nonce; nothing was guessed, nothing is counted.
+                raise NewNonce()
+            for nonce in nonces:
+                if portal:
+                    # The auto-login link's md5 as the inner secret: MD5(md5 + authsalt2 + serversalt + nonce).
+                    expected = md5hex(link + salt2 + serversalt + nonce.nonce)
+                else:
+                    expected = authmd5_full(authid, user.password, salt1, salt2, serversalt, nonce.nonce)
+                if same(given, expected) or same("authv3_" + given, expected):
+                    if not await self.nonces.use(nonce, expected):
+                        raise AuthFailure("replayed authmd5", authid)
+                    return "portal md5 with nonce" if portal else "authmd5 with nonce"
+            raise AuthFailure("wrong portal md5" if portal else "wrong authmd5", authid)
         if portal:
             # The web portal's auto-login link: MD5("C8y5:" username ":" password ":" salt).
             if needs_nonce:
                 raise NewNonce()
-            if same(portal, portal_md5(user.username, user.password, request.get("portalsalt"))):
+            if same(portal, link):
                 return "portal md5"
             raise AuthFailure("wrong portal md5", authid)
-        given = request.get("authmd5").strip()
-        salt1, salt2 = request.get("authsalt1"), request.get("authsalt2")
-        serversalt = config.apiv2md5salt
-        nonce_param = request.get("nonce")
-        if nonce_param:
-            for nonce in await self.nonces.find(nonce_param):
-                if login_ip_check(rule, config) and nonce.address != request.source:
-                    continue
-                expected = authmd5_full(authid, user.password, salt1, salt2, serversalt, nonce.nonce)
-                if same(given, expected) or same("authv3_" + given, expected):
-                    if not await self.nonces.use(nonce, expected):
-                        raise AuthFailure("replayed authmd5", authid)
-                    return "authmd5 with nonce"
-            if needs_nonce:
-                raise NewNonce()
-            raise AuthFailure("wrong authmd5 or unknown nonce", authid)
         if needs_nonce:
             raise NewNonce()
         if not given.lower().startswith("authv3_") and same(given, authmd5_simple(authid, user.password, serversalt, salt1)):

@@ -27,11 +27,15 @@ This file is generated from mizud's function registry
   `format=json` or `xml`.
 - Files of the `mvwebdir` directory under `/mvweb/` (content types,
   conditional GET, no directory listings, nothing outside the directory).
-- The enduser web portal at `/webvoip` and `/webvoipportal` (`webportal`,
-  on by default): a single page that uses only this API. Besides
-  authmd5, it authenticates the old auto-login links with `portalmd5` =
-  MD5(`C8y5:` username `:` password `:` portalsalt) and `portalsalt`,
-  which any function accepts (as replayable as the simple authmd5).
+- The enduser web portal at `/webvoip` and `/webvoipportal` (with
+  `webportal=1`; off by default): a single page that uses only this API.
+  Besides authmd5, every function accepts the old auto-login links'
+  proof: `portalsalt` and `portalmd5`, where the link's md5 is
+  MD5(`C8y5:` username `:` password `:` portalsalt) and `portalmd5` is
+  MD5(that + authsalt2 + serversalt + nonce) with a nonce, or the link's
+  md5 itself without one (only where nonces are not required). An
+  unknown or expired nonce is answered with a new one, not counted as a
+  failed login.
 - Inside SIP: with `sipapi=1`, an `X-MizuAPI` header of a MESSAGE or
   OPTIONS from a SIP-authenticated user carries a request (answered in the
   response). Mizu's encrypted tunnelling is not supported: connections

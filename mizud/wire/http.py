@@ -217,8 +217,10 @@ class RootResource(Resource):
             return self.api
         if lowered.startswith(b"/xmapi"):
             return self.old
-        if path in (b"webvoip", b"webvoipportal"):
+        if path.lower() in (b"webvoip", b"webvoipportal"):
             return self.portal
+        if path == b"" and self.portal is not _PORTAL_OFF and b"function" in (request.args or {}):
+            return _ToPortal()  # the old portal links: /?function=PAGE&username=...
         if path == b"mvweb" and self.static is not None:
             # twisted.web.static.File: content types, conditional GET and
             # ranges, and no way out of its directory.
@@ -228,6 +230,17 @@ class RootResource(Resource):
     def render(self, request: Request) -> bytes:
         """The bare root: not found."""
         return _NOT_FOUND.render(request)
+
+
+class _ToPortal(Resource):
+    """A redirect to /webvoip keeping the query (the page removes credentials from it at once)."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.redirect(b"/webvoip?" + request.uri.partition(b"?")[2])
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        return b""
 
 
 class _NotFound(Resource):

@@ -48,17 +48,18 @@ async function post(params) {
 }
 
 async function freshNonce(force) {
-  const lifetime = Math.max(60, (CONFIG.noncettl || 1800) / 2) * 1000;
+  const lifetime = (CONFIG.noncettl || 1800) * 500;  // renewed at half its lifetime
   if (!force && nonce.value && Date.now() - nonce.at < lifetime) return nonce.value;
   const answer = await post({ apientry: "preauth" });
-  const found = /new nonce is:(.*?)EOF/.exec(answer.message || "");
+  const found = answer.status === "OK" ? nonceIn(answer.message) : "";
   if (!found) throw new ApiError("The server did not give a login nonce.");
-  nonce = { value: found[1], at: Date.now() };
+  nonce = { value: found, at: Date.now() };
   return nonce.value;
 }
 
+// A nonce the server hands out: the whole message, and nothing else (error texts may echo user input).
 function nonceIn(message) {
-  const found = /new nonce is:(.*?)EOF/.exec(message || "");
+  const found = /^new nonce is:([0-9a-f]{16,64})EOF$/.exec(message || "");
   return found ? found[1] : "";
 }
 
@@ -68,24 +69,32 @@ async function api(fn, params = {}, { auth = true } = {}) {
     const request = { apientry: fn, ...params };
     if (auth && session) {
       request.authid = session.username;
+      const current = await freshNonce(attempt > 0);
+      const salt2 = randomSalt();
+      request.authsalt2 = salt2;
+      request.nonce = current;
       if (session.portalmd5) {
-        request.portalmd5 = session.portalmd5;
+        // An auto-login link: its md5 is the secret, proven afresh for every request like authmd5.
         request.portalsalt = session.portalsalt;
+        request.portalmd5 = md5(session.portalmd5 + salt2 + (CONFIG.serversalt || "") + current);
       } else {
-        const current = await freshNonce(attempt > 0);
-        const salt2 = randomSalt();
         request.authsalt1 = session.salt1;
-        request.authsalt2 = salt2;
-        request.nonce = current;
         request.authmd5 = "authv3_" + md5(session.inner + salt2 + (CONFIG.serversalt || "") + current);
       }
     }
     const answer = await post(request);
     if (answer.status === "OK") return { message: answer.message || "", data: answer.data || [] };
-    const again = nonceIn(answer.message);
+    const again = answer.code === 499 || answer.code === 403 ? nonceIn(answer.message) : "";
     if (again && attempt === 0) {
       nonce = { value: again, at: Date.now() };
       continue;
+    }
+    if (auth && session && /^(wrong authentication|banned)/.test(answer.message || "")) {
+      // The session no longer works (password changed, account disabled): stop before the lockout.
+      endSession();
+      if (polling) { clearInterval(polling); polling = null; }
+      history.replaceState(null, "", location.pathname + "#login");
+      route(true);
     }
     throw new ApiError(explain(answer.message || "failed"));
   }
@@ -93,6 +102,11 @@ async function api(fn, params = {}, { auth = true } = {}) {
 }
 
 function explain(message) {
+  const names = { u_username: "the username", u_password: "the password", u_email: "the e-mail address",
+                  u_name: "the name", u_phone: "the phone number", anum: "the first number", bnum: "the number",
+                  num: "the number", txt: "the message", pin: "the PIN", credit: "the amount" };
+  message = message.replace(/^(u_\w+|anum|bnum|num|txt|pin|credit)\b/, (name) => names[name] || name)
+    .replace(/ \((\w+)=\d+\)$/, "");
   const words = {
     "wrong authentication": "The username or password is wrong.",
     "access denied": "Your account may not do this.",
@@ -175,6 +189,7 @@ function route(keepError) {
   if (session && (page === "login" || page === "signup")) page = "dashboard";
   const build = PAGES[page] || PAGES.dashboard;
   $("#nav").hidden = !session;
+  $("#brand").textContent = session ? `My account: ${session.username}` : "My account";
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.getAttribute("href") === "#" + page) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -223,9 +238,11 @@ PAGES.login = () => {
 PAGES.signup = () => {
   render(`<form class="card" id="signup"><h2>Sign up</h2>
     ${field("u_username", "Username", { required: true, autocomplete: "username" })}
-    ${field("u_password", "Password", { type: "password", required: true, autocomplete: "new-password" })}
+    ${field("u_password", "Password", { type: "password", required: true, autocomplete: "new-password",
+      extra: 'minlength="8" aria-describedby="pwrules"' })}
+    <p id="pwrules" class="muted">At least 8 characters, with letters and digits, not containing the username.</p>
     ${field("u_name", "Full name", { autocomplete: "name" })}
-    ${field("u_email", "E-mail", { type: "email", autocomplete: "email" })}
+    ${field("u_email", "E-mail", { type: "email", required: true, autocomplete: "email" })}
     ${field("u_phone", "Phone", { type: "tel", autocomplete: "tel" })}
     <button class="primary" type="submit">Create my account</button>
     <p>Already have one? <a href="#login">Log in</a></p></form>`);
@@ -281,7 +298,8 @@ PAGES.history = () => {
     $("#csv").disabled = !records.length;
   };
   $("#csv").addEventListener("click", () => {
-    const quote = (v) => `"${String(v ?? "").replace(/"/g, '""')}"`;
+    // Quoted, and cells a spreadsheet would run as a formula made text.
+    const quote = (v) => `"${String(v ?? "").replace(/^([=+\-@\t\r])/, "'$1").replace(/"/g, '""')}"`;
     const lines = [columns.map(([key]) => key).join(",")].concat(records.map((r) => columns.map(([key]) => quote(r[key])).join(",")));
     const link = document.createElement("a");
     link.href = URL.createObjectURL(new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" }));
@@ -338,7 +356,7 @@ simpleForm("password", "Change password",
   field("oldpassword", "Current password", { type: "password", required: true, autocomplete: "current-password" }) +
   field("newpassword", "New password", { type: "password", required: true, autocomplete: "new-password" }),
   "changepwd", (r, v) => {
-    if (!session.portalmd5) startSession(session.username, v.newpassword);
+    startSession(session.username, v.newpassword);  // an auto-login link's md5 no longer matches either
     return "Your password was changed.";
   });
 
@@ -352,8 +370,12 @@ PAGES.calls = () => {
     ${field("bnum", "Second phone", { required: true, extra: 'inputmode="tel"' })}
     <button class="primary" type="submit">Connect</button></form>
     <section><h2>My live calls</h2><div id="live"></div></section>`);
+  let shown = "";
   const refresh = async () => {
     const result = await api("calls");
+    const state = JSON.stringify(result.data);
+    if (state === shown) return;  // unchanged: keep the focus where it is
+    shown = state;
     $("#live").innerHTML = result.data.length ? result.data.map((c) => `<p>Call ${esc(c.callid)}: ${esc(c.anum)} &rarr; ${esc(c.bnum)},
       <strong>${esc(c.state)}</strong> <button class="secondary" type="button" data-call="${esc(c.callid)}">Hang up</button></p>`).join("")
       : `<p class="muted">No live calls.</p>`;
@@ -425,6 +447,11 @@ async function deepLink() {
   if (!fn && !username) return;
   history.replaceState(null, "", location.pathname);  // credentials leave the address bar at once
   const page = OLD_PAGES[fn] || "dashboard";
+  if (username && session && session.username !== username &&
+      !confirm(`This link logs you in as ${username} instead of ${session.username}. Continue?`)) {
+    history.replaceState(null, "", location.pathname + "#" + page);
+    return;
+  }
   if (username && query.get("password")) {
     await busy(() => login(username, query.get("password")));
   } else if (username && query.get("md5")) {
@@ -439,6 +466,7 @@ async function deepLink() {
 
 document.addEventListener("DOMContentLoaded", async () => {
   $("#logout").addEventListener("click", () => { endSession(); go("login"); });
+  $(".skip").addEventListener("click", (event) => { event.preventDefault(); $("#page").focus(); });
   window.addEventListener("hashchange", () => route());
   await deepLink();
   route(true);
