@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,7 +26,7 @@ from mizud.config import Settings
 from mizud.console.logbuffer import LogBuffer
 from mizud.console.protocol import MAX_NEGOTIATIONS, Console, ConsoleTransport, allowed
 from test_api_dispatch import Harness, make_harness
-from test_twistd import TWISTD, environment, free_port
+from test_twistd import free_port, start_daemon
 
 TELNET = shutil.which("telnet")
 
@@ -324,21 +323,10 @@ def daemon(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     port = free_port()
     ini = tmp_path / "mizud.ini"
     ini.write_text(f"[global]\nadminport = {port}\nremoteadmin = 1\n")
-    process = subprocess.Popen(
-        [*TWISTD, "mizud", "--config", str(ini), "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={free_port()}",
-         "--set", "mainaportudp=0", "--set", "httpserver=0", "--set", "sslportmain=0", "--set", "sipport=0",
-         "--set", "localtsport=0", "--set", "bootstrapadmin=admin:admin-password"],
-        cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    lines = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        lines.append(line)
-        if not line or "API ready" in line:
-            break
+    process, lines = start_daemon(
+        tmp_path, "listenaddress=127.0.0.1", f"mainaport={free_port()}", "mainaportudp=0", "httpserver=0",
+        "sslportmain=0", "sipport=0", "localtsport=0", "bootstrapadmin=admin:admin-password", config=ini)
     try:
-        assert "API ready" in lines[-1], "".join(lines)
         yield port, ini
     finally:
         process.send_signal(signal.SIGTERM)

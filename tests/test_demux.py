@@ -40,7 +40,7 @@ def test_classify_needs_conclusive_bytes(data: bytes, kind: str) -> None:
         assert classify(data[:end]) in (None, kind), data[:end]
 
 
-@pytest.mark.parametrize("data", [b"\xff\xfe garbage", b"hello world\r\n", b"GET / FTP/1.0\r\n", b"\x00\x01\x00\x00abcd",
+@pytest.mark.parametrize("data", [b"\xff\xfe garbage", b"hello world\r\n", b"GET * FTP/1.0\r\n", b"\x00\x01\x00\x00abcd",
                                   b"\x16\x02\x00", b"get / HTTP/1.1\r\n"])
 def test_classify_refuses_garbage(data: bytes) -> None:
     """Unrecognisable first bytes are refused as soon as they are conclusive."""
@@ -115,7 +115,7 @@ def test_slow_and_garbage_connections_are_closed() -> None:
     slow = factory.buildProtocol(None)  # type: ignore[arg-type]
     transport = StringTransport()
     slow.makeConnection(transport)
-    slow.dataReceived(b"GET /mvapireq")
+    slow.dataReceived(b"REGISTER sip:")
     clock.advance(9.9)
     assert not transport.disconnecting
     clock.advance(0.2)
@@ -129,12 +129,12 @@ def test_slow_and_garbage_connections_are_closed() -> None:
 
 
 def test_first_bytes_cap() -> None:
-    """A never-ending plausible first line is cut off at the cap."""
+    """A never-ending plausible first line (not yet conclusive) is cut off at the cap."""
     factory, _ = recording_factory(Clock())
     demux = factory.buildProtocol(None)  # type: ignore[arg-type]
     transport = StringTransport()
     demux.makeConnection(transport)
-    demux.dataReceived(b"GET /" + b"a" * 9000)
+    demux.dataReceived(b"REGISTER " + b"a" * 9000)
     assert transport.disconnecting
 
 
@@ -307,3 +307,13 @@ async def test_bad_input_leaves_the_port_serving(shared: Shared) -> None:
     assert big == b"ERROR: datagram over 1490 bytes"
     out = await run("nc", "-w", "1", "127.0.0.1", str(shared.port), stdin=LINE)
     assert out == b"OK: API test passed\r\n"
+
+
+def test_http_decided_before_a_long_request_line_ends() -> None:
+    """A method and an absolute path are HTTP at once (SIP request-URIs never start with "/"), so a very
+    long URL reaches the HTTP layer, which answers 414, instead of overflowing the demux buffer."""
+    from mizud.wire.demux import classify
+
+    assert classify(b"GET /mvapireq/addserver?u_name=" + b"a" * 100_000) == "http"
+    assert classify(b"OPTIONS sip:x@y SIP/2.0\r\n") == "sip"
+    assert classify(b"OPTIONS /x HTTP/1.1\r\n") == "http"

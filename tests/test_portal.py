@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -23,7 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from test_twistd import TWISTD, environment, free_port
+from test_twistd import free_port, start_daemon
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -37,22 +36,10 @@ class Portal:
 
     def __init__(self, folder: Path) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [*TWISTD, "mizud", "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={self.port}",
-             "--set", "mainaportudp=0", "--set", "httpserver=0", "--set", "sslportmain=0", "--set", "sipport=0",
-             "--set", "localtsport=0", "--set", "bootstrapadmin=admin:admin-password", "--set", "defaulttariff=1",
-             "--set", "publictariffs=1", "--set", "apiv2key=portal-key", "--set", "apiv2md5salt=portal-salt",
-             "--set", "webportal=1"],
-            cwd=folder, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert self.process.stdout is not None
-        self.lines: list[str] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            self.lines.append(line)
-            if not line or "API ready" in line:
-                break
-        assert "API ready" in self.lines[-1], "".join(self.lines)
+        self.process, self.lines = start_daemon(
+            folder, "listenaddress=127.0.0.1", f"mainaport={self.port}", "mainaportudp=0", "httpserver=0",
+            "sslportmain=0", "sipport=0", "localtsport=0", "bootstrapadmin=admin:admin-password", "defaulttariff=1",
+            "publictariffs=1", "apiv2key=portal-key", "apiv2md5salt=portal-salt", "webportal=1")
         self.url = f"http://127.0.0.1:{self.port}/webvoip"
 
     def api(self, **params: str) -> dict[str, Any]:

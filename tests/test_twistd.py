@@ -31,6 +31,27 @@ def environment() -> dict[str, str]:
     return env
 
 
+def start_daemon(folder: Path, *sets: str, config: Path | None = None) -> tuple[subprocess.Popen[str], list[str]]:
+    """twistd -n mizud with C{--set} for each of C{sets} (and C{--config}); returns once the API is ready
+    (with its output so far)."""
+    process = subprocess.Popen(
+        [*TWISTD, "mizud", *(["--config", str(config)] if config else []),
+         *(part for option in sets for part in ("--set", option))],
+        cwd=folder, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if not line or "API ready" in line:
+            break
+    if "API ready" not in lines[-1]:
+        process.kill()
+        raise AssertionError("mizud did not start:\n" + "".join(lines))
+    return process, lines
+
+
 def run_to_end(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run twistd mizud expecting it to exit by itself."""
     return subprocess.run(

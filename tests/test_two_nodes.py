@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -21,7 +20,7 @@ from typing import Any, Iterator
 import pytest
 
 from test_sipp import free_udp_and_tcp_port, register_from
-from test_twistd import TWISTD, environment, free_port
+from test_twistd import free_port, start_daemon
 
 
 class Node:
@@ -32,23 +31,10 @@ class Node:
         self.name = name
         self.http = free_port()
         self.sip = free_udp_and_tcp_port()
-        self.process = subprocess.Popen(
-            [*TWISTD, "mizud", "--set", f"database={database}", "--set", f"nodename={name}",
-             "--set", "listenaddress=127.0.0.1", "--set", f"mainaport={self.http}", "--set", "mainaportudp=0",
-             "--set", "httpserver=0", "--set", "sslportmain=0", "--set", f"sipport={self.sip}",
-             "--set", "localtsport=0", "--set", "bootstrapadmin=admin:admin-password", "--set", "ratelimitip=0",
-             "--set", "ratelimituser=0", "--set", "sipratelimitip=0", "--set", "webportal=0",
-             *(part for option in options for part in ("--set", option))],
-            cwd=folder, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert self.process.stdout is not None
-        self.lines: list[str] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            self.lines.append(line)
-            if not line or "API ready" in line:
-                break
-        assert "API ready" in self.lines[-1], "".join(self.lines)
+        self.process, self.lines = start_daemon(
+            folder, f"database={database}", f"nodename={name}", "listenaddress=127.0.0.1", f"mainaport={self.http}",
+            "mainaportudp=0", "httpserver=0", "sslportmain=0", f"sipport={self.sip}", "localtsport=0",
+            "bootstrapadmin=admin:admin-password", "ratelimitip=0", "ratelimituser=0", "sipratelimitip=0", *options)
         # Keep reading the output, so the daemon never blocks on a full pipe.
         threading.Thread(target=self._drain, daemon=True).start()
 

@@ -168,6 +168,8 @@ class Api:
         #: This node's name, and how to tell the other nodes of changes (L{mizud.store.notify.Notifications}).
         self.node = ""
         self.notifications: Any = None
+        #: Prometheus figures (L{mizud.metrics.Metrics}) when the daemon keeps them.
+        self.metrics: Any = None
         self.started = clock.seconds()
         self.requests = 0
         self._limits_from(settings)
@@ -248,6 +250,12 @@ class Api:
     async def dispatch(self, request: ApiRequest) -> ApiAnswer:
         """Answer one request.  Never raises; never puts a traceback in an answer."""
         self.requests += 1
+        answered = await self._answer(request)
+        if self.metrics is not None:
+            self.metrics.request(request.function, request.transport, answered.ok)
+        return answered
+
+    async def _answer(self, request: ApiRequest) -> ApiAnswer:
         try:
             return await self._dispatch(request)
         except RequestError as problem:
@@ -397,6 +405,8 @@ class Api:
     async def _failed(self, request: ApiRequest, failure: AuthFailure) -> None:
         config = self.settings.current
         username = failure.username[:64]
+        if self.metrics is not None:
+            self.metrics.auth_failures.inc()
         log.warn(
             "authentication failure from {source} user={user} function={function} reason={reason}",
             source=request.source, user=_loggable(username), function=_loggable(request.function),

@@ -36,6 +36,9 @@ This file is generated from mizud's function registry
   md5 itself without one (only where nonces are not required). An
   unknown or expired nonce is answered with a new one, not counted as a
   failed login.
+- `/mvapireq/NAME` is the same as `/mvapireq/?apientry=NAME`. `/openapi.json`
+  (and docs/openapi.json) describes every function in OpenAPI 3.
+  `/metrics` gives Prometheus figures to trusted addresses.
 - Inside SIP: with `sipapi=1`, an `X-MizuAPI` header of a MESSAGE or
   OPTIONS from a SIP-authenticated user carries a request (answered in the
   response). Mizu's encrypted tunnelling is not supported: connections

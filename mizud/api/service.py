@@ -152,6 +152,8 @@ class ApiService(Service):
         for loop in getattr(self, "_chores", []):
             if loop.running:
                 loop.stop()
+        if self.api is not None and self.api.metrics is not None:
+            self.api.metrics.stop()
 
     def current(self) -> Api | None:
         """The dispatcher, or None while the store is still opening."""
@@ -168,6 +170,13 @@ class ApiService(Service):
         api = Api(self.settings, self.registry, store, self.reactor)
         api.logbuffer = self.logs
         api.node = self.store_service.node
+        from ..metrics import Metrics
+
+        metrics = Metrics(known=lambda name: self.registry.get(name) is not None)
+        api.metrics = metrics
+        api.db.running.observe = metrics.db_seconds.observe
+        api.bans.counted = lambda kind: metrics.bans.labels(kind).inc()
+        metrics.start_lag(self.reactor)
         notifications = self.store_service.notifications
         if notifications is not None:
             # Other nodes' changes to what this node keeps in memory.

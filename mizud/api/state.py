@@ -122,6 +122,8 @@ class Bans:
         self._until: dict[tuple[str, str], float] = {}
         #: Called after a ban is added or lifted (to tell the other nodes).
         self.changed: Callable[[], Awaitable[Any]] | None = None
+        #: Called with the kind of each new ban (metrics).
+        self.counted: Callable[[str], Any] | None = None
 
     def is_banned(self, kind: str, value: str) -> bool:
         """Whether C{value} (an address or a username) is banned now."""
@@ -142,6 +144,8 @@ class Bans:
             (kind, value, reason, now, until),
         )
         self._until[(kind, value)] = _seconds(until)
+        if self.counted is not None:
+            self.counted(kind)
         await self._tell()
 
     async def _tell(self) -> None:

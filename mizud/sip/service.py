@@ -46,10 +46,16 @@ class SipService(Service):
         api.sip = self.core
         bindings = Bindings(api.db, api.store.now)
 
+        if api.metrics is not None:
+            api.metrics.watch_sip(self.core)
+
         async def sweep_registrations() -> None:
             removed = await bindings.expire()
             if removed:
                 log.info("SIP: {count} registrations expired", count=removed)
+            if api.metrics is not None:
+                live = await api.db.run_query("count_registrations", "SELECT count(*) FROM tb_registrations")
+                api.metrics.registrations.set(int(live.rows[0][0]))
 
         self._sweep = every(self.reactor, SWEEP, sweep_registrations, now=True)
         return api

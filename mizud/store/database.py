@@ -96,6 +96,8 @@ class Running:
     def __init__(self) -> None:
         self.now: dict[int, tuple[str, float]] = {}
         self._ids = itertools.count()
+        #: Told each finished transaction's time in seconds (metrics).
+        self.observe: Callable[[float], Any] | None = None
 
     def begin(self, name: str) -> int:
         """One more transaction; its key for L{end}."""
@@ -105,7 +107,9 @@ class Running:
 
     def end(self, key: int) -> None:
         """It finished."""
-        self.now.pop(key, None)
+        entry = self.now.pop(key, None)
+        if entry is not None and self.observe is not None:
+            self.observe(time.monotonic() - entry[1])
 
     def listing(self) -> list[tuple[str, float]]:
         """(name, seconds in flight), oldest first."""

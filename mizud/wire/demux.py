@@ -24,6 +24,8 @@ C{OK: ...}/C{ERROR: ...} line; records come with format=json or xml.
 
 from __future__ import annotations
 
+import re
+
 from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet import defer
@@ -45,6 +47,8 @@ MAX_LINE = 8192
 MAX_DATAGRAM = 1490
 
 HTTP_METHODS = frozenset(b"GET POST HEAD PUT DELETE OPTIONS PATCH CONNECT TRACE".split())
+#: An HTTP request line's start (decided before the whole line came: a long URL may exceed the buffer).
+_HTTP_START = re.compile(rb"(?:GET|POST|HEAD|PUT|DELETE|OPTIONS|PATCH|TRACE) /")
 
 
 def _printable(data: bytes) -> bool:
@@ -67,6 +71,8 @@ def classify(data: bytes) -> str | None:
         return "stun" if verdict else "unknown"
     if data.startswith((b"/mvapireq", b"mvapireq")):
         return "line"  # no other protocol we serve starts so
+    if _HTTP_START.match(data):
+        return "http"  # a method then an absolute path: SIP request-URIs never start with "/"
     end = data.find(b"\n")
     if end < 0:
         # Keep waiting only while what has come could still start a line we serve.

@@ -157,7 +157,10 @@ class ApiResource(Resource):
             request.content.seek(0)
             body = request.content.read(MAX_BODY + 1)
         query = uri.split("?", 1)[1] if "?" in uri else ""
+        # /mvapireq/NAME names the function when apientry does not (the OpenAPI document's paths).
+        tail = request.path.decode("latin-1").lower().partition("/mvapireq/")[2].strip("/")
         api_request = decode(
+            function=tail if tail and "/" not in tail and not self.legacy else None,
             query=query,
             body=body,
             content_type=request.getHeader("content-type") or "",
@@ -196,9 +199,10 @@ class RootResource(Resource):
 
     def __init__(
         self, api: ApiResource, old: ApiResource, websocket: Any = None, static: Resource | None = None,
-        sip_websocket: Any = None, portal: Resource | None = None,
+        sip_websocket: Any = None, portal: Resource | None = None, metrics: Resource | None = None,
     ) -> None:
         super().__init__()
+        self.metrics = metrics
         self.portal = portal or _PORTAL_OFF
         self.api = api
         self.old = old
@@ -217,6 +221,10 @@ class RootResource(Resource):
             return self.api
         if lowered.startswith(b"/xmapi"):
             return self.old
+        if path == b"metrics" and self.metrics is not None:
+            return self.metrics
+        if path == b"openapi.json":
+            return _openapi()
         if path.lower() in (b"webvoip", b"webvoipportal"):
             return self.portal
         if path == b"" and self.portal is not _PORTAL_OFF and b"function" in (request.args or {}):
@@ -230,6 +238,21 @@ class RootResource(Resource):
     def render(self, request: Request) -> bytes:
         """The bare root: not found."""
         return _NOT_FOUND.render(request)
+
+
+def _openapi() -> Resource:
+    """The OpenAPI document (built once)."""
+    global _OPENAPI
+    if _OPENAPI is None:
+        from twisted.web.static import Data
+
+        from ..api.openapi import render
+
+        _OPENAPI = Data(render().encode("utf-8"), "application/json")
+    return _OPENAPI
+
+
+_OPENAPI: Resource | None = None
 
 
 class _ToPortal(Resource):
@@ -316,10 +339,27 @@ class StaticFiles(File):
         return _NOT_FOUND
 
 
+class _Channel(http.HTTPChannel):
+    """HTTPChannel that answers a request line too long to buffer (Twisted's closes without a word)."""
+
+    transport: Any
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """414, then close."""
+        self.transport.write(b"HTTP/1.1 414 URI Too Long\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                             b"connection: close\r\n\r\nERROR: request line too long\n")
+        self.transport.loseConnection()
+
+
+def _channel(site: Any) -> Any:
+    return http._GenericHTTPChannelProtocol(_Channel())  # type: ignore[attr-defined]
+
+
 class QuietSite(Site):
     """A Site without a per-request access log (failures are logged where decided)."""
 
     requestFactory = LimitedRequest
+    protocol = _channel
 
     def log(self, request: http.Request) -> None:
         """No access log line per request."""
@@ -327,6 +367,8 @@ class QuietSite(Site):
 
 def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None, reactor: Any = None) -> Site:
     """The HTTP site of the shared service port; C{sip} is the SIP layer's entry point."""
+    from ..api.auth import Trust
+    from ..metrics import MetricsResource
     from ..portal import PortalResource
     from .demux import NoSip
     from .websocket import api_websocket_resource, sip_websocket_resource
@@ -341,6 +383,8 @@ def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None, 
             static,
             sip_websocket_resource(sip or NoSip()),
             PortalResource(settings) if settings.current.webportal else None,
+            MetricsResource(lambda: getattr(dispatch(), "metrics", None),
+                            lambda request: Trust(settings.current).trusted(client_address(request, settings))),
         )
     )
     site.displayTracebacks = False
