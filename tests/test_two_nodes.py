@@ -63,9 +63,11 @@ class Node:
 
 @pytest.fixture
 def pair(tmp_path: Path, pg_database: str) -> Iterator[tuple[Node, Node]]:
-    """Nodes A and B on one fresh database (a node is dead after 3 s without a heartbeat)."""
-    a = Node(tmp_path / "a", "node-a", pg_database, "nodedeadafter=3s", "defaulttariff=1")
-    b = Node(tmp_path / "b", "node-b", pg_database, "nodedeadafter=3s", "defaulttariff=1")
+    """Nodes A and B on one fresh database (a node is dead after 3 s without a heartbeat); their
+    connections are named mizud-node, so a test can cut them."""
+    database = pg_database + "&application_name=mizud-node"
+    a = Node(tmp_path / "a", "node-a", database, "nodedeadafter=3s", "defaulttariff=1")
+    b = Node(tmp_path / "b", "node-b", database, "nodedeadafter=3s", "defaulttariff=1")
     try:
         yield a, b
     finally:
@@ -156,3 +158,42 @@ def test_a_dead_nodes_holds_are_released_by_the_other(pair: tuple[Node, Node]) -
     holds = b.admin(apientry="db", txt="SELECT status, node FROM tb_holds")["data"]
     assert holds == [{"status": 2, "node": "node-a"}] or holds == [{"status": "2", "node": "node-a"}], holds
     assert b.admin(apientry="checkcredits")["status"] == "OK"
+
+
+def test_a_database_that_goes_away_mid_request(pair: tuple[Node, Node], pg_database: str) -> None:
+    """Every connection of both nodes is cut (as when PostgreSQL restarts): requests meanwhile get a
+    clear error or succeed, never an internal error; the nodes reconnect; a transfer repeated with its
+    txid until it succeeds moves the money once."""
+    import psycopg2
+
+    a, b = pair
+    for user in ("gail", "hank"):
+        assert a.admin(apientry="newuseri", u_username=user, u_password="pw")["status"] == "OK"
+    assert a.admin(apientry="addcredit", pin="gail", credit="10")["status"] == "OK"
+    admin = psycopg2.connect(pg_database)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'mizud-node'")
+            assert cursor.rowcount > 0
+    finally:
+        admin.close()
+    answers = []
+    for node in (a, b, a, b):
+        answer = node.call("authid=gail&authpwd=pw", apientry="transfercredit", username="hank", credit="1",
+                           txid="cut-1")
+        answers.append(answer["message"])
+        assert answer["message"] != "internal error", answers
+        if answer["status"] == "OK":
+            break
+        assert "database is unavailable" in answer["message"] or "PostgreSQL" in answer["message"], answers
+        time.sleep(0.5)
+    for node in (a, b):
+        eventually(lambda: node.call("authid=hank&authpwd=pw", apientry="balance")["status"] == "OK", 20,
+                   f"{node.name} reconnecting")
+    while b.call("authid=gail&authpwd=pw", apientry="transfercredit", username="hank", credit="1",
+                 txid="cut-1")["status"] != "OK":
+        time.sleep(0.2)
+    assert b.call("authid=hank&authpwd=pw", apientry="balance")["message"] == "1.00 USD"  # once, not twice
+    assert a.call("authid=gail&authpwd=pw", apientry="balance")["message"] == "9.00 USD"
+    assert a.admin(apientry="checkcredits")["status"] == "OK"

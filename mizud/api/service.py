@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from ..config import Settings
 from ..store.billing import BillingStore
 from ..store.schema import StartupError
+from ..store.database import DatabaseError
 from ..store.nodes import BEAT
 from ..store.service import StoreService
 from .dispatcher import Api
@@ -112,10 +113,14 @@ def every(reactor: Any, seconds: float, chore: Any, now: bool = False) -> Loopin
     """Run an async chore every C{seconds}; a failure is logged and the chore goes on."""
 
     async def run() -> None:
+        name = getattr(chore, "__qualname__", chore)
         try:
             await chore()
+        except DatabaseError as problem:
+            # The database is away (reconnecting): one line, not a traceback every few seconds.
+            log.warn("periodic {chore}: {problem}", chore=name, problem=problem)
         except Exception:
-            log.failure("periodic {chore} failed", chore=getattr(chore, "__qualname__", chore))
+            log.failure("periodic {chore} failed", chore=name)
 
     loop = LoopingCall(lambda: defer.ensureDeferred(run()))
     loop.clock = reactor

@@ -365,6 +365,33 @@ async def _pg_execute(cursor: Any, engine: Engine, sql: str, params: Sequence[An
     return Result(rows, cursor.rowcount, _columns(cursor))
 
 
+def pg_connection(reactor: Any) -> Any:
+    """A txpostgres connection that takes the server closing it quietly.
+
+    txpostgres lets psycopg2's error escape from the reactor's read event
+    when the server closes an idle connection (a restart, an administrator's
+    pg_terminate_backend), which Twisted logs as an unhandled error with a
+    traceback.  Here it is one warning line; the connection is closed, and
+    the pool (or the listener) replaces it when it next tries to use it.
+    """
+    import psycopg2
+    from txpostgres import txpostgres
+
+    class QuietConnection(txpostgres.Connection):  # type: ignore[misc]
+        def doRead(self) -> None:
+            try:
+                super().doRead()
+            except psycopg2.Error as error:
+                log.warn("PostgreSQL closed a connection: {error}", error=_first_line(error))
+                self.reactor.removeReader(self)
+                try:
+                    self._connection.close()
+                except Exception:
+                    pass
+
+    return QuietConnection(reactor=reactor)
+
+
 #: Seconds a PostgreSQL transaction waits for a free pool connection before it is refused.
 POOL_WAIT = 10.0
 
@@ -390,9 +417,7 @@ class PostgresDatabase:
         self.running = Running()
 
     async def _connect(self) -> Any:
-        from txpostgres import txpostgres
-
-        connection = txpostgres.Connection(reactor=self._reactor)
+        connection = pg_connection(self._reactor)
         try:
             await connection.connect(self.dsn)
         except Exception as error:

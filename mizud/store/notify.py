@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .database import Database
+from .database import Database, DatabaseError
 
 log = Logger()
 
@@ -78,6 +78,8 @@ class Notifications:
     async def _handle(self, topic: str, handler: Callable[[], Awaitable[Any]]) -> None:
         try:
             await handler()
+        except DatabaseError as problem:
+            log.warn("handling the {topic} notification: {problem}", topic=topic, problem=problem)
         except Exception:
             log.failure("handling the {topic} notification", topic=topic)
 
@@ -89,10 +91,10 @@ class Notifications:
             defer.ensureDeferred(self._listen(0.5))
 
     async def _listen(self, delay: float) -> None:
-        from txpostgres import txpostgres
+        from .database import pg_connection
 
         while not self._stopping:
-            connection = txpostgres.Connection(reactor=self.reactor)
+            connection = pg_connection(self.reactor)
             try:
                 await connection.connect(self.dsn)
                 connection.addNotifyObserver(self._notified)
