@@ -28,6 +28,7 @@ honours it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 from twisted.internet import defer
@@ -36,7 +37,7 @@ from twisted.logger import Logger
 from ..billing.rating import Rater
 from ..config import Settings
 from ..store.billing import USER_ADMIN, USER_OWNER, USER_RESELLER, USER_SUPPORT, BillingStore, User
-from ..store.database import Database, DatabaseError
+from ..store.database import Database, DatabaseError, Txn
 from ..store.money import MoneyError
 from . import answer, custom, legacy
 from .maintenance import Maintenance
@@ -412,14 +413,38 @@ class Api:
             source=request.source, user=_loggable(username), function=_loggable(request.function),
             reason=failure.reason,
         )
-        if self.failures.fail(("ip", request.source)):
+        if await self._count_failure("ip", request.source):
             await self.bans.ban("ip", request.source, config.authbantime, "failed authentications")
             log.warn("banned {source} for {seconds}s after failed authentications", source=request.source,
                      seconds=config.authbantime)
-        if username and self.failures.fail(("user", username)):
+        if username and await self._count_failure("user", username):
             await self.bans.ban("user", username, config.authbantime, "failed authentications")
             log.warn("banned user {user} for {seconds}s after failed authentications", user=username,
                      seconds=config.authbantime)
+
+    async def _count_failure(self, kind: str, value: str) -> bool:
+        """Count one failure; True when the key reached C{authfailmax} in C{authfailwindow}.
+
+        On PostgreSQL the count is kept in tb_authfailures, so the failures
+        made on every node add up to one lockout; on SQLite (one node) in
+        memory.
+        """
+        if self.db.engine.name != "postgresql":
+            return self.failures.fail((kind, value))
+        config = self.settings.current
+        now = self.store.now()
+        since = now - timedelta(seconds=config.authfailwindow)
+
+        async def count_txn(txn: Txn) -> bool:
+            await txn.execute("INSERT INTO tb_authfailures (kind, value, at) VALUES (?, ?, ?)", (kind, value, now))
+            found = await txn.execute(
+                "SELECT count(*) FROM tb_authfailures WHERE kind = ? AND value = ? AND at > ?", (kind, value, since))
+            if int(found.rows[0][0]) < config.authfailmax:
+                return False
+            await txn.execute("DELETE FROM tb_authfailures WHERE kind = ? AND value = ?", (kind, value))
+            return True
+
+        return await self.db.run_interaction("auth_failure", count_txn)
 
     # -- who is calling -----------------------------------------------------------------
 
