@@ -57,3 +57,19 @@ def test_reactor_lag_and_sip_figures() -> None:
     assert "mizud_calls_active 2.0" in text and "mizud_sip_transactions 4.0" in text
     metrics.stop()
     assert global_reactor is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_function_in_the_path(tmp_path: Path) -> None:
+    """/mvapireq/NAME runs NAME (percent-decoded); an apientry naming another function is refused."""
+    server, port, db = await start(tmp_path)
+    try:
+        status, _, body = await server.curl(f"{server.base}/mvapireq/apitest1")
+        assert (status, body) == (200, "OK: API test passed")
+        status, _, body = await server.curl(f"{server.base}/mvapireq/api%74est1")
+        assert body == "OK: API test passed"
+        status, _, body = await server.curl(f"{server.base}/mvapireq/apitest1?apientry=newuseri")
+        assert body == "ERROR: apientry and the path name different functions (apitest1)"
+    finally:
+        await port.stopListening()  # type: ignore[attr-defined]
+        await db.close()

@@ -62,8 +62,13 @@ async def test_a_clock_jump_releases_early_but_never_twice(db: Database, clock: 
     ahead = Clock()
     ahead.advance(clock.seconds() + 3600)
     jumper = BillingStore(db, ahead, node="node-b")
-    assert await Nodes(jumper, "node-b").sweep(120) == 1
-    assert await Nodes(jumper, "node-b").sweep(120) == 0
+    sweeper = Nodes(jumper, "node-b")
+    await sweeper.beat()
+    assert await sweeper.sweep(120) == 0  # not healthy for 120 s yet: it may just have come back
+    ahead.advance(121)
+    await sweeper.beat()
+    assert await sweeper.sweep(120) == 1
+    assert await sweeper.sweep(120) == 0
     try:
         await owner.settle(holdid, "0.5")
     except HoldClosed:
@@ -100,3 +105,35 @@ def test_notify_storm_is_coalesced() -> None:
     assert calls == ["tariffs", "tariffs"]
 
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_sweep_right_after_an_outage_and_own_leftovers_released(db: Database, clock: Clock) -> None:
+    """After an outage every heartbeat is old: a node sweeps only once its own beats have succeeded for
+    nodedeadafter, by which time the others beat again; a node restarting releases the holds it left."""
+    from mizud.store.nodes import release_own
+
+    a, b = BillingStore(db, clock, node="node-a"), BillingStore(db, clock, node="node-b")
+    userid = await a.create_user("gina", "pw", credit="5")
+    holdid = int(dict((await a.hold(userid, "2")).extra)["holdid"])
+    nodes_a, nodes_b = Nodes(a, "node-a"), Nodes(b, "node-b")
+    await nodes_a.beat()
+    await nodes_b.beat()
+    clock.advance(300)  # the database was away: nobody could beat
+    await nodes_b.beat()
+    nodes_b.healthy_since = clock.seconds()  # as after the failed beats of the outage
+    assert await nodes_b.sweep(120) == 0  # B just came back; A has not had the time to beat
+    clock.advance(10)
+    await nodes_a.beat()
+    clock.advance(115)
+    await nodes_a.beat()
+    await nodes_b.beat()
+    assert await nodes_b.sweep(120) == 0  # A is alive
+    assert await a.balance(userid) == Decimal("3.00")
+    clock.advance(5)
+    restarted = Nodes(BillingStore(db, clock, node="node-a"), "node-a")
+    await restarted.beat()
+    assert restarted.started is not None
+    assert await release_own(restarted.store, "node-a", restarted.started) == 1
+    statuses = dict((await db.run_query("x", "SELECT id, status FROM tb_holds")).rows)
+    assert statuses == {holdid: HOLD_RELEASED} and await a.balance(userid) == Decimal("5.00")

@@ -196,16 +196,19 @@ class ApiService(Service):
         await api.bans.refresh()
         nodes = self.store_service.nodes
 
+        beat_every = min(BEAT, max(1.0, self.settings.current.nodedeadafter / 3))
+
         async def heartbeat() -> None:
             if nodes is not None:
                 await nodes.beat()
-                released = await nodes.sweep(self.settings.current.nodedeadafter)
+                # Never less than three beats: a node is not declared dead for missing one or two.
+                released = await nodes.sweep(max(self.settings.current.nodedeadafter, 3 * beat_every))
                 if released:
                     log.warn("released {count} holds of dead nodes", count=released)
 
         self._chores = [
             # Beat often enough that a node is only declared dead after several missed beats.
-            self._every(min(BEAT, max(1.0, self.settings.current.nodedeadafter / 3)), heartbeat),
+            self._every(beat_every, heartbeat),
             self._every(BAN_REFRESH, api.bans.refresh),
             self._every(HOUR, api.maintenance.hourly),
             self._every(DAY, api.maintenance.daily),

@@ -33,7 +33,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..billing.rating import Tariff
+from ..store.billing import HOLD_SETTLED
 from ..store.database import Txn
+from ..store.money import HoldClosed
 from ..store.money import format_money
 from .core import ALLOW, SERVER, Unreachable
 from .dialog import Dialog, new_tag
@@ -711,6 +713,8 @@ class CallControl:
                 else:
                     await api.db.run_interaction("call_cdrs", write)
                 return list(ids)
+            except HoldClosed:
+                return await self._taken_over(call, rows)
             except Exception:
                 if await self._settled(call):
                     return await self._cdr_ids(call)
@@ -722,6 +726,32 @@ class CallControl:
         log.critical("call {id}: not settled; hold {hold} stays open; CDRs {rows!r}", id=call.id,
                      hold=call.holdid, rows=rows)
         return []
+
+    async def _taken_over(self, call: PlacedCall, rows: list[dict[str, Any]]) -> list[int]:
+        """The hold was closed by someone else: our own earlier attempt (settled), or another node that
+        took this node for dead (released). Then the call's real CDRs are still written, uncharged."""
+        api = self._api()
+        status = (await api.db.run_query("hold_status", "SELECT status FROM tb_holds WHERE id = ?",
+                                         (call.holdid,))).one()
+        if status is not None and int(status[0]) == HOLD_SETTLED:
+            return await self._cdr_ids(call)
+        log.critical("call {id}: hold {hold} was released by another node (this node looked dead); the call "
+                     "is not charged: cost {cost}, CDRs {rows!r}", id=call.id, hold=call.holdid, cost=call.cost,
+                     rows=rows)
+        ids: list[int] = []
+
+        async def write(txn: Txn) -> None:
+            for row in rows:
+                row = {**row, "cost": Decimal(0),
+                       "disconnectreason": (row["disconnectreason"] + "; not charged: hold released by another node")[:200]}
+                names = sorted(row)
+                result = await txn.execute(
+                    f"INSERT INTO tb_cdrs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING id",
+                    tuple(row[name] for name in names))
+                ids.append(int(result.rows[0][0]))
+
+        await api.db.run_interaction("call_cdrs_uncharged", write)
+        return ids
 
     async def _settled(self, call: PlacedCall) -> bool:
         """Whether the call's settlement committed already (its live-call row is gone)."""

@@ -33,15 +33,27 @@ class Nodes:
         self.db = store.db
         self.name = name
         self.started: datetime | None = None
+        #: Since when this node's heartbeats have all succeeded (None: the last one failed).
+        self.healthy_since: float | None = None
 
     async def beat(self) -> None:
         """Say this node is alive."""
         now = self.store.now()
         if self.started is None:
             self.started = now
+        try:
+            await self._beat(now)
+        except Exception:
+            self.healthy_since = None
+            raise
+        if self.healthy_since is None:
+            self.healthy_since = self.store.clock.seconds()
+
+    async def _beat(self, now: datetime) -> None:
 
         async def beat_txn(txn: Txn) -> None:
-            updated = await txn.execute("UPDATE tb_nodes SET seen = ? WHERE name = ? RETURNING name", (now, self.name))
+            updated = await txn.execute("UPDATE tb_nodes SET seen = ?, started = ? WHERE name = ? RETURNING name",
+                                        (now, self.started, self.name))
             if not updated.rows:
                 await txn.execute("INSERT INTO tb_nodes (name, started, seen) VALUES (?, ?, ?)",
                                   (self.name, self.started, now))
@@ -56,25 +68,60 @@ class Nodes:
         return [str(row[0]) for row in result.rows]
 
     async def sweep(self, after: float) -> int:
-        """Release the open holds of dead nodes; returns how many were released."""
+        """Release the open holds of dead nodes; returns how many were released.
+
+        Only a node whose own heartbeats have all succeeded for C{after}
+        seconds sweeps: after a database outage every node's heartbeat is
+        old, and each node must first have had the time to beat again.  The
+        release re-checks, in its transaction, that the owner is still silent.
+        """
+        if self.healthy_since is None or self.store.clock.seconds() - self.healthy_since < after:
+            return 0
         released = 0
         for node in await self.dead(after):
             holds = await self.db.run_query(
                 "dead_holds", "SELECT id FROM tb_holds WHERE node = ? AND status = ? ORDER BY id", (node, HOLD_OPEN))
             for (holdid,) in holds.rows:
+                limit = self.store.now() - timedelta(seconds=after)
                 try:
-                    await self.store.release(int(holdid), then=_end_calls(self.store, int(holdid), node))
-                except HoldClosed:
-                    continue  # another node (or the owner, back to life) closed it first
+                    await self.store.release(int(holdid), then=_end_calls(self.store, int(holdid), node, limit))
+                except (HoldClosed, StillAlive):
+                    continue  # closed first by another node or by its owner, or the owner beat again
                 released += 1
                 log.warn("node {node} is dead: hold {hold} released by {me}", node=node, hold=holdid, me=self.name)
         return released
 
 
-def _end_calls(store: BillingStore, holdid: int, node: str) -> Any:
-    """The work done with a dead node's hold: its live call's row goes, each leg gets a CDR saying why."""
+class StillAlive(Exception):
+    """The node beat again: its hold is not released (the transaction rolls back)."""
+
+
+async def release_own(store: BillingStore, name: str, before: datetime) -> int:
+    """At start: release this node's holds opened before it started (it stopped with them open)."""
+    holds = await store.db.run_query(
+        "own_stale_holds", "SELECT id FROM tb_holds WHERE node = ? AND status = ? AND created < ? ORDER BY id",
+        (name, HOLD_OPEN, before))
+    released = 0
+    for (holdid,) in holds.rows:
+        try:
+            await store.release(int(holdid), then=_end_calls(store, int(holdid), name, None))
+        except HoldClosed:
+            continue
+        released += 1
+    if released:
+        log.warn("released {count} holds left open when this node ({me}) last stopped", count=released, me=name)
+    return released
+
+
+def _end_calls(store: BillingStore, holdid: int, node: str, limit: datetime | None) -> Any:
+    """The work done with a dead node's hold: its live call's row goes, each leg gets a CDR saying why.
+    With C{limit}, the node must not have beaten since then (else L{StillAlive} rolls it all back)."""
 
     async def end(txn: Txn, _: int) -> None:
+        if limit is not None:
+            silent = await txn.execute("SELECT name FROM tb_nodes WHERE name = ? AND seen < ?", (node, limit))
+            if not silent.rows:
+                raise StillAlive(node)
         calls = await txn.execute(
             "DELETE FROM tb_calls WHERE holdid = ? RETURNING id, userid, anum, bnum, sipcallida, sipcallidb, created",
             (holdid,))

@@ -111,19 +111,30 @@ class Notifications:
                 await deferLater(self.reactor, delay, lambda: None)
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
+            if self._stopping:
+                _close(connection)
+                return
             self._connection = connection
             log.info("listening for changes from other nodes")
             for topic in self.handlers:  # whatever changed while we were not listening
                 self._arrived(topic)
             lost: defer.Deferred[None] = defer.Deferred()
-            self._lost = lost
             self._watch(connection, lost)
             await lost
+            _close(connection)  # never leave a half-alive LISTEN connection behind
+            self._connection = None
             delay = 0.5
 
     def _watch(self, connection: Any, lost: defer.Deferred[None]) -> None:
-        """Notice when the listening connection breaks: a cheap query every few seconds."""
+        """Notice when the listening connection breaks: a cheap query every few seconds.
+
+        A query that does not answer in time is abandoned, never cancelled:
+        cancelling makes libpq block the reactor (PQcancel) on a network
+        that stopped passing traffic.
+        """
         from twisted.internet.task import LoopingCall
+
+        pending: list[Any] = []
 
         def broken(_: Any = None) -> None:
             if loop.running:
@@ -132,13 +143,16 @@ class Notifications:
                 log.warn("the LISTEN connection broke; reconnecting")
                 lost.callback(None)
 
+        def answered(_: Any) -> None:
+            pending.clear()
+
         def check() -> None:
-            if self._stopping:
-                broken()
+            if self._stopping or pending:
+                broken()  # stopping, or the previous check never answered
                 return
+            pending.append(True)
             d = connection.runQuery("SELECT 1")
-            d.addTimeout(5, self.reactor)
-            d.addErrback(broken)
+            d.addCallbacks(answered, broken)
 
         loop = LoopingCall(check)
         loop.clock = self.reactor
@@ -162,3 +176,11 @@ class Notifications:
             except Exception:
                 pass
             self._connection = None
+
+
+def _close(connection: Any) -> None:
+    """Close a connection, whatever state it is in."""
+    try:
+        connection.close()
+    except Exception:
+        pass

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from ..config import Config, node_name
 from .billing import USER_ADMIN, BillingStore
 from .database import Database, open_database
-from .nodes import Nodes
+from .nodes import Nodes, release_own
 from .notify import Notifications
 from .schema import StartupError, migrate
 
@@ -80,6 +80,8 @@ class StoreService(Service):
         self.notifications.start()
         self.nodes = Nodes(store, self.node)
         await self.nodes.beat()
+        assert self.nodes.started is not None
+        await release_own(store, self.node, self.nodes.started)
         if self.config.bootstrapadmin:
             username, password = self.config.bootstrapadmin
             if await store.find_user(username) is None:

@@ -14,6 +14,8 @@ itself a trusted proxy.
 
 from __future__ import annotations
 
+import urllib.parse
+
 import os
 from typing import Any, Callable
 
@@ -158,9 +160,12 @@ class ApiResource(Resource):
             body = request.content.read(MAX_BODY + 1)
         query = uri.split("?", 1)[1] if "?" in uri else ""
         # /mvapireq/NAME names the function when apientry does not (the OpenAPI document's paths).
-        tail = request.path.decode("latin-1").lower().partition("/mvapireq/")[2].strip("/")
+        tail = urllib.parse.unquote(request.path.decode("latin-1")).lower().partition("/mvapireq/")[2].strip("/")
+        api = self.dispatcher()
+        if "/" in tail or self.legacy or api is None or api.registry.get(tail) is None:
+            tail = ""  # /mvapireq/anything-else?apientry=... stays what it always was
         api_request = decode(
-            function=tail if tail and "/" not in tail and not self.legacy else None,
+            function=tail or None,
             query=query,
             body=body,
             content_type=request.getHeader("content-type") or "",
@@ -169,6 +174,9 @@ class ApiResource(Resource):
             secure=request.isSecure(),
             encrypt_key=self.settings.current.httpapiencryptkey,
         )
+        if tail and api_request.function != tail:
+            # A proxy may allow paths: the path and apientry must not name different functions.
+            raise RequestError(f"apientry and the path name different functions ({tail[:40]})")
         if self.legacy:
             path = request.path.decode("latin-1")
             command = path.lower().split("/xmapi/", 1)[1].strip("/") if "/xmapi/" in path.lower() else ""
