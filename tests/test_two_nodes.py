@@ -175,6 +175,8 @@ def test_a_dead_nodes_holds_are_released_by_the_other(pair: tuple[Node, Node]) -
     a.stop(kill=True)
     eventually(lambda: b.call("authid=dave&authpwd=pw", apientry="balance")["message"] == "1.00 USD", 15,
                "B releasing the dead node's hold")
+    sms = b.admin(apientry="db", txt="SELECT status, reason FROM tb_sms")["data"]
+    assert sms == [{"status": "failed", "reason": "node node-a stopped before delivery"}], sms
     holds = b.admin(apientry="db", txt="SELECT status, node FROM tb_holds")["data"]
     assert holds == [{"status": 2, "node": "node-a"}] or holds == [{"status": "2", "node": "node-a"}], holds
     assert b.admin(apientry="checkcredits")["status"] == "OK"

@@ -122,6 +122,9 @@ def _end_calls(store: BillingStore, holdid: int, node: str, limit: datetime | No
             silent = await txn.execute("SELECT name FROM tb_nodes WHERE name = ? AND seen < ?", (node, limit))
             if not silent.rows:
                 raise StillAlive(node)
+        # An SMS paid by the hold was never confirmed: it failed (its price comes back with the hold).
+        await txn.execute("UPDATE tb_sms SET status = 'failed', reason = ?, finished = ? WHERE holdid = ? "
+                          "AND status = 'pending'", (f"node {node} stopped before delivery"[:200], store.now(), holdid))
         calls = await txn.execute(
             "DELETE FROM tb_calls WHERE holdid = ? RETURNING id, userid, anum, bnum, sipcallida, sipcallidb, created",
             (holdid,))
