@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from ..config import Settings
 from ..store.billing import BillingStore
 from ..store.schema import StartupError
-from ..store.database import DatabaseError
+from ..store.database import background
 from ..store.nodes import BEAT
 from ..store.service import StoreService
 from .dispatcher import Api
@@ -112,17 +112,8 @@ class UdpListenService(_Listener):
 def every(reactor: Any, seconds: float, chore: Any, now: bool = False) -> LoopingCall:
     """Run an async chore every C{seconds}; a failure is logged and the chore goes on."""
 
-    async def run() -> None:
-        name = getattr(chore, "__qualname__", chore)
-        try:
-            await chore()
-        except DatabaseError as problem:
-            # The database is away (reconnecting): one line, not a traceback every few seconds.
-            log.warn("periodic {chore}: {problem}", chore=name, problem=problem)
-        except Exception:
-            log.failure("periodic {chore} failed", chore=name)
-
-    loop = LoopingCall(lambda: defer.ensureDeferred(run()))
+    what = f"periodic {getattr(chore, '__qualname__', chore)}"
+    loop = LoopingCall(lambda: defer.ensureDeferred(background(chore, what)))
     loop.clock = reactor
     loop.start(seconds, now=now)
     return loop

@@ -18,21 +18,14 @@ from typing import Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
-from twisted.web.static import File
-
 from ..config import Settings
+from ..wire.http import StaticFiles
 
 STATIC = Path(str(resources.files("mizud.portal") / "static"))
 
 
-class _Assets(File):
+class _Assets(StaticFiles):
     """The portal's files: no directory listings, a short cache lifetime."""
-
-    def directoryListing(self) -> Resource:
-        """Directories are not listed."""
-        from ..wire.http import _NOT_FOUND
-
-        return _NOT_FOUND
 
     def render_GET(self, request: Request) -> Any:
         """A file, cacheable for ten minutes."""

@@ -696,15 +696,9 @@ class CallControl:
         ids: list[int] = []
 
         async def write(txn: Txn, _: int = 0) -> None:
-            ids.clear()
             if not (await txn.execute("DELETE FROM tb_calls WHERE id = ? RETURNING id", (call.id,))).rows:
                 raise AlreadySettled(call.id)
-            for row in rows:
-                names = sorted(row)
-                result = await txn.execute(
-                    f"INSERT INTO tb_cdrs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING id",
-                    tuple(row[name] for name in names))
-                ids.append(int(result.rows[0][0]))
+            ids[:] = await _insert_cdrs(txn, rows)
 
         for attempt in range(1, SETTLE_ATTEMPTS + 1):
             try:
@@ -738,20 +732,10 @@ class CallControl:
         log.critical("call {id}: hold {hold} was released by another node (this node looked dead); the call "
                      "is not charged: cost {cost}, CDRs {rows!r}", id=call.id, hold=call.holdid, cost=call.cost,
                      rows=rows)
-        ids: list[int] = []
-
-        async def write(txn: Txn) -> None:
-            for row in rows:
-                row = {**row, "cost": Decimal(0),
-                       "disconnectreason": (row["disconnectreason"] + "; not charged: hold released by another node")[:200]}
-                names = sorted(row)
-                result = await txn.execute(
-                    f"INSERT INTO tb_cdrs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING id",
-                    tuple(row[name] for name in names))
-                ids.append(int(result.rows[0][0]))
-
-        await api.db.run_interaction("call_cdrs_uncharged", write)
-        return ids
+        uncharged = [{**row, "cost": Decimal(0),
+                      "disconnectreason": (row["disconnectreason"] + "; not charged: hold released by another node")[:200]}
+                     for row in rows]
+        return await api.db.run_interaction("call_cdrs_uncharged", _insert_cdrs, uncharged)
 
     async def _settled(self, call: PlacedCall) -> bool:
         """Whether the call's settlement committed already (its live-call row is gone)."""
@@ -778,6 +762,18 @@ class CallControl:
         log.info("stopping {count} live calls", count=len(calls))
         done = defer.DeferredList([defer.ensureDeferred(call.wait(ENDED)) for call in calls], consumeErrors=True)
         return done.addTimeout(SHUTDOWN_WAIT, self.core.clock).addErrback(lambda _: None)
+
+
+async def _insert_cdrs(txn: Txn, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert CDR rows (column name -> value); their ids."""
+    ids = []
+    for row in rows:
+        names = sorted(row)
+        result = await txn.execute(
+            f"INSERT INTO tb_cdrs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING id",
+            tuple(row[name] for name in names))
+        ids.append(int(result.rows[0][0]))
+    return ids
 
 
 class AlreadySettled(Exception):

@@ -365,6 +365,17 @@ async def _pg_execute(cursor: Any, engine: Engine, sql: str, params: Sequence[An
     return Result(rows, cursor.rowcount, _columns(cursor))
 
 
+async def background(work: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Run background work (a chore, a notification handler) that nobody awaits: a database that is
+    away is one warning line (it reconnects), anything else a logged failure; nothing escapes."""
+    try:
+        await work()
+    except DatabaseError as problem:
+        log.warn("{what}: {problem}", what=what, problem=problem)
+    except Exception:
+        log.failure("{what} failed", what=what)
+
+
 def pg_connection(reactor: Any) -> Any:
     """A txpostgres connection that takes the server closing it quietly.
 

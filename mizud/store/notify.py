@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .database import Database, DatabaseError
+from .database import Database, background
 
 log = Logger()
 
@@ -73,15 +73,7 @@ class Notifications:
     def _run(self, topic: str) -> None:
         self._pending.pop(topic, None)
         for handler in self.handlers.get(topic, []):
-            defer.ensureDeferred(self._handle(topic, handler))
-
-    async def _handle(self, topic: str, handler: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            await handler()
-        except DatabaseError as problem:
-            log.warn("handling the {topic} notification: {problem}", topic=topic, problem=problem)
-        except Exception:
-            log.failure("handling the {topic} notification", topic=topic)
+            defer.ensureDeferred(background(handler, f"handling the {topic} notification"))
 
     # -- PostgreSQL ---------------------------------------------------------------
 
