@@ -336,7 +336,20 @@ OPTIONS: tuple[Option, ...] = (
          "API requests per second all clients together may sustain; 0 for no limit.",
          live=True, group="api"),
     _opt("authfailmax", int_range(1, 1000), "5",
-         "Failed authentications from one address or for one user that trigger a ban.",
+         "Failed authentications for one account (or, across authfailaccounts accounts, from one address) "
+         "that trigger a ban.", live=True, group="api"),
+    _opt("authfailaccounts", int_range(1, 64), "3",
+         "How many different accounts the failures from one address must name before the address is banned "
+         "(one account's failures lock that account only, never an address others share).",
+         live=True, group="api"),
+    _opt("apiudptrusted", parse_bool, "false",
+         "Trust the source address of API requests over UDP (trusted-address rules, address bans). Off: "
+         "anyone can forge a datagram's source, so UDP requests must carry credentials. Turn on only when "
+         "the UDP network is yours and filtered.", live=True, group="api"),
+    _opt("browseraddresstrust", parse_bool, "false",
+         "Trust by address a browser request that shows no origin (no Origin, Referer or Sec-Fetch-Site): "
+         "off by default, since a page of any site can make such a request from a browser on a trusted "
+         "address. Requests showing another site's origin are never trusted by address.",
          live=True, group="api"),
     _opt("authfailwindow", parse_duration, "10m",
          "Window in which authfailmax failures trigger a ban.", live=True, group="api"),
@@ -379,6 +392,10 @@ OPTIONS: tuple[Option, ...] = (
          live=True, aliases=("httppapiallowedip2",), group="legacy"),
     _opt("httpsmscallbackip", parse_ip_list, "",
          "Old interface: accept SMS commands only from these addresses (empty: all).",
+         live=True, group="legacy"),
+    _opt("legacystaticauth", parse_bool, "false",
+         "Accept the old interface's pwd and md5auth where the API demands nonce login (apidefneedlogin, "
+         "req_user_login); off by default, since a static md5auth can be replayed for ever.",
          live=True, group="legacy"),
     _opt("callingcardauth", int_range(0, 2), "0",
          "PIN authentication: 0 pin field, 1 pin or username+password concatenated, 2 off.",

@@ -72,8 +72,8 @@ class Mailer:
         """Raise L{MailError} unless the subject is one short line and the body within MAX_BODY."""
         if len(body) > MAX_BODY:
             raise MailError(f"message longer than {MAX_BODY} characters")
-        if "\n" in subject or "\r" in subject or len(subject) > 500:
-            raise MailError("subject must be one line of at most 500 characters")
+        if not subject.isprintable() or len(subject) > 500:
+            raise MailError("subject must be one line of at most 500 printable characters")
 
     def compose(self, sender: str, recipients: list[str], subject: str, body: str, reply_to: str = "") -> bytes:
         """The message as bytes (headers encoded by the standard library: no injection)."""

@@ -100,7 +100,7 @@ async def test_maintenance(tmp_path: Path, database_option: str) -> None:
                                   "VALUES ('361', 1, 1, ?, ?)", (now - timedelta(minutes=1), now))
     await h.db.run_statement("x", "INSERT INTO tb_banned (kind, value, created, until) VALUES ('ip', '9.9.9.9', ?, ?)",
                              (now - timedelta(days=3), now - timedelta(days=2)))
-    await h.api.nonces.issue("1.1.1.1", -10)
+    await h.api.nonces.uses.use("0123456789abcdef0123456789abcdef", "authv3_x", -10)
     answer = await h.call("apientry=hourlymaint", "127.0.0.1")
     assert answer.text == "OK: nonces 1, bans 1, numbers 1, registrations 1"
     assert (await h.db.run_query("x", "SELECT contact FROM tb_registrations")).rows == [("sip:new@x",)]

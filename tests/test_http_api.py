@@ -169,7 +169,7 @@ async def test_hostile_input_gets_clean_errors(server: Server, tmp_path: Path) -
 async def table_counts(server: Server) -> list[int]:
     """Row counts of every table a request could write."""
     counts = []
-    for table in ("tb_users", "tb_credits", "tb_moneyops", "tb_banned", "tb_nonces", "tb_nonceuse", "tb_api"):
+    for table in ("tb_users", "tb_credits", "tb_moneyops", "tb_banned", "tb_nonceuse", "tb_authfailures", "tb_api"):
         counts.append((await server.api.db.run_query("count", f"SELECT count(*) FROM {table}")).rows[0][0])
     return counts
 
@@ -212,9 +212,15 @@ async def test_static_files_under_mvweb(tmp_path: Path) -> None:
     assert status == 200 and "javascript" in head.lower()
     modified = [line.split(": ", 1)[1] for line in head.splitlines() if line.lower().startswith("last-modified")][0]
     assert (await srv.curl("-H", f"If-Modified-Since: {modified}", f"{srv.base}/mvweb/sub/app.js"))[0] == 304
-    for path in ("/mvweb/../secret.txt", "/mvweb/%2e%2e/secret.txt", "/mvweb/sub/", "/mvweb/nosuch"):
+    (web / "escape.txt").symlink_to(tmp_path / "secret.txt")
+    (web / "out").symlink_to(tmp_path)
+    (web / "inside.txt").symlink_to(web / "index.html")
+    for path in ("/mvweb/../secret.txt", "/mvweb/%2e%2e/secret.txt", "/mvweb/sub/", "/mvweb/nosuch",
+                 "/mvweb/escape.txt", "/mvweb/out/secret.txt", "/mvweb/index.html%00", "/mvweb/index.html%00.js"):
         status, _, body = await srv.curl("--path-as-is", f"{srv.base}{path}")
         assert status in (400, 404) and "secret" not in body, path
+    # A link that stays inside the folder is served.
+    assert (await srv.curl(f"{srv.base}/mvweb/inside.txt"))[2] == "<h1>hi</h1>"
     await port.stopListening()  # type: ignore[attr-defined]
     await db.close()
 

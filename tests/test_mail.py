@@ -148,7 +148,7 @@ async def test_users_cannot_relay(tmp_path: Path) -> None:
         f"apientry=sendmail&to=a@example.com%0ABcc:%20x@evil.example&message=x&{USER}":
             "ERROR: to is not an e-mail address: a@example.com\nBcc: x@evil.example",
         f"apientry=sendmail&to=a@example.com&subject=hi%0D%0ABcc:%20x@evil.example&message=x&{USER}":
-            "ERROR: subject must be one line of at most 500 characters",
+            "ERROR: subject must be one line of at most 500 printable characters",
     }
     for query, expected in refused.items():
         h.clock.advance(2)  # past the function's rate limit

@@ -64,7 +64,7 @@ async def test_contacts_q_expires_wildcard(tmp_path: Path, database_option: str)
     assert "<sip:alice@192.0.2.12>;expires=7200" in ok.all("contact")  # capped at sipmaxexpires
     brief = await rig.register(phone, contact="<sip:alice@192.0.2.13>", expires=5)
     assert (brief.status, brief.get("min-expires")) == (423, "60")
-    bad = await rig.one(phone.register(contact="*", expires=3600))
+    bad = await rig.register(phone, contact="*", expires=3600)
     assert bad.status == 400
     gone = await rig.register(phone, contact="*", expires=0)
     assert gone.status == 200 and gone.all("contact") == []
@@ -101,21 +101,45 @@ async def test_expired_bindings_are_swept(tmp_path: Path, database_option: str) 
 
 @pytest_twisted.ensureDeferred
 async def test_wrong_password_counts_towards_the_lockout(tmp_path: Path) -> None:
-    """Wrong digest answers are re-challenged, logged as failed logins, and ban the address like the API."""
+    """Wrong digest answers count as failed logins of the account; a retry in the same dialog gets 403 (the
+    phone stops); the account is locked, not the address: another phone behind the same NAT registers."""
     rig = await make_rig(tmp_path, "authfailmax=3")
     phone = Phone("alice", "wrong")
-    for _ in range(3):
-        answer = await rig.register(phone)
-        assert answer.status == 401
-    assert rig.h.api.bans.is_banned("ip", "192.0.2.10")
-    assert await rig.exchange(phone.register()) == []  # banned addresses get nothing at all
+    assert (await rig.register(phone)).status == 401  # the first wrong answer: challenged again
+    assert (await rig.register(phone)).status == 403  # the same wrong credentials again in this dialog
+    assert (await rig.register(Phone("alice", "wrong"))).status == 401  # a new dialog: counted, challenged
     assert rig.h.api.bans.is_banned("user", "alice")
+    assert not rig.h.api.bans.is_banned("ip", "192.0.2.10")
     # The right password from another address does not help a banned user.
     other = await rig.register(Phone("alice", "alicepw", host="192.0.2.99"), source=rig.source("192.0.2.99"))
     assert other.status == 403
     # Failed SIP logins are the API's failed logins: the API refuses alice too.
     answer = await rig.h.call("apientry=balance&authkey=apikey123&authid=alice&authpwd=alicepw", "192.0.2.98")
     assert answer.text.startswith("ERROR: banned")
+    # root's phone behind the same address is not locked out.
+    assert (await rig.register(Phone("root", "rootpw"))).status == 200
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_failures_for_several_accounts_ban_the_address(tmp_path: Path) -> None:
+    """A scanner trying one account after another from one address gets the address banned (then silence)."""
+    rig = await make_rig(tmp_path, "authfailmax=3")
+    for name in ("alice", "bob", "carol"):
+        assert (await rig.register(Phone(name, "guess"))).status == 401
+    assert rig.h.api.bans.is_banned("ip", "192.0.2.10")
+    assert await rig.exchange(Phone("root", "rootpw").register()) == []  # banned addresses get nothing at all
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_expiry_is_judged_after_authentication(tmp_path: Path) -> None:
+    """An unauthenticated REGISTER with Expires: 15 is challenged (RFC 3261 10.3 step 3 before step 7)."""
+    rig = await make_rig(tmp_path)
+    phone = Phone("alice", "alicepw")
+    assert (await rig.one(phone.register(expires=15))).status == 401
+    answer = await rig.register(phone, expires=15)
+    assert answer.status == 423 and answer.get("min-expires") == "60"
     await rig.h.db.close()
 
 

@@ -107,8 +107,9 @@ class Trust:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def trusted(self, source: str) -> bool:
-        """Whether requests from C{source} are from a trusted address."""
+    def trusted(self, source: str, extra: Iterable[IPNetwork] = ()) -> bool:
+        """Whether requests from C{source} are from a trusted address (C{extra}: more trusted networks,
+        such as the old interface's httpapiallowedip2, counted as trustediplist is)."""
         mode = self.config.allowtrustedip
         if mode == 0:
             return False
@@ -120,10 +121,10 @@ class Trust:
             return is_private(source)
         if self.config.trustlanip and is_private(source):
             return True
-        return in_networks(source, self.config.trustediplist)
+        return in_networks(source, self.config.trustediplist) or in_networks(source, extra)
 
-    def ip_allowed(self, source: str) -> bool:
+    def ip_allowed(self, source: str, extra: Iterable[IPNetwork] = ()) -> bool:
         """The req_ip check: apiv2ipauth, or (when empty) trusted addresses."""
         if self.config.apiv2ipauth:
-            return in_networks(source, self.config.apiv2ipauth) or is_loopback(source)
-        return self.trusted(source)
+            return in_networks(source, self.config.apiv2ipauth) or in_networks(source, extra) or is_loopback(source)
+        return self.trusted(source, extra)

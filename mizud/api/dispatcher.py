@@ -10,25 +10,29 @@ with the status strict mode uses):
  5. C{req_ip}: the source is in C{apiv2ipauth} or trusted (403);
  6. C{req_key}: C{authkey} equals C{apiv2key} unless the source is trusted
     or no key is configured (403, counted as a failed authentication);
- 7. the caller: see L{Api.identify} (403 on failure, counted);
+ 7. the caller: see L{Api.identify} (403 on failure, counted), or for the
+    old interface L{Api.identify_legacy};
  8. nonce login when C{req_user_login}/C{apidefneedlogin} demand it
     (C{ERROR: new nonce is:NONCEEOF});
  9. privilege: the caller's level is at or below C{req_user} (403);
 10. C{req_user_register} / C{apidefneedregister} and C{req_user_credit};
 11. the per-user rate limit (429), then the handler.
 
+A source address earns trust (C{trustediplist}, LAN, loopback) only when
+it is vouched for (L{Api.address_vouched}): not a UDP datagram, whose
+source anyone can forge (unless C{apiudptrusted}), and not a browser's
+request made for a page of another site (L{ApiRequest.cross_site}).
+
 A wrong key, an unknown user and a wrong password all answer
 C{ERROR: wrong authentication}; each failure is logged on one line
-(C{authentication failure from ADDRESS user=NAME function=NAME reason=...})
-and counted; C{authfailmax} failures within C{authfailwindow} ban the
-address (and the user) for C{authbantime}, in the database so every node
-honours it.
+(C{authentication failure from ADDRESS user=ACCOUNT function=NAME reason=...})
+and counted by the one lockout (L{mizud.api.lockout}): per account, and
+per address only across several accounts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from typing import Any
 
 from twisted.internet import defer
@@ -37,8 +41,9 @@ from twisted.logger import Logger
 from ..billing.rating import Rater
 from ..config import Settings
 from ..store.billing import USER_ADMIN, USER_OWNER, USER_RESELLER, USER_SUPPORT, BillingStore, User
-from ..store.database import Database, DatabaseError, Txn
+from ..store.database import Database, DatabaseError
 from ..store.money import MoneyError
+from ..text import ascii_int, canonical_id
 from . import answer, custom, legacy
 from .maintenance import Maintenance
 from .answer import ApiAnswer, error
@@ -46,14 +51,14 @@ from .auth import (
     Trust,
     authmd5_full,
     authmd5_simple,
-    in_networks,
-    is_loopback,
     md5hex,
     portal_md5,
     same,
     secret_equal,
 )
-from .ratelimit import Clock, FailureCounter, LeakyBucket
+from .lockout import Lockout, MemoryFailures, loggable
+from .ratelimit import Clock, LeakyBucket
+from ..store.authstate import StoredFailures
 from .registry import (
     REQ_ADMINS,
     REQ_ALL,
@@ -88,6 +93,8 @@ class Caller:
     level: int
     trusted: bool
     how: str
+    #: Whether the caller proved who they are (a password, a hash, a PIN, SIP digest, the console login).
+    proven: bool = False
 
 
 @dataclass
@@ -124,14 +131,33 @@ class Call:
             raise RequestError(f"missing parameter: {name}", answer.MISSING_PARAMETER)
         return value
 
+    def integer(self, name: str, low: int, high: int, default: int | None = None) -> int:
+        """A whole number from C{low} to C{high} in ASCII digits; 412 naming the parameter otherwise.
+
+        Missing: C{default}, or 421 when there is none.
+        """
+        text = self.arg(name).strip()
+        if not text:
+            if default is None:
+                raise RequestError(f"missing parameter: {name}", answer.MISSING_PARAMETER)
+            return default
+        value = ascii_int(text, low, high)
+        if value is None:
+            raise RequestError(f"{name} must be a whole number from {low} to {high}", answer.FAILED)
+        return value
+
 
 class AuthFailure(Exception):
-    """Authentication failed; C{reason} goes to the log, never to the client."""
+    """Authentication failed; C{reason} goes to the log, never to the client.
 
-    def __init__(self, reason: str, username: str = "") -> None:
+    C{account} is what the failure counts against: the resolved user's
+    username, or the spelling given when it names no user.
+    """
+
+    def __init__(self, reason: str, account: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
-        self.username = username
+        self.account = account
 
 
 class Refused(Exception):
@@ -161,6 +187,9 @@ class Api:
         self.actions = custom.Actions(self, clock)
         self.maintenance = Maintenance(self)
         self.bans = Bans(self.db, clock)
+        book = StoredFailures(self.db, store.now) if self.db.engine.name == "postgresql" else MemoryFailures(clock)
+        #: The one lockout every credential check reports to (API, old interface, console, SIP).
+        self.lockout = Lockout(settings, self.bans, book)
         self.overrides: dict[str, Access] = {}
         #: The SIP element (L{mizud.sip.core.SipCore}) once the SIP service links it; None without SIP.
         self.sip: Any = None
@@ -186,7 +215,6 @@ class Api:
         self.limit_ip = LeakyBucket(self.clock, ip, ip * 2)
         self.limit_user = LeakyBucket(self.clock, user, user * 2)
         self.limit_global = LeakyBucket(self.clock, total, total * 2)
-        self.failures = FailureCounter(self.clock, config.authfailmax, config.authfailwindow)
         self.limit_function: dict[str, LeakyBucket] = {}
 
     def _function_allows(self, function: ApiFunction, source: str) -> bool:
@@ -310,16 +338,17 @@ class Api:
         source = request.source
         if not (self.limit_global.allow("*") and self.limit_ip.allow(source) and self._function_allows(function, source)):
             return error("rate limited", answer.RATE_LIMITED)
-        if self.bans.is_banned("ip", source):
+        if self.lockout.address_banned(source):
             return error(BANNED, answer.AUTH_FAILED)
-        trust = Trust(config)
-        trusted = trust.trusted(source)
         legacy_request = bool(request.context.get("legacy"))
-        if not legacy_request:
-            if config.apitrustediponly and not trusted:
-                return error("access only from trusted addresses", answer.AUTH_FAILED)
-            if rule.req_ip and not trust.ip_allowed(source):
-                return error("access not allowed from this address", answer.AUTH_FAILED)
+        trust = Trust(config)
+        vouched = self.address_vouched(request)
+        extra = config.httpapiallowedip2 if legacy_request else ()
+        trusted = vouched and trust.trusted(source, extra)
+        if config.apitrustediponly and not trusted:
+            return error("access only from trusted addresses", answer.AUTH_FAILED)
+        if rule.req_ip and not (vouched and trust.ip_allowed(source, extra)):
+            return error("access not allowed from this address", answer.AUTH_FAILED)
         try:
             sip_user = request.context.get("sip_user")
             console = request.context.get("console")
@@ -327,16 +356,14 @@ class Api:
                 # Only the console sets this, for the admin or support user logged in on it.
                 caller = await self._console_caller(request, rule, console, trusted)
             elif legacy_request:
-                caller = await self.identify_legacy(request, function, trusted)
+                caller = await self.identify_legacy(request, function, rule, trusted)
             elif sip_user is not None:
                 # Only the SIP front end sets this, after digest authentication
                 # of the SIP request that carried the API request.
                 self._check_enabled(sip_user, sip_user.username)
-                caller = Caller(sip_user, self._level(sip_user, trusted), trusted, "sip digest")
+                caller = Caller(sip_user, self._level(sip_user, trusted), trusted, "sip digest", proven=True)
             else:
-                if rule.req_key and config.apiv2key and not trusted:
-                    if not secret_equal(request.get("authkey"), config.apiv2key):
-                        raise AuthFailure("wrong or missing authkey", request.get("authid"))
+                self._check_key(request, rule, trusted, config.apiv2key, "authkey")
                 caller = await self.identify(request, rule, trusted)
         except Refused as refused:
             return error(str(refused), answer.AUTH_FAILED)
@@ -344,23 +371,41 @@ class Api:
             await self._failed(request, failure)
             return error(WRONG_AUTH, answer.AUTH_FAILED)
         except NewNonce:
-            nonce = await self.nonces.issue(source, config.apinoncettl)
+            nonce = await self.nonces.issue(source)
             return error(f"new nonce is:{nonce}EOF", answer.AUTH_FAILED)
         callers.append(caller)
         if caller.level > rule.req_user:
             return error("access denied", answer.AUTH_FAILED)
         user = caller.user
         if user is not None:
-            if self.bans.is_banned("user", user.username):
+            if self.lockout.account_banned(user.username):
                 return error(BANNED, answer.AUTH_FAILED)
             if not self.limit_user.allow(user.id):
                 return error("rate limited", answer.RATE_LIMITED)
             refusal = await self._user_conditions(request, user, rule, caller)
             if refusal is not None:
                 return refusal
-            self.failures.clear(("user", user.username))
+            if caller.proven:
+                await self.lockout.succeeded(user.username)
         assert function.handler is not None
         return await function.handler(Call(self, request, function, caller))
+
+    def address_vouched(self, request: ApiRequest) -> bool:
+        """Whether the request's source address may earn trust: it came from there (not a datagram whose
+        source anyone can forge, unless C{apiudptrusted}), for itself (not a browser acting for another site)."""
+        if request.cross_site:
+            return False
+        return not request.forgeable_source or self.settings.current.apiudptrusted
+
+    def _check_key(self, request: ApiRequest, rule: Access, trusted: bool, key: str, *names: str) -> None:
+        """C{req_key}: the API key, unless the source is trusted or no key is configured."""
+        if rule.req_key and key and not trusted and not secret_equal(request.get(*names), key):
+            raise AuthFailure("wrong or missing key", self._claimed(request))
+
+    @staticmethod
+    def _claimed(request: ApiRequest) -> str:
+        """The account a request names before it is resolved (for counting a failure)."""
+        return request.get("authid", "usr", "userid", "pin")[:64]
 
     async def _values(self, params: dict[str, str], user: User | None, text: str) -> custom.Values:
         """Placeholder values for custom SQL or an action body."""
@@ -399,52 +444,22 @@ class Api:
                 return error("not enough credit", answer.FAILED)
         return None
 
-    async def failed_login(self, request: ApiRequest, reason: str, name: str) -> None:
+    async def failed_login(self, request: ApiRequest, reason: str, account: str) -> None:
         """Count a failed proof made inside a function (same log line, same lockout)."""
-        await self._failed(request, AuthFailure(reason, name))
+        await self._failed(request, AuthFailure(reason, account))
 
     async def _failed(self, request: ApiRequest, failure: AuthFailure) -> None:
-        config = self.settings.current
-        username = failure.username[:64]
+        account = failure.account[:64]
         if self.metrics is not None:
             self.metrics.auth_failures.inc()
         log.warn(
             "authentication failure from {source} user={user} function={function} reason={reason}",
-            source=request.source, user=_loggable(username), function=_loggable(request.function),
+            source=request.source, user=loggable(account), function=loggable(request.function),
             reason=failure.reason,
         )
-        if await self._count_failure("ip", request.source):
-            await self.bans.ban("ip", request.source, config.authbantime, "failed authentications")
-            log.warn("banned {source} for {seconds}s after failed authentications", source=request.source,
-                     seconds=config.authbantime)
-        if username and await self._count_failure("user", username):
-            await self.bans.ban("user", username, config.authbantime, "failed authentications")
-            log.warn("banned user {user} for {seconds}s after failed authentications", user=username,
-                     seconds=config.authbantime)
-
-    async def _count_failure(self, kind: str, value: str) -> bool:
-        """Count one failure; True when the key reached C{authfailmax} in C{authfailwindow}.
-
-        On PostgreSQL the count is kept in tb_authfailures, so the failures
-        made on every node add up to one lockout; on SQLite (one node) in
-        memory.
-        """
-        if self.db.engine.name != "postgresql":
-            return self.failures.fail((kind, value))
-        config = self.settings.current
-        now = self.store.now()
-        since = now - timedelta(seconds=config.authfailwindow)
-
-        async def count_txn(txn: Txn) -> bool:
-            await txn.execute("INSERT INTO tb_authfailures (kind, value, at) VALUES (?, ?, ?)", (kind, value, now))
-            found = await txn.execute(
-                "SELECT count(*) FROM tb_authfailures WHERE kind = ? AND value = ? AND at > ?", (kind, value, since))
-            if int(found.rows[0][0]) < config.authfailmax:
-                return False
-            await txn.execute("DELETE FROM tb_authfailures WHERE kind = ? AND value = ?", (kind, value))
-            return True
-
-        return await self.db.run_interaction("auth_failure", count_txn)
+        # A forged datagram must not make mizud ban the address it names.
+        address = None if request.forgeable_source and not self.settings.current.apiudptrusted else request.source
+        await self.lockout.failed(account or "-", address)
 
     # -- who is calling -----------------------------------------------------------------
 
@@ -455,12 +470,18 @@ class Api:
         user, mode = console
         if mode == 2:
             self._check_enabled(user, user.username)
-            return await self._impersonate(request, Caller(user, self._level(user, trusted), trusted, "console"))
+            caller = Caller(user, self._level(user, trusted), trusted, "console", proven=True)
+            return await self._impersonate(request, caller)
         caller = await self.identify(request, rule, True if mode == 1 else trusted)
         if mode == 1:
             # Trusted, but never above the logged-in user: a support user does not become an admin.
             caller = replace(caller, level=max(caller.level, self._level(user, trusted)))
         return caller
+
+    def _needs_nonce(self, rule: Access, trusted: bool) -> bool:
+        """Whether this function demands nonce login from this source (req_user_login / apidefneedlogin)."""
+        login = rule.req_user_login if rule.req_user_login is not None else self.settings.current.apidefneedlogin
+        return login in (2, 3) or (login == 1 and not trusted)
 
     async def identify(self, request: ApiRequest, rule: Access, trusted: bool) -> Caller:
         """Establish the caller from the request's credentials and source.
@@ -477,23 +498,23 @@ class Api:
           credentials; 4: credentials from a trusted address; 2: the
           address only).
         - C{targetuser}: an admin acts as another user.
+
+        The authid is resolved first (L{find_user}); while the account it
+        names (or, naming none, that spelling) is locked out, the answer
+        is C{banned} whatever the proof.
         """
         config = self.settings.current
         authid = request.get("authid")
-        trust_admin = config.apideftrustadmin
-        login = rule.req_user_login if rule.req_user_login is not None else config.apidefneedlogin
-        needs_nonce = login in (2, 3) or (login == 1 and not trusted)
+        needs_nonce = self._needs_nonce(rule, trusted)
         if not authid:
             if needs_nonce and not trusted:
                 raise NewNonce()
-            if trusted and trust_admin in (1, 2):
-                return await self._impersonate(request, Caller(None, REQ_SRVADMIN, True, "trusted address"))
-            return Caller(None, REQ_PUBLIC, trusted, "anonymous")
-        if self.bans.is_banned("user", authid):
-            # Before any password check: a banned name must not learn
-            # whether its next guess was right.
-            raise Refused(BANNED)
+            return await self._by_address(request, trusted)
         user = await self._find(authid)
+        account = user.username if user is not None else authid[:64]
+        if self.lockout.account_banned(account):
+            # Before any password check: a locked account must not learn whether a guess was right.
+            raise Refused(BANNED)
         proof = request.get("authpwd") or request.get("authmd5") or request.get("portalmd5")
         if not proof:
             if needs_nonce:
@@ -501,55 +522,74 @@ class Api:
             if user is None:
                 if rule.req_user >= REQ_PUBLIC:
                     return Caller(None, REQ_PUBLIC, trusted, "anonymous")
-                raise AuthFailure("unknown user", authid)
-            self._check_enabled(user, authid)
-            if trusted and trust_admin != 4:
-                return await self._impersonate(request, Caller(user, self._level(user, trusted), trusted, "trusted address"))
-            mode = rule.req_user_mode or config.apiv2auth
-            if mode == 4 or rule.req_user >= REQ_PUBLIC:
-                return Caller(user, max(self._level(user, trusted), REQ_ALL), trusted, "username")
-            raise AuthFailure("no password or authmd5", authid)
+                raise AuthFailure("unknown user", account)
+            return await self._without_proof(request, rule, user, trusted)
         if user is None:
             # Spend what checking a password would, so timing does not tell
             # whether the user exists.
             authmd5_full(authid, "x" * 12, request.get("authsalt1"), request.get("authsalt2"), "", "")
-            raise AuthFailure("unknown user", authid)
-        self._check_enabled(user, authid)
-        how = await self._verify(request, user, authid, rule, trusted, needs_nonce)
-        caller = Caller(user, self._level(user, trusted), trusted, how)
+            raise AuthFailure("unknown user", account)
+        self._check_enabled(user, account)
+        how = await self._verify(request, user, authid, rule, needs_nonce)
+        caller = Caller(user, self._level(user, trusted), trusted, how, proven=True)
         return await self._impersonate(request, caller)
 
-    async def identify_legacy(self, request: ApiRequest, function: ApiFunction, trusted: bool) -> Caller:
-        """The old HTTP interface's authentication (see L{mizud.api.legacy})."""
+    async def _by_address(self, request: ApiRequest, trusted: bool) -> Caller:
+        """A request naming no user: admin from a trusted address where C{apideftrustadmin} allows, else anonymous."""
+        if trusted and self.settings.current.apideftrustadmin in (1, 2):
+            return await self._impersonate(request, Caller(None, REQ_SRVADMIN, True, "trusted address"))
+        return Caller(None, REQ_PUBLIC, trusted, "anonymous")
+
+    async def _without_proof(self, request: ApiRequest, rule: Access, user: User, trusted: bool) -> Caller:
+        """A user named without a password: acted for by a trusted address, or public functions only."""
+        config = self.settings.current
+        self._check_enabled(user, user.username)
+        if trusted and config.apideftrustadmin != 4:
+            return await self._impersonate(request, Caller(user, self._level(user, trusted), trusted, "trusted address"))
+        mode = rule.req_user_mode or config.apiv2auth
+        if mode == 4 or rule.req_user >= REQ_PUBLIC:
+            return Caller(user, max(self._level(user, trusted), REQ_ALL), trusted, "username")
+        raise AuthFailure("no password or authmd5", user.username)
+
+    async def identify_legacy(self, request: ApiRequest, function: ApiFunction, rule: Access, trusted: bool) -> Caller:
+        """The old HTTP interface's authentication (see L{mizud.api.legacy}), under the API's own rules.
+
+        Its address lists (C{httpapiallowedip}, C{httpsmscallbackip}) and key
+        (C{httpapikey}, else C{apiv2key}) come first.  The sensitive commands
+        (addcredit, adduser) name their target in C{usr}: they run for a
+        trusted address (C{httpapiallowedip2} counting as one) as
+        C{apideftrustadmin} allows, like an API request naming no user.
+        Other commands name the user by C{usr}, C{userid} or C{pin}; its
+        lockout applies; C{pwd} or C{md5auth} prove it.  Where the API
+        demands nonces, the old interface's static proofs are refused
+        unless C{legacystaticauth} keeps them.
+        """
         config = self.settings.current
         source = request.source
         if not legacy.address_allowed(source, config.httpapiallowedip):
             raise Refused("access not allowed from this address")
         if function.name in legacy.SMS and not legacy.address_allowed(source, config.httpsmscallbackip):
             raise Refused("SMS commands are not allowed from this address")
-        username = request.get("usr", "userid", "pin")
-        if config.httpapikey and not secret_equal(request.get("key"), config.httpapikey):
-            raise AuthFailure("wrong or missing key", username)
-        privileged = is_loopback(source) or in_networks(source, config.httpapiallowedip2)
+        self._check_key(request, rule, trusted, config.httpapikey or config.apiv2key, "key", "authkey")
         if function.name in legacy.SENSITIVE:
-            if not privileged:
-                raise Refused("only allowed from httpapiallowedip2 addresses")
-            return Caller(None, REQ_SRVADMIN, True, "httpapiallowedip2")
-        if username and self.bans.is_banned("user", username):
-            raise Refused(BANNED)
+            return await self._by_address(request, trusted)
         user, how = await self._find_legacy(request)
+        account = user.username if user is not None else self._claimed(request)
+        if self.lockout.account_banned(account):
+            raise Refused(BANNED)
         if user is None:
-            raise AuthFailure("unknown user", username)
-        self._check_enabled(user, username)
+            raise AuthFailure("unknown user", account)
+        pwd, md5auth = request.get("pwd"), request.get("md5auth")
+        if how != "pin" and not (pwd or md5auth):
+            return await self._without_proof(request, rule, user, trusted)
+        if self._needs_nonce(rule, trusted) and not config.legacystaticauth:
+            raise Refused("this server requires nonce authentication: use /mvapireq with preauth")
+        self._check_enabled(user, account)
         if how != "pin":
-            pwd, md5auth = request.get("pwd"), request.get("md5auth")
-            if legacy.password_matches(pwd, md5auth, user.username, user.password, config.httpapimd5salt):
-                how = "md5auth" if md5auth and not pwd else "password"
-            elif privileged and not (pwd or md5auth):
-                how = "httpapiallowedip2"
-            else:
-                raise AuthFailure("wrong password or md5auth", username)
-        return Caller(user, self._level(user, trusted), trusted, how)
+            if not legacy.password_matches(pwd, md5auth, user.username, user.password, config.httpapimd5salt):
+                raise AuthFailure("wrong password or md5auth", account)
+            how = "md5auth" if md5auth and not pwd else "password"
+        return Caller(user, self._level(user, trusted), trusted, how, proven=True)
 
     async def _find_legacy(self, request: ApiRequest) -> tuple[User | None, str]:
         """The user of an old-interface request: usr, userid, or pin (per callingcardauth)."""
@@ -557,8 +597,9 @@ class Api:
         usr, userid, pin = request.get("usr"), request.get("userid"), request.get("pin")
         if usr:
             return await self.store.find_user(usr), "user"
-        if userid.isdigit() and len(userid) < 19:
-            return await self.store.get_user(int(userid)), "user"
+        number = canonical_id(userid)
+        if number is not None:
+            return await self.store.get_user(number), "user"
         if pin and config.callingcardauth != 2:
             user = await self.store.find_user_by_pin(pin)
             if user is None and config.callingcardauth == 1:
@@ -576,30 +617,32 @@ class Api:
         return level
 
     @staticmethod
-    def _check_enabled(user: User, authid: str) -> None:
+    def _check_enabled(user: User, account: str) -> None:
         if not user.enabled or user.temporarydisabled:
-            raise AuthFailure("user disabled", authid)
+            raise AuthFailure("user disabled", account)
 
     async def find_user(self, name: str) -> User | None:
         """A user by username, id, PIN or DID (as authid is resolved)."""
         return await self._find(name)
 
     async def _find(self, authid: str) -> User | None:
-        """The user an authid names: username, else numeric id, else PIN, else DID."""
+        """The user an authid names: username, else numeric id (ASCII digits, no leading zero), else PIN,
+        else DID."""
         user = await self.store.find_user(authid)
-        if user is None and authid.isdigit() and len(authid) < 19:
-            user = await self.store.get_user(int(authid))
+        if user is None:
+            userid = canonical_id(authid)
+            if userid is not None:
+                user = await self.store.get_user(userid)
         if user is None and self.settings.current.apiauth != 0:
             user = await self.store.find_user_by_pin(authid)
         if user is None:
             user = await self.store.find_user_by_number(authid)
         return user
 
-    async def _verify(
-        self, request: ApiRequest, user: User, authid: str, rule: Access, trusted: bool, needs_nonce: bool
-    ) -> str:
+    async def _verify(self, request: ApiRequest, user: User, authid: str, rule: Access, needs_nonce: bool) -> str:
         config = self.settings.current
         mode = rule.req_user_mode or config.apiv2auth
+        account = user.username
         authpwd = request.get("authpwd")
         if authpwd:
             if needs_nonce:
@@ -608,7 +651,7 @@ class Api:
                 return "password"
             if mode != 6 and config.apiauth != 0 and user.pin and secret_equal(authpwd, user.pin):
                 return "pin"
-            raise AuthFailure("wrong password", authid)
+            raise AuthFailure("wrong password", account)
         portal = request.get("portalmd5").strip()
         given = portal or request.get("authmd5").strip()
         salt1, salt2 = request.get("authsalt1"), request.get("authsalt2")
@@ -616,29 +659,28 @@ class Api:
         link = portal_md5(user.username, user.password, request.get("portalsalt")) if portal else ""
         nonce_param = request.get("nonce")
         if nonce_param:
-            nonces = [n for n in await self.nonces.find(nonce_param)
-                      if not (login_ip_check(rule, config) and n.address != request.source)]
-            if not nonces:
+            bound = request.source if login_ip_check(rule, config) else None
+            nonce = await self.nonces.find(nonce_param, config.apinoncettl, bound)
+            if nonce is None:
                 # Unknown or expired: the client gets a fresh nonce; nothing was guessed, nothing is counted.
                 raise NewNonce()
-            for nonce in nonces:
-                if portal:
-                    # The auto-login link's md5 as the inner secret: MD5(md5 + authsalt2 + serversalt + nonce).
-                    expected = md5hex(link + salt2 + serversalt + nonce.nonce)
-                else:
-                    expected = authmd5_full(authid, user.password, salt1, salt2, serversalt, nonce.nonce)
-                if same(given, expected) or same("authv3_" + given, expected):
-                    if not await self.nonces.use(nonce, expected):
-                        raise AuthFailure("replayed authmd5", authid)
-                    return "portal md5 with nonce" if portal else "authmd5 with nonce"
-            raise AuthFailure("wrong portal md5" if portal else "wrong authmd5", authid)
+            if portal:
+                # The auto-login link's md5 as the inner secret: MD5(md5 + authsalt2 + serversalt + nonce).
+                expected = md5hex(link + salt2 + serversalt + nonce)
+            else:
+                expected = authmd5_full(authid, user.password, salt1, salt2, serversalt, nonce)
+            if same(given, expected) or same("authv3_" + given, expected):
+                if not await self.nonces.use(nonce, expected, config.apinoncettl):
+                    raise AuthFailure("replayed authmd5", account)
+                return "portal md5 with nonce" if portal else "authmd5 with nonce"
+            raise AuthFailure("wrong portal md5" if portal else "wrong authmd5", account)
         if portal:
             # The web portal's auto-login link: MD5("C8y5:" username ":" password ":" salt).
             if needs_nonce:
                 raise NewNonce()
             if same(portal, link):
                 return "portal md5"
-            raise AuthFailure("wrong portal md5", authid)
+            raise AuthFailure("wrong portal md5", account)
         if needs_nonce:
             raise NewNonce()
         if not given.lower().startswith("authv3_") and same(given, authmd5_simple(authid, user.password, serversalt, salt1)):
@@ -646,7 +688,7 @@ class Api:
         full = authmd5_full(authid, user.password, salt1, salt2, serversalt, "")
         if same(given, full) or same("authv3_" + given, full):
             return "authmd5"
-        raise AuthFailure("wrong authmd5", authid)
+        raise AuthFailure("wrong authmd5", account)
 
     async def _impersonate(self, request: ApiRequest, caller: Caller) -> Caller:
         target = request.get("targetuser")
@@ -657,13 +699,7 @@ class Api:
         user = await self._find(target)
         if user is None:
             raise RequestError(f"no such user: {target[:64]}", answer.NOT_FOUND)
-        return Caller(user, caller.level, caller.trusted, f"{caller.how}, as {user.username}")
-
-
-def _loggable(text: str) -> str:
-    """A client-supplied word safe for a one-line log record: no spaces or control characters."""
-    cleaned = "".join(c if c.isprintable() and not c.isspace() else "?" for c in text[:64])
-    return cleaned or "-"
+        return Caller(user, caller.level, caller.trusted, f"{caller.how}, as {user.username}", caller.proven)
 
 
 def login_ip_check(rule: Access, config: Any) -> bool:

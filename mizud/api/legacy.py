@@ -8,20 +8,29 @@ C{/xmapi/COMMAND?key=..&usr=..&pwd=..} (served on C{httpserver}, default
     charge -> charge, cli -> cli, db -> db, oop -> oop;
     no command: two numbers make a p2p call, one number a callback.
 
-Its own authentication: C{key} against C{httpapikey} (none needed when
-empty); the user by C{usr} (username) or C{userid}, or by C{pin} (the PIN
-field, or with C{callingcardauth=1} also username+password concatenated);
-proof by C{pwd} or C{md5auth} = MD5("rd58s:" + username + ":" + password +
-":" + httpapimd5salt) ("rD58s" accepted too).  C{httpapiallowedip} limits
-every command to its addresses; C{httpapiallowedip2} addresses may run the
-sensitive commands (addcredit, adduser) and act for a user without a
-password; C{httpsmscallbackip} limits SMS commands.
+Only these commands: any other path under C{/xmapi/} is an unknown
+command (406), so the old interface is no way around the API's rules.
+Requests pass the same dispatcher, limits, access rules (C{tb_api},
+C{apitrustediponly}, C{req_ip}), trust options and lockout as
+C{/mvapireq}, with the old interface's own pieces on top
+(L{mizud.api.dispatcher.Api.identify_legacy}): C{key} against
+C{httpapikey} (or, when that is empty, C{apiv2key}); the user by C{usr}
+(username) or C{userid}, or by C{pin} (the PIN field, or with
+C{callingcardauth=1} also username+password concatenated); proof by C{pwd}
+or C{md5auth} = MD5("rd58s:" + username + ":" + password + ":" +
+httpapimd5salt) ("rD58s" accepted too), refused where the API demands
+nonce login unless C{legacystaticauth}.  C{httpapiallowedip} limits every
+command to its addresses; C{httpapiallowedip2} addresses count as trusted
+(so they may run addcredit and adduser, and act for a user without a
+password, as C{apideftrustadmin} allows); C{httpsmscallbackip} limits SMS
+commands.
 """
 
 from __future__ import annotations
 
+from . import answer
 from .auth import in_networks, is_loopback, legacy_md5, same, secret_equal
-from .request import ApiRequest
+from .request import ApiRequest, RequestError
 
 COMMANDS = {
     "p2p": "p2p",
@@ -43,10 +52,16 @@ SMS = frozenset({"sms"})
 
 
 def command_for(command: str, params: dict[str, str]) -> str:
-    """The registry function an old command (or, when empty, its numbers) names."""
+    """The registry function an old command (or, when empty, its numbers) names.
+
+    Raises L{RequestError} (406) for anything that is not one of the old interface's commands.
+    """
     command = command.strip().lower()
     if command:
-        return COMMANDS.get(command, command)
+        function = COMMANDS.get(command)
+        if function is None:
+            raise RequestError(f"unknown command of the old interface: {command[:40]}", answer.BAD_FUNCTION)
+        return function
     if params.get("anum") and params.get("bnum"):
         return "p2p"
     return "callback"

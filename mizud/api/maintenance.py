@@ -20,8 +20,7 @@ class Maintenance:
         done = {"nonces": await self.api.nonces.expire()}
         done["bans"] = (await db.run_statement(
             "expire_bans", "DELETE FROM tb_banned WHERE until < ?", (now - timedelta(days=1),))).rowcount
-        await db.run_statement("expire_failures", "DELETE FROM tb_authfailures WHERE at < ?",
-                               (now - timedelta(days=1),))
+        await self.api.lockout.chore()
         done["numbers"] = (await db.run_statement(
             "expire_locks", "UPDATE tb_phonenumbers SET userid = 0, status = 0, lockeduntil = NULL "
             "WHERE status = 1 AND lockeduntil < ?", (now,))).rowcount

@@ -66,7 +66,11 @@ class ApiRequest:
     transport: str = "http"
     fmt: str = "text"
     secure: bool = False
-    #: Set by the dispatcher once the request is authenticated.
+    #: The source address may be forged (a UDP datagram): it earns no trust and gets no address banned.
+    forgeable_source: bool = False
+    #: A browser made it for a page of another site (or it asks for JSONP): no trust by address.
+    cross_site: bool = False
+    #: Set by the front end for the console, SIP and the old interface (see the dispatcher).
     context: dict[str, Any] = field(default_factory=dict)
 
     def get(self, *names: str, default: str = "") -> str:
@@ -299,6 +303,8 @@ def decode(
     secure: bool = False,
     encrypt_key: str = "",
     function: str | None = None,
+    forgeable_source: bool = False,
+    cross_site: bool = False,
 ) -> ApiRequest:
     """Build an L{ApiRequest} from a query string and/or a body.
 
@@ -323,5 +329,6 @@ def decode(
     params.pop("mcrfs", None)
     name = params.pop("apientry", "") or named or function or ""
     return ApiRequest(
-        function=name.strip().lower(), params=params, source=source, transport=transport, fmt=fmt, secure=secure
+        function=name.strip().lower(), params=params, source=source, transport=transport, fmt=fmt, secure=secure,
+        forgeable_source=forgeable_source, cross_site=cross_site,
     )

@@ -121,6 +121,8 @@ def every(reactor: Any, seconds: float, chore: Any, now: bool = False) -> Loopin
 
 #: Seconds between reloads of the bans (so other nodes' bans reach this one).
 BAN_REFRESH = 5.0
+#: Seconds between expiries of old failed logins (and relearning which accounts have some).
+LOCKOUT_CHORE = 30.0
 HOUR = 3600.0
 DAY = 86400.0
 
@@ -201,6 +203,7 @@ class ApiService(Service):
             # Beat often enough that a node is only declared dead after several missed beats.
             self._every(beat_every, heartbeat),
             self._every(BAN_REFRESH, api.bans.refresh),
+            self._every(LOCKOUT_CHORE, api.lockout.chore),
             self._every(HOUR, api.maintenance.hourly),
             self._every(DAY, api.maintenance.daily),
         ]

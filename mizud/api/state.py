@@ -1,18 +1,24 @@
-"""API state every node must share: login nonces and bans, in the database."""
+"""API state every node must share: login nonces and bans."""
 
 from __future__ import annotations
 
-import secrets
+import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 
-
-from ..store.database import Database, Txn
+from ..store.authstate import NonceUses, server_key
+from ..store.database import Database
 from .ratelimit import Clock
 
 #: Characters of the nonce a client sends back (the spec says 10; more is fine).
 NONCE_PREFIX = 10
+#: The issue time is kept in units of L{_TICK} seconds, modulo L{_TICKS} (about 34 years).
+_TICK = 4
+_TICKS = 1 << 28
+#: How far ahead of this node's clock another node's nonce may be (their clocks differ a little).
+_AHEAD = 60
 
 
 def utcnow(clock: Clock) -> datetime:
@@ -28,72 +34,70 @@ def _seconds(when: datetime) -> float:
     return (when - _EPOCH).total_seconds()
 
 
-@dataclass(frozen=True)
-class Nonce:
-    """An issued nonce."""
-
-    id: int
-    nonce: str
-    address: str
-    expires: datetime
-
-
 class Nonces:
-    """Issue nonces, find them by the prefix clients send, and refuse replays."""
+    """preauth's nonces: stateless until used, valid on every node.
+
+    A nonce is 32 lower-case hex digits: 7 of the time it was issued (in
+    4-second ticks, modulo 2**28), 3 of a keyed hash of the address it was
+    issued to, and 22 of an HMAC-SHA256 over those first 10 under a key kept in
+    C{tb_serverkeys} (so every node sharing the database accepts it).  A
+    client sends back at least the first L{NONCE_PREFIX} digits, from which
+    the rest is recomputed.  Issuing one writes nothing: a flood of
+    anonymous requests costs no server state.  Only an accepted
+    (nonce, authmd5) pair is stored, in C{tb_nonceuse}, until the nonce
+    expires, so a replay is refused.
+    """
 
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
+        self.uses = NonceUses(db, lambda: utcnow(clock))
+        self._key: bytes | None = None
 
-    async def issue(self, address: str, ttl: float) -> str:
-        """A new random nonce bound to C{address}, valid for C{ttl} seconds."""
-        nonce = secrets.token_hex(16)
-        now = utcnow(self.clock)
-        await self.db.run_statement(
-            "issue_nonce",
-            "INSERT INTO tb_nonces (nonce, prefix, address, created, expires) VALUES (?, ?, ?, ?, ?)",
-            (nonce, nonce[:NONCE_PREFIX], address, now, now + timedelta(seconds=ttl)),
-        )
+    async def key(self) -> bytes:
+        """The shared signing key (read once, created by the first node)."""
+        if self._key is None:
+            self._key = await server_key(self.db, "apinonce", utcnow(self.clock))
+        return self._key
+
+    def _mac(self, key: bytes, text: str) -> str:
+        return hmac.new(key, text.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+    async def issue(self, address: str) -> str:
+        """A new nonce for a client at C{address}."""
+        key = await self.key()
+        tick = int(self.clock.seconds() // _TICK) % _TICKS
+        prefix = f"{tick:07x}{self._mac(key, 'address ' + address)[:3]}"
+        return prefix + self._mac(key, "nonce " + prefix)[:32 - NONCE_PREFIX]
+
+    async def find(self, given: str, ttl: float, address: str | None = None) -> str | None:
+        """The whole nonce C{given} begins, if it is ours and not older than C{ttl} seconds
+        (and, with C{address}, was issued to that address); None otherwise."""
+        given = given.strip().lower()
+        if not NONCE_PREFIX <= len(given) <= 32 or any(c not in "0123456789abcdef" for c in given):
+            return None
+        key = await self.key()
+        prefix = given[:NONCE_PREFIX]
+        nonce = prefix + self._mac(key, "nonce " + prefix)[:32 - NONCE_PREFIX]
+        if not hmac.compare_digest(nonce[:len(given)], given):
+            return None
+        ticks = (int(self.clock.seconds() // _TICK) - int(prefix[:7], 16)) % _TICKS
+        if ticks > _TICKS // 2:
+            if (_TICKS - ticks) * _TICK > _AHEAD:
+                return None  # from the future: not ours
+        elif ticks * _TICK > ttl:
+            return None  # expired
+        if address is not None and not hmac.compare_digest(prefix[7:], self._mac(key, "address " + address)[:3]):
+            return None
         return nonce
 
-    async def find(self, given: str) -> list[Nonce]:
-        """Unexpired nonces starting with C{given} (at least L{NONCE_PREFIX} characters)."""
-        given = given.strip().lower()
-        if len(given) < NONCE_PREFIX or len(given) > 64 or any(c not in "0123456789abcdef" for c in given):
-            return []
-        result = await self.db.run_query(
-            "find_nonce",
-            "SELECT id, nonce, address, expires FROM tb_nonces WHERE prefix = ? AND expires > ?",
-            (given[:NONCE_PREFIX], utcnow(self.clock)),
-        )
-        time = self.db.engine.time
-        return [
-            Nonce(int(r[0]), r[1], r[2], time(r[3]))  # type: ignore[arg-type]
-            for r in result.rows
-            if r[1].startswith(given)
-        ]
-
-    async def use(self, nonce: Nonce, authmd5: str) -> bool:
-        """Record an authmd5 under a nonce; False if it was used before (a replay)."""
-        result = await self.db.run_statement(
-            "use_nonce",
-            "INSERT INTO tb_nonceuse (nonceid, authmd5, created) VALUES (?, ?, ?) "
-            "ON CONFLICT (nonceid, authmd5) DO NOTHING RETURNING id",
-            (nonce.id, authmd5.lower(), utcnow(self.clock)),
-        )
-        return bool(result.rows)
+    async def use(self, nonce: str, authmd5: str, ttl: float) -> bool:
+        """Record that C{authmd5} was accepted with C{nonce}; False if it was before (a replay)."""
+        return await self.uses.use(nonce, authmd5, ttl + 120)
 
     async def expire(self) -> int:
-        """Delete expired nonces and their uses; returns how many nonces went."""
-
-        async def expire_txn(txn: Txn) -> int:
-            now = utcnow(self.clock)
-            await txn.execute(
-                "DELETE FROM tb_nonceuse WHERE nonceid IN (SELECT id FROM tb_nonces WHERE expires <= ?)", (now,)
-            )
-            return (await txn.execute("DELETE FROM tb_nonces WHERE expires <= ?", (now,))).rowcount
-
-        return await self.db.run_interaction("expire_nonces", expire_txn)
+        """Forget the uses of expired nonces; returns how many went."""
+        return await self.uses.expire()
 
 
 @dataclass(frozen=True)

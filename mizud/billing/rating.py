@@ -27,20 +27,21 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any, Callable, Iterable, Mapping
 
 from ..store.engines import QUANTUM, Engine, PostgresEngine, SqliteEngine
+from ..text import ascii_digits
 
 _DROP = str.maketrans("", "", " -.()/\t")
 
 
 def normalise(number: str) -> str | None:
     """Digits of a dialled number without C{+}/C{00}; None if it has other characters."""
-    if number.isdigit() and not number.startswith("00") and len(number) <= 32:
+    if ascii_digits(number) and not number.startswith("00") and len(number) <= 32:
         return number  # the common case, already clean
     text = number.strip().translate(_DROP)
     if text.startswith("+"):
         text = text[1:]
     elif text.startswith("00"):
         text = text[2:]
-    if not text or not text.isdigit() or len(text) > 32:
+    if not ascii_digits(text) or len(text) > 32:
         return None
     return text
 

@@ -24,6 +24,7 @@ import re
 from ..store.database import Database, Txn
 from ..store.money import InvalidAmount, parse_amount
 from .rating import Tariff, normalise
+from ..text import ascii_int
 
 COLUMNS = ("prefix", "name", "price", "connectfee", "mininterval", "interval", "currency", "smsprice")
 MAX_ROWS = 2_000_000
@@ -70,9 +71,10 @@ def parse_csv(text: str, plan: int, default_currency: str) -> list[Tariff]:
 
 def _count(cells: dict[str, str], name: str, default: int, low: int) -> int:
     text = cells.get(name) or str(default)
-    if not text.isdigit() or int(text) < low or int(text) > 86400:
+    value = ascii_int(text, low, 86400)
+    if value is None:
         raise ValueError(f"{name} must be a whole number of seconds from {low} to 86400, not {text!r}")
-    return int(text)
+    return value
 
 
 def _tariff(cells: dict[str, str], plan: int, default_currency: str) -> Tariff:

@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from ..api.answer import encode, error
 from ..api.auth import Trust, is_loopback, is_private, secret_equal
+from ..api.lockout import loggable
 from ..api.request import ApiRequest, RequestError, normalise
 from ..config import Settings
 from ..store.billing import USER_ADMIN, USER_SUPPORT, User
@@ -225,7 +226,7 @@ class LoginProtocol(TelnetProtocol):
             self.transport.loseConnection()
             return
         api = self.console.api_of()
-        if api is not None and api.bans.is_banned("ip", self.peer):
+        if api is not None and api.lockout.address_banned(self.peer):
             self.transport.write(b"banned: too many failed authentications\n")
             self.transport.loseConnection()
             return
@@ -476,8 +477,9 @@ class Console:
         if api is None:
             return None
         request = ApiRequest("console login", {"authid": username}, peer, transport="console")
-        if api.bans.is_banned("ip", peer) or api.bans.is_banned("user", username):
-            await api.failed_login(request, "banned", username)
+        lockout = api.lockout
+        if lockout.address_banned(peer) or lockout.account_banned(username):
+            log.info("console: login for {user} from {peer} refused: banned", user=loggable(username), peer=peer)
             return None
         user = await api.store.find_user(username)
         if user is None or not password or not secret_equal(password, user.password):
@@ -486,7 +488,7 @@ class Console:
         if not _console_user(user):
             await api.failed_login(request, "not an enabled admin or support user", username)
             return None
-        api.failures.clear(("user", username))
+        await lockout.succeeded(user.username)
         return user  # type: ignore[no-any-return]
 
     async def run(self, text: str, user: User, peer: str) -> tuple[str, bool]:

@@ -65,6 +65,8 @@ SERVER = "mizud"
 MAX_ROUTES = 200_000
 #: The longest instant message (characters), as through the API's sendim.
 MAX_IM = 4000
+#: Dialogs (Call-IDs) with a rejected credential remembered at once (to answer a retry 403).
+MAX_FAILED_CALLS = 100_000
 
 REASONS = {
     100: "Trying", 200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
@@ -151,6 +153,8 @@ class SipCore:
         self._local_ips: dict[str, str] = {}
         #: Work to start once a request's response has been sent (by id of the request).
         self._after: dict[int, Callable[[], Any]] = {}
+        #: (Call-ID, username) of recent requests whose credentials were rejected.
+        self._failed_calls: OrderedDict[tuple[str, str], None] = OrderedDict()
         from .calls import CallControl
         from .messaging import Messenger
         from .registrar import Registrar
@@ -173,7 +177,7 @@ class SipCore:
     def admit(self, source: Source) -> bool:
         """Whether to look at a message from this source at all (bans, rate limit)."""
         api = self.api_of()
-        if api is not None and api.bans.is_banned("ip", source.host):
+        if api is not None and api.lockout.address_banned(source.host):
             self.stats["dropped_banned"] += 1
             return False
         if not self.limiter.allow(source.host):
@@ -436,7 +440,7 @@ class SipCore:
         if credentials.get("uri", "") != request.uri:
             return response_to(request, 400, "Digest uri does not match the Request-URI", source=source)
         username = credentials.get("username", "")
-        if api.bans.is_banned("user", username):
+        if api.lockout.account_banned(username):
             return response_to(request, 403, "Too many failed authentications", source=source)
         user = await api.store.find_user(username) if _sane(username) else None
         password = user.password if user is not None else os.urandom(12).hex()
@@ -446,6 +450,10 @@ class SipCore:
             fake = ApiRequest(f"sip {request.method}", {}, source.host, transport="sip")
             reason = "unknown user" if user is None else verdict.reason
             await api.failed_login(fake, "SIP digest: " + reason, username if _sane(username) else "?")
+            if self._failed_again(request.call_id, username):
+                # Credentials rejected twice in one dialog: the client must stop retrying them
+                # (RFC 3261 22.1), or one phone with a wrong password floods the lockout.
+                return response_to(request, 403, "Wrong credentials", source=source)
             return self.challenge(request, source)
         if verdict.stale:
             return self.challenge(request, source, stale=True)
@@ -455,6 +463,18 @@ class SipCore:
         if not user.enabled or user.temporarydisabled:
             return response_to(request, 403, "Account disabled", source=source)
         return user
+
+    def _failed_again(self, call_id: str, username: str) -> bool:
+        """Note a rejected credential in this Call-ID; True if one was rejected there before."""
+        key = (call_id, username)
+        failed = self._failed_calls
+        if key in failed:
+            failed.move_to_end(key)
+            return True
+        failed[key] = None
+        if len(failed) > MAX_FAILED_CALLS:
+            failed.popitem(last=False)
+        return False
 
     # -- output -------------------------------------------------------------------
 

@@ -73,20 +73,22 @@ class Registrar:
         if not to.uri.is_sip or not to.uri.user:
             return response_to(request, 400, "To must be a SIP address of record", source=source)
         try:
+            # A malformed Contact or Expires is a bad message, whoever sends it (RFC 4475 3.1.2.19) ...
             changes, wildcard = self._changes(request, config)
         except ParseError as error:
             return response_to(request, 400, error.reason[:80], source=source)
-        except _TooBrief:
-            response = response_to(request, 423, source=source)
-            response.add("Min-Expires", str(config.sipminexpires))
-            return response
+        # ... but RFC 3261 10.3 authenticates (step 3) and authorizes (4) before judging the expiry (7).
         user = await core.authenticate(request, source, api)
         if isinstance(user, SipMessage):
-            if user.status == 401 and request.get("authorization"):
+            if user.status in (401, 403) and request.get("authorization"):
                 self._note(to.uri.user, Attempt(False, core.clock.seconds(), source.address, source.transport, 0))
             return user
         if user.username != to.uri.user:
             return response_to(request, 403, "Not allowed to register this address", source=source)
+        if any(0 < change.expires < config.sipminexpires for change in changes):
+            response = response_to(request, 423, source=source)
+            response.add("Min-Expires", str(config.sipminexpires))
+            return response
         number, _ = request.cseq()
         try:
             bindings = await self.bindings(api).register(
@@ -133,8 +135,6 @@ class Registrar:
                 raise ParseError("Contact must be a SIP URI")
             given = address.param("expires")
             expires = default if given is None else _seconds(given, config.sipmaxexpires)
-            if 0 < expires < config.sipminexpires:
-                raise _TooBrief()
             q = Decimal(1)
             given_q = address.param("q")
             if given_q is not None:
@@ -146,10 +146,6 @@ class Registrar:
                     raise ParseError("q must be from 0 to 1 with at most three decimals")
             changes.append(Change(str(address.uri), expires, q))
         return changes, False
-
-
-class _TooBrief(Exception):
-    """An expiry shorter than sipminexpires (423)."""
 
 
 def describe(binding: Binding, now: Any) -> dict[str, Any]:

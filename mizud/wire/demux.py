@@ -146,6 +146,7 @@ async def answer_line(api_of: Callable[[], Any], settings: Settings, text: str, 
         request = decode(
             query=text.split("?", 1)[1] if "?" in text else text.split("mvapireq", 1)[-1],
             source=source, transport=transport, encrypt_key=settings.current.httpapiencryptkey,
+            forgeable_source=transport == "udp",
         )
         fmt = request.answer_format
         if fmt == "jsonp":

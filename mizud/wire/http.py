@@ -32,6 +32,7 @@ from ..api.answer import ApiAnswer, encode, error
 from ..api.auth import in_networks
 from ..api.request import MAX_BODY, MAX_URL, ApiRequest, RequestError, decode
 from ..config import Settings
+from ..text import ascii_digits
 
 log = Logger()
 
@@ -154,7 +155,7 @@ class ApiResource(Resource):
         body = b""
         if request.method == b"POST" and request.content is not None:
             length = request.getHeader("content-length")
-            if length and length.isdigit() and int(length) > MAX_BODY:
+            if length and ascii_digits(length) and int(length) > MAX_BODY:
                 raise RequestError(f"request body over {MAX_BODY} bytes")
             request.content.seek(0)
             body = request.content.read(MAX_BODY + 1)
@@ -340,11 +341,43 @@ class LimitedRequest(Request):
 
 
 class StaticFiles(File):
-    """Static files under /mvweb: no directory listings."""
+    """Static files under /mvweb: no directory listings, nothing outside the directory.
+
+    A symbolic link is followed only when its target lies inside the served
+    directory (compared after resolving every link), and a path with a NUL
+    byte is not found rather than an error.
+    """
+
+    def __init__(self, path: str, *args: Any, root: str | None = None, **kwargs: Any) -> None:
+        super().__init__(path, *args, **kwargs)
+        #: The served directory with every symbolic link resolved.
+        self.root = root or os.path.realpath(path)
 
     def directoryListing(self) -> Resource:
         """Directories are not listed."""
         return _NOT_FOUND
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        """The file or directory C{path}, if it really lies inside the served directory."""
+        if b"\x00" in path:
+            return _NOT_FOUND
+        child = super().getChild(path, request)
+        if isinstance(child, File) and not _inside(child.path, self.root):
+            log.info("/mvweb: refused {path!r}, which leads outside {root}", path=path[:80], root=self.root)
+            return _NOT_FOUND
+        return child
+
+    def createSimilarFile(self, path: str) -> File:
+        """A child of the same kind, confined to the same directory."""
+        similar = type(self)(path, self.defaultType, self.ignoredExts, self.registry, root=self.root)
+        similar.processors = self.processors
+        return similar
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether C{path}, every link resolved, is C{root} or lies below it."""
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
 class _Channel(http.HTTPChannel):

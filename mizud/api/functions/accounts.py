@@ -13,6 +13,7 @@ from ..auth import secret_equal
 from ..dispatcher import Call
 from ..registry import REQ_PUBLIC, Access, Category, Registry
 from ..request import RequestError
+from ...text import canonical_id
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 EMAIL = re.compile(r"^[^@\s<>\"']{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$")
@@ -122,12 +123,8 @@ def register(registry: Registry) -> None:
     async def listusers(call: Call) -> ApiAnswer:
         where, params = "", []
         if call.arg("u_type"):
-            if not call.arg("u_type").isdigit():
-                return error("u_type must be a number", 412)
-            where, params = " WHERE type = ?", [int(call.arg("u_type"))]
-        count = call.arg("u_maxcount", "100")
-        if not count.isdigit() or not 1 <= int(count) <= 10000:
-            return error("u_maxcount must be from 1 to 10000", 412)
+            where, params = " WHERE type = ?", [call.integer("u_type", 0, 99)]
+        count = call.integer("u_maxcount", 1, 10000, 100)
         order = LIST_ORDER.get(call.arg("u_order", "id").lower())
         if order is None:
             return error(f"u_order must be one of {', '.join(LIST_ORDER)}", 412)
@@ -211,9 +208,10 @@ async def _named_user(call: Call, userid: str, username: str) -> User:
     store = call.api.store
     user = None
     if userid:
-        if not userid.isdigit() or len(userid) > 18:
+        number = canonical_id(userid)
+        if number is None:
             raise RequestError("u_id must be a user id", 412)
-        user = await store.get_user(int(userid))
+        user = await store.get_user(number)
     elif username:
         user = await store.find_user(username)
     else:

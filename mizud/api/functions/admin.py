@@ -11,6 +11,7 @@ from ...store.money import format_money
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import Category, Registry
+from ...text import canonical_id
 from .cdrs import since
 
 log = Logger()
@@ -105,10 +106,11 @@ def register_rebill(registry: Registry) -> None:
         sql = "SELECT id, userid, callednumber, duration, cost FROM tb_cdrs WHERE datum >= ? AND userid > 0"
         params: list[Any] = [start]
         if userid:
-            if not userid.isdigit() or len(userid) > 18:
+            number = canonical_id(userid)
+            if number is None:
                 return error("userid must be a user id", 412)
             sql += " AND userid = ?"
-            params.append(int(userid))
+            params.append(number)
         rows = (await api.db.run_statement("rebill_read", sql + " ORDER BY userid, id", params)).rows
         money = api.db.engine.money
         changes: dict[int, list[tuple[int, Any]]] = {}

@@ -22,6 +22,7 @@ from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import REQ_ADMINS, Category, Registry
 from ..request import RequestError
+from ...text import canonical_id
 
 #: A number or username a call may go to (nothing a SIP URI's user part would need escaped).
 NUMBER = re.compile(r"[A-Za-z0-9+*._-]{1,64}\Z")
@@ -91,8 +92,9 @@ async def _visible(call: Call, callid: str) -> PlacedCall:
     sip = call.api.sip
     found = None
     if sip is not None:
-        if callid.isdigit() and len(callid) < 19:
-            found = sip.calls.find(int(callid))
+        number = canonical_id(callid)
+        if number is not None:
+            found = sip.calls.find(number)
         else:
             found = next((c for c in sip.calls.live.values() if callid in (c.a.call_id, c.b.call_id)), None)
     if found is None or (call.caller.level > REQ_ADMINS and found.user.id != call.user().id):

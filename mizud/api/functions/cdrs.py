@@ -24,6 +24,7 @@ from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import REQ_ADMINS, Category, Registry
 from ..request import RequestError
+from ...text import ascii_digits, ascii_int, canonical_id
 
 FIELDS = {
     "min": ("id", "datum", "callednumber", "duration", "cost"),
@@ -47,8 +48,9 @@ def since(days: str, now: datetime) -> datetime:
     }
     if period in named:
         return named[period]
-    if period.isdigit() and 0 < int(period) <= 3660:
-        return today - timedelta(days=int(period) - 1)
+    count = ascii_int(period, 1, 3660)
+    if count is not None:
+        return today - timedelta(days=count - 1)
     raise RequestError("days must be today, lastweek, lastmonth, thismonth or a number of days (1 to 3660)", 412)
 
 
@@ -76,9 +78,10 @@ def register(registry: Registry) -> None:
             params.extend(visibility[1])
         caller = call.arg("caller").strip()
         if caller:
-            if caller.isdigit() and len(caller) < 19:
+            userid = canonical_id(caller)
+            if userid is not None:
                 where.append("(callerid = ? OR userid = ?)")
-                params.extend([caller, int(caller)])
+                params.extend([caller, userid])
             else:
                 where.append("callerid = ?")
                 params.append(caller)
@@ -87,7 +90,7 @@ def register(registry: Registry) -> None:
             params.append(call.arg("called").strip())
         prefix = call.arg("prefix").strip().lstrip("+")
         if prefix:
-            if not prefix.isdigit() or len(prefix) > 32:
+            if not ascii_digits(prefix) or len(prefix) > 32:
                 return error("prefix must be digits", 412)
             where.append("substr(callednumber, 1, ?) = ?")
             params.extend([len(prefix), prefix])
@@ -126,17 +129,13 @@ def register(registry: Registry) -> None:
                 records.append(record)
             total = sum(r["calls"] for r in records)
             return ok(f"{total} calls", records)
-        count = call.arg("maxcount", "100")
-        offset = call.arg("offset", "0")
-        if not count.isdigit() or not 1 <= int(count) <= 10000:
-            return error("maxcount must be from 1 to 10000", 412)
-        if not offset.isdigit() or int(offset) > 10_000_000:
-            return error("offset must be a number of records", 412)
+        count = call.integer("maxcount", 1, 10000, 100)
+        offset = call.integer("offset", 0, 10_000_000, 0)
         order = ORDER[_choice(call, "order", tuple(ORDER), "date")]
         columns = FIELDS[fields]
         sql = (
             f"SELECT {', '.join(columns)} FROM tb_cdrs WHERE {condition} "
-            f"ORDER BY {order}, id DESC LIMIT {int(count)} OFFSET {int(offset)}"
+            f"ORDER BY {order}, id DESC LIMIT {count} OFFSET {offset}"
         )
         result = await api.db.run_statement("cdr_list", sql, params)
         records = [_record(columns, row, engine) for row in result.rows]
@@ -154,24 +153,22 @@ def register(registry: Registry) -> None:
 
     @fn("gencdr", Category.ADMIN, "generate test CDRs priced by the rating engine", ("count", "userid", "days"))
     async def gencdr(call: Call) -> ApiAnswer:
-        count = call.arg("count", "10")
-        days = call.arg("days", "1")
-        if not count.isdigit() or not 1 <= int(count) <= 10000 or not days.isdigit() or not 1 <= int(days) <= 366:
-            return error("count must be 1 to 10000 and days 1 to 366", 412)
-        userid = call.arg("userid") or (str(call.caller.user.id) if call.caller.user else "")
-        user = await call.api.store.get_user(int(userid)) if userid.isdigit() and len(userid) < 19 else None
+        count = call.integer("count", 1, 10000, 10)
+        days = call.integer("days", 1, 366, 1)
+        userid = canonical_id(call.arg("userid") or (str(call.caller.user.id) if call.caller.user else ""))
+        user = await call.api.store.get_user(userid) if userid is not None else None
         if user is None:
             return error("gencdr needs userid (an existing user)", 404)
         rng = random.Random()
         now = call.api.store.now()
         plan = user.tariffid or call.api.settings.current.defaulttariff
         rows = []
-        for _ in range(int(count)):
+        for _ in range(count):
             number = "".join(rng.choice("0123456789") for _ in range(11))
             duration = rng.choice([0, 0, rng.randint(1, 900)])
             tariff = call.api.rater.table.lookup(plan, number)
             cost = tariff.cost(duration) if tariff else Decimal(0)
-            when = now - timedelta(seconds=rng.randint(0, int(days) * 86400 - 1))
+            when = now - timedelta(seconds=rng.randint(0, days * 86400 - 1))
             rows.append((when, user.username, number, user.id, duration, cost, "out",
                          "normal" if duration else "no answer", f"gencdr-{rng.getrandbits(64):016x}"))
 

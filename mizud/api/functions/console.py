@@ -13,6 +13,7 @@ from typing import Any
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import Category, Registry
+from ...text import ascii_int
 
 MAX_LINES = 1000
 MAX_MATCHES = 200
@@ -27,9 +28,10 @@ def _console_only(call: Call) -> ApiAnswer | None:
 def _count(text: str, default: int) -> int:
     if not text:
         return default
-    if not text.isdigit() or len(text) > 6:
+    count = ascii_int(text, 0, 999_999)
+    if count is None:
         raise ValueError(text)
-    return min(int(text), MAX_LINES)
+    return min(count, MAX_LINES)
 
 
 def register(registry: Registry) -> None:

@@ -77,8 +77,7 @@ def register(registry: Registry) -> None:
 
     @fn("preauth", Category.PUBLIC, "start a nonce login: returns a new nonce", access=NO_AUTH, rate=5)
     async def preauth(call: Call) -> ApiAnswer:
-        config = call.api.settings.current
-        nonce = await call.api.nonces.issue(call.request.source, config.apinoncettl)
+        nonce = await call.api.nonces.issue(call.request.source)
         return ok(f"new nonce is:{nonce}EOF")
 
     @fn("login", Category.USER, "log in: checks the credentials and returns the user id")

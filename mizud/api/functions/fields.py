@@ -16,6 +16,7 @@ from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import REQ_ADMINS, Category, Registry
 from ..request import RequestError
+from ...text import ascii_digits, canonical_id
 
 #: Fields a user may always set on its own account (spec, setfield).
 USER_FIELDS = frozenset(
@@ -64,14 +65,13 @@ def convert(fieldtype: str, value: str) -> Any:
     if len(value) > MAX_VALUE:
         raise RequestError(f"fieldvalue longer than {MAX_VALUE} characters", 412)
     if kind in ("", "auto"):
-        kind = "int" if value.lstrip("-").isdigit() and len(value) < 19 else "string"
+        kind = "int" if ascii_digits(value.removeprefix("-")) and len(value) < 19 else "string"
     if kind in ("string", "str", "text"):
         return value
     if kind == "int":
-        try:
-            return int(value, 10)
-        except ValueError:
-            raise RequestError(f"fieldvalue is not an integer: {value[:40]}", 412) from None
+        if not ascii_digits(value.strip().removeprefix("-")) or len(value) > 19:
+            raise RequestError(f"fieldvalue is not an integer: {value[:40]}", 412)
+        return int(value, 10)
     if kind in ("float", "decimal", "money"):
         try:
             number = Decimal(value)
@@ -117,10 +117,11 @@ def register(registry: Registry) -> None:
         if protected is None or name in protected:
             return error(f"{table}.{name} is not set this way (money moves through addcredit)", 403)
         rowid = call.arg("rowid") or (str(call.caller.user.id) if call.caller.user and table == "tb_users" else "")
-        if not rowid.isdigit() or len(rowid) > 18:
+        row = canonical_id(rowid)
+        if row is None:
             return error("rowid must be the row's id", 421)
         result = await call.api.db.run_statement(
-            "setfield", f"UPDATE {table} SET {name} = ? WHERE id = ?", (value, int(rowid))
+            "setfield", f"UPDATE {table} SET {name} = ? WHERE id = ?", (value, row)
         )
         if result.rowcount == 0:
             return error(f"no row {rowid} in {table}", 404)

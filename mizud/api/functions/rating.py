@@ -8,6 +8,7 @@ from ...store.money import format_money
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import Category, Registry
+from ...text import ascii_digits
 
 
 def register(registry: Registry) -> None:
@@ -57,29 +58,24 @@ def register(registry: Registry) -> None:
 
     @fn("importtariffs", Category.ADMIN, f"replace a tariff plan from CSV ({','.join(COLUMNS)})", ("tariffid", "csv"))
     async def importtariffs(call: Call) -> ApiAnswer:
-        plan_text = call.require("tariffid")
-        if not plan_text.isdigit() or len(plan_text) > 9:
-            return error("tariffid must be a plan number", 421)
+        plan = call.integer("tariffid", 0, 999_999_999)
         config = call.api.settings.current
         try:
-            tariffs = parse_csv(call.require("csv"), int(plan_text), config.defaultcurrency)
+            tariffs = parse_csv(call.require("csv"), plan, config.defaultcurrency)
         except TariffError as problem:
             return error(f"tariff file refused: {problem}", 412)
-        count = await replace_plan(call.api.db, int(plan_text), tariffs)
+        count = await replace_plan(call.api.db, plan, tariffs)
         table = await call.api.rater.rebuild()
         await call.api.publish("tariffs")
-        return ok(f"{count} tariffs imported into plan {plan_text}; {table.size} tariffs loaded")
+        return ok(f"{count} tariffs imported into plan {plan}; {table.size} tariffs loaded")
 
 
 async def _listing(call: Call, plan: int) -> ApiAnswer:
     """A plan's tariffs whose prefix starts with C{prefix}, in prefix order."""
     prefix = call.arg("prefix").strip()
-    if prefix and (not prefix.isdigit() or len(prefix) > 20):
+    if prefix and (not ascii_digits(prefix) or len(prefix) > 20):
         return error("prefix must be digits", 412)
-    most_text = call.arg("maxcount").strip() or "1000"
-    if not most_text.isdigit():
-        return error("maxcount must be a number", 412)
-    most = min(int(most_text), 1000)
+    most = min(call.integer("maxcount", 0, 10**9, 1000), 1000)
     money = call.api.db.engine.money
     result = await call.api.db.run_query(
         "tariff_listing",
