@@ -57,9 +57,9 @@ async def test_hostile_values_stay_values(tmp_path: Path) -> None:
     await define(h, "lookup", "SELECT id FROM tb_users WHERE username = [SPARAM1]")
     hostile = quote("x' OR '1'='1")
     assert (await h.call(f"apientry=lookup&{AUTH}&sparam1={hostile}")).records == []
-    await define(h, "setmail", "*UPDATE tb_users SET email = {email} WHERE id = [USERID]")
+    await define(h, "setmail", "*UPDATE tb_users SET email = {newemail} WHERE id = [USERID]")
     evil = "a'; DROP TABLE tb_users; --"
-    assert (await h.call(f"apientry=setmail&{AUTH}&email={quote(evil)}")).text == "OK: 1 rows affected"
+    assert (await h.call(f"apientry=setmail&{AUTH}&newemail={quote(evil)}")).text == "OK: 1 rows affected"
     row = (await h.db.run_query("x", "SELECT email FROM tb_users WHERE username = 'alice'")).rows
     assert row == [(evil,)]
     await h.db.close()
@@ -212,4 +212,67 @@ async def test_email_action(tmp_path: Path) -> None:
     assert "To: ops@example.com" in message
     assert "User alice () called the API." in message
     await port.stopListening()
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_values_cannot_add_mail_directives(tmp_path: Path) -> None:
+    """A value substituted into an e-mail action (authid=nobody%0A***TO:...) neither redirects the mail
+    nor adds a subject or a header: directives come from the tb_api body only."""
+    factory = Factory.forProtocol(FakeSmtp)
+    factory.messages = []  # type: ignore[attr-defined]
+    port = global_reactor.listenTCP(0, factory, interface="127.0.0.1")
+    h = await make_harness(tmp_path, f"smtpserver=127.0.0.1:{port.getHost().port}", "adminemail=ops@example.com")
+    h.api.actions.reactor = global_reactor
+    await define(h, "balance", "", 51, "***SUBJECT: failed login {sparam1}\nFailed login by {authid}.")
+    hostile = quote("nobody\n***TO: attacker@evil.example\n***SUBJECT: owned")
+    subject = quote("x\r\nBcc: attacker@evil.example")
+    assert not (await h.call(f"apientry=balance&authkey={KEY}&authid={hostile}&authpwd=x&sparam1={subject}")).ok
+    for _ in range(200):
+        if factory.messages:  # type: ignore[attr-defined]
+            break
+        await deferLater(global_reactor, 0.05, lambda: None)
+    message = factory.messages[0].decode()  # type: ignore[attr-defined]
+    head, _, body = message.partition("\r\n\r\n")
+    headers = head.split("\r\n")
+    assert "To: ops@example.com" in headers and "owned" not in head
+    assert not any(line.lower().startswith(("bcc:", "to: attacker")) for line in headers)
+    assert "Subject: failed login x  Bcc: attacker@evil.example" in headers
+    assert "Failed login by nobody ***TO: attacker@evil.example ***SUBJECT: owned." in body
+    await port.stopListening()
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_callers_own_fields_win_over_request_parameters(tmp_path: Path) -> None:
+    """SELECT ... WHERE id = {id} with &id=<another user> still reads the caller's own row."""
+    h = await make_harness(tmp_path)
+    await define(h, "myrow", "SELECT username, credit FROM tb_users WHERE id = {id}")
+    root = await h.store.find_user("root")
+    assert root is not None
+    answered = await h.call(f"apientry=myrow&{AUTH}&id={root.id}&username=root")
+    assert [r["username"] for r in answered.records or []] == ["alice"]
+    # Parameters that are no column of tb_users still fill their placeholders.
+    await define(h, "echo", "SELECT {colour} AS colour")
+    assert (await h.call(f"apientry=echo&{AUTH}&colour=blue")).records == [{"colour": "blue"}]
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_command_action_value_is_one_argument(tmp_path: Path) -> None:
+    """A substituted value with spaces (or quotes) stays one argument of the command: it adds none."""
+    h = await make_harness(tmp_path, "customactioncommands=true")
+    h.api.actions.reactor = global_reactor
+    out = tmp_path / "args"
+    script = tmp_path / "record.sh"
+    script.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "[%s]\\n" "$a"; done > {out}\n')
+    script.chmod(0o755)
+    await define(h, "apitest", "", 7, f"{script} fixed {{sparam1}} 'quoted [USERNAME]'")
+    value = quote("a b' \"c\" --evil ; rm -rf /")
+    assert (await h.call(f"apientry=apitest&{AUTH}&sparam1={value}")).ok
+    for _ in range(200):
+        if out.exists() and out.read_text():
+            break
+        await deferLater(global_reactor, 0.05, lambda: None)
+    assert out.read_text().splitlines() == ["[fixed]", "[a b' \"c\" --evil ; rm -rf /]", "[quoted alice]"]
     await h.db.close()

@@ -173,3 +173,20 @@ async def test_anonymous_requests_leave_no_state_under_nonce_login(tmp_path: Pat
     assert (await h.db.run_query("count", "SELECT count(*) FROM tb_nonceuse")).rows[0][0] == 1
     assert (await h.call(good, "10.0.7.207")).text == "ERROR: wrong authentication"
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_addcredit_cannot_overflow_a_balance(tmp_path: Path) -> None:
+    """Ten addcredit credit=1000000000000 stop at the limit: no REAL balance, no lost money, checkcredits fine;
+    setfield cannot plant an out-of-range credit limit either."""
+    h = await make_harness(tmp_path)
+    answers = [await h.call("apientry=addcredit&pin=root&credit=1000000000000", "127.0.0.1") for _ in range(10)]
+    assert answers[0].ok and all(not a.ok and "would exceed 1000000000000" in a.message for a in answers[1:])
+    row = await h.db.run_query("x", "SELECT typeof(credit), credit FROM tb_users WHERE username = 'root'")
+    assert row.rows == [("integer", 10**18)]
+    assert (await h.call("apientry=checkcredits", "127.0.0.1")).text == "OK: every balance equals its ledger"
+    assert (await h.call("apientry=balance&authid=root", "127.0.0.1")).text == "OK: 1000000000000.00 USD"
+    refused = await h.call("apientry=setfield&fieldname=creditlimit&fieldtype=float&fieldvalue=1e20&authid=root",
+                           "127.0.0.1")
+    assert refused.text.startswith("ERROR: fieldvalue must be at most 1000000000000")
+    await h.db.close()

@@ -32,58 +32,94 @@ async def test_non_invite_retransmission_gets_the_same_response(tmp_path: Path) 
     await rig.h.db.close()
 
 
+def _server_invite(reliable: bool = False) -> tuple[Any, Any, SipMessage, list[bytes]]:
+    """A live INVITE server transaction on a fake clock, and what it sends."""
+    from twisted.internet.task import Clock
+
+    from mizud.sip.transaction import ServerTransactions, Source
+
+    clock = Clock()
+    sent: list[bytes] = []
+    source = Source("tcp" if reliable else "udp", "192.0.2.10", 5062, sent.append)
+    invite = parse_datagram(Phone("alice", "alicepw").request("INVITE", "sip:bob@example.com"))
+    table = ServerTransactions(clock)
+    transaction = table.create(invite, source)
+    assert transaction is not None
+    return clock, table, invite, sent
+
+
+def test_stateful_invite_error_is_retransmitted_until_ack() -> None:
+    """Over UDP a final INVITE error of a stateful transaction is resent on timer G (T1, doubling to T2)
+    until the ACK comes; timer I then ends it."""
+    from mizud.sip.core import response_to
+
+    clock, table, invite, sent = _server_invite()
+    transaction = table.find(invite)
+    assert transaction is not None
+    transaction.respond(response_to(invite, 486))
+    for delay in (T1, 2 * T1, 4 * T1, T2):
+        clock.advance(delay)
+    assert [parse_datagram(d).status for d in sent] == [486] * 5
+    ack = parse_datagram(bytes(sent[0]))  # any message with the INVITE's branch and method ACK
+    ack.method, ack.uri, ack.status = "ACK", invite.uri, None
+    transaction.retransmitted(ack)
+    clock.advance(T2 * 3)
+    assert len(sent) == 5  # nothing after the ACK
+    clock.advance(10)
+    assert table.live == {}  # timer I ended it
+
+
+def test_stateful_invite_without_ack_ends_on_timer_h() -> None:
+    """Without an ACK the retransmissions stop at 64*T1 (timer H); over TCP there are none at all."""
+    from mizud.sip.core import response_to
+
+    for reliable, expected in ((False, range(7, 14)), (True, range(1, 2))):
+        clock, table, invite, sent = _server_invite(reliable)
+        transaction = table.find(invite)
+        assert transaction is not None
+        transaction.respond(response_to(invite, 486))
+        clock.pump([T1] * 200)
+        assert table.live == {} and len(sent) in expected, (reliable, len(sent))
+
+
 @pytest_twisted.ensureDeferred
-async def test_invite_error_is_retransmitted_until_ack(tmp_path: Path) -> None:
-    """Over UDP a final INVITE error is resent on timer G (T1, doubling to T2) until the ACK comes."""
+async def test_refused_invite_is_answered_once_per_request(tmp_path: Path) -> None:
+    """A forged INVITE that mizud refuses gets exactly one 403 (no timer G: no amplifier), and each
+    retransmission of it one more; nothing is kept; its ACK is absorbed."""
     rig = await make_rig(tmp_path)
     phone = Phone("alice", "alicepw")
     invite = phone.request("INVITE", "sip:bob@example.com")
     mark = len(rig.sent)
     assert [m.status for m in await rig.exchange(invite)] == [403]
-    clock = rig.h.clock
-    for delay in (T1, 2 * T1, 4 * T1, T2):
-        clock.advance(delay)
-    assert statuses(rig, mark) == [403] * 5
+    assert rig.core.transactions.live == {} and rig.core.transactions.kept == 0
+    rig.h.clock.pump([T1] * 80)
+    assert statuses(rig, mark) == [403]
+    assert [m.status for m in await rig.exchange(invite)] == [403]  # the retransmission, answered once
+    rig.h.clock.pump([T1] * 80)
+    assert statuses(rig, mark) == [403, 403]
     message = parse_datagram(invite)
     ack = invite.replace(b"INVITE sip:bob", b"ACK sip:bob").replace(
         f"CSeq: {message.cseq()[0]} INVITE".encode(), f"CSeq: {message.cseq()[0]} ACK".encode())
     assert await rig.exchange(ack) == []
-    clock.advance(T2 * 3)
-    assert statuses(rig, mark) == [403] * 5  # nothing after the ACK
-    clock.advance(10)
-    assert rig.core.transactions.live == {}  # timer I ended it
-    await rig.h.db.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_invite_without_ack_ends_on_timer_h(tmp_path: Path) -> None:
-    """Without an ACK the retransmissions stop at 64*T1 (timer H); over TCP there are none at all."""
-    rig = await make_rig(tmp_path)
-    mark = len(rig.sent)
-    await rig.exchange(Phone("alice", "alicepw").request("INVITE", "sip:bob@example.com"))
-    rig.h.clock.pump([T1] * 200)
-    assert rig.core.transactions.live == {}
-    count = len(statuses(rig, mark))
-    assert 7 <= count <= 13  # T1, 2T1, 4T1, then every T2 until 32 s
-    mark = len(rig.sent)
-    await rig.exchange(Phone("alice", "alicepw", transport="TCP").request("INVITE", "sip:bob@example.com"),
-                       rig.source(transport="tcp"))
-    rig.h.clock.pump([T1] * 200)
-    assert statuses(rig, mark) == [403]
     await rig.h.db.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_cancel(tmp_path: Path) -> None:
-    """CANCEL of a live INVITE transaction gets 200, of an unknown one 481."""
+    """CANCEL of a live INVITE transaction gets 200; of an INVITE refused (statelessly) or unknown, 481."""
     rig = await make_rig(tmp_path)
-    invite = Phone("alice", "alicepw").request("INVITE", "sip:bob@example.com")
-    await rig.exchange(invite)
-    message = parse_datagram(invite)
-    number = message.cseq()[0]
-    cancel = invite.replace(b"INVITE sip:bob", b"CANCEL sip:bob").replace(
-        f"CSeq: {number} INVITE".encode(), f"CSeq: {number} CANCEL".encode())
-    assert [m.status for m in await rig.exchange(cancel)] == [200]
+
+    def cancel_of(invite: bytes) -> bytes:
+        number = parse_datagram(invite).cseq()[0]
+        return invite.replace(b"INVITE sip:bob", b"CANCEL sip:bob").replace(
+            f"CSeq: {number} INVITE".encode(), f"CSeq: {number} CANCEL".encode())
+
+    refused = Phone("alice", "alicepw").request("INVITE", "sip:bob@example.com")
+    await rig.exchange(refused)
+    assert [m.status for m in await rig.exchange(cancel_of(refused))] == [481]
+    live = Phone("alice", "alicepw").request("INVITE", "sip:bob@example.com")
+    assert rig.core.transactions.create(parse_datagram(live), rig.source()) is not None  # still being served
+    assert [m.status for m in await rig.exchange(cancel_of(live))] == [200]
     stray = Phone("alice", "alicepw").request("CANCEL", "sip:bob@example.com")
     assert [m.status for m in await rig.exchange(stray)] == [481]
     await rig.h.db.close()

@@ -22,7 +22,7 @@ import pytest
 from sipkit import Phone
 from mizud.sip.message import parse_datagram
 from test_sip_rfc4475 import MESSAGES, raw
-from test_twistd import TWISTD, environment, free_port
+from test_twistd import TWISTD, environment, free_port, free_udp_and_tcp_port
 
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
 SIPP = shutil.which("sipp")
@@ -71,19 +71,6 @@ class Daemon:
             self.process.send_signal(signal.SIGTERM)
         rest, _ = self.process.communicate(timeout=30)
         return "".join(self.lines) + (rest or "")
-
-
-def free_udp_and_tcp_port() -> int:
-    """A port free on 127.0.0.1 for both UDP and TCP right now."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 @pytest.fixture(scope="module")

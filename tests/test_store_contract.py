@@ -293,3 +293,33 @@ async def test_hold_release_and_limits(store: BillingStore) -> None:
     settled = await store.settle(int(full.get("holdid") or 0), "2")
     assert settled.balance == D(1) and settled.ledgerid is None
     await assert_consistent(store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_balances_cannot_overflow(store: BillingStore) -> None:
+    """Credits stop at 10^12 (balance plus what is held), so no engine overflows; refunds of held funds
+    always come back; the ledger still sums to the balance."""
+    from mizud.store.money import MAX_AMOUNT, BalanceLimit
+
+    uid = await store.create_user("rich", "pw")
+    await store.credit(uid, MAX_AMOUNT)
+    for _ in range(3):
+        with pytest.raises(BalanceLimit):
+            await store.credit(uid, "1000000000000")
+    with pytest.raises(BalanceLimit):
+        await store.credit(uid, "0.000001")
+    # Holding funds does not make room for more: what is held comes back.
+    held = await store.hold(uid, "600000000000")
+    with pytest.raises(BalanceLimit):
+        await store.credit(uid, "1")
+    other = await store.create_user("other", "pw")
+    await store.credit(other, "10")
+    with pytest.raises(BalanceLimit):
+        await store.transfer(other, uid, "1")
+    with pytest.raises(InvalidAmount):
+        await store.create_user("opening", "pw", credit="1000000000000.000001")
+    await store.release(int(held.get("holdid") or 0))
+    assert await store.balance(uid) == MAX_AMOUNT
+    await store.debit(uid, "1")
+    assert (await store.credit(uid, "1")).balance == MAX_AMOUNT
+    await assert_consistent(store)

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,6 +20,19 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def free_udp_and_tcp_port() -> int:
+    """A port free on 127.0.0.1 for both UDP and TCP right now."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 
 
@@ -61,11 +73,13 @@ def run_to_end(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_starts_on_sqlite_and_stops_cleanly(tmp_path: Path) -> None:
     """twistd -n mizud creates var/mizud.sqlite, answers the API, logs start and stop, shuts down cleanly."""
-    port, old_port, tls_port = free_port(), free_port(), free_port()
+    # Every port ephemeral (none of 80, 443, 5060, 5061, which a phone or another server may hold).
+    port, sip_port = free_udp_and_tcp_port(), free_udp_and_tcp_port()
+    old_port, tls_port, sips_port = free_port(), free_port(), free_port()
     process = subprocess.Popen(
         [*TWISTD, "mizud", "--set", "bootstrapadmin=boss:correcthorse", "--set", "listenaddress=127.0.0.1",
          "--set", f"mainaport={port}", "--set", f"httpserver={old_port}", "--set", f"sslportmain={tls_port}",
-         "--set", "nodename=node-a"],
+         "--set", f"sipport={sip_port}", "--set", f"localtsport={sips_port}", "--set", "nodename=node-a"],
         cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert process.stdout is not None

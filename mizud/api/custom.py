@@ -1,11 +1,12 @@
 """Custom functions (tb_api.customsql) and custom actions (tb_api.custom_action).
 
 Custom SQL placeholders -- C{[USERID]}, C{[USERNAME]}, C{[SPARAM1]} ..
-C{[SPARAM99]} and C{{name}} (a request parameter, else a field of the
-caller's tb_users row) -- become bound parameters, never text pasted into
-the SQL.  So a hostile value stays a value.  Placeholders inside quoted
-literals are refused (write C{'%' || [USERNAME]} instead), and so is more
-than one statement.
+C{[SPARAM99]} and C{{name}} (a field of the caller's tb_users row, else a
+request parameter: the caller's own fields always win, so C{&id=3} cannot
+stand in for the caller's C{{id}}) -- become bound parameters, never text
+pasted into the SQL.  So a hostile value stays a value.  Placeholders
+inside quoted literals are refused (write C{'%' || [USERNAME]} instead),
+and so is more than one statement.
 
 A statement prefixed with C{*} runs before the answer, which reports its
 result or failure; without it the statement runs after the answer (errors
@@ -13,11 +14,15 @@ are logged).  SELECT (or WITH) statements always run before the answer and
 return at most L{MAX_ROWS} rows.
 
 Actions run after the answer: on success codes 1..8, on failure 51..58.
-E-mail (1/51) goes through C{smtpserver}; SQL (8/58) is bound like custom
-SQL.  SMS (2/52) has no gateway yet and is refused.  Restart (4/54), reboot
-(6/56) and command lines (7/57) run only with C{customactioncommands}
-enabled (off by default): a command line is split like a shell would but
-run without one.
+E-mail (1/51) goes through C{smtpserver}: its C{***TO} and C{***SUBJECT}
+directive lines are read from the body as written in tb_api, before any
+value is substituted, and substituted values never break a line, so a
+request value can neither add a directive nor redirect the mail.  SQL
+(8/58) is bound like custom SQL.  SMS (2/52) has no gateway yet and is
+refused.  Restart (4/54), reboot (6/56) and command lines (7/57) run only
+with C{customactioncommands} enabled (off by default): a command line is
+split into arguments as written, like a shell would, and a substituted
+value is always exactly one argument (or part of one), never a shell.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ..text import one_line
 from .answer import ApiAnswer, error, ok
 from .registry import Access
 
@@ -69,16 +75,16 @@ class Values:
             return self.params.get(word.lower(), "")
         assert name is not None
         key = name.lower()
-        if key in self.params:
-            return self.params[key]
         if key in self.user_fields:
             return self.user_fields[key]
+        if key in self.params:
+            return self.params[key]
         raise CustomError(f"unknown placeholder {{{name}}}")
 
 
-def needs_user_fields(text: str, params: dict[str, str]) -> bool:
-    """Whether the text has C{{name}} placeholders that are not request parameters."""
-    return any(m.group(2) and m.group(2).lower() not in params for m in _TOKENS.finditer(text))
+def needs_user_fields(text: str) -> bool:
+    """Whether the text has C{{name}} placeholders (the caller's fields, which win over parameters)."""
+    return any(m.group(2) for m in _TOKENS.finditer(text))
 
 
 def bind(sql: str, values: Values) -> tuple[str, list[Any]]:
@@ -103,7 +109,10 @@ def bind(sql: str, values: Values) -> tuple[str, list[Any]]:
 
 
 def substitute(text: str, values: Values) -> str:
-    """Textual substitution of placeholders (for e-mail bodies, never for SQL)."""
+    """Textual substitution of placeholders (for e-mail bodies and command arguments, never for SQL).
+
+    A substituted value never breaks the line it lands in: its line breaks become spaces.
+    """
 
     def replace(match: re.Match[str]) -> str:
         keyword, name = match.group(1), match.group(2)
@@ -113,9 +122,32 @@ def substitute(text: str, values: Values) -> str:
             value = values.get(keyword, name)
         except CustomError:
             return match.group(0)
-        return "" if value is None else str(value)
+        return "" if value is None else one_line(str(value))
 
     return _TOKENS.sub(replace, text)
+
+
+def mail_from_template(template: str, values: Values) -> tuple[str, str, str]:
+    """(recipient, subject, body) of an e-mail action: directives as written in the template, then values.
+
+    C{***TO} and C{***SUBJECT} lines are found in the template itself; only
+    then are placeholders replaced, so no value can create a directive.
+    Empty recipient or subject means "the default".
+    """
+    recipient, subject, lines = "", "", []
+    for line in template.splitlines():
+        if line.startswith("***TO"):
+            recipient = substitute(line[5:], values).lstrip(": ").strip()
+        elif line.startswith("***SUBJECT"):
+            subject = substitute(line[10:], values).lstrip(": ").strip()
+        else:
+            lines.append(substitute(line, values))
+    return recipient, subject, "\n".join(lines)
+
+
+def command_from_template(template: str, values: Values) -> list[str]:
+    """The argument list of a command action: split as written, then each argument substituted alone."""
+    return [substitute(word, values) for word in shlex.split(template)]
 
 
 def is_query(sql: str) -> bool:
@@ -189,7 +221,7 @@ class Actions:
         config = self.api.settings.current
         try:
             if action == "email":
-                await self.email(substitute(rule.custom_action_body, values))
+                await self.email(*mail_from_template(rule.custom_action_body, values))
             elif action == "sql":
                 statement, params = bind(rule.custom_action_body, values)
                 await self.api.db.run_statement("custom_action", statement, params)
@@ -198,7 +230,7 @@ class Actions:
             elif not config.customactioncommands:
                 raise CustomError(f"{action} actions are disabled; set customactioncommands=true to allow them")
             elif action == "command":
-                self.command(shlex.split(substitute(rule.custom_action_body, values)))
+                self.command(command_from_template(rule.custom_action_body, values))
             elif action == "reboot":
                 self.command(["/sbin/reboot"])
             elif action == "restart":
@@ -219,22 +251,15 @@ class Actions:
 
         self.reactor.spawnProcess(Logged(), argv[0], argv, env=None)
 
-    async def email(self, body: str) -> None:
-        """Send an e-mail through smtpserver; ***TO and ***SUBJECT lines set the headers."""
+    async def email(self, recipient: str, subject: str, body: str) -> None:
+        """Send an e-mail through smtpserver (empty recipient: adminemail; empty subject: a default)."""
         from ..mail import Mailer, MailError
 
         config = self.api.settings.current
-        recipient, subject, lines = config.adminemail, "mizud API action", []
-        for line in body.splitlines():
-            if line.startswith("***TO"):
-                recipient = line[5:].lstrip(": ").strip()
-            elif line.startswith("***SUBJECT"):
-                subject = line[10:].lstrip(": ").strip()
-            else:
-                lines.append(line)
+        recipient = recipient or config.adminemail
         if not recipient:
             raise CustomError("no recipient: set adminemail or a ***TO line")
         try:
-            await Mailer(self.api.settings, self.reactor).send([recipient], subject, "\n".join(lines))
+            await Mailer(self.api.settings, self.reactor).send([recipient], subject or "mizud API action", body)
         except MailError as problem:
             raise CustomError(str(problem)) from None

@@ -410,7 +410,7 @@ class Api:
     async def _values(self, params: dict[str, str], user: User | None, text: str) -> custom.Values:
         """Placeholder values for custom SQL or an action body."""
         fields = None
-        if user is not None and custom.needs_user_fields(text, params):
+        if user is not None and custom.needs_user_fields(text):
             result = await self.db.run_query("user_fields", "SELECT * FROM tb_users WHERE id = ?", (user.id,))
             if result.rows:
                 fields = dict(zip(result.columns, result.rows[0]))

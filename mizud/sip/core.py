@@ -276,7 +276,9 @@ class SipCore:
         except Exception:
             log.failure("SIP {method} from {source} failed", method=request.method, source=source.address)
             response = response_to(request, 500, source=source)
-        transaction.respond(response)
+        # An INVITE refused here created no dialog: answer statelessly (once per INVITE received),
+        # so a forged INVITE gets one response, not eleven over 32 s (RFC 3261 timer G).
+        transaction.respond(response, stateless=request.method == "INVITE" and response.status >= 300)
         after = self._after.pop(id(request), None)
         if after is not None:
             after()

@@ -2,7 +2,9 @@
 
 Server transactions absorb retransmitted requests and retransmit the last
 response; INVITE server transactions retransmit a final error response
-(timer G) until the ACK arrives or timer H gives up.  Client non-INVITE
+(timer G) until the ACK arrives or timer H gives up, except refusals sent
+statelessly (an INVITE refused before any state exists is answered once
+per INVITE received, as Kamailio's sl module does: no amplification).  Client non-INVITE
 transactions (the MESSAGEs mizud sends) retransmit with timer E over
 unreliable transports and time out with timer F, answering 408.
 
@@ -90,11 +92,22 @@ class ServerTransaction:
     timers: list[Any] = field(default_factory=list)
     interval: float = T1
 
-    def respond(self, response: SipMessage) -> None:
-        """Send a response and move to the state it implies."""
+    def respond(self, response: SipMessage, stateless: bool = False) -> None:
+        """Send a response and move to the state it implies.
+
+        C{stateless}: a final response sent once and forgotten (RFC 3261
+        8.2.7), as a refusal before any state: a retransmitted request is
+        answered again, once per request received, and never resent on a
+        timer, so a forged request cannot make mizud send more than it got.
+        """
         if self.final:
             return  # one final response per transaction
         data = response.serialize()
+        if stateless and response.status >= 200:
+            self.final = True
+            self._send(data)
+            self.end()
+            return
         self.table.kept += len(data) - len(self.response)
         self.response = data
         self._send(data)

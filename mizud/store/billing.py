@@ -33,7 +33,9 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 from .database import Database, Result, Txn
 from .money import (
+    MAX_AMOUNT,
     BadPin,
+    BalanceLimit,
     CurrencyMismatch,
     HoldClosed,
     InsufficientCredit,
@@ -144,6 +146,10 @@ _USER_COLUMNS = (
 
 # A debit never takes the balance below zero (prepaid) or -creditlimit (postpaid).
 _CAN_PAY = "credit + ? >= CASE WHEN postpaid <> 0 THEN 0 - creditlimit ELSE 0 END"
+# New money never takes the balance, with what is held for calls (which will come back), past
+# MAX_AMOUNT: so no engine can overflow (SQLite keeps micro-units in a 64-bit integer).
+_CAN_HOLD = ("credit + ? + (SELECT coalesce(sum(h.amount), 0) FROM tb_holds h "
+             "WHERE h.userid = tb_users.id AND h.status = 0) <= ?")
 _LEDGER_COLUMNS = "userid, amount, balance, kind, reference, txid, comment, created"
 
 # The balance update and its ledger row.  Where the engine can feed an
@@ -348,17 +354,22 @@ class BillingStore:
         reference: str = "",
         txid: str | None = None,
         comment: str = "",
+        refund: bool = False,
     ) -> tuple[Decimal, int]:
         """Add C{amount} (negative to debit) and write its ledger row; returns (balance, ledger id).
 
         A debit only happens if the balance stays at or above zero (prepaid)
         or C{-creditlimit} (postpaid); otherwise raises L{InsufficientCredit}
-        (or L{UnknownUser}).
+        (or L{UnknownUser}).  New money (not a C{refund} of held funds) only
+        if the balance and the funds held stay within L{MAX_AMOUNT};
+        otherwise raises L{BalanceLimit}.
         """
         params: tuple[Any, ...] = (amount, userid)
         check = ""
         if amount < 0:
             check, params = f"AND {_CAN_PAY} ", (amount, userid, amount)
+        elif not refund:
+            check, params = f"AND {_CAN_HOLD} ", (amount, userid, amount, MAX_AMOUNT)
         if self.engine.data_modifying_cte:
             row = (
                 await txn.execute(
@@ -376,6 +387,8 @@ class BillingStore:
         if not row:
             if not (await txn.execute("SELECT id FROM tb_users WHERE id = ?", (userid,))).rows:
                 raise UnknownUser(f"no user with id {userid}")
+            if amount > 0:
+                raise BalanceLimit(f"the balance (with funds held) would exceed {MAX_AMOUNT}")
             raise InsufficientCredit("insufficient credit")
         return self.engine.money(row[0]), int(row[1])
 
@@ -582,14 +595,14 @@ class BillingStore:
                 raise InvalidAmount(f"cost {value} exceeds the held {held}")
             if then is not None:
                 await then(txn, userid)
-            refund = held - value
-            if refund == 0:
+            back = held - value
+            if back == 0:
                 balance = self.engine.money(
                     (await txn.execute("SELECT credit FROM tb_users WHERE id = ?", (userid,))).rows[0][0]
                 )
                 return MoneyResult(userid, balance, None)
             balance, ledgerid = await self._change_balance_txn(
-                txn, userid, refund, "settle", now=self.now(), reference=f"hold:{holdid}"
+                txn, userid, back, "settle", now=self.now(), reference=f"hold:{holdid}", refund=True
             )
             return MoneyResult(userid, balance, ledgerid)
 
@@ -604,7 +617,7 @@ class BillingStore:
             if then is not None:
                 await then(txn, userid)
             balance, ledgerid = await self._change_balance_txn(
-                txn, userid, held, "release", now=self.now(), reference=f"hold:{holdid}"
+                txn, userid, held, "release", now=self.now(), reference=f"hold:{holdid}", refund=True
             )
             return MoneyResult(userid, balance, ledgerid)
 

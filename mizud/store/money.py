@@ -29,6 +29,12 @@ class InsufficientCredit(MoneyError):
     code = "insufficient_credit"
 
 
+class BalanceLimit(MoneyError):
+    """The credit would take the balance (with what is held for calls) past L{MAX_AMOUNT}."""
+
+    code = "balance_limit"
+
+
 class UnknownUser(MoneyError):
     """No such user."""
 

@@ -172,11 +172,8 @@ def register(registry: Registry) -> None:
             await call.api.failed_login(call.request, "wrong reminder answer", call.arg("email"))
             return error("wrong answer", 403)
         password = secrets.token_urlsafe(9)
-        body = (
-            f"***TO: {found['email']}\n***SUBJECT: your new password\n"
-            f"The password of {found['username']} is now: {password}\nChange it after you log in."
-        )
-        await call.api.actions.email(body)
+        body = f"The password of {found['username']} is now: {password}\nChange it after you log in."
+        await call.api.actions.email(str(found["email"]), "your new password", body)
         await call.api.store.set_password(int(found["id"]), password)
         return ok("a new password was sent by e-mail")
 

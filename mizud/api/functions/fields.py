@@ -17,6 +17,7 @@ from ..dispatcher import Call
 from ..registry import REQ_ADMINS, Category, Registry
 from ..request import RequestError
 from ...text import ascii_digits, canonical_id
+from ...store.money import MAX_AMOUNT
 
 #: Fields a user may always set on its own account (spec, setfield).
 USER_FIELDS = frozenset(
@@ -71,7 +72,10 @@ def convert(fieldtype: str, value: str) -> Any:
     if kind == "int":
         if not ascii_digits(value.strip().removeprefix("-")) or len(value) > 19:
             raise RequestError(f"fieldvalue is not an integer: {value[:40]}", 412)
-        return int(value, 10)
+        integer = int(value, 10)
+        if abs(integer) >= 2**63:
+            raise RequestError("fieldvalue is outside the 64-bit integer range", 412)
+        return integer
     if kind in ("float", "decimal", "money"):
         try:
             number = Decimal(value)
@@ -79,6 +83,8 @@ def convert(fieldtype: str, value: str) -> Any:
             raise RequestError(f"fieldvalue is not a number: {value[:40]}", 412) from None
         if not number.is_finite() or number != number.quantize(Decimal("0.000001")):
             raise RequestError("fieldvalue must be finite with at most six decimals", 412)
+        if abs(number) > MAX_AMOUNT:
+            raise RequestError(f"fieldvalue must be at most {MAX_AMOUNT} either way (money's limit)", 412)
         return number
     raise RequestError("fieldtype must be string, int or float", 412)
 
