@@ -190,3 +190,33 @@ async def test_addcredit_cannot_overflow_a_balance(tmp_path: Path) -> None:
                            "127.0.0.1")
     assert refused.text.startswith("ERROR: fieldvalue must be at most 1000000000000")
     await h.db.close()
+
+
+def test_which_browser_requests_count_as_another_sites() -> None:
+    """Fetch metadata, Origin and Referer decide; a browser showing none of them (a plain-HTTP LAN address,
+    referrer hidden) is not trusted by address unless browseraddresstrust says so; non-browsers are."""
+    from mizud.wire.http import foreign_browser, own_origin
+
+    own = own_origin("192.168.1.5:8080", secure=False)
+    chrome = "Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0"
+
+    def foreign(trust: bool = False, **headers: str) -> bool:
+        given = {name.replace("_", "-"): value for name, value in headers.items()}
+        return foreign_browser(given.get, own, trust)
+
+    assert not foreign(sec_fetch_site="same-origin", user_agent=chrome)
+    assert not foreign(sec_fetch_site="none", user_agent=chrome)  # typed into the address bar
+    assert foreign(sec_fetch_site="same-site", user_agent=chrome)  # another port of the same host
+    assert foreign(sec_fetch_site="cross-site", origin="http://192.168.1.5:8080")  # metadata decides
+    assert not foreign(origin="http://192.168.1.5:8080", user_agent=chrome)
+    assert foreign(origin="http://192.168.1.5:9999", user_agent=chrome)
+    assert foreign(origin="https://192.168.1.5:8080")
+    assert foreign(origin="null", user_agent=chrome)  # sandboxed frames, data: pages
+    assert not foreign(referer="http://192.168.1.5:8080/webvoip", user_agent=chrome)
+    assert foreign(referer="http://evil.example/page", user_agent=chrome)
+    assert foreign(user_agent=chrome)  # an <img> from a public page, referrer hidden
+    assert not foreign(True, user_agent=chrome)  # ... unless the operator trusts browsers on the LAN
+    assert foreign(True, origin="http://evil.example", user_agent=chrome)  # never another site's
+    assert not foreign(user_agent="curl/8.5.0") and not foreign()  # scripts and daemons
+    assert not foreign_browser({"origin": "http://example.com"}.get, own_origin("example.com", False), False)
+    assert foreign_browser({"origin": "http://example.com"}.get, own_origin("example.com", True), False)

@@ -139,14 +139,18 @@ def line_answer(answered: ApiAnswer, fmt: str) -> bytes:
     return body.replace(b"\r", b" ").replace(b"\n", b" ")
 
 
-async def answer_line(api_of: Callable[[], Any], settings: Settings, text: str, source: str, transport: str) -> bytes:
-    """Decode one request line, dispatch it, and encode the answer as one line."""
+async def answer_line(api_of: Callable[[], Any], settings: Settings, text: str, source: str, transport: str,
+                      cross_site: bool = False) -> bytes:
+    """Decode one request line, dispatch it, and encode the answer as one line.
+
+    C{cross_site}: the line came over a WebSocket a page of another site opened (no trust by address).
+    """
     fmt = "text"
     try:
         request = decode(
             query=text.split("?", 1)[1] if "?" in text else text.split("mvapireq", 1)[-1],
             source=source, transport=transport, encrypt_key=settings.current.httpapiencryptkey,
-            forgeable_source=transport == "udp",
+            forgeable_source=transport == "udp", cross_site=cross_site,
         )
         fmt = request.answer_format
         if fmt == "jsonp":

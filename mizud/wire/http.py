@@ -10,6 +10,11 @@ on; then a failure carries its specific status (403, 404, 406, 412, 420,
 The client address is the TCP peer, or, when the peer is listed in
 C{trustedproxies}, the nearest address in X-Forwarded-For that is not
 itself a trusted proxy.
+
+A request a browser made for a page of another site is marked
+L{ApiRequest.cross_site}, so that it earns no trust by address (see
+L{cross_site}); answers carry C{Access-Control-Allow-Origin: *}, so pages
+of any site may read what their own credentials entitle them to.
 """
 
 from __future__ import annotations
@@ -37,6 +42,59 @@ from ..text import ascii_digits
 log = Logger()
 
 Dispatch = Callable[[ApiRequest], "defer.Deferred[ApiAnswer] | Any"]
+
+
+#: Fetch-metadata values that show the browser's user, not another site, asked (same page, or typed).
+_OWN_SITE = frozenset({"same-origin", "none"})
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a URL or an Origin value; None if it is none."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname:
+        return None
+    scheme = parts.scheme.lower()
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def own_origin(host: str, secure: bool) -> tuple[str, str, int] | None:
+    """The origin a request was addressed to, from its Host header."""
+    return _origin(("https://" if secure else "http://") + host) if host else None
+
+
+def foreign_browser(headers: Any, own: tuple[str, str, int] | None, browser_trust: bool) -> bool:
+    """Whether a browser sent this for a page of another site (C{headers}: a name -> value getter).
+
+    Browsers set C{Sec-Fetch-Site} (to potentially trustworthy URLs),
+    C{Origin} and C{Referer} themselves; a page cannot forge them.  The
+    first present decides: fetch metadata other than C{same-origin} or
+    C{none} (typed, bookmarked), an Origin or a Referer of another origin
+    (scheme, host and port) or C{null}.  A request that shows none of them
+    but calls itself a browser (C{User-Agent: Mozilla/...}) cannot prove
+    it acts for itself -- a page of any site can send one, with its
+    referrer hidden, to a plain-HTTP address -- and counts as foreign
+    unless C{browseraddresstrust} is on.
+    """
+    site = (headers("sec-fetch-site") or "").strip().lower()
+    if site:
+        return site not in _OWN_SITE
+    for name in ("origin", "referer"):
+        value = (headers(name) or "").strip()
+        if value:
+            return value.lower() == "null" or own is None or _origin(value) != own
+    agent = headers("user-agent") or ""
+    return agent.startswith("Mozilla/") and not browser_trust
+
+
+def cross_site(request: Request, settings: Settings) -> bool:
+    """L{foreign_browser} for a twisted.web request."""
+    own = own_origin((request.getHeader("host") or ""), request.isSecure())
+    return foreign_browser(request.getHeader, own, settings.current.browseraddresstrust)
 
 
 def client_address(request: Request, settings: Settings) -> str:
@@ -83,6 +141,15 @@ class ApiResource(Resource):
     def render_HEAD(self, request: Request) -> Any:
         """HEAD: answered like GET, without the body."""
         return self._render(request)
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        """A CORS preflight: any origin may send GET and POST with a body type of its choice."""
+        request.setResponseCode(204)
+        request.setHeader(b"access-control-allow-origin", b"*")
+        request.setHeader(b"access-control-allow-methods", b"GET, POST, HEAD")
+        request.setHeader(b"access-control-allow-headers", b"content-type")
+        request.setHeader(b"access-control-max-age", b"600")
+        return b""
 
     def _render(self, request: Request) -> Any:
         if not self.legacy and jsonp.is_forward(request):
@@ -174,7 +241,11 @@ class ApiResource(Resource):
             transport="https" if request.isSecure() else "http",
             secure=request.isSecure(),
             encrypt_key=self.settings.current.httpapiencryptkey,
+            cross_site=cross_site(request, self.settings),
         )
+        if api_request.answer_format == "jsonp":
+            # A JSONP answer is script any page may include: it never carries what address trust alone allows.
+            api_request.cross_site = True
         if tail and api_request.function != tail:
             # A proxy may allow paths: the path and apientry must not name different functions.
             raise RequestError(f"apientry and the path name different functions ({tail[:40]})")
@@ -195,6 +266,9 @@ class ApiResource(Resource):
         request.setResponseCode(status, http.RESPONSES.get(status, b"API error"))
         request.setHeader(b"content-type", content_type.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
+        # Any page may read an answer: what it may see is decided by the request's own credentials,
+        # since a request from another site's page earns no trust by address (cross_site).
+        request.setHeader(b"access-control-allow-origin", b"*")
         for name, value in result.headers:
             request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         request.setHeader(b"content-length", str(len(body)).encode("ascii"))

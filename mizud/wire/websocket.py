@@ -15,10 +15,12 @@ from typing import Any, Callable
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from ..config import Settings
 from .demux import answer_line
+from .http import foreign_browser, own_origin
 
 log = Logger()
 
@@ -26,7 +28,22 @@ MAX_MESSAGE = 65536
 
 
 class ApiWebSocketProtocol(WebSocketServerProtocol):
-    """One API request per text message, answered in order."""
+    """One API request per text message, answered in order.
+
+    A WebSocket that a page of another site opened (its handshake's Origin
+    is not this server's) earns no trust by address for any of its
+    requests; credentials work as anywhere.
+    """
+
+    cross_site = False
+
+    def onConnect(self, request: Any) -> None:
+        """Note whether a page of another site opened this WebSocket."""
+        factory: ApiWebSocketFactory = self.factory  # type: ignore[assignment]
+        headers = request.headers
+        secure = ISSLTransport.providedBy(self.transport)
+        self.cross_site = foreign_browser(headers.get, own_origin(headers.get("host", ""), secure),
+                                          factory.settings.current.browseraddresstrust)
 
     def onOpen(self) -> None:
         """Start an empty queue of answers."""
@@ -45,7 +62,7 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
         transport: Any = self.transport
         source = getattr(transport.getPeer(), "host", "")
         try:
-            answer = await answer_line(factory.api_of, factory.settings, text.strip(), source, "ws")
+            answer = await answer_line(factory.api_of, factory.settings, text.strip(), source, "ws", self.cross_site)
         except Exception:
             log.failure("answering a WebSocket API request from {source}", source=source)
             answer = b"ERROR: internal error"
