@@ -18,6 +18,7 @@ from mizud.store.billing import BillingStore
 from mizud.store.database import SqliteDatabase
 from mizud.store.schema import migrate
 from mizud.wire.http import make_site
+from test_twistd import free_port
 
 
 class Server:
@@ -48,10 +49,11 @@ async def start(tmp_path: Path, *sets: str) -> tuple[Server, object, SqliteDatab
     await db.start()
     store = BillingStore(db, global_reactor)
     await store.create_user("alice", "alicepw")
-    settings = Settings(None, ("apiv2key=k", *sets))
+    number = free_port()
+    settings = Settings(None, ("apiv2key=k", f"mainaport={number}", *sets))
     api = Api(settings, build_registry(), store, global_reactor)
-    port = global_reactor.listenTCP(0, make_site(settings, lambda: api), interface="127.0.0.1")
-    return Server(port.getHost().port, api), port, db
+    port = global_reactor.listenTCP(number, make_site(settings, lambda: api), interface="127.0.0.1")
+    return Server(number, api), port, db
 
 
 @pytest_twisted.async_yield_fixture
@@ -227,7 +229,8 @@ async def test_static_files_under_mvweb(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_jsonp_forwarder(tmp_path: Path) -> None:
-    """jppget fetches JSON only from listed hosts and only with enablejsonp=2."""
+    """jppget fetches JSON only for an authenticated user, only with enablejsonp=2, only from listed hosts, and
+    never from mizud itself or an internal address that is not listed by address."""
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
@@ -239,22 +242,46 @@ async def test_jsonp_forwarder(tmp_path: Path) -> None:
 
     remote = global_reactor.listenTCP(0, Site(Remote()), interface="127.0.0.1")
     base = f"http://127.0.0.1:{remote.getHost().port}"
-    srv, port, db = await start(tmp_path, "enablejsonp=2", "jsonpforwardhosts=127.0.0.1")
-    url = f"{srv.base}/mvapireq/jppget?callback=show&url={quote(base + '/good')}"
-    assert (await srv.curl(url))[2] == 'show({"rate": "0.02"});'
-    assert (await srv.curl(f"{srv.base}/mvapireq/jppget?url={quote(base + '/bad')}"))[2] == (
+    named = f"http://localhost:{remote.getHost().port}"
+    srv, port, db = await start(tmp_path, "enablejsonp=2", "jsonpforwardhosts=127.0.0.1,localhost")
+    alice = "authkey=k&authid=alice&authpwd=alicepw"
+    url = f"{srv.base}/mvapireq/jppget?{alice}&callback=show&url={quote(base + '/good')}"
+    status, head, body = await srv.curl(url)
+    assert body == 'show({"rate": "0.02"});' and "application/javascript" in head
+    assert (await srv.curl(f"{srv.base}/mvapireq/jppget?{alice}&url={quote(base + '/bad')}"))[2] == (
         "ERROR: the remote document is not JSON"
     )
-    other = await srv.curl(f"{srv.base}/mvapireq/jppget?url={quote('http://localhost:1/x')}")
-    assert other[2] == "ERROR: host localhost is not in jsonpforwardhosts"
-    assert (await srv.curl(f"{srv.base}/mvapireq/jppget?url=file:///etc/passwd"))[2] == (
+    other = await srv.curl(f"{srv.base}/mvapireq/jppget?{alice}&url={quote('http://example.com:1/x')}")
+    assert other[2] == "ERROR: host example.com is not in jsonpforwardhosts"
+    assert (await srv.curl(f"{srv.base}/mvapireq/jppget?{alice}&url=file:///etc/passwd"))[2] == (
         "ERROR: url must be an http or https URL"
     )
+    # The attack: the forwarder used to fetch the daemon's own admin API and hand every password to anyone.
+    own = quote(f"http://localhost:{srv.port}/mvapireq/?apientry=db&txt=select%20password%20from%20tb_users")
+    for who in ("", alice):
+        answered = (await srv.curl(f"{srv.base}/mvapireq/jppget?{who}&url={own}"))[2]
+        assert "alicepw" not in answered and answered.startswith("ERROR"), answered
+    listed_by_address = quote(f"http://127.0.0.1:{srv.port}/mvapireq/?apientry=apitest1")
+    assert (await srv.curl(f"{srv.base}/mvapireq/jppget?{alice}&url={listed_by_address}"))[2] == (
+        "ERROR: url leads to mizud itself"
+    )
+    # A listed name that resolves to loopback is refused unless that address itself is listed.
+    assert (await srv.curl(f"{srv.base}/mvapireq/jppget?{alice}&url={quote(named + '/good')}"))[2] == (
+        'callback({"rate": "0.02"});'
+    )
+    await port.stopListening()  # type: ignore[attr-defined]
+    await db.close()
+    (tmp_path / "name").mkdir()
+    srv, port, db = await start(tmp_path / "name", "enablejsonp=2", "jsonpforwardhosts=localhost")
+    refused = await srv.curl(f"{srv.base}/mvapireq/jppget?{alice}&url={quote(named + '/good')}")
+    assert refused[2].startswith("ERROR: url resolves to an internal address (127.0.0.1)")
+    anonymous = await srv.curl(f"{srv.base}/mvapireq/jppget?url={quote(named + '/good')}")
+    assert anonymous[2] == "ERROR: this function needs authid (the user)"
     await port.stopListening()  # type: ignore[attr-defined]
     await db.close()
     (tmp_path / "off").mkdir()
     srv, port, db = await start(tmp_path / "off")
-    off = await srv.curl(f"{srv.base}/mvapireq/jppget?url={quote(base + '/good')}")
+    off = await srv.curl(f"{srv.base}/mvapireq/jppget?{alice}&url={quote(base + '/good')}")
     assert off[2] == "ERROR: the JSONP forwarder is off (enablejsonp=2 turns it on)"
     await port.stopListening()  # type: ignore[attr-defined]
     await db.close()

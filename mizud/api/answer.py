@@ -49,6 +49,8 @@ class ApiAnswer:
     records: Sequence[dict[str, Any]] | None = None
     #: Extra HTTP headers some functions need (never used for auth data).
     headers: tuple[tuple[str, str], ...] = field(default=())
+    #: A body already encoded, with its content type, sent as it is in every format (the JSONP forwarder's).
+    raw: tuple[bytes, str] | None = None
 
     @property
     def code(self) -> int:
@@ -117,6 +119,8 @@ def _json_value(answer: ApiAnswer) -> str:
 
 def encode(answer: ApiAnswer, fmt: str, callback: str | None = None) -> tuple[bytes, str]:
     """Encode an answer; returns (body, content type).  Unknown formats fall back to text."""
+    if answer.raw is not None:
+        return answer.raw
     if fmt == "json":
         return _json_value(answer).encode(), "application/json; charset=utf-8"
     if fmt == "jsonp":

@@ -32,7 +32,6 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 
 from ..api import answer, legacy
-from . import jsonp
 from ..api.answer import ApiAnswer, encode, error
 from ..api.auth import in_networks
 from ..api.request import MAX_BODY, MAX_URL, ApiRequest, RequestError, decode
@@ -119,7 +118,7 @@ class ApiResource(Resource):
     isLeaf = True
 
     def __init__(
-        self, settings: Settings, dispatch: Callable[[], Any], legacy: bool = False, reactor: Any = None
+        self, settings: Settings, dispatch: Callable[[], Any], legacy: bool = False
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -127,8 +126,6 @@ class ApiResource(Resource):
         self.dispatcher = dispatch
         #: Whether this serves the old interface (/xmapi/COMMAND).
         self.legacy = legacy
-        #: The reactor the JSONP forwarder fetches with (None: the global one).
-        self.reactor = reactor
 
     def render_GET(self, request: Request) -> Any:
         """GET: parameters in the query string."""
@@ -152,8 +149,6 @@ class ApiResource(Resource):
         return b""
 
     def _render(self, request: Request) -> Any:
-        if not self.legacy and jsonp.is_forward(request):
-            return self._forward(request)
         fmt = "text"
         callback = None
         try:
@@ -180,39 +175,6 @@ class ApiResource(Resource):
         request.notifyFinish().addErrback(lambda _: gone.append(True))
         d.addCallback(lambda result: None if gone else self._write(request, result, fmt, callback))
         d.addErrback(lambda failure: log.failure("writing an API answer", failure))
-        return NOT_DONE_YET
-
-    def _forward(self, request: Request) -> Any:
-        """The JSONP forwarder (enablejsonp=2 and a listed host only)."""
-        config = self.settings.current
-
-        def refuse(message: str) -> None:
-            self._write(request, error(message, answer.AUTH_FAILED), "text", None)
-
-        if config.enablejsonp != 2:
-            refuse("the JSONP forwarder is off (enablejsonp=2 turns it on)")
-            return NOT_DONE_YET
-        given: dict[bytes, list[bytes]] = request.args or {}
-        args = {k.decode(): v[0].decode("utf-8", "replace") for k, v in given.items() if v}
-        allowed = tuple(h.strip().lower() for h in config.jsonpforwardhosts.split(",") if h.strip())
-        try:
-            url = jsonp.check(args.get("url", ""), allowed)
-        except jsonp.ForwardRefused as problem:
-            refuse(str(problem))
-            return NOT_DONE_YET
-
-        async def run() -> None:
-            try:
-                body = await jsonp.forward(url, args.get("callback", "callback"), self.reactor)
-            except jsonp.ForwardRefused as problem:
-                refuse(str(problem))
-                return
-            request.setHeader(b"content-type", b"application/javascript; charset=utf-8")
-            request.setHeader(b"content-length", str(len(body)).encode())
-            request.write(body)
-            request.finish()
-
-        defer.ensureDeferred(run()).addErrback(lambda failure: log.failure("JSONP forward", failure))
         return NOT_DONE_YET
 
     def _decode(self, request: Request) -> ApiRequest:
@@ -492,8 +454,8 @@ def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None, 
     static = StaticFiles(folder) if folder and os.path.isdir(folder) else None
     site = QuietSite(
         RootResource(
-            ApiResource(settings, dispatch, reactor=reactor),
-            ApiResource(settings, dispatch, legacy=True, reactor=reactor),
+            ApiResource(settings, dispatch),
+            ApiResource(settings, dispatch, legacy=True),
             api_websocket_resource(dispatch, settings),
             static,
             sip_websocket_resource(sip or NoSip()),

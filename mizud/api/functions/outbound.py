@@ -1,4 +1,5 @@
-"""E-mail and SMS: sendmail and asendemail; sms, sendsms(unicode)(sync), asendsms(sync) and smsreceive.
+"""E-mail, SMS and the JSONP forwarder: sendmail and asendemail; sms, sendsms(unicode)(sync),
+asendsms(sync) and smsreceive; jppget.
 
 E-mail goes through the configured smarthost: sendmail waits for the
 result, asendemail queues.  SMS are sent by L{mizud.sip.sms}: the *sync
@@ -20,6 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ...mail import MailError, Mailer, check_address
+from .. import forwarder
 from ...sip.sms import SmsError
 from ...store.money import format_money
 from ..answer import ApiAnswer, error, ok
@@ -69,9 +71,32 @@ def _body(call: Call) -> str:
     return call.arg("txt") or call.arg("message")
 
 
+def _own_ports(config: Any) -> set[int]:
+    """The TCP ports this daemon listens on (the forwarder never fetches from them here)."""
+    ports = {config.mainaport if config.usemainaport else 0, config.sslportmain, config.sslportweb,
+             config.httpserver, config.adminport, config.sipport, config.localtsport}
+    return ports - {0}
+
+
 def register(registry: Registry) -> None:
     """Register this module's handlers."""
     fn = registry.function
+
+    @fn("jppget", Category.USER, "JSONP forwarder (enablejsonp=2): a listed host's JSON wrapped as CALLBACK(json); "
+        "for authenticated users only", ("url", "callback"))
+    async def jppget(call: Call) -> ApiAnswer:
+        config = call.api.settings.current
+        if config.enablejsonp != 2:
+            return error("the JSONP forwarder is off (enablejsonp=2 turns it on)", 403)
+        call.user()  # an authenticated user, never an address alone
+        allowed = tuple(h.strip().lower() for h in config.jsonpforwardhosts.split(",") if h.strip())
+        try:
+            body = await forwarder.forward(call.require("url"), call.arg("callback", "callback"), allowed,
+                                           _own_ports(config), call.api.reactor)
+        except forwarder.ForwardRefused as problem:
+            return error(str(problem), 403)
+        answered = ok(f"forwarded {len(body)} bytes")
+        return ApiAnswer(True, answered.message, raw=(body, "application/javascript; charset=utf-8"))
 
     @fn("sendmail", Category.USER, "send an e-mail (from: admins only; empty uses smtpfrom) and wait for the "
         "SMTP server's answer", PARAMS, rate=1.0)
