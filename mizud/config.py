@@ -256,6 +256,19 @@ OPTIONS: tuple[Option, ...] = (
          group="listeners"),
     _opt("consoleidletimeout", parse_duration, "15m",
          "Close an admin console connection (adminport) idle for this long.", live=True, group="listeners"),
+    _opt("maxconnectionsperip", int_range(0, 1_000_000), "100",
+         "Most TCP, TLS and WebSocket connections one address may hold at once, over all listeners (more are "
+         "closed at once and logged); 0 for no cap. Raise it for a NAT with many phones on TCP.",
+         live=True, group="listeners"),
+    _opt("connectionidletimeout", parse_duration, "2m",
+         "Close an HTTP or raw TCP API connection that sent nothing (and awaits no answer) for this long.",
+         group="listeners"),
+    _opt("requesttimeout", parse_duration, "30s",
+         "A request that has begun (an HTTP request's line, headers and body; a raw TCP API line; a SIP "
+         "message on a stream) must be complete within this, or the connection is closed.",
+         live=True, group="listeners"),
+    _opt("websocketidletimeout", parse_duration, "15m",
+         "Close an API WebSocket (/mvstwebsock) that sent nothing for this long.", live=True, group="listeners"),
     _opt("webportal", parse_bool, "false",
          "Serve the enduser web portal at /webvoip and /webvoipportal on the shared port. Off by default: "
          "it makes apiv2key and apiv2md5salt public (the browser needs them).", group="listeners"),

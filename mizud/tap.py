@@ -17,6 +17,7 @@ from .sip.service import SipService
 from .sip.transport import SipDatagramProtocol, SipStreamFactory
 from .wire.demux import ApiDatagramProtocol, DemuxFactory
 from .wire.http import make_site
+from .wire.limits import BudgetedFactory, ConnectionBudget
 from .wire.tls import TlsHandOff, TlsPortFactory, TlsProvider
 
 
@@ -81,6 +82,12 @@ def makeService(options: Options, reactor: Any = None) -> MizudService:
     sip = SipService(settings, api, reactor)
     sip.setServiceParent(root)
     entry = sip.entry
+    # One budget of connections per address over every stream listener (maxconnectionsperip).
+    budget = ConnectionBudget(settings, reactor)
+
+    def capped(factory: Any) -> BudgetedFactory:
+        return BudgetedFactory(factory, budget)
+
     site = make_site(settings, api.current, sip=entry, reactor=reactor)
     tls = TlsProvider(config.tlscert, config.tlskey)
     # Decrypted TLS streams are demultiplexed again (without a second TLS layer).
@@ -88,32 +95,33 @@ def makeService(options: Options, reactor: Any = None) -> MizudService:
     hand_off = TlsHandOff(tls, inner)
     if config.usemainaport and config.mainaport:
         demux = DemuxFactory(site, api.current, settings, reactor, sip=entry, tls=hand_off)
-        ListenService("mainaport", reactor, config.listenaddress, config.mainaport, demux).setServiceParent(root)
+        ListenService("mainaport", reactor, config.listenaddress, config.mainaport, capped(demux)).setServiceParent(root)
         udp_port = config.mainaport if config.mainaportudp is None else config.mainaportudp
         if udp_port:
             UdpListenService(
-                "mainaportudp", reactor, config.listenaddress, udp_port, ApiDatagramProtocol(api.current, settings, entry)
+                "mainaportudp", reactor, config.listenaddress, udp_port, ApiDatagramProtocol(api.current, settings, entry, reactor)
             ).setServiceParent(root)
     if config.sipport and not (config.usemainaport and config.sipport == config.mainaport):
         UdpListenService(
             "sipportudp", reactor, config.listenaddress, config.sipport, SipDatagramProtocol(sip.core)
         ).setServiceParent(root)
         ListenService(
-            "sipport", reactor, config.listenaddress, config.sipport, SipStreamFactory(sip.core, reactor)
+            "sipport", reactor, config.listenaddress, config.sipport, capped(SipStreamFactory(sip.core, reactor))
         ).setServiceParent(root)
     if config.localtsport:
         sips = TlsPortFactory(TlsHandOff(tls, SipStreamFactory(sip.core, reactor, "tls")))
         ListenService(
-            "localtsport", reactor, config.listenaddress, config.localtsport, sips, prepare=tls.options
+            "localtsport", reactor, config.listenaddress, config.localtsport, capped(sips), prepare=tls.options
         ).setServiceParent(root)
     if config.sslportmain and not (config.usemainaport and config.sslportmain == config.mainaport):
         ListenService(
-            "sslportmain", reactor, config.listenaddress, config.sslportmain, TlsPortFactory(hand_off), prepare=tls.options
+            "sslportmain", reactor, config.listenaddress, config.sslportmain, capped(TlsPortFactory(hand_off)),
+            prepare=tls.options
         ).setServiceParent(root)
     if config.adminport:
         console = ConsoleFactory(Console(settings, api.current))
-        ListenService("adminport", reactor, config.listenaddress, config.adminport, console).setServiceParent(root)
+        ListenService("adminport", reactor, config.listenaddress, config.adminport, capped(console)).setServiceParent(root)
     if config.httpserver and not (config.usemainaport and config.httpserver == config.mainaport):
         # The old HTTP interface's own port (the same site: /xmapi/ and /mvapireq).
-        ListenService("httpserver", store.reactor, config.listenaddress, config.httpserver, site).setServiceParent(root)
+        ListenService("httpserver", reactor, config.listenaddress, config.httpserver, capped(site)).setServiceParent(root)
     return root

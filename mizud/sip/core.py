@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from ..api.ratelimit import LeakyBucket
 from ..api.request import ApiRequest
 from ..config import Settings
+from ..rejections import RejectionLog
 from ..store.billing import User
 from .dialog import Dialogs
 from .digest import DigestAuth, answer_challenge, parse_credentials
@@ -148,7 +149,8 @@ class SipCore:
         self.connections: dict[tuple[str, str, int], Any] = {}
         self.stats: Counter[str] = Counter()
         self.started = clock.seconds()
-        self._limited_logged: dict[str, float] = {}
+        #: Log lines about rejected messages (limited: a flood of junk must not flood the log).
+        self.rejections = RejectionLog(clock, "rejected SIP messages")
         #: Our local address towards each peer host, when listening on a wildcard address.
         self._local_ips: dict[str, str] = {}
         #: Work to start once a request's response has been sent (by id of the request).
@@ -182,12 +184,7 @@ class SipCore:
             return False
         if not self.limiter.allow(source.host):
             self.stats["dropped_rate"] += 1
-            now = self.clock.seconds()
-            if now - self._limited_logged.get(source.host, 0.0) > 10:
-                self._limited_logged[source.host] = now
-                log.warn("SIP: {source} is over sipratelimitip; dropping its messages", source=source.host)
-                if len(self._limited_logged) > 10_000:
-                    self._limited_logged.clear()
+            self.rejections(source.host, "SIP: {source} is over sipratelimitip; dropping its messages")
             return False
         return True
 
@@ -211,8 +208,8 @@ class SipCore:
     def refuse(self, error: ParseError, source: Source) -> None:
         """Answer (or drop) a message that failed to parse or check; log it with its source."""
         self.stats["bad_messages"] += 1
-        log.info("SIP: bad message from {source} ({transport}): {reason}", source=source.address,
-                 transport=source.transport, reason=error.reason)
+        self.rejections(source.host, "SIP: bad message from {address} ({transport}): {reason}",
+                        address=source.address, transport=source.transport, reason=error.reason)
         partial = error.message
         if error.status is None or partial is None or not partial.is_request or partial.method == "ACK":
             return
@@ -460,7 +457,8 @@ class SipCore:
         if verdict.stale:
             return self.challenge(request, source, stale=True)
         if not verdict.ok:
-            log.info("SIP: bad credentials from {source}: {reason}", source=source.address, reason=verdict.reason)
+            self.rejections(source.host, "SIP: bad credentials from {address}: {reason}", address=source.address,
+                            reason=verdict.reason)
             return response_to(request, 400, "Malformed credentials", source=source)
         if not user.enabled or user.temporarydisabled:
             return response_to(request, 403, "Account disabled", source=source)

@@ -52,6 +52,7 @@ class SipStreamProtocol(Protocol):
         self.pending: tuple[SipMessage, int, ParseError | None] | None = None
         self.source: Source | None = None
         self.idle: Any = None
+        self.deadline: Any = None
 
     def connectionMade(self) -> None:
         """Remember the connection and start its idle timer."""
@@ -70,17 +71,40 @@ class SipStreamProtocol(Protocol):
             self.idle = self.clock.callLater(timeout, self._idle)
 
     def _idle(self) -> None:
-        log.info("SIP: closing idle connection from {source}", source=self.source.address if self.source else "?")
+        self.core.rejections(self.source.host if self.source else "?", "SIP: closing idle connection from {address}",
+                             address=self.source.address if self.source else "?")
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        """Frame and hand over every complete message; one left unfinished must be finished within
+        C{requesttimeout} (a message sent a byte a minute does not hold the connection for ever)."""
+        self._touch()
+        self._frame(data)
+        if self.buffer.strip(b"\r\n") and not self.transport.disconnecting:  # (a lone CRLF is a keep-alive)
+            if self.deadline is None:
+                self.deadline = self.clock.callLater(self.core.settings.current.requesttimeout, self._too_slow)
+        else:
+            self._stop_deadline()
+
+    def _too_slow(self) -> None:
+        self.deadline = None
+        source = self.source.host if self.source else "?"
+        self.core.rejections(source, "SIP: closing {source}: a message took over {seconds} s",
+                             seconds=self.core.settings.current.requesttimeout)
+        self.transport.loseConnection()
+
+    def _stop_deadline(self) -> None:
+        if self.deadline is not None and self.deadline.active():
+            self.deadline.cancel()
+        self.deadline = None
+
+    def _frame(self, data: bytes) -> None:
         """Frame and hand over every complete message.
 
         Work is linear in the bytes received: the end of the headers is
         searched for only in what is new, headers are parsed once, and a
         body is then simply waited for.
         """
-        self._touch()
         buffer = self.buffer
         buffer.extend(data)
         source = self.source
@@ -147,6 +171,7 @@ class SipStreamProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         """Forget the connection."""
+        self._stop_deadline()
         if self.idle is not None and self.idle.active():
             self.idle.cancel()
         if self.source is not None:

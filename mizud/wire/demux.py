@@ -33,11 +33,14 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
 
 from ..api.answer import ApiAnswer, encode, error
 from ..api.request import RequestError, decode
 from ..config import Settings
+from ..rejections import RejectionLog
 from . import stun
+from .limits import Backpressure
 
 log = Logger()
 
@@ -163,24 +166,80 @@ async def answer_line(api_of: Callable[[], Any], settings: Settings, text: str, 
     return line_answer(await api.dispatch(request), fmt)
 
 
-class ApiLineProtocol(LineReceiver):
-    """Raw API requests, one per line; answers in request order."""
+class ApiLineProtocol(LineReceiver, TimeoutMixin):
+    """Raw API requests, one per line; answers in request order.
+
+    Limits: a line that has begun must end within C{requesttimeout}; a
+    connection that sends nothing (and waits for no answer) for
+    C{connectionidletimeout} is closed; with L{MAX_PENDING} requests in
+    flight, or while the peer reads no answers, nothing more is read
+    (L{Backpressure}).
+    """
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
     transport: Any
 
-    def __init__(self, api_of: Callable[[], Any], settings: Settings, transport_name: str = "tcp") -> None:
+    def __init__(self, api_of: Callable[[], Any], settings: Settings, clock: Any, rejections: RejectionLog,
+                 transport_name: str = "tcp") -> None:
         self.api_of = api_of
         self.settings = settings
         self.transport_name = transport_name
         self._queue: defer.Deferred[None] = defer.succeed(None)
+        self.clock = clock
+        self.rejections = rejections
+        self.callLater = clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's timer, on the clock
+        self._deadline: Any = None
+        self.pressure: Backpressure | None = None
+
+    def connectionMade(self) -> None:
+        """Start the idle timer and the back-pressure."""
+        self.setTimeout(self.settings.current.connectionidletimeout)
+        self.pressure = Backpressure(self.transport, self.pauseProducing, self.resumeProducing)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Split lines (see LineReceiver); a line left unfinished must be finished within requesttimeout."""
+        if data:
+            self.resetTimeout()
+        super().dataReceived(data)
+        if not data or self.transport.disconnecting:
+            return
+        if not data.endswith(b"\n") and self._deadline is None:
+            self._deadline = self.clock.callLater(self.settings.current.requesttimeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.paused:
+            # Not the client's slowness: we stopped reading while our answers are owed.
+            self._deadline = self.clock.callLater(self.settings.current.requesttimeout, self._too_slow)
+            return
+        source = str(getattr(self.transport.getPeer(), "host", ""))
+        self.rejections(source, "closing an API connection from {source}: a request line took over {seconds} s",
+                        seconds=self.settings.current.requesttimeout)
+        self.transport.write(b"ERROR: request line not finished in time\r\n")
+        self.transport.loseConnection()
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def timeoutConnection(self) -> None:
+        """Idle for connectionidletimeout: close (unless answers are still owed or on their way out)."""
+        if self.pressure is not None and (self.pressure.pending or self.pressure.blocked):
+            self.setTimeout(self.settings.current.connectionidletimeout)
+            return
+        self.transport.loseConnection()
 
     def lineReceived(self, line: bytes) -> None:
         """Queue the request so answers go out in order."""
+        self._stop_deadline()  # the line the deadline was for is complete
         text = line.rstrip(b"\r")
         if not text.strip():
             return
+        if self.pressure is not None:
+            self.pressure.started()
+        self.setTimeout(None)  # waiting for our own answer is not idleness
         self._queue.addCallback(lambda _: defer.ensureDeferred(self._answer(text)))
 
     async def _answer(self, line: bytes) -> None:
@@ -197,14 +256,24 @@ class ApiLineProtocol(LineReceiver):
             self.sendLine(b"ERROR: internal error")
 
     def sendLine(self, line: bytes) -> None:
-        """Answers end with CR LF."""
+        """Answers end with CR LF; each answer written frees a place in the back-pressure."""
         self.transport.write(line + b"\r\n")
+        if self.pressure is not None:
+            self.pressure.finished()
+            if not self.pressure.pending:
+                self.setTimeout(self.settings.current.connectionidletimeout)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """An over-long line is refused and the connection closed."""
-        log.info("API line over {limit} bytes from {peer}; closing", limit=MAX_LINE, peer=self.transport.getPeer())
+        self.rejections(str(getattr(self.transport.getPeer(), "host", "")),
+                        "API line over {limit} bytes from {source}; closing", limit=MAX_LINE)
         self.transport.write(f"ERROR: request line over {MAX_LINE} bytes\r\n".encode())
         self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """Stop the timers."""
+        self._stop_deadline()
+        self.setTimeout(None)
 
 
 class StunStreamProtocol(Protocol):
@@ -232,6 +301,10 @@ class StunStreamProtocol(Protocol):
                 self.transport.write(response)
 
 
+def _host(address: Any) -> str:
+    return str(getattr(address, "host", address))
+
+
 class DemuxProtocol(Protocol):
     """Decide from the first bytes (see the module doc), then pass everything through."""
 
@@ -250,8 +323,8 @@ class DemuxProtocol(Protocol):
 
     def _too_slow(self) -> None:
         self._timeout = None
-        log.info("closing {peer}: no conclusive first bytes within {timeout}s", peer=self.address,
-                 timeout=self.factory.timeout)
+        self.factory.rejections(_host(self.address), "closing {peer}: no conclusive first bytes within {timeout}s",
+                                peer=self.address, timeout=self.factory.timeout)
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -271,7 +344,8 @@ class DemuxProtocol(Protocol):
         self._timeout = None
         inner = self.factory.protocol_for(kind, self.address)
         if inner is None:
-            log.info("closing {peer}: unrecognised first bytes {head!r}", peer=self.address, head=self.buffer[:32])
+            self.factory.rejections(_host(self.address), "closing {peer}: unrecognised first bytes {head!r}",
+                                    peer=self.address, head=self.buffer[:32])
             self.transport.loseConnection()
             return
         self.inner = inner
@@ -309,6 +383,8 @@ class DemuxFactory(Factory):
         self.sip = sip or NoSip()
         self.tls = tls
         self.timeout = timeout
+        #: Log lines about connections refused or closed for their input (limited).
+        self.rejections = RejectionLog(clock, "rejected API and unrecognised connections")
 
     def buildProtocol(self, addr: IAddress) -> Protocol:  # type: ignore[override]
         """A demultiplexer for a new connection."""
@@ -319,7 +395,7 @@ class DemuxFactory(Factory):
         if kind == "http":
             return self.http.buildProtocol(address)  # type: ignore[no-any-return,return-value]
         if kind == "line":
-            return ApiLineProtocol(self.api_of, self.settings)
+            return ApiLineProtocol(self.api_of, self.settings, self.clock, self.rejections)
         if kind == "stun":
             return StunStreamProtocol()
         if kind == "sip":
@@ -335,10 +411,15 @@ class ApiDatagramProtocol(DatagramProtocol):
     noisy = False
     transport: Any
 
-    def __init__(self, api_of: Callable[[], Any], settings: Settings, sip: SipEntry | None = None) -> None:
+    def __init__(self, api_of: Callable[[], Any], settings: Settings, sip: SipEntry | None = None,
+                 clock: Any = None) -> None:
         self.api_of = api_of
         self.settings = settings
         self.sip = sip or NoSip()
+        if clock is None:
+            from twisted.internet import reactor as clock
+        #: Log lines about datagrams dropped (limited: junk floods must not flood the log).
+        self.rejections = RejectionLog(clock, "dropped datagrams")
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         """Classify and answer one datagram; anything unrecognised is dropped and logged."""
@@ -354,10 +435,11 @@ class ApiDatagramProtocol(DatagramProtocol):
         if data[:1] == b"/" or data[:8] == b"mvapireq":
             if len(data) > MAX_DATAGRAM:
                 self.transport.write(f"ERROR: datagram over {MAX_DATAGRAM} bytes".encode(), addr)
+                self.rejections(addr[0], "refused an API datagram of {size} bytes from {source}", size=len(data))
                 return
             defer.ensureDeferred(self._answer(data, addr))
             return
-        log.info("dropped an unrecognised datagram of {size} bytes from {source}", size=len(data), source=addr[0])
+        self.rejections(addr[0], "dropped an unrecognised datagram of {size} bytes from {source}", size=len(data))
 
     async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
         try:

@@ -36,6 +36,7 @@ from ..api.answer import ApiAnswer, encode, error
 from ..api.auth import in_networks
 from ..api.request import MAX_BODY, MAX_URL, ApiRequest, RequestError, decode
 from ..config import Settings
+from ..rejections import RejectionLog
 from ..text import ascii_digits
 
 log = Logger()
@@ -417,9 +418,51 @@ def _inside(path: str, root: str) -> bool:
 
 
 class _Channel(http.HTTPChannel):
-    """HTTPChannel that answers a request line too long to buffer (Twisted's closes without a word)."""
+    """HTTPChannel that answers a request line too long to buffer (Twisted's closes without a word), and gives
+    each request C{requesttimeout} from its first byte to its last (Twisted's idle timeout is reset by every
+    byte, so a request sent a byte a minute would hold the connection for ever)."""
 
     transport: Any
+    site: Any
+    _deadline: Any = None
+    _busy = False
+
+    def dataReceived(self, data: bytes) -> None:
+        """Start the request's deadline with its first byte (not while a request is being answered)."""
+        if data and not self._busy and self._deadline is None:
+            self._deadline = self.callLater(self.site.settings.current.requesttimeout, self._too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        """The request is complete: its deadline is met."""
+        self._stop_deadline()
+        self._busy = True
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        """Answered: the next request (perhaps already buffered) gets its own deadline."""
+        self._busy = False
+        super().requestDone(request)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.site.rejections(str(getattr(peer, "host", "")), "closing HTTP from {source}: a request took over "
+                             "{seconds} s", seconds=self.site.settings.current.requesttimeout)
+        if self.transport is not None:
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                 b"connection: close\r\n\r\nERROR: request not finished in time\n")
+            self.transport.loseConnection()
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """Stop the deadline."""
+        self._stop_deadline()
+        super().connectionLost(reason)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """414, then close."""
@@ -433,10 +476,17 @@ def _channel(site: Any) -> Any:
 
 
 class QuietSite(Site):
-    """A Site without a per-request access log (failures are logged where decided)."""
+    """A Site without a per-request access log (failures are logged where decided), whose connections
+    time out after C{connectionidletimeout} idle and C{requesttimeout} per request."""
 
     requestFactory = LimitedRequest
     protocol = _channel
+
+    def __init__(self, resource: Resource, settings: Settings, clock: Any = None) -> None:
+        super().__init__(resource, timeout=settings.current.connectionidletimeout, reactor=clock)
+        self.settings = settings
+        #: Log lines about connections closed for being too slow (limited).
+        self.rejections = RejectionLog(self.reactor, "slow HTTP requests")
 
     def log(self, request: http.Request) -> None:
         """No access log line per request."""
@@ -456,13 +506,14 @@ def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None, 
         RootResource(
             ApiResource(settings, dispatch),
             ApiResource(settings, dispatch, legacy=True),
-            api_websocket_resource(dispatch, settings),
+            api_websocket_resource(dispatch, settings, reactor),
             static,
-            sip_websocket_resource(sip or NoSip()),
+            sip_websocket_resource(sip or NoSip(), settings, reactor),
             PortalResource(settings) if settings.current.webportal else None,
             MetricsResource(lambda: getattr(dispatch(), "metrics", None),
                             lambda request: Trust(settings.current).trusted(client_address(request, settings))),
-        )
+        ),
+        settings, reactor,
     )
     site.displayTracebacks = False
     site.noisy = False
