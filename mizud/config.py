@@ -355,6 +355,10 @@ OPTIONS: tuple[Option, ...] = (
          "How many different accounts the failures from one address must name before the address is banned "
          "(one account's failures lock that account only, never an address others share).",
          live=True, group="api"),
+    _opt("signupnumericusernames", parse_bool, "false",
+         "Let the public signup (newuseru) choose a username that is a phone number. Off by default: a user "
+         "named after a number would receive its calls and SMS. Even on, a number that routes to a gateway, "
+         "or is a DID, a user id, a PIN or another user's proven number, is refused.", live=True, group="api"),
     _opt("apiudptrusted", parse_bool, "false",
          "Trust the source address of API requests over UDP (trusted-address rules, address bans). Off: "
          "anyone can forge a datagram's source, so UDP requests must carry credentials. Turn on only when "

@@ -87,6 +87,25 @@ class LogFileService(Service):
             self._file = None
 
 
+#: The open-files soft limit mizud asks for (within the hard limit): each connection is a descriptor.
+WANTED_FILES = 65536
+
+
+def raise_file_limit() -> int:
+    """Raise the soft limit of open files towards L{WANTED_FILES} (never above the hard limit); the new limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = WANTED_FILES if hard == resource.RLIM_INFINITY else min(WANTED_FILES, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as error:
+            log.warn("could not raise the open-files limit to {wanted}: {error}", wanted=wanted, error=error)
+    return int(soft)
+
+
 class MizudService(MultiService):
     """The root of the service tree.
 
@@ -106,7 +125,8 @@ class MizudService(MultiService):
         return self.settings.current
 
     def privilegedStartService(self) -> None:
-        """Run the children's privileged steps; turn a startup error into an exit."""
+        """Raise the open-files limit, run the children's privileged steps; turn a startup error into an exit."""
+        raise_file_limit()
         try:
             super().privilegedStartService()
         except StartupError as error:

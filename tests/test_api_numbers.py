@@ -15,16 +15,29 @@ BOB = f"authkey={KEY}&authid=bob&authpwd=bobpw"
 
 @pytest_twisted.ensureDeferred
 async def test_cli_and_callback_numbers(tmp_path: Path, database_option: str) -> None:
-    """Numbers attach to one user each; a second user cannot take them; bad numbers are refused."""
+    """Numbers become a user's only once proven or approved by an admin; a second user cannot take them;
+    bad numbers are refused."""
     h = await make_harness(tmp_path, "callbackaccessnumber=+3612345", database=database_option)
     await h.store.create_user("bob", "bobpw")
-    assert (await h.call(f"apientry=cli&{ALICE}&anum=%2B36 30 111 2222")).text == "OK: 36301112222 added"
-    assert (await h.call(f"apientry=cli&{ALICE}&anum=0036301112222")).text == "OK: 36301112222 already added"
-    assert (await h.call(f"apientry=cli&{BOB}&anum=36301112222")).text == "ERROR: 36301112222 belongs to another user"
-    assert (await h.call(f"apientry=addcallbacknumber&{BOB}&anum=36301112222")).ok  # another kind
-    assert (await h.call(f"apientry=cli&{ALICE}&anum=12ab")).status == 412
-    rows = (await h.db.run_query("x", "SELECT kind, number FROM tb_usernumbers ORDER BY id")).rows
-    assert rows == [("cli", "36301112222"), ("callback", "36301112222")]
+    # Without SMS on this node a user cannot prove a number: it waits for an admin.
+    refused = await h.call(f"apientry=cli&{ALICE}&anum=%2B36 30 111 2222")
+    assert refused.text == ("ERROR: 36301112222 must be proven by a code sent to it, and SMS is not running here: "
+                            "ask an admin")
+    assert (await h.db.run_query("x", "SELECT count(*) FROM tb_usernumbers")).rows[0][0] == 0
+    admin = await h.call("apientry=cli&anum=%2B36 30 111 2222&targetuser=alice", "127.0.0.1")
+    assert admin.text == "OK: 36301112222 added (approved by an admin)"
+    assert (await h.call(f"apientry=cli&{ALICE}&anum=0036301112222", "9.9.9.1")).text == "OK: 36301112222 already added"
+    assert (await h.call(f"apientry=cli&{BOB}&anum=36301112222", "9.9.9.2")).text == (
+        "ERROR: 36301112222 belongs to another user")
+    assert (await h.call("apientry=cli&anum=36301112222&targetuser=bob", "127.0.0.1")).text == (
+        "ERROR: 36301112222 belongs to another user")
+    assert (await h.call("apientry=addcallbacknumber&anum=36301112222&targetuser=bob", "127.0.0.1")).ok
+    assert (await h.call(f"apientry=cli&{ALICE}&anum=12ab", "9.9.9.3")).status == 412
+    # Another user's username is theirs: nobody can claim it as a number.
+    assert (await h.call(f"apientry=cli&{BOB}&anum=alice", "9.9.9.4")).status == 412
+    rows = (await h.db.run_query("x", "SELECT kind, number, proof FROM tb_usernumbers ORDER BY id")).rows
+    assert [(r[0], r[1]) for r in rows] == [("cli", "36301112222"), ("callback", "36301112222")]
+    assert all(r[2].startswith("admin ") for r in rows)
     assert (await h.call(f"apientry=callbackaccessnumber&{ALICE}")).text == "OK: +3612345"
     await h.db.close()
 

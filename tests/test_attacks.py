@@ -220,3 +220,46 @@ def test_which_browser_requests_count_as_another_sites() -> None:
     assert not foreign(user_agent="curl/8.5.0") and not foreign()  # scripts and daemons
     assert not foreign_browser({"origin": "http://example.com"}.get, own_origin("example.com", False), False)
     assert foreign_browser({"origin": "http://example.com"}.get, own_origin("example.com", True), False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_signup_cannot_take_over_a_number(tmp_path: Path) -> None:
+    """newuseru u_username=36301234567 (a number routed to a gateway) is refused, so routing, SMS and calls
+    to it still go to the gateway; no username anywhere may shadow a user id, a PIN or a DID."""
+    h = await make_harness(tmp_path)
+    admin = "127.0.0.1"
+    assert (await h.call("apientry=addserver&u_username=gw&u_ip=192.0.2.50&u_routing=&u_routingpriority=1", admin)).ok
+    await h.db.run_statement("x", "INSERT INTO tb_phonenumbers (number, userid, status, created) VALUES "
+                                  "('3612000', 1, 1, ?)", (h.store.now(),))
+    signup = f"apientry=newuseru&authkey={KEY}&u_password=Secret123&u_email=m%40example.com&u_username="
+    for number in ("36301234567", "%2B36301234567", "36-30-1234567"):
+        answered = await h.call(signup + number, f"10.1.1.{len(number)}")
+        assert answered.text == "ERROR: u_username must not be a phone number: numbers are assigned by the operator"
+    routes = await h.call("apientry=routingtest&called=36301234567", admin)
+    assert routes.ok and routes.records and routes.records[0]["kind"] == "gateway"
+    await h.db.close()
+    (tmp_path / "b").mkdir()
+    h = await make_harness(tmp_path / "b", "signupnumericusernames=1")
+    assert (await h.call("apientry=addserver&u_username=gw&u_ip=192.0.2.50&u_routing=&u_routingpriority=1", admin)).ok
+    # With the option a number may be chosen only when it reaches nothing else; the route here has the empty
+    # prefix (every number), so only the routing entry's absence lets one through.
+    assert (await h.call(signup + "36301234567", "10.2.0.1")).text == (
+        "ERROR: u_username 36301234567 is a number that is routed elsewhere")
+    await h.db.run_statement("x", "DELETE FROM tb_routing")
+    assert (await h.call(signup + "36301234567", "10.2.0.2")).ok
+    # Whoever creates or renames a user: never another user's id, a PIN or a DID.
+    alice = await h.store.find_user("alice")
+    assert alice is not None
+    await h.db.run_statement("x", "INSERT INTO tb_phonenumbers (number, userid, status, created) VALUES "
+                                  "('3612000', ?, 1, ?)", (alice.id, h.store.now()))
+    for name, what in ((str(alice.id), "the id of another user"), ("777111", "the PIN of another user"),
+                       ("3612000", "a number of the pool (DID)")):
+        answered = await h.call(f"apientry=newuseri&u_username={name}&u_password=pw", admin)
+        assert answered.text == f"ERROR: u_username {name} is {what}", name
+        renamed = await h.call(f"apientry=setfield&fieldname=username&fieldvalue={name}&rowid=2", admin)
+        assert renamed.text == f"ERROR: fieldvalue {name} is {what}", name
+        server = await h.call(f"apientry=addserver&u_username={name}&u_ip=192.0.2.9&u_routing=null", admin)
+        assert server.text == f"ERROR: u_username {name} is {what}", name
+    # An ordinary extension number is fine for an admin.
+    assert (await h.call("apientry=newuseri&u_username=1111&u_password=pw", admin)).ok
+    await h.db.close()

@@ -39,7 +39,7 @@ async def call_rig(tmp_path: Path, *sets: str, database: str | None = None, gate
     assert (await h.call("apientry=addserver&u_username=gw&u_ip=192.0.2.50:5070&u_routingpriority=1", ADMIN)).ok
     if gateways > 1:
         assert (await h.call("apientry=addserver&u_username=gw2&u_ip=192.0.2.51&u_routingpriority=2", ADMIN)).ok
-    assert (await h.call(f"apientry=cli&anum=3611111&{ALICE}")).ok
+    assert (await h.call("apientry=cli&anum=3611111&targetuser=alice", ADMIN)).ok  # approved for alice
     return rig
 
 

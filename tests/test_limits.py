@@ -369,3 +369,19 @@ def test_websocket_requests_without_reading_do_not_grow_memory(daemon: Daemon) -
         received += chunk
     assert frames == 1000 and len(received) == frames * size and bytes(received[4:14]) == b'{"code":20'
     connection.close()
+
+
+def test_the_open_files_limit_is_raised_within_the_hard_limit() -> None:
+    """At start mizud raises its soft limit of open files (each connection needs one) as far as allowed."""
+    import resource
+
+    from mizud.service import WANTED_FILES, raise_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        raised = raise_file_limit()
+        expected = WANTED_FILES if hard == resource.RLIM_INFINITY else min(WANTED_FILES, hard)
+        assert raised == expected == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -82,7 +82,7 @@ async def test_http_provider_failover_and_billing(tmp_path: Path, database_optio
         assert spoofed.text == "ERROR: anum must be your username or one of your numbers"
         injected = await h.call(f"apientry=sms&anum=x%3E%0D%0AX-Evil:%201&bnum=3630&txt=x&{ALICE}")
         assert injected.text == "ERROR: anum must be 1 to 32 letters, digits or + . _ -"
-        assert (await h.call(f"apientry=cli&anum=3670111&{ALICE}")).ok  # now it is alice's number
+        assert (await h.call("apientry=cli&anum=3670111&targetuser=alice", ADMIN)).ok  # approved: alice's number
         sent = await h.call(f"apientry=sms&anum=3670111&bnum=%2B36%2030%20123%204567&txt=Hello%20%C3%A1rv%C3%ADz&{ALICE}")
         assert sent.text == "OK: SMS 1 delivered through gwgood (cost 0.05)"
         assert len(broken.seen) == 1 and working.seen[0][b"to"] == [b"36301234567"]
@@ -233,3 +233,51 @@ async def test_gateway_digest_challenge_is_answered(tmp_path: Path) -> None:
     rig.core.datagram(response_to(second, 200).serialize(), rig.source("192.0.2.60", 5060))
     assert (await pending).text == "OK: SMS 1 delivered through gwauth (cost 0.05)"
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_numbers_are_proven_by_a_code_sent_to_them(tmp_path: Path, database_option: str) -> None:
+    """cli sends a code to the number (paid as an SMS); only the code makes it the user's.  Someone else who
+    claims the same number first cannot take it or lock the owner out; an unproven number is no sender id."""
+    rig = await rig_with_tariff(tmp_path, database_option)
+    h = rig.h
+    provider = Provider(200)
+    port = global_reactor.listenTCP(0, Site(provider), interface="127.0.0.1")
+    url = quote(f"http://127.0.0.1:{port.getHost().port}/send?from={{from}}&to={{to}}&text={{text}}", safe="")
+    assert (await h.call(f"apientry=addserver&u_username=gw&u_domain=sms.example&fieldname0=smsurl&fieldval0={url}",
+                         ADMIN)).ok
+    await h.store.create_user("mallory", "mallorypw", credit="5")
+    mallory = "authkey=apikey123&authid=mallory&authpwd=mallorypw"
+    try:
+        # Mallory claims alice's number first: a code goes to the number (alice's phone), not to mallory.
+        assert (await h.call(f"apientry=cli&anum=36701234567&{mallory}", "9.9.9.1")).text.startswith(
+            "OK: a code was sent to 36701234567 by SMS")
+        sent = provider.seen[-1][b"text"][0].decode()
+        mallory_code = sent.rsplit(" ", 1)[1]
+        assert provider.seen[-1][b"to"] == [b"36701234567"] and len(mallory_code) == 6
+        again = await h.call(f"apientry=cli&anum=36701234567&{mallory}", "9.9.9.1")
+        assert again.text.startswith("ERROR: a code was sent to 36701234567 less than 60 s ago")
+        for guess in ("000000", "111111", "222222", "333333", "444444"):
+            if guess != mallory_code:
+                assert (await h.call(f"apientry=cli&anum=36701234567&code={guess}&{mallory}", "9.9.9.1")).text == (
+                    "ERROR: wrong code")
+        assert (await h.call(f"apientry=cli&anum=36701234567&code={mallory_code}&{mallory}", "9.9.9.1")).text == (
+            "ERROR: too many wrong codes for 36701234567: ask for a new one")
+        # Mallory cannot use the number meanwhile.
+        assert (await h.call(f"apientry=sms&anum=36701234567&bnum=3630111&txt=x&{mallory}", "9.9.9.1")).text == (
+            "ERROR: anum must be your username or one of your numbers")
+        # Alice claims it and proves it with the code her phone received.
+        assert (await h.call(f"apientry=cli&anum=36701234567&{ALICE}")).ok
+        code = provider.seen[-1][b"text"][0].decode().rsplit(" ", 1)[1]
+        assert (await h.call(f"apientry=cli&anum=36701234567&code={code}&{ALICE}")).text == "OK: 36701234567 added"
+        assert await balance(rig) == "OK: 4.95 USD"  # the code was one SMS, paid by alice
+        assert (await h.call(f"apientry=sms&anum=36701234567&bnum=3630111&txt=x&{ALICE}")).ok
+        taken = await h.call(f"apientry=cli&anum=36701234567&{mallory}", "9.9.9.1")
+        assert taken.text == "ERROR: 36701234567 belongs to another user"
+        row = (await h.db.run_query("x", "SELECT userid, proof FROM tb_usernumbers WHERE verified IS NOT NULL")).rows
+        alice = await h.store.find_user("alice")
+        assert alice is not None and [tuple(r) for r in row] == [(alice.id, "sms")]
+        assert (await h.call("apientry=checkcredits", ADMIN)).ok
+    finally:
+        await port.stopListening()
+        await h.db.close()

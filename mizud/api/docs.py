@@ -18,13 +18,24 @@ This file is generated from mizud's function registry
 - HTTP GET or POST to any path containing `/mvapireq` on `mainaport`
   (default 80): `/mvapireq/?apientry=FUNCTION&authkey=..&authid=..&authmd5=..`.
 - The old interface: `/xmapi/COMMAND?key=..&usr=..&pwd=..|md5auth=..` on
-  `httpserver` (default 8084) and on `mainaport`.
+  `httpserver` (default 8084) and on `mainaport`. Only its own commands
+  (p2p, sms, cb, balance, rating, addcredit, adduser, charge, cli, db, oop
+  and the empty command; anything else is `ERROR: unknown command of the
+  old interface`), under the same rules, limits and lockout as
+  `/mvapireq`. `key` is `httpapikey`, or `apiv2key` when that is empty;
+  where nonce login is demanded, `pwd` and `md5auth` are refused
+  (`ERROR: this server requires nonce authentication: use /mvapireq with
+  preauth`) unless `legacystaticauth=1`.
 - On `mainaport` too: raw TCP lines (`/mvapireq/?...` ended by CR LF, one
   answer line each, pipelining allowed), UDP datagrams (up to 1,490 bytes,
   one answer datagram), WebSocket on `/mvstwebsock` (one text message per
   request), and all of it inside TLS (a ClientHello is detected) and on
   `sslportmain`. Line and datagram answers are one line: records come with
-  `format=json` or `xml`.
+  `format=json` or `xml`. A raw TCP line must be finished within
+  `requesttimeout` (30 s) and an idle connection closes after
+  `connectionidletimeout` (2 min); one address may hold at most
+  `maxconnectionsperip` (100) connections; a connection that owes 64
+  answers, or whose peer reads none, is not read until they drain.
 - Files of the `mvwebdir` directory under `/mvweb/` (content types,
   conditional GET, no directory listings, nothing outside the directory).
 - The enduser web portal at `/webvoip` and `/webvoipportal` (with
@@ -110,9 +121,23 @@ request without a valid nonce is answered `ERROR: new nonce is:NONCEEOF`;
 each authmd5 is accepted once per nonce. Trusted addresses (loopback, the
 LAN unless `trustlanip=false`, `trustediplist`; see `allowtrustedip`) are
 admins without credentials when `apideftrustadmin` is 1 (default) or 2, and
-may name a user by `authid` alone. Wrong key, unknown user and wrong
-password all answer `ERROR: wrong authentication`; `authfailmax` failures
-in `authfailwindow` ban the address and the user for `authbantime`.
+may name a user by `authid` alone -- but only for requests whose address
+is vouched for: never over UDP (anyone can forge a datagram's source;
+`apiudptrusted=1` trusts the UDP network), never for a request a browser
+makes for a page of another site (`Origin`, `Referer`, `Sec-Fetch-Site`;
+a browser showing none of them unless `browseraddresstrust=1`), and never
+with `format=jsonp`. Answers carry `Access-Control-Allow-Origin: *`:
+pages of any site may call the API with their own credentials. Wrong key,
+unknown user and wrong password all answer `ERROR: wrong authentication`.
+Failures count per account (the user `authid` resolves to, whichever
+spelling names it; a name that resolves to nobody counts on its own):
+`authfailmax` failures in `authfailwindow` ban the account for
+`authbantime`, and while it is banned every answer about it is `ERROR:
+banned: too many failed authentications`, right password or wrong. An
+address is banned only when its failures in the window reach
+`authfailmax` and name at least `authfailaccounts` accounts; failures over
+UDP never count for an address. Only ASCII digits without a leading zero
+are a user id.
 Rate limits (leaky buckets): `ratelimitglobal`, `ratelimitip`,
 `ratelimituser`, and some functions' own (below).
 
@@ -146,14 +171,15 @@ client transaction id (`txid=`) adds ` (repeated transaction)`.
 | charge | `OK: BALANCE CURRENCY, credited AMOUNT` |
 | addcredit | `OK: BALANCE CURRENCY, USER credited AMOUNT` (negative: `debited`) |
 | transfercredit | `OK: BALANCE CURRENCY, sent AMOUNT to USER` (the sender's balance) |
-| newuseri, newuseru | `OK: USERID`, record id, username |
+| newuseri, newuseru | `OK: USERID`, record id, username. No username may be another user's id, a PIN, a DID or another user's proven number (`ERROR: u_username NAME is a number of the pool (DID)`, ...); newuseru refuses phone numbers as usernames (`ERROR: u_username must not be a phone number: numbers are assigned by the operator`) unless `signupnumericusernames=1`, and even then numbers routed to a gateway |
 | deluser | `OK: deleted USERNAME` (refused while the balance is not zero) |
 | listusers, search | `OK: N users`, a record per user |
 | getdetails | `OK: USERNAME`, one record (min: id, username, credit, currency; normal: contact and account fields; max: every column but the password) |
 | changepwd | `OK: password changed` |
 | forgotpasswordquestion / forgotpasswordanswer | `OK: QUESTION` / `OK: a new password was sent by e-mail` |
 | setfield / getfield | `OK: FIELD set` / `OK: VALUE` |
-| cli, addcallbacknumber | `OK: NUMBER added` (`already added` when it is the caller's) |
+| cli, addcallbacknumber | without `code`: `OK: a code was sent to NUMBER by SMS: add it with code=CODE within 15 minutes` (the SMS is paid like any other); with the code: `OK: NUMBER added`; from an admin (with `targetuser`): `OK: NUMBER added (approved by an admin)`; `already added` when it is the caller's; `ERROR: NUMBER belongs to another user`, `ERROR: wrong code` (5 per code) |
+| jppget | the remote JSON document as `CALLBACK(json);` (`application/javascript`), or `ERROR: ...` why it was refused |
 | callbackaccessnumber | `OK: NUMBER` |
 | callforward | `OK: forwardalways=..., ...` (`-` for a cleared field) |
 | getphonenumbers / lockphonenumbers | `OK: COUNT` of free numbers / `OK: NUMBER` reserved for an hour |

@@ -112,11 +112,12 @@ class Router:
 
 
 async def owns_number(db: Database, userid: int, username: str, number: str) -> bool:
-    """Whether C{number} is the user's username, one of their DIDs, or a number they added (cli, callback)."""
+    """Whether C{number} is the user's username, one of their DIDs, or a number they added and proved
+    (cli, addcallbacknumber)."""
     if number == username:
         return True
     found = await db.run_query(
         "owns_number", "SELECT number FROM tb_phonenumbers WHERE userid = ? AND number = ? "
-                       "UNION SELECT number FROM tb_usernumbers WHERE userid = ? AND number = ?",
+                       "UNION SELECT number FROM tb_usernumbers WHERE userid = ? AND number = ? AND verified IS NOT NULL",
         (userid, number, userid, normalise(number) or number))
     return bool(found.rows)

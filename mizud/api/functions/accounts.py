@@ -6,7 +6,10 @@ import re
 import secrets
 from typing import Any
 
+from ...billing.rating import normalise
+from ...sip.routing import Router
 from ...store.billing import USER_ENDUSER, User
+from ...store.numbers import Names
 from ...store.money import MoneyError, format_money, parse_amount
 from ..answer import ApiAnswer, error, ok
 from ..auth import secret_equal
@@ -65,10 +68,33 @@ def _new_user_fields(call: Call, strict: bool) -> dict[str, Any]:
     }
 
 
-async def _create(call: Call, fields: dict[str, Any], credit: Any, **extra: Any) -> ApiAnswer:
+async def check_username(call: Call, username: str, *, signup: bool, userid: int | None = None,
+                         param: str = "u_username") -> None:
+    """Refuse (412) a username that would take over something already reachable by that name.
+
+    Names are resolved username first (an authid, an SMS or call target),
+    so a username that is another user's id, a PIN, a DID or a number
+    another user proved would shadow it; every way of naming a user checks
+    this.  A public signup may not pick a phone number at all unless
+    C{signupnumericusernames}, and never one that routes to a gateway.
+    """
+    number = normalise(username)
+    if number is not None and signup:
+        if not call.api.settings.current.signupnumericusernames:
+            raise RequestError(f"{param} must not be a phone number: numbers are assigned by the operator", 412)
+        routes = await Router(call.api.db, call.api.store.now).routes(number)
+        if any(route.kind == "gateway" for route in routes):
+            raise RequestError(f"{param} {username} is a number that is routed elsewhere", 412)
+    conflict = await Names(call.api.db).conflict(username, number, userid)
+    if conflict is not None:
+        raise RequestError(f"{param} {username} is {conflict}", 412)
+
+
+async def _create(call: Call, fields: dict[str, Any], credit: Any, signup: bool = False, **extra: Any) -> ApiAnswer:
     store = call.api.store
     if await store.find_user(fields["username"]) is not None:
         return error(f"username already exists: {fields['username']}", 412)
+    await check_username(call, fields["username"], signup=signup)
     username, password, currency = fields.pop("username"), fields.pop("password"), fields.pop("currency")
     try:
         userid = await store.create_user(username, password, currency=currency, credit=credit, **fields, **extra)
@@ -109,7 +135,7 @@ def register(registry: Registry) -> None:
     async def newuseru(call: Call) -> ApiAnswer:
         fields = _new_user_fields(call, strict=True)
         deviceid = _text(call, "deviceid")
-        return await _create(call, fields, 0, deviceid=deviceid, type=USER_ENDUSER)
+        return await _create(call, fields, 0, signup=True, deviceid=deviceid, type=USER_ENDUSER)
 
     @fn("deluser", Category.ADMIN, "delete a user (balance must be zero)", ("u_id", "u_username"))
     async def deluser(call: Call) -> ApiAnswer:

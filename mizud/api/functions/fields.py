@@ -126,6 +126,16 @@ def register(registry: Registry) -> None:
         row = canonical_id(rowid)
         if row is None:
             return error("rowid must be the row's id", 421)
+        if table == "tb_users" and name == "username":
+            from .accounts import USERNAME, check_username
+
+            value = str(value)  # "1111" is a username here, whatever fieldtype guessed
+            if not USERNAME.match(value):
+                return error("fieldvalue: a username holds letters, digits and _ . @ + - (1 to 64)", 412)
+            existing = await call.api.store.find_user(value)
+            if existing is not None and existing.id != row:
+                return error(f"username already exists: {value}", 412)
+            await check_username(call, value, signup=False, userid=row, param="fieldvalue")
         result = await call.api.db.run_statement(
             "setfield", f"UPDATE {table} SET {name} = ? WHERE id = ?", (value, row)
         )

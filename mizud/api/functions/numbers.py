@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import secrets
+
 from ...billing.rating import normalise
+from ...sip.sms import SmsError
+from ...store.numbers import MAX_ATTEMPTS, Names, NumberClaims
 from ..answer import ApiAnswer, error, ok
+from ..auth import secret_equal
 from ..dispatcher import Call
 from ..registry import REQ_ADMINS, Category, Registry
 from ..request import RequestError
@@ -23,32 +28,77 @@ def _number(call: Call, name: str) -> str:
 
 
 
+#: How long a code sent to a number stays valid, how soon another may be sent for it, and its length.
+CODE_TTL = 15 * 60
+CODE_AGAIN = 60
+CODE_DIGITS = 6
+
+
 async def _attach(call: Call, kind: str, number: str) -> ApiAnswer:
+    """Add a number to the caller's account: at once for an admin, else after the code sent to it.
+
+    Without C{code}: a code is sent to the number by SMS (the user pays it
+    like any SMS) and the claim waits.  With C{code}: the claim is proven.
+    A number is used (as a caller number, an SMS sender, the first leg of
+    p2p and callback) only once proven, so nobody can claim another
+    person's number and lock its owner out of it.
+    """
     user = call.user()
-    db = call.api.db
-    owner = (await db.run_query("usernumber", "SELECT userid FROM tb_usernumbers WHERE kind = ? AND number = ?",
-                                (kind, number))).rows
-    if owner:
-        return ok(f"{number} already added") if owner[0][0] == user.id else error(f"{number} belongs to another user", 412)
+    api = call.api
+    claims = NumberClaims(api.db, api.store.now, kind)
+    owner = await claims.owner(number)
+    if owner == user.id:
+        return ok(f"{number} already added")
+    if owner is not None or await Names(api.db).other_user_named(number, user.id):
+        return error(f"{number} belongs to another user", 412)
+    if call.caller.level <= REQ_ADMINS:
+        # An admin adds it for the user (targetuser) or for their own account: approved.
+        admin = call.caller.how
+        if not await claims.prove(user.id, number, f"admin {admin}"[:64]):
+            return error(f"{number} belongs to another user", 412)
+        return ok(f"{number} added (approved by an admin)")
+    given = call.arg("code").strip()
+    claim = await claims.claim(user.id, number)
+    if given:
+        now = api.store.now()
+        if claim is None or not claim.code or claim.expires is None or claim.expires <= now:
+            return error(f"no code is waiting for {number}: ask for one (without code=)", 412)
+        if claim.attempts >= MAX_ATTEMPTS:
+            return error(f"too many wrong codes for {number}: ask for a new one", 412)
+        if not secret_equal(given, claim.code):
+            await claims.wrong_code(user.id, number)
+            return error("wrong code", 403)
+        if not await claims.prove(user.id, number, "sms"):
+            return error(f"{number} belongs to another user", 412)
+        return ok(f"{number} added")
+    if claim is not None and claim.code and claim.expires is not None and (
+            claim.expires - api.store.now()).total_seconds() > CODE_TTL - CODE_AGAIN:
+        return error(f"a code was sent to {number} less than {CODE_AGAIN} s ago: use it, or ask again later", 412)
+    sip = api.sip
+    if sip is None:
+        return error(f"{number} must be proven by a code sent to it, and SMS is not running here: ask an admin", 412)
+    code = "".join(secrets.choice("0123456789") for _ in range(CODE_DIGITS))
+    text = f"Your code to add {number} to your account: {code}"
     try:
-        await db.run_statement(
-            "add_usernumber", "INSERT INTO tb_usernumbers (userid, kind, number, created) VALUES (?, ?, ?, ?)",
-            (user.id, kind, number, call.api.store.now()),
-        )
-    except Exception:
-        return error(f"{number} belongs to another user", 412)  # lost a race for the same number
-    return ok(f"{number} added")
+        outcome = await sip.sms.send(user, "", number, text, wait=True)
+    except SmsError as problem:
+        return error(f"cannot send a code to {number} ({problem}): ask an admin to approve it", 412)
+    if outcome.status == "failed":
+        return error(f"the code to {number} was not delivered ({outcome.reason}): ask an admin to approve it", 412)
+    await claims.open(user.id, number, code, CODE_TTL)
+    return ok(f"a code was sent to {number} by SMS: add it with code=CODE within {CODE_TTL // 60} minutes")
 
 
 def register(registry: Registry) -> None:
     """Register this module's handlers."""
     fn = registry.function
 
-    @fn("cli", Category.USER, "add a PIN-less caller number (ANI) to the caller's account", ("anum",))
+    @fn("cli", Category.USER, "add a PIN-less caller number (ANI) to the caller's account once proven: a code "
+        "is sent to it by SMS, then code= adds it (admins approve at once)", ("anum", "code"))
     async def cli(call: Call) -> ApiAnswer:
         return await _attach(call, "cli", _number(call, "anum"))
 
-    @fn("addcallbacknumber", Category.USER, "add a number callbacks may go to", ("anum",))
+    @fn("addcallbacknumber", Category.USER, "add a number callbacks may go to, proven as for cli", ("anum", "code"))
     async def addcallbacknumber(call: Call) -> ApiAnswer:
         return await _attach(call, "callback", _number(call, "anum"))
 

@@ -16,6 +16,7 @@ from ..dispatcher import Call
 from ..registry import Category, Registry
 from ..request import RequestError
 from .fields import convert, schema
+from .accounts import check_username
 
 HOSTNAME = re.compile(r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\Z")
 NAME = re.compile(r"[A-Za-z0-9_.@+\-]{1,64}\Z")
@@ -128,6 +129,7 @@ def register(registry: Registry) -> None:
         store = call.api.store
         if await store.find_user(username) is not None:
             return error(f"username already exists: {username}", 412)
+        await check_username(call, username, signup=False)
         db = call.api.db
         entry_name, entry_prefix = username, ""
         if routing and routing.lower() != "null":
