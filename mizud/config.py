@@ -363,6 +363,10 @@ OPTIONS: tuple[Option, ...] = (
          "Trust the source address of API requests over UDP (trusted-address rules, address bans). Off: "
          "anyone can forge a datagram's source, so UDP requests must carry credentials. Turn on only when "
          "the UDP network is yours and filtered.", live=True, group="api"),
+    _opt("httphostnames", parse_str, "",
+         "Host names this server is reached by in browsers (comma-separated). A browser's request for any "
+         "other name (say a page's own name re-pointed at this address: DNS rebinding) earns no trust by "
+         "address; IP addresses and localhost are always known.", live=True, group="api"),
     _opt("browseraddresstrust", parse_bool, "false",
          "Trust by address a browser request that shows no origin (no Origin, Referer or Sec-Fetch-Site): "
          "off by default, since a page of any site can make such a request from a browser on a trusted "

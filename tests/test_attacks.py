@@ -113,13 +113,13 @@ async def test_banned_account_is_no_password_oracle_by_id_or_pin(tmp_path: Path)
 @pytest_twisted.ensureDeferred
 async def test_failed_login_memory_is_bounded(tmp_path: Path) -> None:
     """200,000 distinct failed names keep at most the cap of keys, and old ones expire."""
-    from mizud.api.lockout import MAX_KEYS, MemoryFailures
+    from mizud.api.lockout import MAX_KEYS
 
     h = await make_harness(tmp_path)
-    book = h.api.lockout.book
-    assert isinstance(book, MemoryFailures)
+    book = h.api.lockout.local
     for number in range(200_000):
-        await book.record(f"name{number}", f"10.{number >> 16}.{(number >> 8) & 255}.{number & 255}", 600)
+        address = f"10.{number >> 16}.{(number >> 8) & 255}.{number & 255}"
+        book.record(f"name{number}", address, address, 600)
     assert len(book) <= 2 * MAX_KEYS
     h.clock.advance(601)
     await h.api.lockout.chore()
@@ -129,8 +129,9 @@ async def test_failed_login_memory_is_bounded(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_forged_udp_sources_neither_ban_nor_gain_trust(tmp_path: Path) -> None:
-    """Datagrams 'from' a victim with wrong passwords do not ban the victim; 'from' a LAN address they are
-    not trusted (no admin db); with apiudptrusted=1 the operator says the UDP network is trusted."""
+    """Datagrams 'from' a victim with wrong passwords do not ban the victim's address (only UDP logins from
+    it stop, so spraying over UDP ends too); 'from' a LAN address they are not trusted (no admin db); with
+    apiudptrusted=1 the operator says the UDP network is trusted."""
     from mizud.api.request import decode
 
     h = await make_harness(tmp_path)
@@ -142,13 +143,15 @@ async def test_forged_udp_sources_neither_ban_nor_gain_trust(tmp_path: Path) -> 
     for number in range(20):
         await datagram(f"apientry=balance&authkey={KEY}&authid=user{number}&authpwd=x", PUBLIC_IP)
     assert (await h.call(f"apientry=balance&authkey={KEY}&authid=root&authpwd=rootpw")).ok
+    sprayed = await datagram(f"apientry=balance&authkey={KEY}&authid=alice&authpwd=alicepw", PUBLIC_IP)
+    assert sprayed == "ERROR: banned: too many failed authentications"
     injected = await datagram("apientry=db&txt=UPDATE%20tb_users%20SET%20type=15", "192.168.1.20")
     assert injected.startswith("ERROR:")
     assert (await datagram("apientry=balance&authid=alice", "127.0.0.1")).startswith("ERROR:")
     alice = await h.store.find_user("alice")
     assert alice is not None and alice.type == 0
-    # With credentials UDP works as before.
-    assert await datagram(f"apientry=balance&authkey={KEY}&authid=alice&authpwd=alicepw", PUBLIC_IP) == "OK: 5.00 USD"
+    # With credentials UDP works as before (from a source that did not fail).
+    assert await datagram(f"apientry=balance&authkey={KEY}&authid=alice&authpwd=alicepw", "5.6.7.9") == "OK: 5.00 USD"
     await h.db.close()
     (tmp_path / "b").mkdir()
     h = await make_harness(tmp_path / "b", "apiudptrusted=1")
@@ -171,7 +174,7 @@ async def test_anonymous_requests_leave_no_state_under_nonce_login(tmp_path: Pat
     good = f"apientry=balance&authkey={KEY}&authid=alice&authmd5={digest}&authsalt1=a&authsalt2=b&nonce={nonce[:10]}"
     assert (await h.call(good, "10.0.7.207")).text == "OK: 5.00 USD"
     assert (await h.db.run_query("count", "SELECT count(*) FROM tb_nonceuse")).rows[0][0] == 1
-    assert (await h.call(good, "10.0.7.207")).text == "ERROR: wrong authentication"
+    assert (await h.call(good, "10.0.7.207")).text.startswith("ERROR: new nonce is:")  # the replay is refused
     await h.db.close()
 
 
@@ -262,4 +265,133 @@ async def test_signup_cannot_take_over_a_number(tmp_path: Path) -> None:
         assert server.text == f"ERROR: u_username {name} is {what}", name
     # An ordinary extension number is fine for an admin.
     assert (await h.call("apientry=newuseri&u_username=1111&u_password=pw", admin)).ok
+    await h.db.close()
+
+
+def test_a_browser_addressing_another_host_name_gets_no_address_trust() -> None:
+    """DNS rebinding: a page's own name pointed at this server looks same-origin (Host, Origin and Referer
+    all say evil.example); a browser's request to a host name that is not this server's is foreign.
+    IP addresses and localhost are always this server's, and httphostnames adds names."""
+    from mizud.wire.http import foreign_browser, known_host, own_origin
+
+    chrome = "Mozilla/5.0 Chrome/156.0"
+    rebound = {"host": "evil.example:8080", "referer": "http://evil.example:8080/a.html", "user-agent": chrome}
+    own = own_origin(rebound["host"], False)
+    assert not known_host(own, "") and known_host(own, "voip.example.com, evil.example")
+    assert foreign_browser(rebound.get, own, False, known_host(own, ""))
+    assert not foreign_browser(rebound.get, own, False, known_host(own, "evil.example"))
+    for host in ("127.0.0.1:8080", "[::1]:8080", "localhost:8080", "192.168.1.5"):
+        assert known_host(own_origin(host, False), ""), host
+    # A script (no browser headers) keeps its trust whatever Host it sends.
+    assert not foreign_browser({"host": "evil.example"}.get, own, False, False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_owners_logins_do_not_reset_an_attackers_count(tmp_path: Path) -> None:
+    """Four guesses from one address, the owner's good login from another, again and again: the account is
+    locked after authfailmax guesses all the same (a success clears only its own address's failures)."""
+    h = await make_harness(tmp_path)
+    answers = []
+    for round in range(3):
+        for guess in range(4):
+            answers.append((await h.call(f"apientry=balance&authkey={KEY}&authid=alice&authpwd=guess{round}{guess}",
+                                         "203.0.113.7")).text)
+        answers.append((await h.call(f"apientry=balance&authkey={KEY}&authid=alice&authpwd=alicepw", "198.51.100.2")).text)
+    assert answers[4] == "OK: 5.00 USD" and answers[5] == "ERROR: wrong authentication"
+    assert answers[6] == "ERROR: banned: too many failed authentications"  # the fifth guess locked it
+    # The owner's own failures are cleared by the owner's own success, as before.
+    (tmp_path / "b").mkdir()
+    h2 = await make_harness(tmp_path / "b")
+    for round in range(3):
+        for guess in range(4):
+            await h2.call(f"apientry=balance&authkey={KEY}&authid=alice&authpwd=typo{guess}", "198.51.100.2")
+        assert (await h2.call(f"apientry=balance&authkey={KEY}&authid=alice&authpwd=alicepw", "198.51.100.2")).ok
+    await h.db.close()
+    await h2.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_parallel_guesses_meet_the_lockout(tmp_path: Path, database_option: str) -> None:
+    """60 guesses sent at once, the right password among them: at most authfailmax are checked, the right
+    one is refused as banned, and the account is banned (on both engines)."""
+    from twisted.internet import defer
+
+    from mizud.api.request import decode
+
+    h = await make_harness(tmp_path, "ratelimitip=0", "ratelimituser=0", "ratelimitglobal=0", database=database_option)
+    queries = [f"apientry=balance&authkey={KEY}&authid=alice&authpwd=guess{n}" for n in range(60)]
+    queries[40] = f"apientry=balance&authkey={KEY}&authid=alice&authpwd=alicepw"
+    answers = await defer.gatherResults([defer.ensureDeferred(h.api.dispatch(decode(query=q, source="203.0.113.9")))
+                                         for q in queries])
+    texts = [a.text for a in answers]
+    assert texts[40] == "ERROR: banned: too many failed authentications"
+    assert texts.count("ERROR: wrong authentication") <= 5
+    assert h.api.bans.is_banned("user", "alice")
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_password_reminder_cannot_be_guessed_past_the_lockout(tmp_path: Path) -> None:
+    """forgotpasswordanswer counts failures for the account the e-mail names (whatever its case) and, once
+    it is locked, checks no more answers."""
+    h = await make_harness(tmp_path, "smtpserver=127.0.0.1:9")
+    await h.db.run_statement("x", "UPDATE tb_users SET email = 'alice@example.com', forgotquestion = 'pet?', "
+                                  "forgotanswer = 'rex' WHERE username = 'alice'")
+    for number, email in enumerate(("alice@example.com", "ALICE@example.com", "Alice@Example.com",
+                                    "alice@EXAMPLE.com", "aLiCe@example.com")):
+        answered = await h.call(f"apientry=forgotpasswordanswer&authkey={KEY}&email={email}&forgotpasswordanswer=x{number}",
+                                f"10.9.0.{number}")
+        assert answered.text == "ERROR: wrong answer"
+    right = await h.call(f"apientry=forgotpasswordanswer&authkey={KEY}&email=alice@example.com&forgotpasswordanswer=rex",
+                         "10.9.1.1")
+    assert right.text == "ERROR: banned: too many failed authentications"
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_repeated_nonce_logins_of_one_client_work(tmp_path: Path) -> None:
+    """A client that logs in with a fresh preauth each time, without authsalt2, is never refused as a replay:
+    two preauths in the same second from one address give different nonces."""
+    h = await make_harness(tmp_path, "apidefneedlogin=2")
+    nonces = set()
+    for _ in range(5):
+        nonce = (await h.call("apientry=preauth")).text.removeprefix("OK: new nonce is:").removesuffix("EOF")
+        nonces.add(nonce[:10])
+        digest = "authv3_" + md5(md5("tU29m" + "alice" + "alicepw" + "fixed") + "" + "srvsalt" + nonce)
+        answered = await h.call(f"apientry=balance&authkey={KEY}&authid=alice&authmd5={digest}&authsalt1=fixed"
+                                f"&nonce={nonce[:10]}")
+        assert answered.text == "OK: 5.00 USD"
+    assert len(nonces) == 5
+    await h.db.close()
+
+
+def test_the_connection_cap_spares_proxies_and_counts_ipv6_by_64() -> None:
+    """trustedproxies carry many clients and are not capped; the addresses of one IPv6 /64 share one budget."""
+    from twisted.internet.task import Clock
+
+    from mizud.config import Settings
+    from mizud.wire.limits import ConnectionBudget
+
+    budget = ConnectionBudget(Settings(None, ("maxconnectionsperip=2", "trustedproxies=10.0.0.9")), Clock())
+    assert all(budget.admit("10.0.0.9") == "" for _ in range(10))
+    assert budget.admit("2001:db8::1") == budget.admit("2001:db8::2") == "2001:db8::/64"
+    assert budget.admit("2001:db8::3") is None and budget.admit("2001:db8:0:1::1") is not None
+    assert budget.admit("::ffff:192.0.2.1") == "192.0.2.1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_setfield_writes_money_columns_as_money(tmp_path: Path) -> None:
+    """A money column gets an exact, bounded amount whatever fieldtype says: int 5 is 5.00, not 5 micro-units,
+    and 2^62 is refused."""
+    h = await make_harness(tmp_path)
+    await h.db.run_statement("x", "INSERT INTO tb_tariffs (tariffid, prefix, name, price, connectfee, mininterval, "
+                                  "interval, currency) VALUES (1, '36', 'Hungary', 0, 0, 0, 1, 'USD')")
+    admin = "127.0.0.1"
+    answered = await h.call("apientry=setfield&table=tb_tariffs&fieldname=price&fieldtype=int&fieldvalue=5&rowid=1",
+                            admin)
+    assert answered.ok, answered.text
+    row = await h.db.run_query("x", "SELECT price FROM tb_tariffs WHERE id = 1")
+    assert h.db.engine.money(row.rows[0][0]) == 5
+    huge = await h.call(f"apientry=setfield&fieldname=creditlimit&fieldvalue={2**62}&rowid=1", admin)
+    assert huge.text.startswith("ERROR: fieldvalue must be at most 1000000000000")
     await h.db.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
@@ -317,3 +317,62 @@ async def test_portal_is_served(tmp_path: Path) -> None:
     finally:
         await port.stopListening()  # type: ignore[attr-defined]
         await db.close()
+
+@pytest_twisted.ensureDeferred
+async def test_jsonp_forwarder_gives_up_on_a_slow_body(tmp_path: Path, monkeypatch: Any) -> None:
+    """A listed host that sends its headers and then its body a byte at a time is abandoned at the deadline
+    for the whole exchange (treq's own timeout ends with the headers)."""
+    from twisted.internet.task import LoopingCall
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET, Site
+
+    from mizud.api import forwarder
+
+    class Slow(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> Any:
+            request.setHeader(b"content-length", b"1000")
+            request.write(b"{")
+            LoopingCall(lambda: request.write(b" ")).start(0.2, now=False)
+            return NOT_DONE_YET
+
+    monkeypatch.setattr(forwarder, "TIMEOUT", 1.0)
+    remote = global_reactor.listenTCP(0, Site(Slow()), interface="127.0.0.1")
+    srv, port, db = await start(tmp_path, "enablejsonp=2", "jsonpforwardhosts=127.0.0.1")
+    url = quote(f"http://127.0.0.1:{remote.getHost().port}/slow")
+    import time
+
+    started = time.monotonic()
+    answered = await srv.curl(f"{srv.base}/mvapireq/jppget?authkey=k&authid=alice&authpwd=alicepw&url={url}")
+    assert answered[2] == "ERROR: fetch failed: timed out" and time.monotonic() - started < 5
+    await port.stopListening()  # type: ignore[attr-defined]
+    await db.close()
+    await remote.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dns_rebinding_gets_no_address_trust(tmp_path: Path) -> None:
+    """A browser's request addressed to a foreign host name (the attacker's name re-pointed at 127.0.0.1) reads
+    no passwords, by GET or POST; the operator's own names (httphostnames) and scripts keep their trust."""
+    srv, port, db = await start(tmp_path)
+    db_query = "apientry=db&txt=select%20username,password%20from%20tb_users&format=json"
+    browser = ["-H", f"Host: evil.example:{srv.port}", "-H", "User-Agent: Mozilla/5.0",
+               "-H", f"Referer: http://evil.example:{srv.port}/a.html"]
+    status, _, body = await srv.curl(*browser, f"{srv.base}/mvapireq/?{db_query}")
+    assert json.loads(body)["status"] == "ERROR" and "alicepw" not in body
+    _, _, body = await srv.curl(*browser[:4], "-H", f"Origin: http://evil.example:{srv.port}",
+                                "--data", db_query, f"{srv.base}/mvapireq/")
+    assert json.loads(body)["status"] == "ERROR" and "alicepw" not in body
+    _, _, body = await srv.curl(f"{srv.base}/mvapireq/?{db_query}")  # curl on this machine: trusted
+    assert "alicepw" in body
+    await port.stopListening()  # type: ignore[attr-defined]
+    await db.close()
+    (tmp_path / "named").mkdir()
+    srv, port, db = await start(tmp_path / "named", "httphostnames=voip.example.com")
+    named = ["-H", f"Host: voip.example.com:{srv.port}", "-H", "User-Agent: Mozilla/5.0",
+             "-H", f"Referer: http://voip.example.com:{srv.port}/webvoip"]
+    _, _, body = await srv.curl(*named, f"{srv.base}/mvapireq/?{db_query}")
+    assert "alicepw" in body  # the operator's own name, same origin, from this machine
+    await port.stopListening()  # type: ignore[attr-defined]
+    await db.close()

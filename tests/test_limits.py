@@ -385,3 +385,46 @@ def test_the_open_files_limit_is_raised_within_the_hard_limit() -> None:
         assert raised == expected == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_busy_sip_stream_is_not_cut_by_the_request_deadline() -> None:
+    """Segments cut across message boundaries, one a second for 60 s: every message completes and the
+    connection stays; a message left half-sent past requesttimeout closes it."""
+    from mizud.sip.transport import SipStreamProtocol
+
+    clock = Clock()
+
+    class Core:
+        """Just what a SIP stream needs of the SIP core."""
+
+        settings = Settings(None, ("requesttimeout=30s",))
+        rejections = RejectionLog(clock, "test")
+
+        def __init__(self) -> None:
+            self.connections: dict[Any, Any] = {}
+            self.got: list[Any] = []
+
+        def admit(self, source: Any) -> bool:
+            return True
+
+        def received(self, message: Any, source: Any) -> None:
+            self.got.append(message)
+
+        def forget(self, *args: Any) -> None:
+            pass
+
+    core = Core()
+    protocol = SipStreamProtocol(core, clock)  # type: ignore[arg-type]
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    message = (b"OPTIONS sip:x@example.com SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.1;branch=z9hG4bK1\r\n"
+               b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
+               b"Content-Length: 0\r\n\r\n")
+    stream = message * 70
+    size = len(message) + 7  # misaligned with the messages
+    for second in range(60):
+        protocol.dataReceived(stream[second * size:(second + 1) * size])
+        clock.advance(1)
+    assert not transport.disconnecting and len(core.got) >= 55
+    clock.advance(31)
+    assert transport.disconnecting  # the part of a message left over was never finished

@@ -216,3 +216,32 @@ def test_cancel_only_after_a_provisional() -> None:
     cancel = transaction.cancel_request()  # type: ignore[attr-defined]
     assert cancel.method == "CANCEL" and cancel.uri == request.uri and cancel.get("via") == request.get("via")
     assert cancel.get("cseq") == f"{request.cseq()[0]} CANCEL" and cancel.get("to") == request.get("to")
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_reinvite_in_a_dialog_stays_stateful(tmp_path: Path) -> None:
+    """A re-INVITE (To has a tag) refused with 481 keeps its transaction: the error is resent on timer G
+    until the ACK, as RFC 3261 17.2.1 says; only out-of-dialog refusals are stateless."""
+    rig = await make_rig(tmp_path)
+    phone = Phone("alice", "alicepw")
+    reinvite = phone.request("INVITE", "sip:bob@example.com").replace(
+        b"To: <sip:alice@example.com>", b"To: <sip:bob@example.com>;tag=gone")
+    mark = len(rig.sent)
+    assert [m.status for m in await rig.exchange(reinvite)] == [481]
+    assert len(rig.core.transactions.live) == 1
+    rig.h.clock.advance(T1)
+    assert statuses(rig, mark) == [481, 481]
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_credential_that_works_again_is_challenged_again(tmp_path: Path) -> None:
+    """After a success in a Call-ID, a later wrong credential there is challenged (401), not refused (403)."""
+    rig = await make_rig(tmp_path)
+    phone = Phone("alice", "wrong")
+    assert (await rig.register(phone)).status == 401
+    phone.password = "alicepw"
+    assert (await rig.register(phone)).status == 200
+    phone.password = "wrong-again"
+    assert (await rig.register(phone)).status == 401
+    await rig.h.db.close()

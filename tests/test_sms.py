@@ -281,3 +281,35 @@ async def test_numbers_are_proven_by_a_code_sent_to_them(tmp_path: Path, databas
     finally:
         await port.stopListening()
         await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_number_codes_cannot_be_guessed_in_parallel(tmp_path: Path) -> None:
+    """40 guesses sent at once use up the code's 5 attempts (one statement each): 5 'wrong code' at most,
+    which lock the account too; and at most 5 codes a day are sent for one claim."""
+    from twisted.internet import defer
+
+    from mizud.api.request import decode
+    from mizud.store.numbers import MAX_CODES_A_DAY, NumberClaims
+
+    rig = await rig_with_tariff(tmp_path)
+    h = rig.h
+    alice = await h.store.find_user("alice")
+    assert alice is not None
+    claims = NumberClaims(h.db, h.store.now, "cli")
+    assert await claims.open(alice.id, "36709999999", "123456", 900)
+    guesses = [f"apientry=cli&anum=36709999999&code={n:06d}&{ALICE}" for n in range(200000, 200040)]
+    answers = await defer.gatherResults([defer.ensureDeferred(h.api.dispatch(decode(query=q, source=f"10.8.0.{i}")))
+                                         for i, q in enumerate(guesses)])
+    assert sum(a.text == "ERROR: wrong code" for a in answers) == 5
+    claim = await claims.claim(alice.id, "36709999999")
+    assert claim is not None and claim.attempts == 5 and not claim.verified
+    # The wrong codes also counted as failed logins of alice's account: five at once lock it.
+    assert (await h.call(f"apientry=cli&anum=36709999999&code=123456&{ALICE}")).text == (
+        "ERROR: banned: too many failed authentications")
+    for _ in range(MAX_CODES_A_DAY - 1):
+        assert await claims.open(alice.id, "36709999999", "654321", 900)
+    assert not await claims.open(alice.id, "36709999999", "111111", 900)
+    rig.h.clock.advance(86401)
+    assert await claims.open(alice.id, "36709999999", "222222", 900)
+    await h.db.close()

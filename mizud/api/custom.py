@@ -76,6 +76,9 @@ class Values:
         assert name is not None
         key = name.lower()
         if key in self.user_fields:
+            if key in self.params and str(self.params[key]) != str(self.user_fields[key]):
+                log.info("custom function: {{{name}}} is the caller's own field; the request's {name}= is ignored "
+                         "(name the parameter otherwise, or use [SPARAMn])", name=key)
             return self.user_fields[key]
         if key in self.params:
             return self.params[key]

@@ -56,7 +56,7 @@ from .auth import (
     same,
     secret_equal,
 )
-from .lockout import Lockout, MemoryFailures, loggable
+from .lockout import Lockout, loggable
 from .ratelimit import Clock, LeakyBucket
 from ..store.authstate import StoredFailures
 from .registry import (
@@ -187,9 +187,9 @@ class Api:
         self.actions = custom.Actions(self, clock)
         self.maintenance = Maintenance(self)
         self.bans = Bans(self.db, clock)
-        book = StoredFailures(self.db, store.now) if self.db.engine.name == "postgresql" else MemoryFailures(clock)
+        shared = StoredFailures(self.db, store.now) if self.db.engine.name == "postgresql" else None
         #: The one lockout every credential check reports to (API, old interface, console, SIP).
-        self.lockout = Lockout(settings, self.bans, book)
+        self.lockout = Lockout(settings, self.bans, clock, shared)
         self.overrides: dict[str, Access] = {}
         #: The SIP element (L{mizud.sip.core.SipCore}) once the SIP service links it; None without SIP.
         self.sip: Any = None
@@ -338,7 +338,7 @@ class Api:
         source = request.source
         if not (self.limit_global.allow("*") and self.limit_ip.allow(source) and self._function_allows(function, source)):
             return error("rate limited", answer.RATE_LIMITED)
-        if self.lockout.address_banned(source):
+        if self.lockout.address_banned(source, request.forgeable_source and not config.apiudptrusted):
             return error(BANNED, answer.AUTH_FAILED)
         legacy_request = bool(request.context.get("legacy"))
         trust = Trust(config)
@@ -386,7 +386,7 @@ class Api:
             if refusal is not None:
                 return refusal
             if caller.proven:
-                await self.lockout.succeeded(user.username)
+                await self.lockout.succeeded(user.username, source)
         assert function.handler is not None
         return await function.handler(Call(self, request, function, caller))
 
@@ -458,8 +458,8 @@ class Api:
             reason=failure.reason,
         )
         # A forged datagram must not make mizud ban the address it names.
-        address = None if request.forgeable_source and not self.settings.current.apiudptrusted else request.source
-        await self.lockout.failed(account or "-", address)
+        forgeable = request.forgeable_source and not self.settings.current.apiudptrusted
+        await self.lockout.failed(account or "-", request.source, forgeable)
 
     # -- who is calling -----------------------------------------------------------------
 
@@ -671,7 +671,10 @@ class Api:
                 expected = authmd5_full(authid, user.password, salt1, salt2, serversalt, nonce)
             if same(given, expected) or same("authv3_" + given, expected):
                 if not await self.nonces.use(nonce, expected, config.apinoncettl):
-                    raise AuthFailure("replayed authmd5", account)
+                    # A replay, or a client repeating itself (the same salts): no password was guessed, so
+                    # nothing is counted; a fresh nonce lets an honest client go on.
+                    log.info("replayed authmd5 for {user} from {source}", user=loggable(account), source=request.source)
+                    raise NewNonce()
                 return "portal md5 with nonce" if portal else "authmd5 with nonce"
             raise AuthFailure("wrong portal md5" if portal else "wrong authmd5", account)
         if portal:

@@ -125,8 +125,9 @@ may name a user by `authid` alone -- but only for requests whose address
 is vouched for: never over UDP (anyone can forge a datagram's source;
 `apiudptrusted=1` trusts the UDP network), never for a request a browser
 makes for a page of another site (`Origin`, `Referer`, `Sec-Fetch-Site`;
-a browser showing none of them unless `browseraddresstrust=1`), and never
-with `format=jsonp`. Answers carry `Access-Control-Allow-Origin: *`:
+a browser showing none of them unless `browseraddresstrust=1`; a browser
+addressing a host name other than an IP address, `localhost` or one in
+`httphostnames`), and never with `format=jsonp`. Answers carry `Access-Control-Allow-Origin: *`:
 pages of any site may call the API with their own credentials. Wrong key,
 unknown user and wrong password all answer `ERROR: wrong authentication`.
 Failures count per account (the user `authid` resolves to, whichever
@@ -136,8 +137,10 @@ spelling names it; a name that resolves to nobody counts on its own):
 banned: too many failed authentications`, right password or wrong. An
 address is banned only when its failures in the window reach
 `authfailmax` and name at least `authfailaccounts` accounts; failures over
-UDP never count for an address. Only ASCII digits without a leading zero
-are a user id.
+UDP never ban an address, but `authfailmax` of them stop UDP logins from
+that source. A successful login clears only the failures from its own
+address; a replayed authmd5 is answered with a new nonce. Only ASCII
+digits without a leading zero are a user id.
 Rate limits (leaky buckets): `ratelimitglobal`, `ratelimitip`,
 `ratelimituser`, and some functions' own (below).
 

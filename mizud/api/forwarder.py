@@ -155,14 +155,20 @@ async def forward(url: str, callback: str, allowed: tuple[str, ...], own_ports: 
         if sum(len(c) for c in chunks) > MAX_DOCUMENT:
             raise ForwardRefused(f"the remote document is over {MAX_DOCUMENT} bytes")
 
-    try:
-        response = await treq.get(url, agent=agent, timeout=TIMEOUT, reactor=reactor, allow_redirects=False)
+    async def fetch() -> None:
+        response = await treq.get(url, agent=agent, reactor=reactor, allow_redirects=False)
         if response.code != 200:
             raise ForwardRefused(f"the remote service answered {response.code}")
         await treq.collect(response, collect)
+
+    # One deadline for the whole exchange: treq's own timeout ends once the headers have come.
+    fetching = defer.ensureDeferred(fetch())
+    fetching.addTimeout(TIMEOUT, reactor)
+    try:
+        await fetching
     except ForwardRefused:
         raise
-    except defer.CancelledError:
+    except (defer.CancelledError, defer.TimeoutError):
         raise ForwardRefused("fetch failed: timed out") from None
     except Exception as problem:
         raise ForwardRefused(f"fetch failed: {type(problem).__name__}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
@@ -14,9 +15,9 @@ from .ratelimit import Clock
 
 #: Characters of the nonce a client sends back (the spec says 10; more is fine).
 NONCE_PREFIX = 10
-#: The issue time is kept in units of L{_TICK} seconds, modulo L{_TICKS} (about 34 years).
-_TICK = 4
-_TICKS = 1 << 28
+#: The issue time is kept in units of L{_TICK} seconds, modulo L{_TICKS} (about two years).
+_TICK = 64
+_TICKS = 1 << 20
 #: How far ahead of this node's clock another node's nonce may be (their clocks differ a little).
 _AHEAD = 60
 
@@ -37,9 +38,10 @@ def _seconds(when: datetime) -> float:
 class Nonces:
     """preauth's nonces: stateless until used, valid on every node.
 
-    A nonce is 32 lower-case hex digits: 7 of the time it was issued (in
-    4-second ticks, modulo 2**28), 3 of a keyed hash of the address it was
-    issued to, and 22 of an HMAC-SHA256 over those first 10 under a key kept in
+    A nonce is 32 lower-case hex digits: 5 of the time it was issued (in
+    64-second ticks, modulo 2**20), 3 random, 2 of a keyed hash of the
+    address it was issued to, and 22 of an HMAC-SHA256 over those first 10
+    under a key kept in
     C{tb_serverkeys} (so every node sharing the database accepts it).  A
     client sends back at least the first L{NONCE_PREFIX} digits, from which
     the rest is recomputed.  Issuing one writes nothing: a flood of
@@ -67,7 +69,7 @@ class Nonces:
         """A new nonce for a client at C{address}."""
         key = await self.key()
         tick = int(self.clock.seconds() // _TICK) % _TICKS
-        prefix = f"{tick:07x}{self._mac(key, 'address ' + address)[:3]}"
+        prefix = f"{tick:05x}{secrets.token_hex(2)[:3]}{self._mac(key, 'address ' + address)[:2]}"
         return prefix + self._mac(key, "nonce " + prefix)[:32 - NONCE_PREFIX]
 
     async def find(self, given: str, ttl: float, address: str | None = None) -> str | None:
@@ -81,13 +83,13 @@ class Nonces:
         nonce = prefix + self._mac(key, "nonce " + prefix)[:32 - NONCE_PREFIX]
         if not hmac.compare_digest(nonce[:len(given)], given):
             return None
-        ticks = (int(self.clock.seconds() // _TICK) - int(prefix[:7], 16)) % _TICKS
+        ticks = (int(self.clock.seconds() // _TICK) - int(prefix[:5], 16)) % _TICKS
         if ticks > _TICKS // 2:
             if (_TICKS - ticks) * _TICK > _AHEAD:
                 return None  # from the future: not ours
         elif ticks * _TICK > ttl:
             return None  # expired
-        if address is not None and not hmac.compare_digest(prefix[7:], self._mac(key, "address " + address)[:3]):
+        if address is not None and not hmac.compare_digest(prefix[8:], self._mac(key, "address " + address)[:2]):
             return None
         return nonce
 
@@ -124,6 +126,8 @@ class Bans:
         self.db = db
         self.clock = clock
         self._until: dict[tuple[str, str], float] = {}
+        #: Bans this node made lately: (until, when made), so a reload that raced them keeps them.
+        self._made: dict[tuple[str, str], tuple[float, float]] = {}
         #: Called after a ban is added or lifted (to tell the other nodes).
         self.changed: Callable[[], Awaitable[Any]] | None = None
         #: Called with the kind of each new ban (metrics).
@@ -135,21 +139,29 @@ class Bans:
         return until is not None and until > self.clock.seconds()
 
     async def refresh(self) -> None:
-        """Reload the active bans from the database."""
-        self._until = {(b.kind, b.value): _seconds(b.until) for b in await self.active()}
+        """Reload the active bans from the database (keeping bans this node made while it read)."""
+        started = self.clock.seconds()
+        fresh = {(b.kind, b.value): _seconds(b.until) for b in await self.active()}
+        for key, (until, made) in list(self._made.items()):
+            if made >= started:
+                fresh[key] = until  # its row may not have been visible to the read
+            elif made < started - 60:
+                del self._made[key]
+        self._until = fresh
 
     async def ban(self, kind: str, value: str, seconds: float, reason: str) -> None:
-        """Ban C{value} for C{seconds}."""
+        """Ban C{value} for C{seconds}: in force on this node at once (before anything waits), then stored."""
         now = utcnow(self.clock)
         until = now + timedelta(seconds=seconds)
+        self._until[(kind, value)] = _seconds(until)
+        self._made[(kind, value)] = (_seconds(until), self.clock.seconds())
+        if self.counted is not None:
+            self.counted(kind)
         await self.db.run_statement(
             "ban",
             "INSERT INTO tb_banned (kind, value, reason, created, until) VALUES (?, ?, ?, ?, ?)",
             (kind, value, reason, now, until),
         )
-        self._until[(kind, value)] = _seconds(until)
-        if self.counted is not None:
-            self.counted(kind)
         await self._tell()
 
     async def _tell(self) -> None:
@@ -173,12 +185,15 @@ class Bans:
         if value is None:
             result = await self.db.run_statement("lift_bans", "UPDATE tb_banned SET until = ? WHERE until > ?", (now, now))
             self._until.clear()
+            self._made.clear()
         else:
             result = await self.db.run_statement(
                 "lift_ban", "UPDATE tb_banned SET until = ? WHERE value = ? AND until > ?", (now, value, now)
             )
             for key in [k for k in self._until if k[1] == value]:
                 del self._until[key]
+            for key in [k for k in self._made if k[1] == value]:
+                del self._made[key]
         await self._tell()
         return result.rowcount
 

@@ -478,17 +478,17 @@ class Console:
             return None
         request = ApiRequest("console login", {"authid": username}, peer, transport="console")
         lockout = api.lockout
+        user = await api.store.find_user(username)
         if lockout.address_banned(peer) or lockout.account_banned(username):
             log.info("console: login for {user} from {peer} refused: banned", user=loggable(username), peer=peer)
             return None
-        user = await api.store.find_user(username)
         if user is None or not password or not secret_equal(password, user.password):
             await api.failed_login(request, "wrong console username or password", username)
             return None
         if not _console_user(user):
             await api.failed_login(request, "not an enabled admin or support user", username)
             return None
-        await lockout.succeeded(user.username)
+        await lockout.succeeded(user.username, peer)
         return user  # type: ignore[no-any-return]
 
     async def run(self, text: str, user: User, peer: str) -> tuple[str, bool]:

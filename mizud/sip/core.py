@@ -68,6 +68,8 @@ MAX_ROUTES = 200_000
 MAX_IM = 4000
 #: Dialogs (Call-IDs) with a rejected credential remembered at once (to answer a retry 403).
 MAX_FAILED_CALLS = 100_000
+#: How long a rejected credential in a Call-ID is remembered (seconds).
+FAILED_CALL_MEMORY = 3600.0
 
 REASONS = {
     100: "Trying", 200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
@@ -156,7 +158,7 @@ class SipCore:
         #: Work to start once a request's response has been sent (by id of the request).
         self._after: dict[int, Callable[[], Any]] = {}
         #: (Call-ID, username) of recent requests whose credentials were rejected.
-        self._failed_calls: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._failed_calls: OrderedDict[tuple[str, str], float] = OrderedDict()
         from .calls import CallControl
         from .messaging import Messenger
         from .registrar import Registrar
@@ -273,9 +275,10 @@ class SipCore:
         except Exception:
             log.failure("SIP {method} from {source} failed", method=request.method, source=source.address)
             response = response_to(request, 500, source=source)
-        # An INVITE refused here created no dialog: answer statelessly (once per INVITE received),
+        # An INVITE outside a dialog refused here created no state: answer statelessly (once per INVITE received),
         # so a forged INVITE gets one response, not eleven over 32 s (RFC 3261 timer G).
-        transaction.respond(response, stateless=request.method == "INVITE" and response.status >= 300)
+        stateless = request.method == "INVITE" and response.status >= 300 and not request.address("to").tag
+        transaction.respond(response, stateless=stateless)
         after = self._after.pop(id(request), None)
         if after is not None:
             after()
@@ -439,9 +442,11 @@ class SipCore:
         if credentials.get("uri", "") != request.uri:
             return response_to(request, 400, "Digest uri does not match the Request-URI", source=source)
         username = credentials.get("username", "")
+        user = await api.store.find_user(username) if _sane(username) else None
+        # Checked after the lookup, with nothing waiting between it and the password check and the count
+        # of a failure: parallel guesses cannot all pass before the lockout.
         if api.lockout.account_banned(username):
             return response_to(request, 403, "Too many failed authentications", source=source)
-        user = await api.store.find_user(username) if _sane(username) else None
         password = user.password if user is not None else os.urandom(12).hex()
         verdict = self.digest.check(credentials, request.method, password, source.host)
         if user is None or verdict.wrong_password:
@@ -462,19 +467,20 @@ class SipCore:
             return response_to(request, 400, "Malformed credentials", source=source)
         if not user.enabled or user.temporarydisabled:
             return response_to(request, 403, "Account disabled", source=source)
+        self._failed_calls.pop((request.call_id, username), None)
+        await api.lockout.succeeded(user.username, source.host)
         return user
 
     def _failed_again(self, call_id: str, username: str) -> bool:
-        """Note a rejected credential in this Call-ID; True if one was rejected there before."""
+        """Note a rejected credential in this Call-ID; True if one was rejected there in the last hour."""
         key = (call_id, username)
         failed = self._failed_calls
-        if key in failed:
-            failed.move_to_end(key)
-            return True
-        failed[key] = None
+        now = self.clock.seconds()
+        before = failed.pop(key, None)
+        failed[key] = now
         if len(failed) > MAX_FAILED_CALLS:
             failed.popitem(last=False)
-        return False
+        return before is not None and now - before < FAILED_CALL_MEMORY
 
     # -- output -------------------------------------------------------------------
 

@@ -158,6 +158,7 @@ class SipStreamProtocol(Protocol):
             message.body = bytes(buffer[:length])
             del buffer[:length]
             self.pending = None
+            self._stop_deadline()  # this message is complete: the deadline is for the next one
             if refused is not None:
                 self.core.refuse(refused, source)  # answered; the stream stays framed
             else:

@@ -60,8 +60,9 @@ class NonceUses:
 class StoredFailures:
     """Failed logins in C{tb_authfailures}, so that failures on every node add up.
 
-    One row per failure and key: C{kind} C{user} (C{value} the account) or
-    C{ip} (C{value} the address, C{account} the account the failure was
+    One row per failure and key: C{kind} C{user} (C{value} the account,
+    C{address} where it came from, empty when that can be forged), and C{ip}
+    or C{udp} (C{value} the address, C{account} the account the failure was
     for).  Rows older than the window are deleted by L{expire}, which also
     keeps at most L{MAX_FAILURE_ROWS}.
     """
@@ -70,34 +71,40 @@ class StoredFailures:
         self.db = db
         self.now = now
 
-    async def record(self, account: str, address: str | None, window: float) -> tuple[int, int, int]:
-        """Count one failure; returns (the account's failures, the address's failures, its distinct accounts)
-        within the window (the address figures are 0 without an address)."""
+    async def record(self, account: str, source: str, kind: str, address: str, window: float) -> tuple[int, int, int]:
+        """Count one failure; returns (the account's failures, the address's under C{kind}, its distinct accounts)
+        within the window."""
         now = self.now()
         since = now - timedelta(seconds=window)
 
         async def record_failure_txn(txn: Txn) -> tuple[int, int, int]:
-            await txn.execute("INSERT INTO tb_authfailures (kind, value, account, at) VALUES ('user', ?, ?, ?)",
-                              (account, account, now))
+            await txn.execute(
+                "INSERT INTO tb_authfailures (kind, value, account, address, at) VALUES ('user', ?, ?, ?, ?)",
+                (account, account, source, now))
             row = (await txn.execute(
                 "SELECT count(*) FROM tb_authfailures WHERE kind = 'user' AND value = ? AND at > ?",
                 (account, since))).one()
             for_account = int(row[0]) if row else 0
-            if address is None:
-                return for_account, 0, 0
-            await txn.execute("INSERT INTO tb_authfailures (kind, value, account, at) VALUES ('ip', ?, ?, ?)",
-                              (address, account, now))
+            await txn.execute(
+                "INSERT INTO tb_authfailures (kind, value, account, address, at) VALUES (?, ?, ?, ?, ?)",
+                (kind, address, account, address, now))
             row = (await txn.execute(
                 "SELECT count(*), count(DISTINCT account) FROM tb_authfailures "
-                "WHERE kind = 'ip' AND value = ? AND at > ?", (address, since))).one()
+                "WHERE kind = ? AND value = ? AND at > ?", (kind, address, since))).one()
             return for_account, int(row[0]) if row else 0, int(row[1]) if row else 0
 
         return await self.db.run_interaction("auth_failure", record_failure_txn)
 
     async def clear(self, kind: str, value: str) -> None:
-        """Forget the failures of one key (after a ban, or a successful login)."""
+        """Forget the failures of one key (after a ban)."""
         await self.db.run_statement("clear_auth_failures",
                                     "DELETE FROM tb_authfailures WHERE kind = ? AND value = ?", (kind, value))
+
+    async def clear_from(self, account: str, source: str) -> None:
+        """Forget the account's failures that came from C{source} (its owner logged in from there)."""
+        await self.db.run_statement(
+            "clear_own_failures", "DELETE FROM tb_authfailures WHERE kind = 'user' AND value = ? AND address = ?",
+            (account, source))
 
     async def failing_accounts(self, window: float) -> set[str]:
         """The accounts with failures inside the window (at most L{MAX_FAILURE_ROWS})."""

@@ -24,6 +24,8 @@ from .database import Database, DatabaseError, Txn
 
 #: Wrong codes one claim may be given before its code stops working.
 MAX_ATTEMPTS = 5
+#: Codes that may be sent for one claim within a day.
+MAX_CODES_A_DAY = 5
 
 
 class Names:
@@ -105,29 +107,37 @@ class NumberClaims:
         time = self.db.engine.time
         return Claim(userid, number, row[0] is not None, str(row[1]), time(row[2]), int(row[3]))
 
-    async def open(self, userid: int, number: str, code: str, ttl: float) -> None:
-        """Open (or renew) the user's claim with a new code valid for C{ttl} seconds."""
+    async def open(self, userid: int, number: str, code: str, ttl: float) -> bool:
+        """Open (or renew) the user's claim with a new code valid for C{ttl} seconds; False (nothing changed)
+        when L{MAX_CODES_A_DAY} codes were sent for it in the last day."""
         now = self.now()
+        day = now - timedelta(days=1)
 
-        async def open_claim_txn(txn: Txn) -> None:
+        async def open_claim_txn(txn: Txn) -> bool:
+            await txn.execute(
+                "INSERT INTO tb_usernumbers (userid, kind, number, created, codessince) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (userid, kind, number) DO NOTHING", (userid, self.kind, number, now, now))
             changed = await txn.execute(
-                "UPDATE tb_usernumbers SET code = ?, codeexpires = ?, attempts = 0 "
-                "WHERE userid = ? AND kind = ? AND number = ? AND verified IS NULL",
-                (code, now + timedelta(seconds=ttl), userid, self.kind, number))
-            if changed.rowcount == 0:
-                await txn.execute(
-                    "INSERT INTO tb_usernumbers (userid, kind, number, created, code, codeexpires) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (userid, kind, number) DO NOTHING",
-                    (userid, self.kind, number, now, code, now + timedelta(seconds=ttl)))
+                "UPDATE tb_usernumbers SET code = ?, codeexpires = ?, attempts = 0, "
+                "codes = CASE WHEN codessince > ? THEN codes + 1 ELSE 1 END, "
+                "codessince = CASE WHEN codessince > ? THEN codessince ELSE ? END "
+                "WHERE userid = ? AND kind = ? AND number = ? AND verified IS NULL "
+                "AND (codessince <= ? OR codes < ?)",
+                (code, now + timedelta(seconds=ttl), day, day, now, userid, self.kind, number, day, MAX_CODES_A_DAY))
+            return changed.rowcount > 0
 
-        await self.db.run_interaction("open_number_claim", open_claim_txn)
+        return await self.db.run_interaction("open_number_claim", open_claim_txn)
 
-    async def wrong_code(self, userid: int, number: str) -> None:
-        """Count a wrong code against the claim."""
-        await self.db.run_statement(
+    async def attempt(self, userid: int, number: str) -> str | None:
+        """Use up one attempt of the claim's code and return the code; None when there is no live code or
+        its attempts are used up.  One statement: parallel guesses each use an attempt."""
+        result = await self.db.run_statement(
             "number_claim_attempt",
-            "UPDATE tb_usernumbers SET attempts = attempts + 1 WHERE userid = ? AND kind = ? AND number = ?",
-            (userid, self.kind, number))
+            "UPDATE tb_usernumbers SET attempts = attempts + 1 WHERE userid = ? AND kind = ? AND number = ? "
+            "AND verified IS NULL AND code <> '' AND codeexpires > ? AND attempts < ? RETURNING code",
+            (userid, self.kind, number, self.now(), MAX_ATTEMPTS))
+        row = result.one()
+        return str(row[0]) if row else None
 
     async def prove(self, userid: int, number: str, proof: str) -> bool:
         """Mark the user's claim proven (creating it for an admin's approval); False if another user has

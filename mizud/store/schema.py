@@ -80,6 +80,26 @@ def load_deltas(engine: Engine) -> list[Delta]:
     return deltas
 
 
+_TABLE = re.compile(r"CREATE TABLE (\w+)\s*\((.*?)\n\);", re.S | re.I)
+_ADDED = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+) :money:", re.I)
+_COLUMN = re.compile(r"^\s*(\w+) :money:", re.M)
+
+
+def money_columns() -> dict[str, frozenset[str]]:
+    """The columns of each table that hold money (declared C{:money:} in the deltas)."""
+    found: dict[str, set[str]] = {}
+    folder = resources.files("mizud.store") / "deltas"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not _DELTA_NAME.match(entry.name):
+            continue
+        text = entry.read_text(encoding="utf-8")
+        for table, body in _TABLE.findall(text):
+            found.setdefault(table.lower(), set()).update(c.lower() for c in _COLUMN.findall(body))
+        for table, column in _ADDED.findall(text):
+            found.setdefault(table.lower(), set()).add(column.lower())
+    return {table: frozenset(columns) for table, columns in found.items() if columns}
+
+
 def code_version(engine: Engine | None = None) -> int:
     """The newest schema version this code knows."""
     deltas = load_deltas(engine or SqliteEngine())

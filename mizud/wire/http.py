@@ -19,9 +19,9 @@ of any site may read what their own credentials entitle them to.
 
 from __future__ import annotations
 
-import urllib.parse
-
+import ipaddress
 import os
+import urllib.parse
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -67,19 +67,43 @@ def own_origin(host: str, secure: bool) -> tuple[str, str, int] | None:
     return _origin(("https://" if secure else "http://") + host) if host else None
 
 
-def foreign_browser(headers: Any, own: tuple[str, str, int] | None, browser_trust: bool) -> bool:
+def known_host(own: tuple[str, str, int] | None, names: str) -> bool:
+    """Whether the Host a request was sent to is one of this server's: an IP address, localhost, or a
+    name listed in C{httphostnames}."""
+    if own is None:
+        return False
+    host = own[1].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    listed = {name.strip().lower().rstrip(".") for name in names.split(",") if name.strip()}
+    return host.rstrip(".") in listed | {"localhost"}
+
+
+def foreign_browser(headers: Any, own: tuple[str, str, int] | None, browser_trust: bool,
+                    host_known: bool = True) -> bool:
     """Whether a browser sent this for a page of another site (C{headers}: a name -> value getter).
 
     Browsers set C{Sec-Fetch-Site} (to potentially trustworthy URLs),
-    C{Origin} and C{Referer} themselves; a page cannot forge them.  The
-    first present decides: fetch metadata other than C{same-origin} or
-    C{none} (typed, bookmarked), an Origin or a Referer of another origin
-    (scheme, host and port) or C{null}.  A request that shows none of them
-    but calls itself a browser (C{User-Agent: Mozilla/...}) cannot prove
-    it acts for itself -- a page of any site can send one, with its
-    referrer hidden, to a plain-HTTP address -- and counts as foreign
-    unless C{browseraddresstrust} is on.
+    C{Origin} and C{Referer} themselves; a page cannot forge them.  A
+    browser's request addressed to a host name that is not this server's
+    (C{host_known} false: see L{known_host}) is foreign whatever it says:
+    after DNS rebinding, an attacker's page is "same origin" with its own
+    name pointed at this address.  Otherwise the first present decides:
+    fetch metadata other than C{same-origin} or C{none} (typed,
+    bookmarked), an Origin or a Referer of another origin (scheme, host and
+    port) or C{null}.  A request that shows none of them but calls itself
+    a browser (C{User-Agent: Mozilla/...}) cannot prove it acts for itself
+    -- a page of any site can send one, with its referrer hidden, to a
+    plain-HTTP address -- and counts as foreign unless
+    C{browseraddresstrust} is on.
     """
+    browser = any(headers(name) for name in ("sec-fetch-site", "origin", "referer")) or (
+        headers("user-agent") or "").startswith("Mozilla/")
+    if browser and not host_known:
+        return True
     site = (headers("sec-fetch-site") or "").strip().lower()
     if site:
         return site not in _OWN_SITE
@@ -93,8 +117,9 @@ def foreign_browser(headers: Any, own: tuple[str, str, int] | None, browser_trus
 
 def cross_site(request: Request, settings: Settings) -> bool:
     """L{foreign_browser} for a twisted.web request."""
+    config = settings.current
     own = own_origin((request.getHeader("host") or ""), request.isSecure())
-    return foreign_browser(request.getHeader, own, settings.current.browseraddresstrust)
+    return foreign_browser(request.getHeader, own, config.browseraddresstrust, known_host(own, config.httphostnames))
 
 
 def client_address(request: Request, settings: Settings) -> str:

@@ -1,10 +1,12 @@
 """Limits every stream connection lives under: a cap per address, and back-pressure.
 
-L{ConnectionBudget} counts the connections each source address holds
-across all of mizud's stream listeners (the shared port, TLS, the old
-interface, SIP over TCP and TLS, the console); L{BudgetedFactory} wraps a
-listener's factory and closes at once a connection from an address that
-already holds C{maxconnectionsperip} (0: no cap), logging it (limited).
+L{ConnectionBudget} counts the connections each source address (an IPv6
+address by its /64) holds across all of mizud's stream listeners (the
+shared port, TLS, the old interface, SIP over TCP and TLS, the console);
+L{BudgetedFactory} wraps a listener's factory and closes at once a
+connection from an address that already holds C{maxconnectionsperip} (0:
+no cap), logging it (limited).  The C{trustedproxies} are not capped:
+each carries the connections of many clients.
 Together with the idle and request timeouts of each protocol, a thousand
 idle connections from one address no longer take the service down.
 
@@ -18,6 +20,7 @@ memory.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from typing import Any, Callable
 
@@ -25,6 +28,7 @@ from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
+from ..api.auth import in_networks
 from ..config import Settings
 from ..rejections import RejectionLog
 
@@ -40,32 +44,51 @@ class ConnectionBudget:
         self.open: Counter[str] = Counter()
         self.log = RejectionLog(clock, "connections over maxconnectionsperip", per_source=1, total=20)
 
-    def admit(self, host: str) -> bool:
-        """Count a new connection from C{host}; False (and not counted) if it holds its share already."""
-        most = self.settings.current.maxconnectionsperip
-        if most and self.open[host] >= most:
-            self.log(host, "refused a connection from {source}: it holds {count} (maxconnectionsperip)",
-                     count=self.open[host])
-            return False
-        self.open[host] += 1
-        return True
+    def admit(self, host: str) -> str | None:
+        """Count a new connection from C{host}; returns the key it is counted under (an IPv6 address's /64,
+        since one subscriber has a whole /64), "" for a trusted proxy (not capped: it carries many clients),
+        or None when that key holds its share already (refused)."""
+        config = self.settings.current
+        if in_networks(host, config.trustedproxies):
+            return ""
+        key = _key(host)
+        most = config.maxconnectionsperip
+        if most and self.open[key] >= most:
+            self.log(key, "refused a connection from {source}: it holds {count} (maxconnectionsperip)",
+                     count=self.open[key])
+            return None
+        self.open[key] += 1
+        return key
 
-    def release(self, host: str) -> None:
-        """A connection from C{host} closed."""
-        self.open[host] -= 1
-        if self.open[host] <= 0:
-            del self.open[host]
+    def release(self, key: str) -> None:
+        """A connection counted under C{key} closed."""
+        if not key:
+            return
+        self.open[key] -= 1
+        if self.open[key] <= 0:
+            del self.open[key]
+
+
+def _key(host: str) -> str:
+    """What a connection from C{host} counts under: the address, or an IPv6 address's /64."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and not address.ipv4_mapped:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else address)
 
 
 class _Budgeted(ProtocolWrapper):
     """Gives its connection's place in the budget back when it closes."""
 
-    host = ""
+    key = ""
 
     def connectionLost(self, reason: Any = None) -> None:
         """Release the place, then tell the wrapped protocol."""
         factory: BudgetedFactory = self.factory  # type: ignore[assignment]
-        factory.budget.release(self.host)
+        factory.budget.release(self.key)
         super().connectionLost(reason)
 
 
@@ -81,14 +104,14 @@ class BudgetedFactory(WrappingFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """The wrapped factory's protocol, or None (the connection is closed) over the cap."""
-        host = str(getattr(addr, "host", ""))
-        if not self.budget.admit(host):
+        key = self.budget.admit(str(getattr(addr, "host", "")))
+        if key is None:
             return None
         protocol: Any = super().buildProtocol(addr)
         if protocol is None:
-            self.budget.release(host)
+            self.budget.release(key)
             return None
-        protocol.host = host
+        protocol.key = key
         return protocol
 
     def logPrefix(self) -> str:

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from ..config import Settings
 from .demux import answer_line
-from .http import foreign_browser, own_origin
+from .http import foreign_browser, known_host, own_origin
 from .limits import Backpressure
 
 log = Logger()
@@ -87,9 +87,10 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
         """Note whether a page of another site opened this WebSocket."""
         factory: ApiWebSocketFactory = self.factory  # type: ignore[assignment]
         headers = request.headers
-        secure = ISSLTransport.providedBy(self.transport)
-        self.cross_site = foreign_browser(headers.get, own_origin(headers.get("host", ""), secure),
-                                          factory.settings.current.browseraddresstrust)
+        config = factory.settings.current
+        own = own_origin(headers.get("host", ""), ISSLTransport.providedBy(self.transport))
+        self.cross_site = foreign_browser(headers.get, own, config.browseraddresstrust,
+                                          known_host(own, config.httphostnames))
 
     def onOpen(self) -> None:
         """Start an empty inbox, the idle timer and the back-pressure."""

@@ -13,6 +13,7 @@ from ...store.numbers import Names
 from ...store.money import MoneyError, format_money, parse_amount
 from ..answer import ApiAnswer, error, ok
 from ..auth import secret_equal
+from ..custom import CustomError
 from ..dispatcher import Call
 from ..registry import REQ_PUBLIC, Access, Category, Registry
 from ..request import RequestError
@@ -192,14 +193,21 @@ def register(registry: Registry) -> None:
         if not config.smtpserver:
             return error("e-mail is not configured; ask support", 412)
         found = await _by_email(call)
+        # The account the answer is for (the e-mail, as it was looked up, when it names nobody).
+        account = str(found["username"]) if found else call.arg("email").strip().lower()[:64]
+        if call.api.lockout.account_banned(account):
+            return error("banned: too many failed authentications", 403)
         given = " ".join(call.require("forgotpasswordanswer").split()).lower()
         expected = " ".join(str(found["forgotanswer"]).split()).lower() if found else ""
         if found is None or not expected or not secret_equal(given, expected):
-            await call.api.failed_login(call.request, "wrong reminder answer", call.arg("email"))
+            await call.api.failed_login(call.request, "wrong reminder answer", account)
             return error("wrong answer", 403)
         password = secrets.token_urlsafe(9)
         body = f"The password of {found['username']} is now: {password}\nChange it after you log in."
-        await call.api.actions.email(str(found["email"]), "your new password", body)
+        try:
+            await call.api.actions.email(str(found["email"]), "your new password", body)
+        except CustomError as problem:
+            return error(f"the new password could not be sent ({problem}); the password is unchanged", 412)
         await call.api.store.set_password(int(found["id"]), password)
         return ok("a new password was sent by e-mail")
 

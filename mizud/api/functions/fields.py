@@ -18,6 +18,10 @@ from ..registry import REQ_ADMINS, Category, Registry
 from ..request import RequestError
 from ...text import ascii_digits, canonical_id
 from ...store.money import MAX_AMOUNT
+from ...store.schema import money_columns
+
+#: Money columns per table (set as exact decimals whatever fieldtype says).
+MONEY = money_columns()
 
 #: Fields a user may always set on its own account (spec, setfield).
 USER_FIELDS = frozenset(
@@ -126,6 +130,9 @@ def register(registry: Registry) -> None:
         row = canonical_id(rowid)
         if row is None:
             return error("rowid must be the row's id", 421)
+        if name in MONEY.get(table, ()):
+            # Money whatever fieldtype says: exact, bounded, and stored as the engine keeps money.
+            value = convert("money", call.arg("fieldvalue"))
         if table == "tb_users" and name == "username":
             from .accounts import USERNAME, check_username
 

@@ -8,7 +8,7 @@ import secrets
 
 from ...billing.rating import normalise
 from ...sip.sms import SmsError
-from ...store.numbers import MAX_ATTEMPTS, Names, NumberClaims
+from ...store.numbers import MAX_ATTEMPTS, MAX_CODES_A_DAY, Names, NumberClaims
 from ..answer import ApiAnswer, error, ok
 from ..auth import secret_equal
 from ..dispatcher import Call
@@ -60,13 +60,14 @@ async def _attach(call: Call, kind: str, number: str) -> ApiAnswer:
     given = call.arg("code").strip()
     claim = await claims.claim(user.id, number)
     if given:
-        now = api.store.now()
-        if claim is None or not claim.code or claim.expires is None or claim.expires <= now:
+        expected = await claims.attempt(user.id, number)
+        if expected is None:
+            if claim is not None and claim.code and claim.attempts >= MAX_ATTEMPTS:
+                return error(f"too many wrong codes for {number}: ask for a new one", 412)
             return error(f"no code is waiting for {number}: ask for one (without code=)", 412)
-        if claim.attempts >= MAX_ATTEMPTS:
-            return error(f"too many wrong codes for {number}: ask for a new one", 412)
-        if not secret_equal(given, claim.code):
-            await claims.wrong_code(user.id, number)
+        if not secret_equal(given, expected):
+            # A wrong code is a failed proof: it counts towards the account's lockout as well.
+            await api.failed_login(call.request, "wrong code for a number", user.username)
             return error("wrong code", 403)
         if not await claims.prove(user.id, number, "sms"):
             return error(f"{number} belongs to another user", 412)
@@ -79,13 +80,15 @@ async def _attach(call: Call, kind: str, number: str) -> ApiAnswer:
         return error(f"{number} must be proven by a code sent to it, and SMS is not running here: ask an admin", 412)
     code = "".join(secrets.choice("0123456789") for _ in range(CODE_DIGITS))
     text = f"Your code to add {number} to your account: {code}"
+    # The claim first (it may be over its codes for today), then the SMS that carries its code.
+    if not await claims.open(user.id, number, code, CODE_TTL):
+        return error(f"{MAX_CODES_A_DAY} codes were sent for {number} today: try again tomorrow, or ask an admin", 412)
     try:
         outcome = await sip.sms.send(user, "", number, text, wait=True)
     except SmsError as problem:
         return error(f"cannot send a code to {number} ({problem}): ask an admin to approve it", 412)
     if outcome.status == "failed":
         return error(f"the code to {number} was not delivered ({outcome.reason}): ask an admin to approve it", 412)
-    await claims.open(user.id, number, code, CODE_TTL)
     return ok(f"a code was sent to {number} by SMS: add it with code=CODE within {CODE_TTL // 60} minutes")
 
 

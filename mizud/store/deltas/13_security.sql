@@ -15,8 +15,10 @@ CREATE TABLE tb_serverkeys (
     value TEXT NOT NULL,
     created :timestamp: NOT NULL
 );
--- Failed logins name the account they were for, so an address is banned only after failures for several.
+-- Failed logins name the account they were for (so an address is banned only after failures for several)
+-- and the address they came from (so an owner's login clears only the failures from its own address).
 ALTER TABLE tb_authfailures ADD COLUMN account TEXT NOT NULL DEFAULT '';
+ALTER TABLE tb_authfailures ADD COLUMN address TEXT NOT NULL DEFAULT '';
 CREATE INDEX tb_authfailures_at ON tb_authfailures (at);
 -- Numbers users add (cli, addcallbacknumber) are theirs only once proven: each user's claim is a row,
 -- and a number has at most one proven owner.  Numbers added before this version count as proven.
@@ -30,7 +32,9 @@ CREATE TABLE tb_usernumbers_new (
     proof TEXT NOT NULL DEFAULT '',
     code TEXT NOT NULL DEFAULT '',
     codeexpires :timestamp:,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    codes INTEGER NOT NULL DEFAULT 0,
+    codessince :timestamp:
 );
 INSERT INTO tb_usernumbers_new (userid, kind, number, created, verified, proof)
     SELECT userid, kind, number, created, created, 'before proof was required' FROM tb_usernumbers ORDER BY id;
