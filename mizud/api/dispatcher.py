@@ -338,7 +338,7 @@ class Api:
         source = request.source
         if not (self.limit_global.allow("*") and self.limit_ip.allow(source) and self._function_allows(function, source)):
             return error("rate limited", answer.RATE_LIMITED)
-        if self.lockout.address_banned(source, request.forgeable_source and not config.apiudptrusted):
+        if self.lockout.address_banned(source, self._forgeable(request)):
             return error(BANNED, answer.AUTH_FAILED)
         legacy_request = bool(request.context.get("legacy"))
         trust = Trust(config)
@@ -393,9 +393,11 @@ class Api:
     def address_vouched(self, request: ApiRequest) -> bool:
         """Whether the request's source address may earn trust: it came from there (not a datagram whose
         source anyone can forge, unless C{apiudptrusted}), for itself (not a browser acting for another site)."""
-        if request.cross_site:
-            return False
-        return not request.forgeable_source or self.settings.current.apiudptrusted
+        return not request.cross_site and not self._forgeable(request)
+
+    def _forgeable(self, request: ApiRequest) -> bool:
+        """Whether the request's source address may be forged (UDP, unless the operator trusts that network)."""
+        return request.forgeable_source and not self.settings.current.apiudptrusted
 
     def _check_key(self, request: ApiRequest, rule: Access, trusted: bool, key: str, *names: str) -> None:
         """C{req_key}: the API key, unless the source is trusted or no key is configured."""
@@ -458,8 +460,7 @@ class Api:
             reason=failure.reason,
         )
         # A forged datagram must not make mizud ban the address it names.
-        forgeable = request.forgeable_source and not self.settings.current.apiudptrusted
-        await self.lockout.failed(account or "-", request.source, forgeable)
+        await self.lockout.failed(account or "-", request.source, self._forgeable(request))
 
     # -- who is calling -----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Rate limits and brute-force lockout, on an injected clock.
+"""Rate limits, on an injected clock.
 
 L{LeakyBucket} is the leaky bucket as a meter (like Synapse's Ratelimiter):
 each key has a bucket holding at most C{burst} requests that drains at
@@ -6,15 +6,11 @@ C{rate} per second; a request that would overflow it is refused and not
 counted.  So a key may send C{burst} requests at once, then C{rate} per
 second for ever.  Buckets that have drained empty are forgotten.
 
-L{FailureCounter} counts failed authentications per key in a sliding window;
-reaching C{limit} failures within C{window} seconds says "ban now".  The
-bans themselves are kept by the caller (in the database, so every node
-honours them).
+Failed logins are counted by L{mizud.api.lockout}.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Hashable, Protocol
 
 
@@ -59,29 +55,3 @@ class LeakyBucket:
             # fullest half, which are the ones being limited.
             keep = sorted(self._level.items(), key=lambda item: item[1][0], reverse=True)[: self.max_keys // 2]
             self._level = dict(keep)
-
-
-class FailureCounter:
-    """Failures per key in a sliding window of C{window} seconds."""
-
-    def __init__(self, clock: Clock, limit: int, window: float) -> None:
-        self.clock = clock
-        self.limit = limit
-        self.window = window
-        self._failures: dict[Hashable, deque[float]] = {}
-
-    def fail(self, key: Hashable) -> bool:
-        """Record a failure; True when the key has reached the limit (and is reset)."""
-        now = self.clock.seconds()
-        times = self._failures.setdefault(key, deque())
-        times.append(now)
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if len(times) >= self.limit:
-            del self._failures[key]
-            return True
-        return False
-
-    def clear(self, key: Hashable) -> None:
-        """Forget a key's failures (after a successful login)."""
-        self._failures.pop(key, None)
