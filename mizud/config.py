@@ -335,7 +335,8 @@ OPTIONS: tuple[Option, ...] = (
          "Host names the JSONP forwarder (/mvapireq/jppget, enablejsonp=2) may fetch from, comma-separated.",
          live=True, group="api"),
     _opt("httpapiencryptkey", parse_secret, "",
-         "XOR key for mcrfs / oenc1_ encrypted requests; empty disables decryption.",
+         "XOR key for mcrfs / oenc1_ encrypted requests; empty uses the key built into Mizu's clients "
+         "(aJ6aqK4Nah3hnP7aht), so an unmodified webphone works. Either way it obfuscates; TLS protects.",
          live=True, group="api"),
     _opt("mincreditonroute", parse_decimal, "0",
          "Minimum credit for calls and for req_user_credit=2.", live=True, group="api"),

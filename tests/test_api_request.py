@@ -107,8 +107,10 @@ def test_mcrfs_and_oenc1() -> None:
     assert (r.function, r.params["authid"]) == ("balance", "alice")
     r = req(query="apientry=apitest&authpwd=oenc1_" + xor_encrypt("pässword", key), encrypt_key=key)
     assert r.params["authpwd"] == "pässword"
-    with pytest.raises(RequestError, match="no httpapiencryptkey"):
-        req(query="mcrfs=abcd")
+    # Without a configured key, the key built into Mizu's clients (the webphone's) is used.
+    r = req(query="mcrfs=" + xor_encrypt("apientry=balance&authid=bob", "aJ6aqK4Nah3hnP7aht"))
+    assert (r.function, r.params["authid"]) == ("balance", "bob")
+    assert req(query="mcrfs=" + xor_encrypt("apientry=balance&authid=bob", "another key")).function != "balance"
     with pytest.raises(RequestError):
         req(query="authpwd=oenc1_%%%%", encrypt_key=key)
 

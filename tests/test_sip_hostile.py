@@ -158,7 +158,7 @@ async def test_stored_messages_stop_retrying(tmp_path: Path) -> None:
         await settle()
     attempts = (await rig.h.db.run_query("x", "SELECT attempts, delivered FROM tb_messages")).rows[0]
     assert attempts[0] == 5 and attempts[1] is None
-    polled = await rig.h.call("apientry=presence_get&userusername=alice&authkey=apikey123&authid=bob&authpwd=bobpw")
+    polled = await rig.h.call("apientry=presence_set&pstatus=online&authkey=apikey123&authid=bob&authpwd=bobpw")
     assert polled.text.endswith("XOFFMESSAGE:alice:hiXOFFMESSAGE:")
     await rig.h.db.close()
 

@@ -157,7 +157,7 @@ async def test_sms_to_users_and_inbound(tmp_path: Path) -> None:
                                   "('3615550000', 1, 1, ?)", (h.store.now(),))
     inbound = await h.call("apientry=smsreceive&anum=36209998888&bnum=3615550000&txt=ping", ADMIN)
     assert inbound.text == "OK: stored for alice until online"
-    polled = await h.call(f"apientry=presence_get&userusername=bob&{ALICE}")
+    polled = await h.call(f"apientry=presence_set&pstatus=online&{ALICE}")
     assert polled.text.endswith("XOFFMESSAGE:36209998888:pingXOFFMESSAGE:")
     assert (await h.call("apientry=smsreceive&bnum=999&txt=x", ADMIN)).text == "ERROR: no user for 999"
     poor = await h.call("apientry=sms&bnum=3612345&txt=x&authkey=apikey123&authid=root&authpwd=rootpw")

@@ -78,7 +78,8 @@ async def test_sip_over_websocket_is_handed_to_the_sip_layer(tmp_path: Any) -> N
         def __init__(self) -> None:
             self.messages: list[bytes] = []
 
-        def websocket_message(self, data: bytes, address: Any, send: Any) -> bool:
+        def websocket_message(self, data: bytes, address: Any, send: Any, local: Any = None,
+                              secure: bool = False) -> bool:
             self.messages.append(data)
             send(b"SIP/2.0 200 OK\r\n\r\n")
             return True

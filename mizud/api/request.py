@@ -101,10 +101,16 @@ def xor_encrypt(text: str, key: str) -> str:
     return encoded.replace("=", "-").replace("+", "_").replace("/", ".")
 
 
+#: The key built into Mizu's clients (the webphone, the mobile apps) for encrypted requests: used when the
+#: operator configured no httpapiencryptkey, so unmodified clients work.  It is public: it obfuscates, it
+#: does not protect (the spec says so too; use TLS).
+CLIENT_KEY = "aJ6aqK4Nah3hnP7aht"
+
+
 def xor_decrypt(text: str, key: str) -> str:
-    """Reverse L{xor_encrypt}; raises L{RequestError} on anything malformed."""
-    if not key:
-        raise RequestError("encrypted request, but no httpapiencryptkey is configured")
+    """Reverse L{xor_encrypt} (with L{CLIENT_KEY} when C{key} is empty); raises L{RequestError} on anything
+    malformed."""
+    key = key or CLIENT_KEY
     raw = text.strip().replace("-", "=").replace("_", "+").replace(".", "/").replace(" ", "+")
     try:
         data = base64.b64decode(raw, validate=True)

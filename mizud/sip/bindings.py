@@ -35,6 +35,8 @@ class Binding:
     q: Decimal
     expires: datetime
     created: datetime
+    #: The domain the phone registered under (the host of its REGISTER's To).
+    domain: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ def _host(address: str) -> str:
     return address.rpartition(":")[0].strip("[]") if ":" in address else address
 
 
-_COLUMNS = "userid, username, contact, address, transport, useragent, q, expires, created"
+_COLUMNS = "userid, username, contact, address, transport, useragent, q, expires, created, domain"
 
 
 class Bindings:
@@ -73,7 +75,7 @@ class Bindings:
     def _binding(self, row: tuple[Any, ...]) -> Binding:
         engine = self.engine
         return Binding(int(row[0]), row[1], row[2], row[3], row[4], row[5], engine.money(row[6]),
-                       engine.time(row[7]) or datetime.min, engine.time(row[8]) or datetime.min)
+                       engine.time(row[7]) or datetime.min, engine.time(row[8]) or datetime.min, row[9] or "")
 
     async def register(
         self,
@@ -88,6 +90,7 @@ class Bindings:
         transport: str,
         useragent: str,
         most: int = 10,
+        domain: str = "",
     ) -> list[Binding]:
         """Apply one REGISTER in one transaction; return the user's bindings after it.
 
@@ -112,7 +115,7 @@ class Bindings:
                     lapsed = True
                     continue
                 current[binding.contact] = binding
-                order[binding.contact] = (row[9], int(row[10]))
+                order[binding.contact] = (row[10], int(row[11]))
             if lapsed:
                 await txn.execute("DELETE FROM tb_registrations WHERE userid = ? AND expires <= ?", (userid, now))
             if wildcard:
@@ -136,21 +139,21 @@ class Bindings:
                     raise TooManyContacts()
                 expires = now + timedelta(seconds=change.expires)
                 agent = useragent[:200]
-                values = (address, transport, agent, change.q, expires, callid, cseq, now)
+                values = (address, transport, agent, change.q, expires, callid, cseq, now, domain)
                 if known is not None:
                     await txn.execute(
                         "UPDATE tb_registrations SET address = ?, transport = ?, useragent = ?, q = ?, expires = ?, "
-                        "callid = ?, cseq = ?, updated = ? WHERE userid = ? AND contact = ?",
+                        "callid = ?, cseq = ?, updated = ?, domain = ? WHERE userid = ? AND contact = ?",
                         (*values, userid, change.contact))
                     created = known.created
                 else:
                     await txn.execute(
                         "INSERT INTO tb_registrations (userid, username, contact, address, transport, useragent, q, "
-                        "expires, callid, cseq, updated, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "expires, callid, cseq, updated, domain, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (userid, username, change.contact, *values, now))
                     created = now
                 current[change.contact] = Binding(userid, username, change.contact, address, transport, agent,
-                                                  change.q, expires, created)
+                                                  change.q, expires, created, domain)
             bindings = sorted(current.values(), key=lambda b: (-b.q, b.created, b.contact))
             status, when = (int(user[0] or 0), engine.time(user[1])) if user else (0, None)
             online = bool(bindings)

@@ -375,7 +375,8 @@ class PlacedCall:
 
     def _invite(self, leg: Leg, route: Route, local: str, offer: bytes) -> SipMessage:
         leg.cseq += 1
-        realm = self.core.settings.current.siprealm or SERVER
+        # The domain the called phone registered under, unless siprealm names one ("mizud" resolves nowhere).
+        realm = self.core.settings.current.siprealm or route.domain or SERVER
         transport = route.transport.upper()
         to = f"sip:{leg.number}@{realm}" if route.kind == "user" else route.target
         suffix = f";transport={route.transport}" if route.transport != "udp" else ""

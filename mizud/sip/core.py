@@ -3,7 +3,8 @@
 mizud is a registrar and a user agent server, not a proxy: it answers
 REGISTER (L{mizud.sip.registrar}), OPTIONS (keep-alive, and API requests
 when C{sipapi} is on), MESSAGE (stored and forwarded to the target user's
-contacts, or an API request), and refuses INVITE (calls are placed by the
+contacts, or an API request), PUBLISH of presence (L{mizud.sip.publish}),
+and refuses INVITE (calls are placed by the
 API's p2p and callback, L{mizud.sip.calls}) after the checks RFC 3261 8.2
 puts first; BYE and re-INVITE inside the dialogs of those calls go to
 their owner.
@@ -44,6 +45,7 @@ from .message import (
     parse_uri,
     parse_via,
 )
+from .publish import publish
 from .routing import Route
 from .transaction import ClientTransactions, ServerTransactions, Source, new_branch
 
@@ -53,7 +55,7 @@ log = Logger()
 KNOWN = frozenset({"REGISTER", "OPTIONS", "MESSAGE", "INVITE", "ACK", "CANCEL", "BYE", "SUBSCRIBE",
                    "NOTIFY", "PUBLISH", "INFO", "UPDATE", "PRACK", "REFER"})
 #: Methods it serves (known but others: 405 with Allow).
-ALLOWED = ("REGISTER", "OPTIONS", "MESSAGE", "INVITE", "ACK", "CANCEL", "BYE")
+ALLOWED = ("REGISTER", "OPTIONS", "MESSAGE", "INVITE", "ACK", "CANCEL", "BYE", "PUBLISH")
 ALLOW = ", ".join(ALLOWED)
 #: Option tags we support (a Require naming another gets 420).
 SUPPORTED: frozenset[str] = frozenset()
@@ -74,6 +76,7 @@ FAILED_CALL_MEMORY = 3600.0
 REASONS = {
     100: "Trying", 200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
+    412: "Conditional Request Failed", 489: "Bad Event",
     413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
     420: "Bad Extension", 423: "Interval Too Brief", 480: "Temporarily Unavailable",
     481: "Call/Transaction Does Not Exist", 486: "Busy Here", 487: "Request Terminated",
@@ -323,6 +326,8 @@ class SipCore:
             return await self.registrar.register(request, source, api)
         if method == "MESSAGE":
             return await self._message(request, source, api)
+        if method == "PUBLISH":
+            return await publish(self, request, source, api)
         return await self._options(request, source, api)
 
     def _invite(self, request: SipMessage, source: Source) -> SipMessage:

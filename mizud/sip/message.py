@@ -36,6 +36,7 @@ CANONICAL = {
         "Authorization", "WWW-Authenticate", "Proxy-Authenticate", "Proxy-Authorization",
         "Authentication-Info", "Route", "Record-Route", "User-Agent", "Server", "Date", "Warning",
         "Retry-After", "Subject", "Event", "Allow-Events", "Timestamp", "Organization", "Path",
+        "SIP-ETag", "SIP-If-Match",
     )
 }
 CANONICAL["call-id"] = "Call-ID"

@@ -120,11 +120,12 @@ class Messenger:
         api = self._api()
         core = self.core
         bindings = await Bindings(api.db, api.store.now).of_user(userid)
-        realm = core.settings.current.siprealm or SERVER
         sent = 0
         for message in messages:
             results = []
             for binding in bindings:
+                # The domain the phone registered under (a host the phone knows), unless siprealm names one.
+                realm = core.settings.current.siprealm or binding.domain or SERVER
                 route = core.route(binding.transport, binding.address, binding.contact)
                 if route is None:
                     continue

@@ -95,6 +95,7 @@ class Registrar:
                 user.id, user.username, changes, wildcard=wildcard, callid=request.call_id, cseq=number,
                 most=config.sipmaxcontacts,
                 address=source.address, transport=source.transport, useragent=request.get("user-agent"),
+                domain=to.uri.host[:255],
             )
         except OutOfOrder:
             return response_to(request, 400, "Out of order CSeq", source=source)

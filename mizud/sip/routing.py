@@ -35,6 +35,8 @@ class Route:
     proxy: str = ""
     #: For a registered contact: the address its REGISTER came from (how to reach it behind NAT).
     address: str = ""
+    #: For a registered contact: the domain it registered under (requests to it name that domain).
+    domain: str = ""
 
     def record(self, order: int) -> dict[str, Any]:
         """The route as an API record."""
@@ -97,7 +99,8 @@ class Router:
         if row is None:
             return None
         bindings = await Bindings(self.db, self.now).of_user(int(row[0]))
-        return [Route("user", row[1], b.contact, transport=b.transport, address=b.address) for b in bindings]
+        return [Route("user", row[1], b.contact, transport=b.transport, address=b.address, domain=b.domain)
+                for b in bindings]
 
     async def sender(self, address: str) -> str | None:
         """The traffic sender (a server allowed to send calls) at this IP address, if any."""

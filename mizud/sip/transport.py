@@ -247,13 +247,20 @@ class SipEntry:
             self.core.add_udp_socket(transport.write, local)
         entry_datagram(self.core, data, address, transport, local)
 
-    def websocket_message(self, data: bytes, address: IAddress, send: Callable[[bytes], None]) -> bool:
-        """One SIP message from a WebSocket (RFC 7118); the connection stays open."""
+    def websocket_message(self, data: bytes, address: IAddress, send: Callable[[bytes], None],
+                          local: IAddress | None = None, secure: bool = False) -> bool:
+        """One SIP message from a WebSocket (RFC 7118: WS, or WSS inside TLS); the connection stays open.
+        C{local} (our end of the connection) is the sent-by of the requests mizud sends back on it."""
         host, port = _host_port(address)
-        self.core.datagram(data, Source("ws", host, port, send))
+        here = ""
+        if local is not None:
+            ours, number = _host_port(local)
+            here = f"[{ours}]:{number}" if ":" in ours else f"{ours}:{number}"
+        self.core.datagram(data, Source("wss" if secure else "ws", host, port, send, here))
         return True
 
     def websocket_closed(self, address: IAddress) -> None:
         """A SIP WebSocket closed: its bindings can no longer be reached through it."""
         host, port = _host_port(address)
         self.core.forget("ws", host, port)
+        self.core.forget("wss", host, port)

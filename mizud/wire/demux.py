@@ -105,8 +105,9 @@ class SipEntry(TypingProtocol):
     def datagram(self, data: bytes, address: tuple[str, int], transport: Any) -> None:
         """Handle one SIP datagram; C{transport} is the UDP socket it came on (write(data, addr))."""
 
-    def websocket_message(self, data: bytes, address: IAddress, send: Callable[[bytes], None]) -> bool:
-        """Handle one SIP message from a WebSocket (RFC 7118); False closes the WebSocket."""
+    def websocket_message(self, data: bytes, address: IAddress, send: Callable[[bytes], None],
+                          local: IAddress | None = None, secure: bool = False) -> bool:
+        """Handle one SIP message from a WebSocket (RFC 7118; C{local}: our end); False closes the WebSocket."""
 
     def websocket_closed(self, address: IAddress) -> None:
         """A SIP WebSocket closed."""
@@ -124,7 +125,8 @@ class NoSip:
         """Drop SIP datagrams."""
         log.info("SIP datagram from {address} dropped: SIP is not served yet", address=address)
 
-    def websocket_message(self, data: bytes, address: IAddress, send: Callable[[bytes], None]) -> bool:
+    def websocket_message(self, data: bytes, address: IAddress, send: Callable[[bytes], None],
+                          local: IAddress | None = None, secure: bool = False) -> bool:
         """Refuse SIP over WebSocket."""
         log.info("SIP WebSocket from {address} closed: SIP is not served yet", address=address)
         return False

@@ -35,6 +35,9 @@ log = Logger()
 MAX_MESSAGE = 65536
 #: Seconds the opening handshake may take (after the HTTP upgrade request).
 HANDSHAKE_TIMEOUT = 10
+#: The Mizu webphone's keep-alive on its SIP WebSocket, and the answer it expects.
+KEEPALIVE = b"mrtcping"
+KEEPALIVE_ANSWER = b"mrtcpong"
 
 
 class IdleTimer:
@@ -83,14 +86,17 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
     cross_site = False
     idle: IdleTimer | None = None
 
-    def onConnect(self, request: Any) -> None:
-        """Note whether a page of another site opened this WebSocket."""
+    def onConnect(self, request: Any) -> str | None:
+        """Note whether a page of another site opened this WebSocket; accept the Mizu clients'
+        C{api} subprotocol when offered (the webphone asks for it, and a browser drops a handshake that
+        ignores the subprotocol it asked for)."""
         factory: ApiWebSocketFactory = self.factory  # type: ignore[assignment]
         headers = request.headers
         config = factory.settings.current
         own = own_origin(headers.get("host", ""), ISSLTransport.providedBy(self.transport))
         self.cross_site = foreign_browser(headers.get, own, config.browseraddresstrust,
                                           known_host(own, config.httphostnames))
+        return "api" if "api" in request.protocols else None
 
     def onOpen(self) -> None:
         """Start an empty inbox, the idle timer and the back-pressure."""
@@ -192,12 +198,17 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
         self.idle.touch()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        """Hand the SIP message to the SIP layer; close if it refuses."""
+        """Hand the SIP message to the SIP layer; close if it refuses.  The Mizu webphone's keep-alive
+        text C{mrtcping} is answered C{mrtcpong}."""
         factory: SipWebSocketFactory = self.factory  # type: ignore[assignment]
         if self.idle is not None:
             self.idle.touch()
+        if payload.strip() == KEEPALIVE:
+            self.sendMessage(KEEPALIVE_ANSWER, isBinary=False)
+            return
         transport: Any = self.transport
-        keep = factory.sip.websocket_message(payload, transport.getPeer(), lambda data: self.sendMessage(data))
+        keep = factory.sip.websocket_message(payload, transport.getPeer(), lambda data: self.sendMessage(data),
+                                             transport.getHost(), ISSLTransport.providedBy(transport))
         if not keep:
             self.sendClose(4000, "SIP is not served")
 

@@ -8,7 +8,8 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import accounts, admin, calls, cdrs, console, core, fields, money, numbers, outbound, rating, servers, sipstate
+    from . import (accounts, admin, calls, cdrs, console, core, fields, money, numbers, outbound, rating, servers,
+                   sipstate, webphone)
 
     registry = Registry()
     catalogue.load(registry)
@@ -27,4 +28,5 @@ def build_registry() -> Registry:
     outbound.register_sms(registry)
     calls.register(registry)
     console.register(registry)
+    webphone.register(registry)
     return registry

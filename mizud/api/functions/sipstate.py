@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from ...sip.bindings import Bindings
+from ...store.presence import Presence
 from ...sip.registrar import describe
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
@@ -23,6 +24,13 @@ MAX_NAMES = 500
 MAX_TEXT = 4000
 MAX_STATUS = 200
 OFFLINE_MARK = "XOFFMESSAGE:"
+
+
+def _session_record(session: Any) -> dict[str, Any]:
+    """A web client's session in the shape of reguser's contact records."""
+    return {"username": session.username, "contact": f"websession {session.sessionid}", "address": session.address,
+            "transport": f"api-{session.transport}", "useragent": f"{session.brandname} {session.version}".strip(),
+            "q": "", "expires": "", "registered": session.created.isoformat(sep=" ", timespec="seconds")}
 
 
 def _bindings(call: Call) -> Bindings:
@@ -55,15 +63,16 @@ async def presence_of(call: Call, names: list[str]) -> dict[str, str]:
     result = await db.run_query(
         "presence",
         "SELECT u.username, p.status, p.updated, (SELECT count(*) FROM tb_registrations r "
-        f"WHERE r.userid = u.id AND r.expires > ?) FROM tb_users u LEFT JOIN tb_presence p ON p.userid = u.id "
-        f"WHERE u.username IN ({marks})",
+        f"WHERE r.userid = u.id AND r.expires > ?), p.expires FROM tb_users u "
+        f"LEFT JOIN tb_presence p ON p.userid = u.id WHERE u.username IN ({marks})",
         (now, *names),
     )
     found: dict[str, str] = {}
     engine = db.engine
-    for username, status, updated, live in result.rows:
-        when = engine.time(updated)
-        fresh = when is not None and now - when <= PRESENCE_FRESH
+    for username, status, updated, live, expires in result.rows:
+        when, until = engine.time(updated), engine.time(expires)
+        # Fresh: set lately through the API (webphones poll), or published over SIP and not lapsed.
+        fresh = (when is not None and now - when <= PRESENCE_FRESH) or (until is not None and until > now)
         found[username] = (status or "online") if int(live) or fresh else "offline"
     return {name: found.get(name, "unknown") for name in names}
 
@@ -83,15 +92,16 @@ def register(registry: Registry) -> None:
         return ok(str(await _bindings(call).status(name)))
 
     @fn("presence_get", Category.USER,
-        "presence of users (comma list): OK: puserlist: user1:status1,...; then the caller's stored messages",
+        "presence of users (comma list): OK: puserlist: user1:status1,... (stored messages come with presence_set)",
         ("userusername", "ptype", "domain"))
     async def presence_get(call: Call) -> ApiAnswer:
         names = _names(call.arg("userusername") or call.arg("userlist") or call.require("userusername"))
         if len(names) > MAX_NAMES:
             return error(f"at most {MAX_NAMES} users per request", 412)
         found = await presence_of(call, names)
-        listing = ",".join(f"{name}:{state}" for name, state in found.items())
-        return ok(f"puserlist: {listing}{await _offline_messages(call)}")
+        # Only the list: clients split it on "," and ":", and the spec hands stored messages over in
+        # presence_set's answer (the webphone reads them only there).
+        return ok("puserlist: " + ",".join(f"{name}:{state}" for name, state in found.items()))
 
     @fn("presence_set", Category.USER,
         "set own presence status text; the answer carries stored messages as XOFFMESSAGE:from:text...",
@@ -101,19 +111,7 @@ def register(registry: Registry) -> None:
         text = call.arg("pstatus").strip()
         if len(text) > MAX_STATUS or any(ch in text for ch in ",:\r\n"):
             return error(f"pstatus must be at most {MAX_STATUS} characters without , : or line breaks", 412)
-        db = call.api.db
-        now = call.api.store.now()
-        done = await db.run_statement("presence_update", "UPDATE tb_presence SET status = ?, updated = ? WHERE userid = ?",
-                                      (text, now, user.id))
-        if not done.rowcount:
-            try:
-                await db.run_statement("presence_insert",
-                                       "INSERT INTO tb_presence (userid, status, updated) VALUES (?, ?, ?)",
-                                       (user.id, text, now))
-            except Exception:  # a concurrent first presence_set of the same user won the insert
-                await db.run_statement("presence_update",
-                                       "UPDATE tb_presence SET status = ?, updated = ? WHERE userid = ?",
-                                       (text, now, user.id))
+        await Presence(call.api.db, call.api.store.now).set(user.id, text)
         return ok(f"presence set{await _offline_messages(call)}")
 
     @fn("sendim", Category.USER, "send a chat message (SIP MESSAGE) to a user or a comma list of users",
@@ -140,22 +138,25 @@ def register(registry: Registry) -> None:
         return ok(f"message for {len(recipients)} users: {sent} sent to registered devices, "
                   f"{stored} stored until online")
 
-    @fn("reguser", Category.ADMIN, "registered users and devices: empty lists users, all (or x) every device, "
-        "or one username's devices", ("usr",))
+    @fn("reguser", Category.ADMIN, "registered users and devices (SIP contacts and web clients' sessions): empty "
+        "lists users, all (or x) every device, or one username's devices", ("usr",))
     async def reguser(call: Call) -> ApiAnswer:
         which = call.arg("usr").strip()
         now = call.api.store.now()
+        everyone = not which or which.lower() in ("all", "x")  # the spec's own admin example asks with usr=x
+        bindings = await _bindings(call).all("" if everyone else which)
+        sessions = await Presence(call.api.db, call.api.store.now).sessions("" if everyone else which)
         if not which:
             users: dict[str, int] = {}
-            for binding in await _bindings(call).all():
-                users[binding.username] = users.get(binding.username, 0) + 1
+            for name in [b.username for b in bindings] + [s.username for s in sessions]:
+                users[name] = users.get(name, 0) + 1
             records = [{"username": name, "devices": count} for name, count in users.items()]
             return ok(f"{len(users)} registered users: {','.join(users)[:2000]}", records)
-        everyone = which.lower() in ("all", "x")  # the spec's own admin example asks with usr=x
-        bindings = await _bindings(call).all("" if everyone else which)
-        if not everyone and not bindings:
+        if not everyone and not bindings and not sessions:
             return error(f"{which[:64]} is not registered", 404)
-        return ok(f"{len(bindings)} contacts", [describe(binding, now) for binding in bindings])
+        records = [describe(binding, now) for binding in bindings] + [_session_record(s) for s in sessions]
+        suffix = f", {len(sessions)} web sessions" if sessions else ""
+        return ok(f"{len(bindings)} contacts{suffix}", records)
 
     @fn("regstat", Category.ADMIN, "registrar statistics")
     async def regstat(call: Call) -> ApiAnswer:
@@ -177,21 +178,25 @@ def register(registry: Registry) -> None:
         return ok(f"{users} users registered with {len(bindings)} contacts" + (f"; {details}" if details else ""),
                   [record])
 
-    @fn("endpoints", Category.ADMIN, "SIP endpoints: each registered device address with its users")
+    @fn("endpoints", Category.ADMIN, "endpoints: each registered device address (and web client) with its users")
     async def endpoints(call: Call) -> ApiAnswer:
         bindings = await _bindings(call).all()
         seen: dict[tuple[str, str], dict[str, Any]] = {}
         sip = call.api.sip
-        for binding in bindings:
-            key = (binding.transport, binding.address)
-            entry = seen.setdefault(key, {"address": binding.address, "transport": binding.transport,
-                                          "useragent": binding.useragent, "users": []})
-            if binding.username not in entry["users"]:
-                entry["users"].append(binding.username)
+        devices = [(b.transport, b.address, b.useragent, b.username) for b in bindings] + [
+            (f"api-{s.transport}", s.address, f"{s.brandname} {s.version}".strip(), s.username)
+            for s in await Presence(call.api.db, call.api.store.now).sessions()]
+        for transport, address, useragent, username in devices:
+            key = (transport, address)
+            entry = seen.setdefault(key, {"address": address, "transport": transport, "useragent": useragent,
+                                          "users": []})
+            if username not in entry["users"]:
+                entry["users"].append(username)
         records = []
         for (transport, address), entry in seen.items():
             host, _, port = address.rpartition(":")
-            connected = sip is not None and (transport, host.strip("[]"), int(port or 0)) in sip.connections
+            connected = (sip is not None and not transport.startswith("api-")
+                         and (transport, host.strip("[]"), int(port or 0)) in sip.connections)
             records.append({**entry, "users": ",".join(entry["users"]), "connected_here": int(connected)})
         return ok(f"{len(records)} endpoints", records)
 
@@ -199,8 +204,8 @@ def register(registry: Registry) -> None:
         "regstate 1 registered (default) or 0 expired and not yet swept", ("regtype", "regstate"))
     async def epreg(call: Call) -> ApiAnswer:
         transport = call.arg("regtype").strip().lower()
-        if transport and transport not in ("udp", "tcp", "tls", "ws"):
-            return error("regtype must be udp, tcp, tls or ws", 412)
+        if transport and transport not in ("udp", "tcp", "tls", "ws", "wss"):
+            return error("regtype must be udp, tcp, tls, ws or wss", 412)
         state = call.arg("regstate", "1").strip()
         if state not in ("0", "1"):
             return error("regstate must be 1 (registered) or 0 (expired)", 412)

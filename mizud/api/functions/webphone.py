@@ -1,0 +1,54 @@
+"""What the Mizu webphone asks besides the common functions: wsuser and wsload.
+
+The webphone (Mizutech's browser softphone) calls C{wsuser} when it
+starts and every few minutes: it proves the user like any request and
+tells the server which client it is (brand, company, version, its
+session); mizud records that session, so C{reguser} and C{endpoints}
+list the web clients beside the SIP devices.  C{wsload} asks how loaded
+this node is, to pick the least loaded of several servers.
+"""
+
+from __future__ import annotations
+
+from ...store.presence import Presence
+from ..answer import ApiAnswer, error, ok
+from ..dispatcher import Call
+from ..registry import Category, Registry
+
+#: The longest value kept of each field a client tells about itself.
+MAX_FIELD = 100
+WSUSER_PARAMS = ("brandname", "companyname", "upperserver", "upperserverdomain", "sessionid", "version")
+
+
+def _field(call: Call, *names: str) -> str:
+    """The first of C{names} given, cut to L{MAX_FIELD} printable characters."""
+    for name in names:
+        value = call.arg(name).strip()
+        if value:
+            return "".join(c for c in value if c.isprintable())[:MAX_FIELD]
+    return ""
+
+
+def register(registry: Registry) -> None:
+    """Register this module's handlers."""
+    fn = registry.function
+
+    @fn("wsuser", Category.USER, "a web client (the Mizu webphone) announces itself: its session, brand and "
+        "version are recorded for reguser and endpoints", WSUSER_PARAMS)
+    async def wsuser(call: Call) -> ApiAnswer:
+        user = call.user()
+        api = call.api
+        session = _field(call, "sessionid", "sid") or call.request.source
+        await Presence(api.db, api.store.now).session(
+            user.id, session, brandname=_field(call, "brandname"), companyname=_field(call, "companyname", "companyame"),
+            version=_field(call, "version", "ver", "clientversion"), address=call.request.source,
+            transport=call.request.transport, node=api.node)
+        return ok(f"wsuser {user.username} session {session}")
+
+    @fn("wsload", Category.PUBLIC, "this node's load for web clients choosing a server: ws load: N type: T "
+        "(N the calls this node carries now, T the kind of server)")
+    async def wsload(call: Call) -> ApiAnswer:
+        sip = call.api.sip
+        if sip is None:
+            return error("SIP is not running on this node", 412)
+        return ok(f"ws load: {len(sip.calls.live)} type: sip")
