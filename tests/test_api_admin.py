@@ -102,17 +102,18 @@ async def test_maintenance(tmp_path: Path, database_option: str) -> None:
                              (now - timedelta(days=3), now - timedelta(days=2)))
     await h.api.nonces.uses.use("0123456789abcdef0123456789abcdef", "authv3_x", -10)
     answer = await h.call("apientry=hourlymaint", "127.0.0.1")
-    assert answer.text == "OK: nonces 1, bans 1, numbers 1, registrations 1"
+    assert answer.text == "OK: nonces 1, bans 1, numbers 1, registrations 1, websessions 0"
     assert (await h.db.run_query("x", "SELECT contact FROM tb_registrations")).rows == [("sip:new@x",)]
     assert (await h.db.run_query("x", "SELECT userid, status FROM tb_phonenumbers")).rows == [(0, 0)]
     daily = await h.call("apientry=monthlymaint", "127.0.0.1")
-    assert daily.text == "OK: nonces 0, bans 0, numbers 0, registrations 0, optimized 1"
+    assert daily.text == "OK: nonces 0, bans 0, numbers 0, registrations 0, websessions 0, optimized 1"
     await h.db.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_rebill(tmp_path: Path, database_option: str) -> None:
-    """rebill reprices CDRs from the current tariffs and moves the difference through the ledger."""
+    """rebill reprices CDRs from the current tariffs and moves the difference through the ledger; the test
+    records of gencdr are never charged (issue 16, item 18)."""
     h = await make_harness(tmp_path, "defaulttariff=1", database=database_option)
     alice = await h.store.find_user("alice")
     assert alice is not None
@@ -126,9 +127,13 @@ async def test_rebill(tmp_path: Path, database_option: str) -> None:
             "x", "INSERT INTO tb_cdrs (datum, callednumber, userid, duration, cost) VALUES (?, ?, ?, ?, ?)",
             (h.store.now(), number, alice.id, duration, Decimal(cost)),
         )
+    assert (await h.call(f"apientry=gencdr&count=20&userid={alice.id}", "127.0.0.1")).ok
+    # Test records priced from a tariff that is then changed: a rebill would charge them all.
+    await h.db.run_statement("x", "UPDATE tb_cdrs SET callednumber = '3699', duration = 60, cost = 0 "
+                                  "WHERE generated = 1")
     answer = await h.call("apientry=rebill&days=today", "127.0.0.1")
     assert answer.text == "OK: 3 CDRs checked, 1 repriced"
-    costs = (await h.db.run_query("x", "SELECT callednumber, cost FROM tb_cdrs ORDER BY id")).rows
+    costs = (await h.db.run_query("x", "SELECT callednumber, cost FROM tb_cdrs WHERE generated = 0 ORDER BY id")).rows
     assert [(n, h.db.engine.money(c)) for n, c in costs] == [("3611", Decimal("0.6")), ("3622", Decimal("0.3")),
                                                               ("3633", Decimal(0))]
     assert (await h.store.find_user("alice")).credit == Decimal("4.5")  # type: ignore[union-attr]

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mizud.store.defaults import with_defaults
 from mizud.store.engines import PostgresEngine, SqliteEngine
 from mizud.store.schema import (
     StartupError,
     code_version,
     load_deltas,
     migrate,
+    own_tables,
     split_statements,
 )
 
@@ -107,3 +111,104 @@ def test_postgres_unreachable() -> None:
         migrate("postgresql://mizud:pw@127.0.0.1:1/mizud", NOW)
     assert str(caught.value).startswith("cannot connect to PostgreSQL:")
     assert "\n" not in str(caught.value)
+
+
+def _connect(database: str) -> Any:
+    """A plain DB-API connection to a migrated test database (autocommit on PostgreSQL)."""
+    if database.startswith("postgresql://"):
+        import psycopg2
+
+        connection = psycopg2.connect(database)
+        connection.autocommit = True
+        return connection
+    return sqlite3.connect(database, isolation_level=None)
+
+
+#: The required columns that keep no default: keys, unique columns and references to other rows.
+IDENTIFYING = {
+    ("tb_api", "fname"), ("tb_nodes", "name"), ("tb_presence", "userid"), ("tb_serverkeys", "name"),
+    ("tb_credits", "userid"), ("tb_holds", "userid"), ("tb_moneyops", "txid"),
+    ("tb_moneyops", "userid"), ("tb_nonceuse", "authmd5"), ("tb_nonceuse", "nonce"),
+    ("tb_phonenumbers", "number"), ("tb_pins", "pin"), ("tb_registrations", "contact"),
+    ("tb_registrations", "userid"), ("tb_tariffs", "prefix"), ("tb_tariffs", "tariffid"),
+    ("tb_usernumbers", "kind"), ("tb_usernumbers", "number"), ("tb_usernumbers", "userid"),
+    ("tb_users", "username"), ("tb_websessions", "userid"),
+}
+
+
+def required_without_default(connection: Any, database: str) -> set[tuple[str, str]]:
+    """The (table, column) pairs of mizud's tables that an INSERT must name."""
+    cursor = connection.cursor()
+    found = set()
+    for table in own_tables():
+        if database.startswith("postgresql://"):
+            cursor.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                           "AND table_name = %s AND is_nullable = 'NO' AND column_default IS NULL "
+                           "AND is_identity = 'NO'", (table,))
+            found.update((table, row[0]) for row in cursor.fetchall())
+        else:
+            cursor.execute(f"PRAGMA table_info({table})")
+            # Keys too (SQLite reports a key as nullable unless declared NOT NULL); id is every table's own.
+            found.update((table, row[1]) for row in cursor.fetchall()
+                         if (row[3] or row[5]) and row[4] is None and row[1] != "id")
+    return found
+
+
+def test_the_specs_minimal_inserts_work(database_option: str) -> None:
+    """The spec's own example INSERT of a user works, as do minimal INSERTs of PINs, numbers, tariffs and bans;
+    the opening balance enters the ledger; only identifying columns stay required (issue 16, item 10)."""
+    migrate(database_option, NOW)
+    connection = _connect(database_option)
+    cursor = connection.cursor()
+    assert required_without_default(connection, database_option) == IDENTIFYING
+    cursor.execute("insert into tb_users (type, username, password, name, email, credit, postpaid) "
+                   "values (0, 'bob', 'bobpw', 'Bob', 'bob@example.com', 10, 0)")
+    cursor.execute("insert into tb_pins (pin, credit) values ('1234567890', 5)")
+    cursor.execute("insert into tb_phonenumbers (number) values ('3612345')")
+    cursor.execute("insert into tb_tariffs (tariffid, prefix, price) values (1, '36', 2)")
+    cursor.execute("insert into tb_banned (kind, value) values ('ip', '192.0.2.9')")
+    cursor.execute("SELECT u.credit, c.amount, c.balance, c.kind, u.created FROM tb_users u "
+                   "JOIN tb_credits c ON c.userid = u.id WHERE u.username = 'bob'")
+    credit, amount, balance, kind, created = cursor.fetchone()
+    assert credit == amount == balance and kind == "initial"
+    made = created if isinstance(created, datetime) else datetime.fromisoformat(created)
+    assert abs(made - datetime.now(timezone.utc).replace(tzinfo=None)) < timedelta(minutes=1)
+    cursor.execute("SELECT until FROM tb_banned")
+    assert str(cursor.fetchone()[0]).startswith("9999-12-31")
+    cursor.execute("SELECT count(*) FROM tb_users u JOIN tb_credits c ON c.userid = u.id")
+    assert cursor.fetchone()[0] == 1
+    connection.close()
+
+
+def test_defaults_reach_a_database_that_has_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SQLite database of version 15 with rows is upgraded in place: its rows stay, the file checks out,
+    and minimal INSERTs work afterwards."""
+    import mizud.store.schema as schema
+
+    path = str(tmp_path / "old.sqlite")
+    every = schema.load_deltas
+    monkeypatch.setattr(schema, "load_deltas", lambda engine: [d for d in every(engine) if d.version < 16])
+    assert migrate(path, NOW)[1] == 15
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("INSERT INTO tb_users (username, password, created) VALUES ('old', 'pw', '2025-01-01 00:00:00')")
+    with pytest.raises(sqlite3.IntegrityError):
+        connection.execute("INSERT INTO tb_pins (pin) VALUES ('1')")
+    connection.close()
+    monkeypatch.setattr(schema, "load_deltas", every)
+    assert migrate(path, NOW) == (15, code_version())
+    connection = sqlite3.connect(path, isolation_level=None)
+    assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert connection.execute("SELECT username, created FROM tb_users").fetchall() == [("old", "2025-01-01 00:00:00")]
+    connection.execute("INSERT INTO tb_pins (pin) VALUES ('1')")
+    assert connection.execute("SELECT credit, currency FROM tb_pins").fetchall() == [(0, "USD")]
+    connection.close()
+
+
+def test_with_defaults_edits_only_the_named_columns() -> None:
+    """Column definitions are found at the top level of the statement, past nested parentheses and quotes."""
+    create = "CREATE TABLE t (\n    id INTEGER PRIMARY KEY,\n    a TEXT NOT NULL CHECK (a <> ','),\n    b INTEGER NOT NULL\n)"
+    assert with_defaults(create, {"a": "''", "b": "0"}) == (
+        "CREATE TABLE t (\n    id INTEGER PRIMARY KEY,\n    a TEXT NOT NULL CHECK (a <> ',') DEFAULT '',\n"
+        "    b INTEGER NOT NULL DEFAULT 0\n)")
+    with pytest.raises(StartupError):
+        with_defaults(create, {"c": "0"})

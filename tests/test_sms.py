@@ -19,6 +19,7 @@ from mizud.sip.core import response_to
 from mizud.sip.message import parse_datagram
 from mizud.sip.sms import parts
 from sipkit import Phone, Rig, make_rig, settle
+from test_api_dispatch import Harness
 
 ALICE = "authkey=apikey123&authid=alice&authpwd=alicepw"
 ADMIN = "127.0.0.1"
@@ -49,6 +50,16 @@ async def rig_with_tariff(tmp_path: Path, database: str | None = None) -> Rig:
     await rig.h.api.rater.rebuild()
     rig.core.clock = global_reactor  # real network for HTTP providers
     return rig
+
+
+async def sms_gateway(h: Harness) -> tuple[Provider, Any]:
+    """A working HTTP SMS provider on a loopback port, added as the gateway C{gw}; the provider and its port."""
+    provider = Provider(200)
+    port = global_reactor.listenTCP(0, Site(provider), interface="127.0.0.1")
+    url = quote(f"http://127.0.0.1:{port.getHost().port}/send?from={{from}}&to={{to}}&text={{text}}", safe="")
+    assert (await h.call(f"apientry=addserver&u_username=gw&u_domain=sms.example&fieldname0=smsurl&fieldval0={url}",
+                         ADMIN)).ok
+    return provider, port
 
 
 async def balance(rig: Rig) -> str:
@@ -241,11 +252,7 @@ async def test_numbers_are_proven_by_a_code_sent_to_them(tmp_path: Path, databas
     claims the same number first cannot take it or lock the owner out; an unproven number is no sender id."""
     rig = await rig_with_tariff(tmp_path, database_option)
     h = rig.h
-    provider = Provider(200)
-    port = global_reactor.listenTCP(0, Site(provider), interface="127.0.0.1")
-    url = quote(f"http://127.0.0.1:{port.getHost().port}/send?from={{from}}&to={{to}}&text={{text}}", safe="")
-    assert (await h.call(f"apientry=addserver&u_username=gw&u_domain=sms.example&fieldname0=smsurl&fieldval0={url}",
-                         ADMIN)).ok
+    provider, port = await sms_gateway(h)
     await h.store.create_user("mallory", "mallorypw", credit="5")
     mallory = "authkey=apikey123&authid=mallory&authpwd=mallorypw"
     try:
@@ -313,3 +320,28 @@ async def test_number_codes_cannot_be_guessed_in_parallel(tmp_path: Path) -> Non
     rig.h.clock.advance(86401)
     assert await claims.open(alice.id, "36709999999", "222222", 900)
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sms_commands_from_a_proven_number(tmp_path: Path) -> None:
+    """An inbound SMS from a user's proven number whose text is a command (balance, rating, ...) runs it as that
+    user and answers by SMS; from any other number it is not run."""
+    rig = await rig_with_tariff(tmp_path)
+    h = rig.h
+    provider, port = await sms_gateway(h)
+    try:
+        assert (await h.call("apientry=cli&anum=36701112222&targetuser=alice", ADMIN)).ok
+        ran = await h.call("apientry=smsreceive&anum=%2B36701112222&bnum=1234&txt=balance", ADMIN)
+        assert ran.text == "OK: command balance run for alice, answered by SMS: OK: 5.00 USD", ran.text
+        for _ in range(100):
+            if provider.seen:
+                break
+            await deferLater(global_reactor, 0.02, lambda: None)
+        assert provider.seen[-1][b"to"] == [b"36701112222"] and provider.seen[-1][b"text"] == [b"OK: 5.00 USD"]
+        rated = await h.call("apientry=smsreceive&anum=36701112222&bnum=1234&txt=rating%2036301234", ADMIN)
+        assert "run for alice" in rated.text and "Hungary" in rated.text, rated.text
+        stranger = await h.call("apientry=smsreceive&anum=36709990000&bnum=1234&txt=balance", ADMIN)
+        assert stranger.text == "ERROR: no user for 1234"
+    finally:
+        await port.stopListening()
+        await h.db.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -70,6 +71,92 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         assert "Traceback" not in output, output
 
 
+class RtpCounter:
+    """Counts UDP packets on the loopback interface sent to given port ranges (needs root: AF_PACKET)."""
+
+    def __init__(self, *ranges: range) -> None:
+        self.ranges = ranges
+        self.counts = [0 for _ in ranges]
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.2)
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.running:
+            try:
+                frame = self.sock.recv(65535)
+            except OSError:
+                continue
+            ip = frame[14:]  # the loopback's (zeroed) Ethernet header first
+            if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
+                continue
+            udp = ip[(ip[0] & 0x0F) * 4:]
+            port = int.from_bytes(udp[2:4], "big")
+            for index, ports in enumerate(self.ranges):
+                if port in ports:
+                    self.counts[index] += 1
+
+    def stop(self) -> list[int]:
+        """Stop counting; the packets seen per range."""
+        self.running = False
+        self.thread.join(timeout=5)
+        self.sock.close()
+        return self.counts
+
+
+def tone(path: Path, seconds: int = 60) -> None:
+    """A 440 Hz tone, 8 kHz mono 16-bit: what the phones send as their voice."""
+    import math
+    import wave
+
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"".join(int(8000 * math.sin(i / 8000 * 2 * math.pi * 440)).to_bytes(2, "little", signed=True)
+                                 for i in range(8000 * seconds)))
+
+
+class Baresip:
+    """A baresip phone running in the background: registered, answering calls at once, RTP on its own ports."""
+
+    def __init__(self, folder: Path, daemon: Daemon, user: str, rtp: int, seconds: int = 40) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tone(folder / "tone.wav")
+        self.rtp = range(rtp, rtp + 10)
+        (folder / "config").write_text(
+            "module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule_app account.so\n"
+            f"net_interface 127.0.0.1\nsip_listen 127.0.0.1:{free_udp_and_tcp_port()}\n"
+            f"audio_player aufile,{folder}/heard.wav\naudio_source aufile,{folder}/tone.wav\n"
+            f"rtp_ports {rtp}-{rtp + 9}\n")
+        (folder / "accounts").write_text(
+            f'<sip:{user}@mizud.test;transport=udp>;outbound="sip:127.0.0.1:{daemon.sip}";auth_pass={user}-password;'
+            "regint=60;answermode=auto\n")
+        self.log = folder / "log"
+        self.process = subprocess.Popen([BARESIP or "baresip", "-f", str(folder), "-t", str(seconds), "-s"],
+                                        stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+
+    def stop(self) -> str:
+        """Stop it; its output."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        return self.log.read_text(errors="replace")
+
+
+def wait_registered(daemon: Daemon, *users: str) -> None:
+    """Until every user has a binding (the phones register in the background)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if all(daemon.api(apientry="reguser", usr=user)["status"] == "OK" for user in users):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{users} did not register")
+
+
 def baresip(folder: Path, account: str, seconds: int) -> str:
     """Run baresip headless for C{seconds} with one account line; its output with the SIP trace."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,3 +185,27 @@ def test_baresip_with_a_wrong_password_stops_and_locks_no_one_else_out(daemon: D
     assert "200 OK" in good, good[-2000:]
     recent = {r["username"]: r["result"] for r in daemon.api(apientry="fastregusers", succ="all")["data"]}
     assert recent == {"alice": "failed", "bob": "ok"}, recent
+
+
+@needs_baresip
+@pytest.mark.parametrize("kind", ["p2p", "callback"])
+def test_baresip_phones_talk_through_p2p_and_callback(daemon: Daemon, tmp_path: Path, kind: str) -> None:
+    """p2p (and callback) between two baresip phones: leg A accepts the inactive hold offer, B's offer reaches
+    A in the re-INVITE, and RTP flows between the phones both ways; discall ends it and bills it."""
+    alice = Baresip(tmp_path / "alice", daemon, "alice", 31000)
+    bob = Baresip(tmp_path / "bob", daemon, "bob", 32000)
+    try:
+        wait_registered(daemon, "alice", "bob")
+        counter = RtpCounter(alice.rtp, bob.rtp)
+        legs = {"anum": "alice", "bnum": "bob"} if kind == "p2p" else {"num": "alice", "bnum": "bob"}
+        placed = daemon.api(apientry=kind, waitfor="2", authid="alice", **legs)
+        assert placed["status"] == "OK" and "connected" in placed["message"], placed
+        time.sleep(4)  # 50 packets each way take a second at 20 ms; slack for a loaded machine
+        to_alice, to_bob = counter.stop()
+        assert to_alice > 50 and to_bob > 50, (to_alice, to_bob)
+        callid = placed["data"][0]["callid"]
+        ended = daemon.api(apientry="discall", dbcallid=callid)
+        assert ended["status"] == "OK", ended
+    finally:
+        logs = alice.stop() + bob.stop()
+    assert "488" not in logs, logs[-3000:]

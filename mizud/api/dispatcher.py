@@ -352,7 +352,11 @@ class Api:
         try:
             sip_user = request.context.get("sip_user")
             console = request.context.get("console")
-            if console is not None:
+            inner = request.context.get("caller")
+            if inner is not None:
+                # Only a function that runs another for its own caller sets this (oop): the caller is proven.
+                caller = await self._impersonate(request, inner)
+            elif console is not None:
                 # Only the console sets this, for the admin or support user logged in on it.
                 caller = await self._console_caller(request, rule, console, trusted)
             elif legacy_request:

@@ -74,11 +74,19 @@ root's child elements), a SOAP envelope (the element inside Body names the
 function), ini (`key=value` lines) or plain text (a query string or a
 `/mvapireq/?...` line). Names are case-insensitive; values URL-decoded and
 UTF-8. Aliases: `phone1`/`from` = `anum`, `phone2`/`to` = `bnum`,
-`message` = `txt`, `authsalt` = `authsalt1`. `param1..paramN` fill a
-function's parameters in the order listed below. `now` and other unknown
-parameters are ignored. XOR+Base64 encryption with `httpapiencryptkey`:
-`mcrfs=` carries the whole request, an `oenc1_` prefix marks one encrypted
-value. Admins may act as another user with `targetuser`.
+`message` = `txt`, `authsalt` = `authsalt1`. With `apientry`,
+`param1..paramN` fill the function's parameters in the order listed below
+(`apientry=unreg&param1=alma`). Without `apientry`, the spec's positional
+form: `param1` is the function, `param2`..`param4` are `authkey`, `authid`
+and `authpwd`, and `param5`.. fill the function's parameters
+(`param1=balance&param2=KEY&param3=USER&param4=PWD`). `now` and other
+unknown parameters are ignored. XOR+Base64 encryption with
+`httpapiencryptkey` (when it is empty, with the key built into Mizu's
+clients, `aJ6aqK4Nah3hnP7aht`): `mcrfs=` carries the whole request, an
+`oenc1_` prefix marks one encrypted value. Admins may act as another user
+with `targetuser`. An inbound SMS from a user's proven number whose text
+is `p2p`, `cb`, `balance`, `rating`, `charge` or `cli` with its
+parameters runs that function as the user; the answer goes back by SMS.
 
 Limits: 256 parameters, 65,536 characters per value, 8,192 characters of
 URL, 1 MiB of body; XML with a DTD or entities is refused.
@@ -191,7 +199,7 @@ client transaction id (`txid=`) adds ` (repeated transaction)`.
 | db | `OK: N rows` with the rows, or `OK: N rows affected` |
 | showcfg | `OK: N options`, a record per option (secrets shown as `***`) |
 | checkcredits | `OK: every balance equals its ledger`, or an error listing the users whose balance differs |
-| hourlymaint, dailymaint, weeklymaint, monthlymaint | `OK: nonces N, bans N, numbers N, registrations N` (daily and longer: `, optimized 1`) |
+| hourlymaint, dailymaint, weeklymaint, monthlymaint | `OK: nonces N, bans N, numbers N, registrations N, websessions N` (daily and longer: `, optimized 1`) |
 | status, verifyuser | `OK: N` (0 no such user, 1 offline, 2 online, 3 calling, 4 speaking) |
 | presence_get / presence_set | `OK: puserlist: user1:status1,...` / `OK: presence set`; both append stored messages as `XOFFMESSAGE:from:text...XOFFMESSAGE:` |
 | sendim | `OK: message for N users: S sent to registered devices, T stored` |

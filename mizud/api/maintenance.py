@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..sip.bindings import Bindings
+from ..store.presence import Presence
 
 
 class Maintenance:
@@ -15,7 +16,7 @@ class Maintenance:
         self.api = api
 
     async def hourly(self) -> dict[str, int]:
-        """Expire nonces, ended bans, lapsed number reservations and registrations."""
+        """Expire nonces, ended bans, lapsed number reservations, registrations and web sessions."""
         db, now = self.api.db, self.api.store.now()
         done = {"nonces": await self.api.nonces.expire()}
         done["bans"] = (await db.run_statement(
@@ -26,6 +27,7 @@ class Maintenance:
             "WHERE status = 1 AND lockeduntil < ?", (now,))).rowcount
         # The SIP service sweeps every few seconds too; this one also serves nodes without it.
         done["registrations"] = await Bindings(db, self.api.store.now).expire()
+        done["websessions"] = await Presence(db, self.api.store.now).expire()
         return done
 
     async def daily(self) -> dict[str, int]:

@@ -299,6 +299,25 @@ def normalise(pairs: Iterable[tuple[str, str]], encrypt_key: str) -> dict[str, s
     return params
 
 
+#: What param2..param4 are when param1 names the function (the spec's positional form).
+POSITIONAL_HEAD = ("authkey", "authid", "authpwd")
+
+
+def positional(params: dict[str, str]) -> str:
+    """The spec's positional form without apientry: "functionname, apikey, username, password, function
+    parameters".  Takes param1 as the function, param2..param4 as authkey, authid and authpwd (unless given by
+    name), and renumbers param5.. as the function's param1..; returns the function name."""
+    name = params.pop("param1")
+    for index, key in enumerate(POSITIONAL_HEAD, start=2):
+        value = params.pop(f"param{index}", "")
+        if value and not params.get(key):
+            params[key] = value
+    rest = sorted((int(k[5:]), k) for k in params if k.startswith("param") and k[5:].isascii() and k[5:].isdigit())
+    for number, key in rest:
+        params[f"param{number - 4}"] = params.pop(key)
+    return name
+
+
 def decode(
     *,
     query: str = "",
@@ -334,7 +353,48 @@ def decode(
     params = normalise(pairs, encrypt_key)
     params.pop("mcrfs", None)
     name = params.pop("apientry", "") or named or function or ""
+    if not name and params.get("param1"):
+        name = positional(params)
     return ApiRequest(
         function=name.strip().lower(), params=params, source=source, transport=transport, fmt=fmt, secure=secure,
         forgeable_source=forgeable_source, cross_site=cross_site,
     )
+
+
+# -- command lines (the console, and the old interface's oop) ----------------------------------------
+
+#: Parameters every function takes by name on a command line (the rest go by position).
+GENERAL = frozenset({"authkey", "authid", "authpwd", "authmd5", "authsalt", "authsalt1", "authsalt2", "nonce",
+                     "format", "targetuser", "txid", "username"})
+
+
+def command_words(text: str) -> list[str]:
+    """A command line split as a shell would (quotes group words), backslashes kept (C:\\x stays C:\\x);
+    raises L{RequestError} on an unfinished quote."""
+    import shlex
+
+    try:
+        lexer = shlex.shlex(text, posix=True)
+        lexer.whitespace_split = True
+        lexer.escape = ""
+        return list(lexer)
+    except ValueError as problem:
+        raise RequestError(str(problem)) from None
+
+
+def command_request(name: str, words: list[str], params_of: tuple[str, ...] | None, source: str, transport: str,
+                    encrypt_key: str) -> ApiRequest:
+    """An API request from a command's words: C{key=value} by name when the function (whose parameters are
+    C{params_of}; None for an unknown one) has a parameter C{key} or it is a general one, the rest by position."""
+    known = set(params_of or ())
+    pairs = []
+    position = 0
+    for word in words:
+        key, equals, value = word.partition("=")
+        key = key.lower()
+        if equals and (key in known or key in GENERAL or (params_of is None and key.isidentifier())):
+            pairs.append((key, value))
+        else:
+            position += 1
+            pairs.append((f"param{position}", word))
+    return ApiRequest(name, normalise(pairs, encrypt_key), source, transport=transport, fmt="text")

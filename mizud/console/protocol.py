@@ -18,7 +18,6 @@ closed after C{consoleidletimeout}.
 
 from __future__ import annotations
 
-import shlex
 import struct
 from typing import Any, Callable
 
@@ -36,7 +35,7 @@ from zope.interface import implementer
 from ..api.answer import encode, error
 from ..api.auth import Trust, is_loopback, is_private, secret_equal
 from ..api.lockout import loggable
-from ..api.request import ApiRequest, RequestError, normalise
+from ..api.request import ApiRequest, RequestError, command_request, command_words
 from ..config import Settings
 from ..store.billing import USER_ADMIN, USER_SUPPORT, User
 
@@ -65,8 +64,6 @@ MAX_BUFFERED = 4 * 1024 * 1024
 #: The longest terminal escape sequence kept (a longer one is dropped).
 MAX_ESCAPE = 64
 #: Parameters every function accepts, so C{name=value} with them is always a named parameter.
-GENERAL = frozenset({"authkey", "authid", "authpwd", "authmd5", "authsalt", "authsalt1", "authsalt2", "nonce",
-                     "format", "targetuser", "txid", "username"})
 SHELL_COMMANDS = {
     "help": "list the commands; help NAME shows one command's parameters",
     "close": "close this connection (also exit, quit)",
@@ -494,12 +491,9 @@ class Console:
     async def run(self, text: str, user: User, peer: str) -> tuple[str, bool]:
         """One command line's answer, and whether to close the connection after it."""
         try:
-            lexer = shlex.shlex(text, posix=True)
-            lexer.whitespace_split = True
-            lexer.escape = ""  # backslashes are kept: C:\x stays C:\x
-            words = list(lexer)
-        except ValueError as problem:
-            return f"ERROR: {problem}", False
+            words = command_words(text)
+        except RequestError as problem:
+            return f"ERROR: {problem.message}", False
         if not words:
             return "", False
         name = words[0].lower()
@@ -528,19 +522,8 @@ class Console:
         """An API request from a command's words: C{key=value} by name when the function has a
         parameter C{key} (or it is a general one such as authid), the rest by position."""
         function = api.registry.get(name)
-        known = set(function.params) if function is not None else set()
-        pairs = []
-        position = 0
-        for word in words:
-            key, equals, value = word.partition("=")
-            key = key.lower()
-            if equals and (key in known or key in GENERAL or (function is None and key.isidentifier())):
-                pairs.append((key, value))
-            else:
-                position += 1
-                pairs.append((f"param{position}", word))
-        params = normalise(pairs, self.settings.current.httpapiencryptkey)
-        return ApiRequest(name, params, peer, transport="console", fmt="text")
+        return command_request(name, words, function.params if function is not None else None, peer, "console",
+                               self.settings.current.httpapiencryptkey)
 
     def help(self, api: Any, name: str) -> str:
         """Every command in one line each, or one command's parameters."""

@@ -234,15 +234,21 @@ class Bindings:
         return await self.db.run_interaction("expire_bindings", expire_txn)
 
     async def status(self, username: str) -> int:
-        """The spec's status: 0 no such user, 1 offline, 2 online, 3 calling, 4 speaking."""
+        """The spec's status: 0 no such user, 1 offline, 2 online, 3 calling, 4 speaking.
+
+        Calling and speaking come from the live calls of every node (tb_calls): a call one of whose legs
+        is the user (its username as anum or bnum), connected (4) or still being set up (3).
+        """
         result = await self.db.run_query(
             "user_status",
-            "SELECT u.status, (SELECT count(*) FROM tb_registrations r WHERE r.userid = u.id AND r.expires > ?) "
+            "SELECT u.id, (SELECT count(*) FROM tb_registrations r WHERE r.userid = u.id AND r.expires > ?), "
+            "(SELECT max(CASE WHEN c.state = 'connected' THEN 4 ELSE 3 END) FROM tb_calls c "
+            "WHERE c.anum = u.username OR c.bnum = u.username) "
             "FROM tb_users u WHERE u.username = ?", (self.now(), username))
         row = result.one()
         if row is None:
             return 0
-        status, live = int(row[0] or 0), int(row[1])
-        if not live:
-            return 1
-        return max(status, ONLINE)
+        live, calling = int(row[1]), int(row[2] or 0)
+        if calling:
+            return calling
+        return ONLINE if live else 1

@@ -40,6 +40,7 @@ from ..store.money import format_money
 from .core import ALLOW, SERVER, Unreachable
 from .dialog import Dialog, new_tag
 from .message import SipMessage
+from .sdp import hold_offer, new_session, reorigin
 from .routing import Route
 from .transaction import T1, InviteClientTransaction, new_branch
 
@@ -83,14 +84,6 @@ def check_sdp(body: bytes, media: bool = True) -> str:
     if media and not any(line.startswith("m=") for line in lines):
         return "SDP has no media"
     return ""
-
-
-def no_media_offer(host: str) -> bytes:
-    """The offer of RFC 3725 flow IV's first INVITE: a session without media lines."""
-    family = "IP6" if ":" in host else "IP4"
-    session = int.from_bytes(os.urandom(4), "big")
-    return (f"v=0\r\no=mizud {session} 1 IN {family} {host}\r\ns=-\r\n"
-            f"c=IN {family} {'::' if family == 'IP6' else '0.0.0.0'}\r\nt=0 0\r\n").encode()
 
 
 def longest(cost: Callable[[int], Decimal], budget: Decimal, most: int) -> int:
@@ -137,6 +130,9 @@ class Leg:
     acks: dict[int, bytes] = field(default_factory=dict)
     cancel_sent: bool = False
     sdp: bytes = b""
+    #: mizud's session towards this leg (RFC 3264's o= line) and our address on its route.
+    session: int = field(default_factory=new_session)
+    host: str = ""
     status: int = 0
     reason: str = ""
     #: Why we cancelled the ringing INVITE (no answer, the call was stopped): its reason then.
@@ -312,11 +308,12 @@ class PlacedCall:
             self._ack(b)
             self.stop(f"B sent no usable offer: {problem}")
             return
-        answer = await self._offer_to_a(b.sdp)
+        # B's offer and A's answer, each rewritten to come from mizud's session in the other dialog.
+        answer = await self._offer_to_a(reorigin(b.sdp, a.host, a.session, 2))
         if answer is None or self.stopping:
             self._ack(b)
             return
-        self._ack(b, answer)
+        self._ack(b, reorigin(answer, b.host, b.session, 1))
         self._arm_limit()
         self._reach(CONNECTED)
         await self.control.connected(self)
@@ -348,7 +345,8 @@ class PlacedCall:
         core = self.core
         leg.send, local, leg.reliable, leg.peer = await core.destination(route)
         leg.route = route
-        offer = no_media_offer(local.rpartition(":")[0].strip("[]")) if hold else b""
+        leg.host = local.rpartition(":")[0].strip("[]")
+        offer = hold_offer(leg.host, leg.session) if hold else b""
         invite = self._invite(leg, route, local, offer)
         response = await self._transact(leg, invite)
         if response.status in (401, 407) and route.kind == "gateway" and not leg.cancelled:

@@ -18,7 +18,7 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Callable
 
 from .engines import Engine, PostgresEngine, SqliteEngine
 
@@ -81,12 +81,12 @@ def load_deltas(engine: Engine) -> list[Delta]:
 
 
 _TABLE = re.compile(r"CREATE TABLE (\w+)\s*\((.*?)\n\);", re.S | re.I)
-_ADDED = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+) :money:", re.I)
-_COLUMN = re.compile(r"^\s*(\w+) :money:", re.M)
 
 
-def money_columns() -> dict[str, frozenset[str]]:
-    """The columns of each table that hold money (declared C{:money:} in the deltas)."""
+def typed_columns(token: str) -> dict[str, frozenset[str]]:
+    """The columns of each table declared with a type token (C{:money:}, C{:timestamp:}) in the deltas."""
+    added = re.compile(rf"ALTER TABLE (\w+) ADD COLUMN (\w+) {re.escape(token)}", re.I)
+    column = re.compile(rf"^\s*(\w+) {re.escape(token)}", re.M)
     found: dict[str, set[str]] = {}
     folder = resources.files("mizud.store") / "deltas"
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
@@ -94,10 +94,34 @@ def money_columns() -> dict[str, frozenset[str]]:
             continue
         text = entry.read_text(encoding="utf-8")
         for table, body in _TABLE.findall(text):
-            found.setdefault(table.lower(), set()).update(c.lower() for c in _COLUMN.findall(body))
-        for table, column in _ADDED.findall(text):
-            found.setdefault(table.lower(), set()).add(column.lower())
+            found.setdefault(table.lower(), set()).update(c.lower() for c in column.findall(body))
+        for table, name in added.findall(text):
+            found.setdefault(table.lower(), set()).add(name.lower())
     return {table: frozenset(columns) for table, columns in found.items() if columns}
+
+
+def money_columns() -> dict[str, frozenset[str]]:
+    """The columns of each table that hold money (declared C{:money:} in the deltas)."""
+    return typed_columns(":money:")
+
+
+_CREATED = re.compile(r"^\s*CREATE TABLE (?:IF NOT EXISTS )?(\w+)", re.I)
+_DROPPED = re.compile(r"^\s*DROP TABLE (?:IF EXISTS )?(\w+)", re.I)
+_RENAMED = re.compile(r"^\s*ALTER TABLE (\w+) RENAME TO (\w+)", re.I)
+
+
+def own_tables(engine: Engine | None = None) -> list[str]:
+    """The tables mizud's deltas leave in the database (created, not dropped, under their last name)."""
+    names: list[str] = []
+    for delta in load_deltas(engine or SqliteEngine()):
+        for statement in delta.statements:
+            if created := _CREATED.match(statement):
+                names.append(created.group(1).lower())
+            elif dropped := _DROPPED.match(statement):
+                names.remove(dropped.group(1).lower())
+            elif renamed := _RENAMED.match(statement):
+                names[names.index(renamed.group(1).lower())] = renamed.group(2).lower()
+    return names
 
 
 def code_version(engine: Engine | None = None) -> int:
@@ -131,6 +155,14 @@ def current_version(cursor: Any, engine: Engine) -> int:
     return int(row[0] or 0)
 
 
+def steps() -> dict[int, Callable[[Any, Engine], None]]:
+    """Deltas whose work SQL alone cannot describe for both engines: a function run on the migration's
+    cursor, in its transaction, after the delta's own statements."""
+    from .defaults import add_defaults  # it reads the deltas through this module
+
+    return {16: add_defaults}
+
+
 def migrate_cursor(cursor: Any, engine: Engine, now: str) -> tuple[int, int]:
     """Inside an open transaction: check the version and apply pending deltas.
 
@@ -148,12 +180,16 @@ def migrate_cursor(cursor: Any, engine: Engine, now: str) -> tuple[int, int]:
     if before == newest:
         return before, before
     cursor.execute(_VERSION_TABLE)
+    extra = steps()
     mark = "%s" if isinstance(engine, PostgresEngine) else "?"
     for delta in deltas:
         if delta.version <= before:
             continue
         for statement in delta.statements:
             cursor.execute(statement)
+        step = extra.get(delta.version)
+        if step is not None:
+            step(cursor, engine)
         cursor.execute(
             f"INSERT INTO tb_schema_version (version, name, applied) VALUES ({mark}, {mark}, {mark})",
             (delta.version, delta.name, now),

@@ -88,7 +88,8 @@ def register(registry: Registry) -> None:
         done = await call.api.maintenance.daily()
         return ok(", ".join(f"{k} {v}" for k, v in done.items()))
 
-    fn("hourlymaint", Category.ADMIN, "expire nonces, old bans, lapsed reservations and registrations")(hourly)
+    fn("hourlymaint", Category.ADMIN, "expire nonces, old bans, lapsed reservations, registrations and web "
+       "sessions")(hourly)
     for name in ("dailymaint", "weeklymaint", "monthlymaint"):
         fn(name, Category.ADMIN, "the hourly work plus database upkeep (statistics, optimise)")(daily)
 
@@ -97,13 +98,16 @@ def register(registry: Registry) -> None:
 def register_rebill(registry: Registry) -> None:
     """rebill: recompute CDR costs from the current tariffs, adjusting each user's ledger."""
 
-    @registry.function("rebill", Category.ADMIN, "recompute CDR costs from the current tariffs (days=, userid=)",
+    @registry.function("rebill", Category.ADMIN, "recompute CDR costs from the current tariffs (days=, userid=; "
+                       "not the test records of gencdr)",
                        ("days", "userid"))
     async def rebill(call: Call) -> ApiAnswer:
         api = call.api
         start = since(call.arg("days", "today"), api.store.now())
         userid = call.arg("userid")
-        sql = "SELECT id, userid, callednumber, duration, cost FROM tb_cdrs WHERE datum >= ? AND userid > 0"
+        # Test records of gencdr were never charged, so they are never repriced either.
+        sql = ("SELECT id, userid, callednumber, duration, cost FROM tb_cdrs WHERE datum >= ? AND userid > 0 "
+               "AND generated = 0")
         params: list[Any] = [start]
         if userid:
             number = canonical_id(userid)

@@ -161,10 +161,23 @@ def register(registry: Registry) -> None:
         await placed.wait(3)
         return ok(f"call {placed.id} ended (cost {format_money(placed.cost)} {placed.currency})", [placed.record()])
 
-    @fn("callrating", Category.USER, "credit, maximum remaining duration and rate of a live call",
+    @fn("callrating", Category.USER, "credit, maximum remaining duration and rate of a live call (without callid: "
+        "the user's own, the latest if several)",
         ("username", "callid"))
     async def callrating(call: Call) -> ApiAnswer:
-        placed = await _visible(call, call.require("callid").strip())
+        given = call.arg("callid").strip()
+        note = ""
+        if given:
+            placed = await _visible(call, given)
+        else:
+            # The spec's "rating for an ongoing call": without callid, the user's own live call.
+            sip = call.api.sip
+            mine = [c for c in (sip.calls.live.values() if sip is not None else ()) if c.user.id == call.user().id]
+            if not mine:
+                return error("no live call of yours on this node (give callid)", 404)
+            placed = max(mine, key=lambda c: c.id)
+            if len(mine) > 1:
+                note = f" (call {placed.id}, the latest of {len(mine)} live calls)"
         name = call.arg("username").strip()
         if name and name != placed.user.username:
             return error(f"call {placed.id} is not {name[:40]}'s", 404)
@@ -172,4 +185,4 @@ def register(registry: Registry) -> None:
         record = placed.record()
         record.update(credit=format_money(credit), rate=format_money(placed.rate()))
         return ok(f"credit {format_money(credit)} {placed.user.currency}, maxduration {record['maxduration']}, "
-                  f"rating {format_money(placed.rate())} {placed.currency}/min", [record])
+                  f"rating {format_money(placed.rate())} {placed.currency}/min{note}", [record])

@@ -151,7 +151,8 @@ def register(registry: Registry) -> None:
             message += f"; total {int(totals[0])} calls, {int(totals[1])} s, cost {format_money(money(totals[2]))}"
         return ok(message, records)
 
-    @fn("gencdr", Category.ADMIN, "generate test CDRs priced by the rating engine", ("count", "userid", "days"))
+    @fn("gencdr", Category.ADMIN, "generate test CDRs priced by the rating engine (marked generated: never "
+        "charged, rebill leaves them alone)", ("count", "userid", "days"))
     async def gencdr(call: Call) -> ApiAnswer:
         count = call.integer("count", 1, 10000, 10)
         days = call.integer("days", 1, 366, 1)
@@ -176,7 +177,7 @@ def register(registry: Registry) -> None:
             for row in rows:
                 await txn.execute(
                     "INSERT INTO tb_cdrs (datum, callerid, callednumber, userid, duration, cost, direction, "
-                    "disconnectreason, sipcallid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "disconnectreason, sipcallid, generated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                     row,
                 )
             return len(rows)

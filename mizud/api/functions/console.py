@@ -13,6 +13,7 @@ from typing import Any
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import Category, Registry
+from ..request import command_request, command_words
 from ...text import ascii_int
 
 MAX_LINES = 1000
@@ -37,6 +38,23 @@ def _count(text: str, default: int) -> int:
 def register(registry: Registry) -> None:
     """Register this module's handlers."""
     fn = registry.function
+
+    @fn("oop", Category.ADMIN, "run a console operation: txt is a command line as typed on the admin console "
+        "(function, then key=value or positional parameters), run for the same caller", ("txt",))
+    async def oop(call: Call) -> ApiAnswer:
+        words = command_words(call.require("txt"))
+        if not words:
+            return error("txt holds no command", 421)
+        name = words[0].lower()
+        if name in ("oop", "close", "exit", "quit", "help"):
+            return error(f"{name} is not an operation oop runs", 406)
+        function = call.api.registry.get(name)
+        inner = command_request(name, words[1:], function.params if function is not None else None,
+                                call.request.source, call.request.transport,
+                                call.api.settings.current.httpapiencryptkey)
+        # The same caller, already proven; the operation's own access rule still applies.
+        inner.context["caller"] = call.caller
+        return await call.api.dispatch(inner)
 
     @fn("showlog", Category.ADMIN, "the last lines of the main or the SIP log (console only)", ("log", "lines"))
     async def showlog(call: Call) -> ApiAnswer:

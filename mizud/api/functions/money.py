@@ -31,7 +31,8 @@ def register(registry: Registry) -> None:
         # "OK: 12.34 USD": the number first, as Mizu clients parse it.
         return ok(f"{format_money(user.credit)} {user.currency}")
 
-    @fn("charge", Category.USER, "recharge with a PIN from tb_pins (exactly once)", ("pin", "txid"))
+    @fn("charge", Category.USER, "recharge with a PIN from tb_pins (exactly once)", ("pin", "txid"),
+        aliases=("recharge",))
     async def charge(call: Call) -> ApiAnswer:
         user = call.user()
         result = await call.api.store.redeem_pin(user.id, call.require("pin"), txid=call.arg("txid") or None)

@@ -133,24 +133,39 @@ def register(registry: Registry) -> None:
         )
         return ok(", ".join(f"{column}={value or '-'}" for column, value in changes.items()))
 
-    @fn("getphonenumbers", Category.USER, "how many numbers the free pool holds", aliases=("getphonenumber",))
+    @fn("getphonenumbers", Category.USER, "phone numbers from the free pool (count of them, default 1; "
+        "not reserved: lockphonenumbers reserves one)", ("count",), aliases=("getphonenumber",))
     async def getphonenumbers(call: Call) -> ApiAnswer:
+        count = call.integer("count", 1, 100, 1)
         result = await call.api.db.run_query(
-            "free_numbers", "SELECT count(*) FROM tb_phonenumbers WHERE status = 0 AND userid = 0"
-        )
-        return ok(str(result.rows[0][0]))
+            "free_numbers", "SELECT number FROM tb_phonenumbers WHERE status = 0 AND userid = 0 ORDER BY id LIMIT ?",
+            (count,))
+        numbers = [str(row[0]) for row in result.rows]
+        if not numbers:
+            return error("no free phone number", 404)
+        return ok(",".join(numbers), [{"number": number} for number in numbers])
 
-    @fn("lockphonenumbers", Category.USER, "reserve a number from the free pool for the caller",
-        aliases=("lockphonenumber",))
+    @fn("lockphonenumbers", Category.USER, "reserve a number of the free pool for the caller for an hour: num= "
+        "that one, else the first free", ("num",), aliases=("lockphonenumber",))
     async def lockphonenumbers(call: Call) -> ApiAnswer:
         user = call.user()
         store = call.api.store
+        wanted = call.arg("num").strip()
+        if wanted and normalise(wanted) is None:
+            return error(f"num is not a phone number: {wanted[:40]}", 412)
         for _ in range(5):  # another caller may take the same number first
-            free = (await call.api.db.run_query(
-                "free_number", "SELECT id, number FROM tb_phonenumbers WHERE status = 0 AND userid = 0 ORDER BY id LIMIT 1"
-            )).rows
-            if not free:
-                return error("no free phone number", 404)
+            if wanted:
+                free = (await call.api.db.run_query(
+                    "free_number", "SELECT id, number FROM tb_phonenumbers WHERE status = 0 AND userid = 0 "
+                    "AND number IN (?, ?) ORDER BY id LIMIT 1", (wanted, normalise(wanted)))).rows
+                if not free:
+                    return error(f"{wanted[:40]} is not a free number of the pool", 404)
+            else:
+                free = (await call.api.db.run_query(
+                    "free_number", "SELECT id, number FROM tb_phonenumbers WHERE status = 0 AND userid = 0 "
+                    "ORDER BY id LIMIT 1")).rows
+                if not free:
+                    return error("no free phone number", 404)
             taken = await call.api.db.run_statement(
                 "lock_number",
                 "UPDATE tb_phonenumbers SET userid = ?, status = 1, lockeduntil = ? WHERE id = ? AND status = 0 AND userid = 0",

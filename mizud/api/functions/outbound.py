@@ -133,6 +133,63 @@ def register(registry: Registry) -> None:
         return ok(f"queued for {len(recipients)} recipients")
 
 
+#: The commands an SMS from a user's proven number may carry (spec, "Transport protocols": SMS), and how
+#: their words fill the function's parameters.  "sender" stands for the number the SMS came from.
+SMS_COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "balance": ("balance", ()),
+    "rating": ("rating", ("bnum",)),
+    "charge": ("charge", ("pin",)),
+    "recharge": ("charge", ("pin",)),
+    "cli": ("cli", ("anum", "code")),
+    "cb": ("callback", ("num",)),
+    "callback": ("callback", ("num",)),
+    "p2p": ("p2p", ("anum", "bnum")),
+}
+
+
+async def _sms_command(call: Call, sender: str, text: str) -> ApiAnswer | None:
+    """Run an SMS command (the spec's SMS transport) for the user who proved the sender's number, answering by SMS;
+    None when the SMS is no command or comes from no proven number."""
+    from ...billing.rating import normalise
+    from ...store.numbers import NumberClaims
+    from ..dispatcher import Caller, LEVEL_BY_TYPE
+    from ..registry import REQ_ALL
+    from ..request import ApiRequest
+
+    words = text.split()
+    if not words or words[0].lower() not in SMS_COMMANDS or len(words) > 4:
+        return None
+    number = normalise(sender)
+    if number is None:
+        return None
+    api = call.api
+    owner = await NumberClaims(api.db, api.store.now, "cli").owner(number)
+    user = await api.store.get_user(owner) if owner is not None else None
+    if user is None or not user.enabled or user.temporarydisabled or api.sip is None:
+        return None
+    function, names = SMS_COMMANDS[words[0].lower()]
+    params = dict(zip(names, words[1:]))
+    if function == "callback":
+        params.setdefault("num", number)
+    elif function == "p2p" and len(words) == 2:
+        params = {"anum": number, "bnum": words[1]}
+    inner = ApiRequest(function, params, call.request.source, transport="sms")
+    # The sender proved this number (a code sent to it): the SMS speaks for that user, never above a user.
+    inner.context["caller"] = Caller(user, max(LEVEL_BY_TYPE.get(user.type, REQ_ALL), REQ_ALL), False,
+                                     "sms from a proven number", proven=True)
+    answered = await api.dispatch(inner)
+    reply = answered.text[:GSM_REPLY]
+    try:
+        await api.sip.sms.send(user, "", number, reply, wait=False)
+    except SmsError as problem:
+        log.warn("SMS command {command} for {user}: the answer could not be sent: {problem}",
+                 command=function, user=user.username, problem=problem)
+        return ok(f"command {function} run for {user.username}; its answer was not sent ({problem}): {reply}")
+    return ok(f"command {function} run for {user.username}, answered by SMS: {reply}")
+
+
+#: The longest SMS answer to a command (one GSM part).
+GSM_REPLY = 160
 SMS_PARAMS = ("anum", "bnum", "txt")
 #: name -> (waits for the result, unicode, category)
 SMS_FUNCTIONS = {
@@ -189,6 +246,9 @@ def register_sms(registry: Registry) -> None:
         store = call.api.store
         recipient = await store.find_user(target) or await store.find_user_by_number(target)
         if recipient is None:
+            command = await _sms_command(call, sender, text)
+            if command is not None:
+                return command
             return error(f"no user for {target[:40]}", 404)
         await call.api.db.run_statement(
             "sms_in", "INSERT INTO tb_sms (userid, anum, bnum, body, direction, route, status, created, finished) "
