@@ -481,6 +481,18 @@ OPTIONS: tuple[Option, ...] = (
          "Tariff plan for users whose tariffid is 0.", live=True, group="storage"),
     _opt("bootstrapadmin", parse_bootstrap_admin, "",
          "username:password of an admin created at start if missing.", group="storage"),
+    _opt("backupdir", parse_str, "",
+         "Directory of database backups (dbbackup writes there, dbrestore reads only there); empty: the "
+         "backup functions are refused.", live=True, group="storage"),
+    _opt("retainmessages", parse_duration, "90d",
+         "Monthly maintenance deletes stored instant messages older than this (0: keep them).",
+         live=True, group="storage"),
+    _opt("retainsms", parse_duration, "0",
+         "Monthly maintenance deletes finished SMS records older than this (0: keep them; they hold prices).",
+         live=True, group="storage"),
+    _opt("dailyreport", parse_bool, "false",
+         "Mail the daily report (dailyreport) to adminemail after each daily maintenance.",
+         live=True, group="storage"),
     _opt("logfile", parse_str, "",
          "File to append the log to, beside twistd's own log; empty for none.", group="storage"),
 )

@@ -11,7 +11,7 @@ from .config import OPTIONS, ConfigError, Settings
 from .console.logbuffer import LogBuffer, LogBufferService
 from .console.protocol import Console, ConsoleFactory
 from .service import LogFileService, MizudService
-from .api.service import ApiService, ListenService, UdpListenService
+from .api.service import ApiService, ListenService, ServiceOperations, UdpListenService
 from .store.service import StoreService
 from .sip.service import SipService
 from .sip.transport import SipDatagramProtocol, SipStreamFactory
@@ -75,6 +75,7 @@ def makeService(options: Options, reactor: Any = None) -> MizudService:
     store = StoreService(config, reactor)
     store.setServiceParent(root)
     api = ApiService(settings, store, store.reactor, logs=logs)
+    api.operations = ServiceOperations(root, store.reactor)
     api.setServiceParent(root)
     # Listeners last, so they stop first and no request arrives after the
     # dispatcher or the store has gone.

@@ -105,7 +105,7 @@ async def test_maintenance(tmp_path: Path, database_option: str) -> None:
     assert answer.text == "OK: nonces 1, bans 1, numbers 1, registrations 1, websessions 0"
     assert (await h.db.run_query("x", "SELECT contact FROM tb_registrations")).rows == [("sip:new@x",)]
     assert (await h.db.run_query("x", "SELECT userid, status FROM tb_phonenumbers")).rows == [(0, 0)]
-    daily = await h.call("apientry=monthlymaint", "127.0.0.1")
+    daily = await h.call("apientry=dailymaint", "127.0.0.1")
     assert daily.text == "OK: nonces 0, bans 0, numbers 0, registrations 0, websessions 0, optimized 1"
     await h.db.close()
 

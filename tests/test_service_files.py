@@ -19,7 +19,7 @@ def test_systemd_unit() -> None:
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read(ETC / "systemd" / "mizud.service")
     service = unit["Service"]
-    assert service["User"] == "mizud" and service["Restart"] == "on-failure"
+    assert service["User"] == "mizud" and service["Restart"] == "always"
     assert service["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE" == service["CapabilityBoundingSet"]
     assert "twistd --nodaemon" in service["ExecStart"] and " mizud " in service["ExecStart"]
     assert unit["Install"]["WantedBy"] == "multi-user.target"

@@ -205,3 +205,49 @@ def test_postgres_start(tmp_path: Path, pg_database: str) -> None:
     with psycopg2.connect(pg_database) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT type FROM tb_users WHERE username = 'boss'")
         assert cursor.fetchall() == [(15,)]
+
+
+def _options_answer(port: int) -> str:
+    """The status line mizud answers a SIP OPTIONS on UDP C{port} with."""
+    request = (f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{time.time_ns()}"
+               f"\r\nMax-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\n"
+               f"Call-ID: {time.time_ns()}@probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.settimeout(5)
+        probe.bind(("127.0.0.1", 0))
+        probe.sendto(request.encode(), ("127.0.0.1", port))
+        return probe.recvfrom(65535)[0].decode().split("\r\n")[0]
+
+
+def test_daemon_operations_backup_resets_and_restart(tmp_path: Path) -> None:
+    """A real daemon: dbbackup writes a SQLite copy into backupdir, sipreset binds the SIP port again (it
+    answers OPTIONS before and after), dbreset and mantreset succeed, and restart what=service ends twistd
+    with status 0 for the service manager to start it again."""
+    port, sip_port = free_udp_and_tcp_port(), free_udp_and_tcp_port()
+    (tmp_path / "backups").mkdir()
+    process, lines = start_daemon(
+        tmp_path, "listenaddress=127.0.0.1", f"mainaport={port}", "httpserver=0", "sslportmain=0",
+        f"sipport={sip_port}", "localtsport=0", "mainaportudp=0", f"backupdir={tmp_path / 'backups'}")
+    try:
+        def api(query: str) -> str:
+            return subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/mvapireq/?{query}"],
+                                  capture_output=True, text=True, timeout=30).stdout
+
+        assert _options_answer(sip_port) == "SIP/2.0 200 OK"
+        backup = api("apientry=dbbackup")
+        assert backup.startswith(f"OK: backup written to {tmp_path / 'backups'}/mizud-sqlite-"), backup
+        copy = sqlite3.connect(backup.splitlines()[0].split(" to ", 1)[1])
+        assert copy.execute("SELECT count(*) FROM tb_schema_version").fetchone()[0] > 0
+        copy.close()
+        assert api("apientry=sipreset") == \
+            f"OK: bound again: sipportudp 127.0.0.1:{sip_port}, sipport 127.0.0.1:{sip_port}"
+        assert _options_answer(sip_port) == "SIP/2.0 200 OK"
+        assert api("apientry=dbreset") == "OK: 2 database connections replaced"
+        assert api("apientry=mantreset") == "OK: 7 periodic chores restarted"
+        assert api("apientry=restart&what=service") == "OK: stopping; the service manager starts mizud again"
+        rest, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, "".join(lines) + rest
+    assert "restart requested by trusted address 127.0.0.1" in rest

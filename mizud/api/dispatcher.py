@@ -200,6 +200,10 @@ class Api:
         self.notifications: Any = None
         #: Prometheus figures (L{mizud.metrics.Metrics}) when the daemon keeps them.
         self.metrics: Any = None
+        #: What admin functions may do to the service tree (L{mizud.api.service.ServiceOperations}), if any.
+        self.operations: Any = None
+        #: Why requests are refused right now (a database restore), or empty.
+        self.paused = ""
         self.started = clock.seconds()
         self.requests = 0
         self._limits_from(settings)
@@ -301,6 +305,8 @@ class Api:
             return error("internal error", answer.OTHER)
 
     async def _dispatch(self, request: ApiRequest) -> ApiAnswer:
+        if self.paused:
+            return error(f"{self.paused}: try again in a minute", answer.OTHER)
         if not request.function:
             return error("missing apientry (the function name)", answer.BAD_FUNCTION)
         function = self.registry.get(request.function)

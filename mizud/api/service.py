@@ -6,7 +6,7 @@ import socket
 from abc import ABC, abstractmethod
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
@@ -125,6 +125,49 @@ BAN_REFRESH = 5.0
 LOCKOUT_CHORE = 30.0
 HOUR = 3600.0
 DAY = 86400.0
+WEEK = 7 * DAY
+MONTH = 30 * DAY
+
+#: The listeners that carry only SIP (mainaport carries the API too, and is never reset).
+SIP_LISTENERS = ("sipportudp", "sipport", "localtsport")
+
+
+class ServiceOperations:
+    """What admin functions may do to the running daemon's service tree: rebind the SIP listeners,
+    restart the periodic chores, stop (for the service manager to start it again)."""
+
+    def __init__(self, root: MultiService, reactor: Any) -> None:
+        self.root = root
+        self.reactor = reactor
+
+    async def reset_sip(self) -> list[str]:
+        """Close and bind again every SIP-only listener on the port it has now; what was rebound."""
+        done = []
+        for name in SIP_LISTENERS:
+            try:
+                service = self.root.getServiceNamed(name)
+            except KeyError:
+                continue
+            assert isinstance(service, _Listener)
+            if service.listening is not None:
+                service.port = service.listening.getHost().port  # an ephemeral port stays the same
+            await defer.maybeDeferred(service.stopService)
+            try:
+                service.startService()
+            except StartupError as problem:
+                raise StartupError(f"{problem}; the listener is closed until sipreset succeeds") from None
+            done.append(f"{name} {service.address}:{service.port}")
+        return done
+
+    def restart_chores(self) -> int:
+        """Stop and start again every periodic chore; how many."""
+        api = self.root.getServiceNamed("api")
+        assert isinstance(api, ApiService)
+        return api.restart_chores()
+
+    def stop(self) -> None:
+        """Stop the reactor once the current answer has been written (twistd then exits with status 0)."""
+        self.reactor.callLater(0.5, self.reactor.stop)
 
 
 class ApiService(Service):
@@ -140,6 +183,9 @@ class ApiService(Service):
         self.registry = build_registry()
         self.api: Api | None = None
         self.ready: defer.Deferred[Api] = defer.Deferred()
+        self._chores: list[LoopingCall] = []
+        #: What admin functions may do to the service tree (set by the plugin that builds the tree).
+        self.operations: ServiceOperations | None = None
 
     def _every(self, seconds: float, chore: Any) -> LoopingCall:
         return every(self.reactor, seconds, chore)
@@ -147,9 +193,7 @@ class ApiService(Service):
     def stopService(self) -> None:
         """Stop the periodic chores."""
         super().stopService()
-        for loop in getattr(self, "_chores", []):
-            if loop.running:
-                loop.stop()
+        self._stop_chores()
         if self.api is not None and self.api.metrics is not None:
             self.api.metrics.stop()
 
@@ -187,8 +231,22 @@ class ApiService(Service):
         table = await api.rater.rebuild()
         log.info("rating table loaded: {count} tariffs", count=table.size)
         await api.bans.refresh()
-        nodes = self.store_service.nodes
+        api.operations = self.operations
+        self.api = api
+        self._start_chores()
+        log.info("API ready: {count} functions, {rules} tb_api rules", count=len(self.registry), rules=rules)
+        self.ready.callback(api)
+        return store
 
+    def _stop_chores(self) -> None:
+        for loop in self._chores:
+            if loop.running:
+                loop.stop()
+        self._chores = []
+
+    def _start_chores(self) -> None:
+        api, nodes = self.api, self.store_service.nodes
+        assert api is not None
         beat_every = min(BEAT, max(1.0, self.settings.current.nodedeadafter / 3))
 
         async def heartbeat() -> None:
@@ -199,15 +257,26 @@ class ApiService(Service):
                 if released:
                     log.warn("released {count} holds of dead nodes", count=released)
 
+        async def daily() -> None:
+            await api.maintenance.daily()
+            if self.settings.current.dailyreport:
+                await api.maintenance.mail_report()
+
         self._chores = [
             # Beat often enough that a node is only declared dead after several missed beats.
             self._every(beat_every, heartbeat),
             self._every(BAN_REFRESH, api.bans.refresh),
             self._every(LOCKOUT_CHORE, api.lockout.chore),
             self._every(HOUR, api.maintenance.hourly),
-            self._every(DAY, api.maintenance.daily),
+            self._every(DAY, daily),
+            self._every(WEEK, api.maintenance.weekly),
+            self._every(MONTH, api.maintenance.monthly),
         ]
-        self.api = api
-        log.info("API ready: {count} functions, {rules} tb_api rules", count=len(self.registry), rules=rules)
-        self.ready.callback(api)
-        return store
+
+    def restart_chores(self) -> int:
+        """Stop every periodic chore and start them again (their periods count from now); how many."""
+        if self.api is None:
+            return 0
+        self._stop_chores()
+        self._start_chores()
+        return len(self._chores)

@@ -318,9 +318,10 @@ class SipCore:
             _, status = self.dialogs.incoming(request)
             return response_to(request, status, source=source)
         api = self.api_of()
-        if api is None:
-            response = response_to(request, 503, "Starting", source=source)
-            response.add("Retry-After", "5")
+        if api is None or api.paused:
+            # Starting, or the database is being restored: come back soon (RFC 3261 21.5.4).
+            response = response_to(request, 503, "Starting" if api is None else "Restoring", source=source)
+            response.add("Retry-After", "5" if api is None else "60")
             return response
         if method == "REGISTER":
             return await self.registrar.register(request, source, api)

@@ -89,6 +89,12 @@ class Database(Protocol):
     def close(self) -> defer.Deferred[None]:
         """Finish queued work and close connections."""
 
+    def reset(self) -> Awaitable[int]:
+        """Replace every connection by a fresh one (busy ones when they are free); the number replaced."""
+
+    def run_outside(self, name: str, sql: str) -> Awaitable[None]:
+        """Run one statement that cannot run inside a transaction (VACUUM)."""
+
 
 class Running:
     """Transactions in flight: their names and since when (monotonic seconds)."""
@@ -175,6 +181,39 @@ class _Job:
     deferred: defer.Deferred[Any]
 
 
+@dataclass
+class _Exclusive:
+    """Work the writer runs alone, on its raw connection, outside any transaction."""
+
+    name: str
+    func: Callable[["_Writer"], Any]
+    deferred: defer.Deferred[Any]
+
+
+class _Writer:
+    """The writer thread's connection and transaction handle (only that thread touches them)."""
+
+    def __init__(self, path: str, engine: Engine) -> None:
+        self.path = path
+        self.engine = engine
+        self.connection = self.open()
+        self.txn = _SqliteTxn(self.connection, engine)
+
+    def open(self) -> sqlite3.Connection:
+        """A writer connection: WAL, fully synced commits."""
+        connection = connect_sqlite(self.path)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        return connection
+
+    def reopen(self) -> int:
+        """Close the connection and open a new one."""
+        fresh = self.open()
+        self.connection.close()
+        self.connection, self.txn = fresh, _SqliteTxn(fresh, self.engine)
+        return 1
+
+
 _STOP = object()
 
 
@@ -201,16 +240,13 @@ class SqliteDatabase:
     def start(self) -> defer.Deferred[None]:
         """Open the connection (WAL, fully synced commits) and start the writer."""
         try:
-            connection = connect_sqlite(self.path)
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = FULL")
-            self._reader = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self._reader.execute("PRAGMA query_only = ON")
+            writer = _Writer(self.path, self.engine)
+            self._reader = self._open_reader()
         except sqlite3.Error as error:
             return defer.fail(DatabaseError(f"cannot open SQLite database {self.path}: {error}"))
         self._stopped = defer.Deferred()
         self._thread = threading.Thread(
-            target=self._writer, args=(connection,), name="mizud-sqlite-writer", daemon=True
+            target=self._writer, args=(writer,), name="mizud-sqlite-writer", daemon=True
         )
         self._thread.start()
         return defer.succeed(None)
@@ -228,6 +264,38 @@ class SqliteDatabase:
     def _ended(self, result: Any, key: int) -> Any:
         self.running.end(key)
         return result
+
+    def _open_reader(self) -> sqlite3.Connection:
+        reader = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        reader.execute("PRAGMA query_only = ON")
+        return reader
+
+    def run_exclusive(self, name: str, func: Callable[[sqlite3.Connection], T]) -> defer.Deferred[T]:
+        """Run C{func(connection)} on the writer thread between transactions, outside any
+        transaction (a backup, a restore, VACUUM): no write runs meanwhile."""
+        return self._exclusive(name, lambda writer: func(writer.connection))
+
+    def _exclusive(self, name: str, func: Callable[[_Writer], T]) -> defer.Deferred[T]:
+        if self._thread is None:
+            return defer.fail(DatabaseError("the database is not open"))
+        d: defer.Deferred[T] = defer.Deferred()
+        key = self.running.begin(name)
+        self._queue.put(_Exclusive(name, func, d))
+        d.addBoth(self._ended, key)
+        return d
+
+    def run_outside(self, name: str, sql: str) -> defer.Deferred[None]:
+        """Run one statement outside a transaction on the writer (VACUUM)."""
+        return self.run_exclusive(name, lambda connection: connection.execute(sql).close())
+
+    async def reset(self) -> int:
+        """Reopen the writer's and the reader's connections (the next transaction uses the new ones)."""
+        await self._exclusive("reset", _Writer.reopen)
+        if self._reader is not None:
+            fresh = self._open_reader()
+            self._reader.close()
+            self._reader = fresh
+        return 2
 
     def run_statement(self, name: str, sql: str, params: Sequence[Any] = ()) -> defer.Deferred[Result]:
         """Queue one statement as a transaction of its own."""
@@ -263,28 +331,38 @@ class SqliteDatabase:
 
     # The rest runs on the writer thread.
 
-    def _writer(self, connection: sqlite3.Connection) -> None:
-        txn = _SqliteTxn(connection, self.engine)
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
+    def _writer(self, writer: _Writer) -> None:
+        waiting: Any = None  # a job taken from the queue that the current batch must not include
+        while True:
+            first = waiting if waiting is not None else self._queue.get()
+            waiting = None
             if first is _STOP:
                 break
+            if isinstance(first, _Exclusive):
+                self._run_exclusive(writer, first)
+                continue
             batch = [first]
             while len(batch) < self._max_batch:
                 try:
                     job = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if job is _STOP:
-                    stopping = True
+                if job is _STOP or isinstance(job, _Exclusive):
+                    waiting = job
                     break
                 batch.append(job)
-            outcomes = self._run_batch(connection, txn, batch)
+            outcomes = self._run_batch(writer.connection, writer.txn, batch)
             self._reactor.callFromThread(_deliver, batch, outcomes)
-        connection.close()
+        writer.connection.close()
         assert self._stopped is not None
         self._reactor.callFromThread(self._stopped.callback, None)
+
+    def _run_exclusive(self, writer: _Writer, job: _Exclusive) -> None:
+        try:
+            outcome: Any = job.func(writer)
+        except Exception:
+            outcome = Failure()
+        self._reactor.callFromThread(_deliver_one, job.deferred, outcome)
 
     def _run_batch(
         self, connection: sqlite3.Connection, txn: _SqliteTxn, batch: list[_Job]
@@ -322,12 +400,16 @@ async def _one_statement(txn: Txn, sql: str, params: Sequence[Any]) -> Result:
     return await txn.execute(sql, params)
 
 
+def _deliver_one(deferred: defer.Deferred[Any], outcome: Any) -> None:
+    if isinstance(outcome, Failure):
+        deferred.errback(outcome)
+    else:
+        deferred.callback(outcome)
+
+
 def _deliver(batch: list[_Job], outcomes: list[Any]) -> None:
     for job, outcome in zip(batch, outcomes):
-        if isinstance(outcome, Failure):
-            job.deferred.errback(outcome)
-        else:
-            job.deferred.callback(outcome)
+        _deliver_one(job.deferred, outcome)
 
 
 # -- PostgreSQL -------------------------------------------------------------------
@@ -425,6 +507,9 @@ class PostgresDatabase:
         self._idle: defer.DeferredQueue[Any] = defer.DeferredQueue()
         self._connections: set[Any] = set()
         self._closing = False
+        #: Bumped by reset(); a connection opened under an older generation is replaced when released.
+        self._generation = 0
+        self._born: dict[Any, int] = {}
         self.running = Running()
 
     async def _connect(self) -> Any:
@@ -434,6 +519,7 @@ class PostgresDatabase:
         except Exception as error:
             raise DatabaseError(f"cannot connect to PostgreSQL: {_first_line(error)}") from None
         self._connections.add(connection)
+        self._born[connection] = self._generation
         return connection
 
     def start(self) -> defer.Deferred[None]:
@@ -518,17 +604,48 @@ class PostgresDatabase:
     def _release(self, connection: Any) -> None:
         if self._closing:
             connection.close()
-            self._connections.discard(connection)
+            self._forget(connection)
+        elif self._born.get(connection, 0) < self._generation:
+            self._forget(connection)
+            connection.close()
+            if len(self._connections) < self._pool_size:
+                self._reconnect()
         else:
             self._idle.put(connection)
 
+    def _forget(self, connection: Any) -> None:
+        self._connections.discard(connection)
+        self._born.pop(connection, None)
+
+    async def reset(self) -> int:
+        """Replace every connection: idle ones now (each after its replacement has opened, so requests
+        never find the pool empty), busy ones when their transaction ends.  The number replaced."""
+        self._generation += 1
+        count = len(self._connections)
+        for stale in list(self._idle.pending):
+            fresh = await self._connect()  # PostgreSQL unreachable: the rest stay until released
+            if stale in self._idle.pending:
+                self._idle.pending.remove(stale)
+                self._forget(stale)
+                stale.close()
+            self._idle.put(fresh)
+        return count
+
+    async def run_outside(self, name: str, sql: str) -> None:
+        """Run one statement in autocommit mode (VACUUM may not run in a transaction block)."""
+        await self.run_statement(name, sql)
+
     def _replace(self, connection: Any) -> None:
         log.warn("replacing a broken PostgreSQL connection")
-        self._connections.discard(connection)
+        self._forget(connection)
         try:
             connection.close()
         except Exception:
             pass
+        self._reconnect()
+
+    def _reconnect(self) -> None:
+        """Open one new connection for the pool, retrying with back-off until it opens or the pool closes."""
 
         async def reconnect() -> None:
             delay = 0.5

@@ -8,8 +8,8 @@ from ..registry import Registry
 
 def build_registry() -> Registry:
     """A registry with every spec function and every implemented handler."""
-    from . import (accounts, admin, calls, cdrs, console, core, fields, money, numbers, outbound, rating, servers,
-                   sipstate, webphone)
+    from . import (accounts, admin, calls, cdrs, console, core, fields, money, numbers, operations, outbound, rating,
+                   servers, sipstate, webphone)
 
     registry = Registry()
     catalogue.load(registry)
@@ -22,6 +22,7 @@ def build_registry() -> Registry:
     numbers.register(registry)
     admin.register(registry)
     admin.register_rebill(registry)
+    operations.register(registry)
     sipstate.register(registry)
     servers.register(registry)
     outbound.register(registry)

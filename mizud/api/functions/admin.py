@@ -1,4 +1,4 @@
-"""Admin functions: db, showcfg, checkcredits, quickstat, rebill and the maintenance runs."""
+"""Admin functions: db, showcfg, checkcredits, quickstat and rebill."""
 
 from __future__ import annotations
 
@@ -79,20 +79,6 @@ def register(registry: Registry) -> None:
         }
         return ok(f"{record['users']} users, {record['registered']} registered, {record['calls_today']} calls today",
                   [record])
-
-    async def hourly(call: Call) -> ApiAnswer:
-        done = await call.api.maintenance.hourly()
-        return ok(", ".join(f"{k} {v}" for k, v in done.items()))
-
-    async def daily(call: Call) -> ApiAnswer:
-        done = await call.api.maintenance.daily()
-        return ok(", ".join(f"{k} {v}" for k, v in done.items()))
-
-    fn("hourlymaint", Category.ADMIN, "expire nonces, old bans, lapsed reservations, registrations and web "
-       "sessions")(hourly)
-    for name in ("dailymaint", "weeklymaint", "monthlymaint"):
-        fn(name, Category.ADMIN, "the hourly work plus database upkeep (statistics, optimise)")(daily)
-
 
 
 def register_rebill(registry: Registry) -> None:
