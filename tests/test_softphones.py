@@ -1,12 +1,16 @@
-"""Real softphones from Debian against the real daemon: baresip.
+"""Real softphones from Debian against the real daemon: baresip, linphonec and twinkle.
 
-The phones run headless (audio from a sine generator, none played),
-configured in a temporary folder, on ephemeral loopback ports.
+The phones run headless (audio from a tone file or a paced FIFO, nothing
+played), configured in a temporary folder (their HOME), on ephemeral ports:
+loopback only, except twinkle-console, which has no setting for the address
+it binds and listens on every interface (on ports chosen here, for seconds).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import signal
 import socket
@@ -23,6 +27,8 @@ import pytest
 from test_twistd import free_port, free_udp_and_tcp_port, start_daemon
 
 BARESIP = shutil.which("baresip")
+LINPHONEC = shutil.which("linphonec")
+TWINKLE = shutil.which("twinkle-console")
 needs_baresip = pytest.mark.skipif(BARESIP is None, reason="baresip (Debian package) is not installed")
 
 
@@ -147,6 +153,126 @@ class Baresip:
         return self.log.read_text(errors="replace")
 
 
+class _Console:
+    """A phone driven by commands on its standard input, with its own HOME."""
+
+    process: subprocess.Popen[str]
+
+    def start(self, argv: list[str], folder: Path) -> None:
+        """Run C{argv} in C{folder} as HOME, without a display, its output in C{folder}/out."""
+        env = dict(os.environ, HOME=str(folder))
+        env.pop("DISPLAY", None)
+        self.out = folder / "out"
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=self.out.open("w"),
+                                        stderr=subprocess.STDOUT, env=env, text=True, cwd=folder)
+
+    def send(self, *commands: str) -> None:
+        """Type command lines."""
+        assert self.process.stdin is not None
+        for command in commands:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+
+    def quit(self, wait: float = 15) -> None:
+        """quit, and wait for the exit (killing after C{wait} seconds)."""
+        if self.process.poll() is None:
+            try:
+                self.send("quit")
+                self.process.wait(timeout=wait)
+            except (subprocess.TimeoutExpired, BrokenPipeError):
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+class Linphone(_Console):
+    """linphonec (linphone-cli): registered, auto-answering, playing a tone file, RTP on its own ports."""
+
+    def __init__(self, folder: Path, daemon: Daemon, user: str, rtp: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Without its data folder linphone cannot open its database and never opens a SIP socket.
+        (folder / ".local" / "share" / "linphone").mkdir(parents=True, exist_ok=True)
+        tone(folder / "tone.wav")
+        self.rtp = range(rtp, rtp + 10)
+        self.log = folder / "log"
+        (folder / "linphonerc").write_text(
+            f"[sip]\nsip_port={free_udp_and_tcp_port()}\nsip_tcp_port=0\nsip_tls_port=0\nsip_dtls_port=0\n"
+            "bind_address=127.0.0.1\nuse_ipv6=0\nregister_only_when_network_is_up=0\ninc_timeout=30\n\n"
+            f"[rtp]\naudio_rtp_port={rtp}-{rtp + 9}\nvideo_rtp_port={rtp + 10}-{rtp + 19}\nbind_address=127.0.0.1\n\n"
+            "[sound]\nechocancellation=0\n\n[video]\ncapture=0\ndisplay=0\n\n"
+            f"[proxy_0]\nreg_proxy=<sip:127.0.0.1:{daemon.sip};transport=udp>\nreg_identity=sip:{user}@mizud.test\n"
+            "reg_expires=60\nreg_sendregister=1\npublish=0\n\n"
+            f"[auth_info_0]\nusername={user}\npasswd={user}-password\nrealm=mizud.test\ndomain=mizud.test\n")
+        # stdin stays a pipe: at its end linphonec exits before registering.
+        self.start([LINPHONEC or "linphonec", "-c", str(folder / "linphonerc"), "-a", "-d", "6", "-l", str(self.log)],
+                   folder)
+        # The file sound card cannot be chosen in the configuration, only by command.
+        self.send("soundcard use files", f"play {folder}/tone.wav", f"record {folder}/heard.wav", "autoanswer enable")
+
+    def stop(self) -> str:
+        """Quit (it unregisters); its log with the SIP trace."""
+        self.quit()
+        return self.out.read_text(errors="replace") + (self.log.read_text(errors="replace") if self.log.exists() else "")
+
+
+class _PacedTone:
+    """An 8 kHz 16-bit tone written into a FIFO in real time, 20 ms at a time (a microphone that blocks)."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path = path
+        self.stopped = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        chunk = b"".join(int(8000 * math.sin(i / 8000 * 2 * math.pi * 440)).to_bytes(2, "little", signed=True)
+                         for i in range(160))
+        fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)  # never blocks, never an end for the reader
+        due = time.monotonic()
+        try:
+            while not self.stopped.is_set():
+                try:
+                    os.write(fd, chunk)
+                except BlockingIOError:
+                    pass  # nobody reads: the sample is dropped, as a microphone's would be
+                due += 0.02
+                time.sleep(max(0.0, due - time.monotonic()))
+        finally:
+            os.close(fd)
+
+
+class Twinkle(_Console):
+    """twinkle-console: registered, auto-answering, its microphone a paced tone (ALSA's null device never
+    blocks, and twinkle's capture thread would spin on it), RTP on rtp and rtp + 1."""
+
+    def __init__(self, folder: Path, daemon: Daemon, user: str, rtp: int) -> None:
+        conf = folder / ".twinkle"
+        conf.mkdir(parents=True, exist_ok=True)
+        self.rtp = range(rtp, rtp + 10)
+        self.mic = _PacedTone(folder / "mic.fifo")
+        (folder / ".asoundrc").write_text(
+            f'pcm.mic {{\n type file\n slave.pcm null\n file "/dev/null"\n infile "{folder}/mic.fifo"\n'
+            " format raw\n}\n")
+        (conf / "twinkle.sys").write_text(
+            "dev_ringtone=alsa:null\ndev_speaker=alsa:null\ndev_mic=alsa:mic\nvalidate_audio_dev=no\n"
+            f"sip_port={free_udp_and_tcp_port()}\nrtp_port={rtp}\nplay_ringtone=no\nplay_ringback=no\n"
+            "log_show_sip=yes\n")
+        # Servers without sip: (twinkle adds it); no voice detection, or a quiet microphone sends nothing.
+        (conf / f"{user}.cfg").write_text(
+            f"user_name={user}\nuser_domain=mizud.test\nuser_display={user}\nauth_realm=mizud.test\n"
+            f"auth_name={user}\nauth_pass={user}-password\nregistrar=127.0.0.1:{daemon.sip}\n"
+            f"register_at_startup=yes\nregistration_time=60\noutbound_proxy=127.0.0.1:{daemon.sip}\n"
+            "all_requests_to_proxy=yes\ncodecs=g711u,g711a\nsip_transport=udp\nspeex_dsp_vad=no\n")
+        self.start([TWINKLE or "twinkle-console", f"{user}.cfg"], folder)
+        self.send("auto_answer -a on")
+
+    def stop(self) -> str:
+        """Quit (it unregisters; right after a call ends it may crash, so it is given a moment); its output."""
+        time.sleep(1.5)
+        self.quit()
+        self.mic.stopped.set()
+        return self.out.read_text(errors="replace")
+
+
 def wait_registered(daemon: Daemon, *users: str) -> None:
     """Until every user has a binding (the phones register in the background)."""
     deadline = time.monotonic() + 15
@@ -209,3 +335,32 @@ def test_baresip_phones_talk_through_p2p_and_callback(daemon: Daemon, tmp_path: 
     finally:
         logs = alice.stop() + bob.stop()
     assert "SIP/2.0 488" not in logs, logs[-3000:]  # the status line only: nonces and ports hold digits too
+
+
+PHONES: dict[str, Any] = {"baresip": Baresip, "linphone": Linphone, "twinkle": Twinkle}
+MISSING = {"baresip": BARESIP, "linphone": LINPHONEC, "twinkle": TWINKLE}
+
+
+@pytest.mark.parametrize("a, b", [("linphone", "twinkle"), ("twinkle", "baresip"), ("baresip", "linphone")])
+def test_each_debian_phone_as_leg_a_and_as_leg_b(daemon: Daemon, tmp_path: Path, a: str, b: str) -> None:
+    """p2p between different phones, so that each of baresip, linphonec and twinkle is leg A (first called,
+    offered the inactive hold stream) once and leg B once: both answer and RTP flows both ways."""
+    for name in (a, b):
+        if MISSING[name] is None:
+            pytest.skip(f"{name} (Debian package) is not installed")
+    alice = PHONES[a](tmp_path / "alice", daemon, "alice", 31000)
+    bob = PHONES[b](tmp_path / "bob", daemon, "bob", 32000)
+    logs = ""
+    try:
+        wait_registered(daemon, "alice", "bob")
+        counter = RtpCounter(alice.rtp, bob.rtp)
+        placed = daemon.api(apientry="p2p", anum="alice", bnum="bob", waitfor="2", authid="alice")
+        assert placed["status"] == "OK" and "connected" in placed["message"], placed
+        time.sleep(4)
+        to_alice, to_bob = counter.stop()
+        assert to_alice > 50 and to_bob > 50, (to_alice, to_bob)
+        ended = daemon.api(apientry="discall", dbcallid=placed["data"][0]["callid"])
+        assert ended["status"] == "OK", ended
+    finally:
+        logs = alice.stop() + bob.stop()
+    assert "SIP/2.0 488" not in logs, logs[-3000:]
