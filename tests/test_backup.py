@@ -68,6 +68,9 @@ async def test_names_stay_inside_the_backup_directory(db: Database, tmp_path: Pa
         await backups.backup("first")
     with pytest.raises(BackupError, match="no backup named"):
         await backups.restore("second")
+    (tmp_path / "backups" / "linked").symlink_to(tmp_path / "backups" / "first")
+    with pytest.raises(BackupError, match="symbolic link"):
+        await backups.restore("linked")
     assert Backups(db, "", datetime.now, reactor).folder == ""
     with pytest.raises(BackupError, match="set the backupdir option"):
         await Backups(db, "", datetime.now, reactor).backup()

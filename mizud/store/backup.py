@@ -138,6 +138,8 @@ class Backups:
     async def restore(self, name: str) -> str:
         """Replace the database's content by the backup C{name}; its path."""
         path = self.path_of(name)
+        if os.path.islink(path):
+            raise BackupError(f"{name} is a symbolic link; a restore reads only files of the backup directory")
         if not os.path.isfile(path):
             raise BackupError(f"no backup named {name} in the backup directory")
         if isinstance(self.db, SqliteDatabase):
