@@ -481,6 +481,11 @@ OPTIONS: tuple[Option, ...] = (
          "Tariff plan for users whose tariffid is 0.", live=True, group="storage"),
     _opt("bootstrapadmin", parse_bootstrap_admin, "",
          "username:password of an admin created at start if missing.", group="storage"),
+    _opt("smscommands", parse_bool, "false",
+         "Run an inbound SMS from a user's proven number whose text is balance, rating, charge, cb/callback "
+         "or p2p as that user, answering by SMS. Off by default: SMS sender numbers can be forged on many "
+         "routes, and the SMS then speaks (and calls, and is billed) for the number's owner.",
+         live=True, group="calls"),
     _opt("backupdir", parse_str, "",
          "Directory of database backups (dbbackup writes there, dbrestore reads only there); empty: the "
          "backup functions are refused.", live=True, group="storage"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest_twisted
@@ -17,6 +18,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 
 from mizud.api.service import ListenService, ServiceOperations, UdpListenService
+from mizud.sip.core import SipCore
+from mizud.sip.transport import SipDatagramProtocol
 from test_api_admin import register_contact
 from test_api_dispatch import KEY, make_harness
 from test_mail import Server, harness as mail_harness
@@ -169,6 +172,10 @@ async def test_backup_and_restore_through_the_api(tmp_path: Path, database_optio
     listed = await h.call("apientry=dbrestore", ADMIN)
     assert [r["file"] for r in listed.records or []] == ["before"]
     assert (await h.call("apientry=dbrestore&path=../api.sqlite", ADMIN)).text.startswith("ERROR: restore failed: a")
+    h.api.sip = SimpleNamespace(calls=SimpleNamespace(live={7: object()}))
+    assert (await h.call("apientry=dbrestore&path=before", ADMIN)).text == \
+        "ERROR: restore refused: 1 calls are live on this node; end them (discall) first"
+    h.api.sip = None
     h.api.paused = "the database is being restored"
     assert (await h.call("apientry=balance&authid=alice&authpwd=alicepw", ADMIN)).text == \
         "ERROR: the database is being restored: try again in a minute"
@@ -195,19 +202,14 @@ async def test_dbreset_replaces_the_connections(tmp_path: Path, database_option:
     await h.db.close()
 
 
-class _Echo(DatagramProtocol):
-    """Sends every datagram back."""
-
-    def datagramReceived(self, datagram: bytes, address: Any) -> None:
-        """Echo it."""
-        cast(Any, self.transport).write(datagram, address)
-
-
 @pytest_twisted.ensureDeferred
 async def test_sipreset_binds_the_sip_listeners_again(tmp_path: Path) -> None:
-    """sipreset closes and binds again the SIP-only listeners on the ports they had; they answer after it."""
+    """sipreset closes and binds again the SIP-only listeners on the ports they had; mizud then sends only
+    through the new UDP socket (the old one's routes are forgotten), and it answers SIP after the reset."""
+    h = await make_harness(tmp_path)
+    core = SipCore(h.api.settings, lambda: h.api, global_reactor)
     root = MultiService()
-    udp = UdpListenService("sipportudp", global_reactor, "127.0.0.1", 0, _Echo())
+    udp = UdpListenService("sipportudp", global_reactor, "127.0.0.1", 0, SipDatagramProtocol(core))
     tcp = ListenService("sipport", global_reactor, "127.0.0.1", 0, Factory.forProtocol(Protocol))
     for service in (udp, tcp):
         service.setServiceParent(root)
@@ -215,7 +217,6 @@ async def test_sipreset_binds_the_sip_listeners_again(tmp_path: Path) -> None:
     try:
         ports = (udp.listening.getHost().port, tcp.listening.getHost().port)
         first = udp.listening
-        h = await make_harness(tmp_path)
         assert (await h.call("apientry=sipreset", ADMIN)).text == \
             "ERROR: not supported: this dispatcher runs without the daemon's listeners"
         h.api.operations = ServiceOperations(root, global_reactor)
@@ -223,6 +224,7 @@ async def test_sipreset_binds_the_sip_listeners_again(tmp_path: Path) -> None:
         assert answer.text == f"OK: bound again: sipportudp 127.0.0.1:{ports[0]}, sipport 127.0.0.1:{ports[1]}"
         assert udp.listening is not first
         assert (udp.listening.getHost().port, tcp.listening.getHost().port) == ports
+        assert [write for write, _ in core.udp_sockets] == [udp.listening.write]
         heard: list[bytes] = []
 
         class Client(DatagramProtocol):
@@ -230,16 +232,22 @@ async def test_sipreset_binds_the_sip_listeners_again(tmp_path: Path) -> None:
                 heard.append(datagram)
 
         client = cast(Any, global_reactor).listenUDP(0, Client(), interface="127.0.0.1")
-        client.write(b"OPTIONS", ("127.0.0.1", ports[0]))
+        client.write(OPTIONS.format(port=ports[0]).encode(), ("127.0.0.1", ports[0]))
         for _ in range(100):
             if heard:
                 break
             await deferLater(global_reactor, 0.02, lambda: None)
         await client.stopListening()
-        assert heard == [b"OPTIONS"]
+        assert heard and heard[0].startswith(b"SIP/2.0 200"), heard
         await h.db.close()
     finally:
         await defer.maybeDeferred(root.stopService)
+    assert core.udp_sockets == []
+
+
+OPTIONS = ("OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKreset1\r\n"
+           "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\n"
+           "Call-ID: reset1@probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
 
 
 @pytest_twisted.ensureDeferred

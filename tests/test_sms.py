@@ -41,9 +41,9 @@ class Provider(Resource):
         return b"accepted" if self.code == 200 else b"no"
 
 
-async def rig_with_tariff(tmp_path: Path, database: str | None = None) -> Rig:
+async def rig_with_tariff(tmp_path: Path, *sets: str, database: str | None = None) -> Rig:
     """A rig with plan 1 (default): Hungary 36 at 0.05 per SMS part."""
-    rig = await make_rig(tmp_path, "defaulttariff=1", database=database)
+    rig = await make_rig(tmp_path, "defaulttariff=1", *sets, database=database)
     await rig.h.db.run_statement(
         "x", "INSERT INTO tb_tariffs (tariffid, prefix, name, price, connectfee, mininterval, interval, currency, "
              "smsprice) VALUES (1, '36', 'Hungary', ?, 0, 0, 1, 'USD', ?)", (Decimal("0.02"), Decimal("0.05")))
@@ -79,7 +79,7 @@ def test_parts() -> None:
 @pytest_twisted.ensureDeferred
 async def test_http_provider_failover_and_billing(tmp_path: Path, database_option: str) -> None:
     """The first gateway's provider fails (500), the second delivers: one part charged, ledger consistent."""
-    rig = await rig_with_tariff(tmp_path, database_option)
+    rig = await rig_with_tariff(tmp_path, database=database_option)
     h = rig.h
     broken, working = Provider(500), Provider(200)
     ports = [global_reactor.listenTCP(0, Site(p), interface="127.0.0.1") for p in (broken, working)]
@@ -250,7 +250,7 @@ async def test_gateway_digest_challenge_is_answered(tmp_path: Path) -> None:
 async def test_numbers_are_proven_by_a_code_sent_to_them(tmp_path: Path, database_option: str) -> None:
     """cli sends a code to the number (paid as an SMS); only the code makes it the user's.  Someone else who
     claims the same number first cannot take it or lock the owner out; an unproven number is no sender id."""
-    rig = await rig_with_tariff(tmp_path, database_option)
+    rig = await rig_with_tariff(tmp_path, database=database_option)
     h = rig.h
     provider, port = await sms_gateway(h)
     await h.store.create_user("mallory", "mallorypw", credit="5")
@@ -325,12 +325,22 @@ async def test_number_codes_cannot_be_guessed_in_parallel(tmp_path: Path) -> Non
 @pytest_twisted.ensureDeferred
 async def test_sms_commands_from_a_proven_number(tmp_path: Path) -> None:
     """An inbound SMS from a user's proven number whose text is a command (balance, rating, ...) runs it as that
-    user and answers by SMS; from any other number it is not run."""
-    rig = await rig_with_tariff(tmp_path)
+    user and answers by SMS; from any other number it is not run, nor is cli (a forged sender could prove a
+    number of its own), nor anything while smscommands is off (the default)."""
+    rig = await rig_with_tariff(tmp_path, "smscommands=true")
     h = rig.h
     provider, port = await sms_gateway(h)
     try:
         assert (await h.call("apientry=cli&anum=36701112222&targetuser=alice", ADMIN)).ok
+        cli = await h.call("apientry=smsreceive&anum=36701112222&bnum=1234&txt=cli%2036709998888", ADMIN)
+        assert cli.text == "ERROR: no user for 1234", cli.text
+        settings = h.api.settings
+        settings.sets = (*settings.sets, "smscommands=false")
+        settings.reload()
+        off = await h.call("apientry=smsreceive&anum=36701112222&bnum=1234&txt=balance", ADMIN)
+        assert off.text == "ERROR: no user for 1234", off.text
+        settings.sets = settings.sets[:-1]
+        settings.reload()
         ran = await h.call("apientry=smsreceive&anum=%2B36701112222&bnum=1234&txt=balance", ADMIN)
         assert ran.text == "OK: command balance run for alice, answered by SMS: OK: 5.00 USD", ran.text
         for _ in range(100):

@@ -199,9 +199,9 @@ client transaction id (`txid=`) adds ` (repeated transaction)`.
 | db | `OK: N rows` with the rows, or `OK: N rows affected` |
 | showcfg | `OK: N options`, a record per option (secrets shown as `***`) |
 | checkcredits | `OK: every balance equals its ledger`, or an error listing the users whose balance differs |
-| hourlymaint, dailymaint, weeklymaint, monthlymaint | `OK: nonces N, bans N, numbers N, registrations N, websessions N` (daily and longer: `, optimized 1`) |
+| hourlymaint, dailymaint, weeklymaint, monthlymaint | `OK: nonces N, bans N, numbers N, registrations N, websessions N`; daily and longer add `, optimized 1`, weekly and monthly `, vacuumed 1`, monthly `, messages N, sms N` (deleted by retention) |
 | status, verifyuser | `OK: N` (0 no such user, 1 offline, 2 online, 3 calling, 4 speaking) |
-| presence_get / presence_set | `OK: puserlist: user1:status1,...` / `OK: presence set`; both append stored messages as `XOFFMESSAGE:from:text...XOFFMESSAGE:` |
+| presence_get / presence_set | `OK: puserlist: user1:status1,...` / `OK: presence set`; presence_set appends stored messages as `XOFFMESSAGE:from:text...XOFFMESSAGE:` |
 | sendim | `OK: message for N users: S sent to registered devices, T stored` |
 | reguser, endpoints, epreg, fastregusers | `OK: N registered users: ...` / `OK: N contacts` / `OK: N endpoints` / `OK: N registrations` / `OK: N users`, a record per contact or device |
 | unreg | `OK: unregistered N users: ...` (`USER was not registered`) |
@@ -210,7 +210,7 @@ client transaction id (`txid=`) adds ` (repeated transaction)`.
 | sendmail / asendemail | `OK: sent to N of M recipients` / `OK: queued for M recipients` |
 | sms, sendsmssync, sendsmsunicodesync, asendsmssync | `OK: SMS ID delivered through GATEWAY (cost C)`, `OK: SMS ID sent to the user` / `stored for the user`; `ERROR: SMS ID not delivered: REASONS` |
 | sendsms, sendsmsunicode, asendsms | `OK: SMS ID queued (held C)` (or as above for SMS to users) |
-| smsreceive | `OK: delivered to USER` / `OK: stored for USER until online` |
+| smsreceive | `OK: delivered to USER` / `OK: stored for USER until online`; with `smscommands=true`, a text from a user's proven number that is a command (balance, rating BNUM, charge PIN, cb/callback [NUM], p2p [ANUM] BNUM; never cli) runs as that user: `OK: command F run for USER, answered by SMS: ANSWER` |
 | p2p, callback | `OK: call ID placed (max H CUR held)` at once; with waitfor=1 `OK: call ID answered by A (...)`, waitfor=2 `OK: call ID connected (...)`, or `ERROR: call ID failed: WHY`; a record callid, username, kind, anum, bnum, state, duration, connected, maxduration, held, cost, currency, sipcallida, sipcallidb, reason. Refusals hold nothing: `ERROR: not enough credit to call B (C CUR)`, `ERROR: no route to N`, `ERROR: N is not registered`, `ERROR: no tariff for N (leg A/B)`, `ERROR: N is not one of your numbers ...` |
 | calls, call | `OK: N calls: ID ANUM->BNUM STATE, ...`, a record per live call (on other nodes: callid, username, kind, anum, bnum, state, held, node) |
 | discall | `OK: call ID ended (cost C CUR)` once both legs are down and the call is billed |

@@ -620,6 +620,13 @@ class SipCore:
         """A UDP socket we can send requests from."""
         self.udp_sockets.append((write, local))
 
+    def remove_udp_socket(self, write: Callable[[bytes, tuple[str, int]], None]) -> None:
+        """A UDP socket that closed (sipreset, stop): nothing is sent through it any more, not even to the
+        phones whose last datagram came through it (their next one names the new socket)."""
+        self.udp_sockets = [(w, local) for w, local in self.udp_sockets if w != write]
+        for key in [key for key, source in self.routes.items() if source.write_to == write]:
+            del self.routes[key]
+
     def request(self, method: str, uri: str, from_uri: str, to_uri: str, local: str, transport: str) -> SipMessage:
         """A new out-of-dialog request from mizud."""
         message = SipMessage(method=method, uri=uri)

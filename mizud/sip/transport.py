@@ -212,7 +212,12 @@ class SipDatagramProtocol(DatagramProtocol):
     def startProtocol(self) -> None:
         """Offer this socket for requests mizud sends."""
         self.local = _local(self.transport)
-        self.core.add_udp_socket(self.transport.write, self.local)
+        self.write = self.transport.write
+        self.core.add_udp_socket(self.write, self.local)
+
+    def stopProtocol(self) -> None:
+        """The socket closed: mizud no longer sends through it."""
+        self.core.remove_udp_socket(self.write)
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         """Hand one datagram to the SIP core."""

@@ -143,8 +143,8 @@ class Backups:
         if not os.path.isfile(path):
             raise BackupError(f"no backup named {name} in the backup directory")
         if isinstance(self.db, SqliteDatabase):
-            self._check_version(_sqlite_version(path), name)
-            await self.db.run_exclusive("restore", lambda connection: _sqlite_restore(path, connection))
+            # On the writer thread: checking a large file must not hold up the reactor.
+            await self.db.run_exclusive("restore", lambda connection: self._sqlite_restore(path, name, connection))
         elif isinstance(self.db, PostgresDatabase):
             self._check_version(await self._pg_version(path), name)
             await self._run(postgres_tool("pg_restore"), "--clean", "--if-exists", "--single-transaction",
@@ -152,6 +152,10 @@ class Backups:
         else:
             raise BackupError(f"no restore for {self.db.engine.name}")
         return path
+
+    def _sqlite_restore(self, path: str, name: str, connection: sqlite3.Connection) -> None:
+        self._check_version(_sqlite_version(path), name)
+        _sqlite_restore(path, connection)
 
     def _check_version(self, version: int, name: str) -> None:
         wanted = code_version(self.db.engine)

@@ -628,7 +628,11 @@ class PostgresDatabase:
                 self._idle.pending.remove(stale)
                 self._forget(stale)
                 stale.close()
-            self._idle.put(fresh)
+                self._idle.put(fresh)
+            else:
+                # Taken meanwhile: its release replaces it, so this one would grow the pool.
+                self._forget(fresh)
+                fresh.close()
         return count
 
     async def run_outside(self, name: str, sql: str) -> None:

@@ -128,7 +128,7 @@ def register(registry: Registry) -> None:
            "overwritten", ("path",))(backup)
 
     @fn("dbrestore", Category.ADMIN, "replace the database by a backup in backupdir (path= its file name; "
-        "without it, the list of backups); every request is refused meanwhile", ("path",))
+        "without it, the list of backups); refused while calls are live; every request is refused meanwhile", ("path",))
     async def dbrestore(call: Call) -> ApiAnswer:
         api, backups = call.api, _backups(call)
         name = call.arg("path")
@@ -136,6 +136,10 @@ def register(registry: Registry) -> None:
             if not name:
                 listed = [{"file": f.name, "bytes": f.size, "modified": f.modified} for f in backups.listing()]
                 return ApiAnswer(False, f"missing path: the file name of one of {len(listed)} backups", 421, listed)
+            live = len(api.sip.calls.live) if api.sip is not None else 0
+            if live:
+                # Their holds and records would be settled against the restored tables (and ids reused).
+                return error(f"restore refused: {live} calls are live on this node; end them (discall) first", 412)
             log.warn("database restore from {name} by {who}: refusing requests meanwhile", name=name, who=_who(call))
             api.paused = RESTORING
             try:
