@@ -11,7 +11,7 @@ everything and the dispatcher answers C{ERROR: not supported: REASON}.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -150,8 +150,3 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._functions)
-
-    def with_access(self, name: str, access: Access) -> ApiFunction:
-        """A copy of a function with another access rule (for tb_api overrides)."""
-        function = self._functions[name]
-        return replace(function, access=access)

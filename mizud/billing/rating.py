@@ -26,7 +26,7 @@ from pathlib import Path
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Callable, Iterable, Mapping
 
-from ..store.engines import QUANTUM, Engine, PostgresEngine, SqliteEngine
+from ..store.engines import QUANTUM, Engine, PostgresEngine, SqliteEngine, is_postgres
 from ..text import ascii_digits
 
 _DROP = str.maketrans("", "", " -.()/\t")
@@ -70,13 +70,6 @@ class Tariff:
         billed = math.ceil(billed / step) * step
         amount = self.connectfee + self.price * billed / 60
         return amount.quantize(QUANTUM, rounding=ROUND_CEILING)
-
-    def billed_seconds(self, seconds: int) -> int:
-        """The seconds a call of C{seconds} is charged for."""
-        if seconds <= 0:
-            return 0
-        step = max(self.interval, 1)
-        return math.ceil(max(seconds, self.mininterval) / step) * step
 
 
 class RatingTable:
@@ -177,7 +170,7 @@ def load_table(database: str) -> RatingTable:
     Runs in a worker thread: neither the reading nor the building touches
     the reactor thread.
     """
-    if database.startswith(("postgresql://", "postgres://")):
+    if is_postgres(database):
         import psycopg2
 
         connection = psycopg2.connect(database)

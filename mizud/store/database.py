@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .engines import Engine, PostgresEngine, SqliteEngine
+from .engines import Engine, PostgresEngine, SqliteEngine, is_postgres
 
 T = TypeVar("T")
 log = Logger()
@@ -706,6 +706,6 @@ def _first_line(error: BaseException) -> str:
 
 def open_database(database: str, reactor: Any, pool_size: int = 8, max_batch: int = 256) -> Database:
     """Build (without opening) the database for a C{database} option value."""
-    if database.startswith(("postgresql://", "postgres://")):
+    if is_postgres(database):
         return PostgresDatabase(database, reactor, pool_size)
     return SqliteDatabase(database, reactor, max_batch)

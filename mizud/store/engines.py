@@ -166,8 +166,7 @@ def _to_format_style(statement: str) -> str:
     return _TOKEN.sub(replace, statement)
 
 
-def engine_for(database: str) -> Engine:
-    """Return the engine for a C{database} option value."""
-    if database.startswith(("postgresql://", "postgres://")):
-        return PostgresEngine()
-    return SqliteEngine()
+def is_postgres(database: str) -> bool:
+    """Whether a C{database} option value names PostgreSQL (a URL) rather than a SQLite file."""
+    return database.startswith(("postgresql://", "postgres://"))
+

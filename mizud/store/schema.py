@@ -20,7 +20,7 @@ from typing import Any, Callable
 from .defaults import add_defaults
 from .deltafiles import (Delta, StartupError, code_version, load_deltas, money_columns, own_tables, split_statements,
                          typed_columns)
-from .engines import Engine, PostgresEngine, SqliteEngine
+from .engines import Engine, PostgresEngine, SqliteEngine, is_postgres
 
 __all__ = ["Delta", "StartupError", "code_version", "load_deltas", "migrate", "migrate_cursor", "money_columns",
            "own_tables", "split_statements", "steps", "typed_columns"]
@@ -147,6 +147,6 @@ def migrate_postgres(dsn: str, now: str, connect_timeout: int = 10) -> tuple[int
 
 def migrate(database: str, now: str) -> tuple[int, int]:
     """Migrate the database named by the C{database} option."""
-    if database.startswith(("postgresql://", "postgres://")):
+    if is_postgres(database):
         return migrate_postgres(database, now)
     return migrate_sqlite(database, now)

@@ -41,9 +41,6 @@ from ..text import ascii_digits
 
 log = Logger()
 
-Dispatch = Callable[[ApiRequest], "defer.Deferred[ApiAnswer] | Any"]
-
-
 #: Fetch-metadata values that show the browser's user, not another site, asked (same page, or typed).
 _OWN_SITE = frozenset({"same-origin", "none"})
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
