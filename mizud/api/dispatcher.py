@@ -57,7 +57,7 @@ from .auth import (
     secret_equal,
 )
 from .lockout import Lockout, loggable
-from .ratelimit import Clock, LeakyBucket
+from ..ratelimit import Clock, LeakyBucket
 from ..store.authstate import StoredFailures
 from .registry import (
     REQ_ADMINS,
@@ -514,7 +514,6 @@ class Api:
         names (or, naming none, that spelling) is locked out, the answer
         is C{banned} whatever the proof.
         """
-        config = self.settings.current
         authid = request.get("authid")
         needs_nonce = self._needs_nonce(rule, trusted)
         if not authid:

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 
 from ..config import Settings
 from ..store.authstate import StoredFailures
-from .ratelimit import Clock
+from ..ratelimit import Clock
 from .state import Bans
 
 log = Logger()

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from ..store.authstate import NonceUses, server_key
 from ..store.database import Database
-from .ratelimit import Clock
+from ..ratelimit import Clock
 
 #: Characters of the nonce a client sends back (the spec says 10; more is fine).
 NONCE_PREFIX = 10

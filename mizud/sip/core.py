@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ..api.ratelimit import LeakyBucket
+from ..ratelimit import LeakyBucket
 from ..api.request import ApiRequest
 from ..config import Settings
 from ..rejections import RejectionLog

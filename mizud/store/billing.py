@@ -28,9 +28,10 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 
+from ..ratelimit import Clock
 from .database import Database, Result, Txn
 from .money import (
     MAX_AMOUNT,
@@ -74,13 +75,6 @@ USER_FIELDS = frozenset(
         "domain", "ip", "port", "proxy", "transport", "needauth", "serverrole",
     }
 )
-
-
-class Clock(Protocol):
-    """What the store needs of a clock: the reactor, or task.Clock in tests."""
-
-    def seconds(self) -> float:
-        """Seconds since the epoch."""
 
 
 @dataclass(frozen=True)
