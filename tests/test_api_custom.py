@@ -156,7 +156,8 @@ async def test_command_actions_need_the_option(tmp_path: Path) -> None:
     await define(h, "apitest", "", 7, f"/usr/bin/touch {marker} {tmp_path}/semi;rm")
     assert (await h.call(f"apientry=apitest&{AUTH}")).ok
     for _ in range(200):
-        if marker.exists():
+        # touch makes its files one after the other: wait for the last one too.
+        if marker.exists() and (tmp_path / "semi;rm").exists():
             break
         await deferLater(global_reactor, 0.05, lambda: None)
     assert marker.exists()
