@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-#: Seconds the daily report looks back.
-REPORT_PERIOD = timedelta(days=1)
-
 from ..mail import Mailer, MailError
 from ..sip.bindings import Bindings
 from ..store.money import format_money
 from ..store.presence import Presence
 from ..store.upkeep import Upkeep
+
+#: How far back the daily report looks.
+REPORT_PERIOD = timedelta(days=1)
 
 
 class Maintenance:

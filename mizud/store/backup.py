@@ -154,8 +154,16 @@ class Backups:
         return path
 
     def _sqlite_restore(self, path: str, name: str, connection: sqlite3.Connection) -> None:
-        self._check_version(_sqlite_version(path), name)
-        _sqlite_restore(path, connection)
+        """Check the file, then copy it over the live database, on one read-only connection to it."""
+        try:
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        except sqlite3.Error as problem:
+            raise BackupError(f"{name} is not a mizud backup ({problem})") from None
+        try:
+            self._check_version(_sqlite_version(source, name), name)
+            source.backup(connection)
+        finally:
+            source.close()
 
     def _check_version(self, version: int, name: str) -> None:
         wanted = code_version(self.db.engine)
@@ -213,24 +221,13 @@ def _sqlite_copy(connection: sqlite3.Connection, path: str) -> None:
         target.close()
 
 
-def _sqlite_version(path: str) -> int:
+def _sqlite_version(source: sqlite3.Connection, name: str) -> int:
+    """The schema version of an intact backup open on C{source}."""
     try:
-        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            check = source.execute("PRAGMA quick_check").fetchone()
-            if not check or check[0] != "ok":
-                raise BackupError(f"{os.path.basename(path)} is damaged ({check[0] if check else 'no answer'})")
-            row = source.execute("SELECT max(version) FROM tb_schema_version").fetchone()
-        finally:
-            source.close()
+        check = source.execute("PRAGMA quick_check").fetchone()
+        if not check or check[0] != "ok":
+            raise BackupError(f"{name} is damaged ({check[0] if check else 'no answer'})")
+        row = source.execute("SELECT max(version) FROM tb_schema_version").fetchone()
     except sqlite3.Error as problem:
-        raise BackupError(f"{os.path.basename(path)} is not a mizud backup ({problem})") from None
+        raise BackupError(f"{name} is not a mizud backup ({problem})") from None
     return int(row[0] or 0)
-
-
-def _sqlite_restore(path: str, connection: sqlite3.Connection) -> None:
-    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        source.backup(connection)
-    finally:
-        source.close()

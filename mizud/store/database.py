@@ -185,7 +185,6 @@ class _Job:
 class _Exclusive:
     """Work the writer runs alone, on its raw connection, outside any transaction."""
 
-    name: str
     func: Callable[["_Writer"], Any]
     deferred: defer.Deferred[Any]
 
@@ -206,12 +205,11 @@ class _Writer:
         connection.execute("PRAGMA synchronous = FULL")
         return connection
 
-    def reopen(self) -> int:
-        """Close the connection and open a new one."""
+    def reopen(self) -> None:
+        """Open a new connection, then close the old one."""
         fresh = self.open()
         self.connection.close()
         self.connection, self.txn = fresh, _SqliteTxn(fresh, self.engine)
-        return 1
 
 
 _STOP = object()
@@ -280,7 +278,7 @@ class SqliteDatabase:
             return defer.fail(DatabaseError("the database is not open"))
         d: defer.Deferred[T] = defer.Deferred()
         key = self.running.begin(name)
-        self._queue.put(_Exclusive(name, func, d))
+        self._queue.put(_Exclusive(func, d))
         d.addBoth(self._ended, key)
         return d
 

@@ -49,10 +49,7 @@ class Upkeep:
 
     async def vacuum(self) -> None:
         """Give the space of deleted rows back and refresh the planner's statistics."""
-        if self.db.engine.name == "postgresql":
-            await self.db.run_outside("vacuum", "VACUUM ANALYZE")
-        else:
-            await self.db.run_outside("vacuum", "VACUUM")
+        await self.db.run_outside("vacuum", "VACUUM ANALYZE" if self.db.engine.name == "postgresql" else "VACUUM")
 
     async def forget_messages(self, before: datetime) -> int:
         """Delete stored instant messages created before C{before}; how many."""

@@ -23,13 +23,10 @@ KEY_OPTIONS = ("apiv2key", "apiv2md5salt", "httpapikey", "httpapimd5salt", "http
 RESTORING = "the database is being restored"
 
 
-def _summary(done: dict[str, int]) -> ApiAnswer:
-    return ok(", ".join(f"{k} {v}" for k, v in done.items()))
-
-
 def _maintenance(run: Callable[[Any], Awaitable[dict[str, int]]]) -> Any:
     async def handler(call: Call) -> ApiAnswer:
-        return _summary(await run(call.api.maintenance))
+        done = await run(call.api.maintenance)
+        return ok(", ".join(f"{k} {v}" for k, v in done.items()))
 
     return handler
 
