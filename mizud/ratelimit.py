@@ -6,7 +6,7 @@ C{rate} per second; a request that would overflow it is refused and not
 counted.  So a key may send C{burst} requests at once, then C{rate} per
 second for ever.  Buckets that have drained empty are forgotten.
 
-Shared by the API and SIP front ends; failed logins are counted by L{mizud.api.lockout}.
+Shared by the API and SIP front ends; failed logins are counted by L{mizud.security.lockout}.
 """
 
 from __future__ import annotations

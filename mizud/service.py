@@ -16,7 +16,7 @@ from twisted.logger import (
 
 from . import __version__
 from .config import Config, Settings
-from .store.schema import StartupError
+from .errors import StartupError
 
 log = Logger()
 

@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import deferLater
 
+from mizud.api.sipbridge import backend_for
 from mizud.sip.core import SipCore
 from mizud.sip.digest import parse_credentials
 from mizud.sip.message import SipMessage, parse_datagram
@@ -91,7 +92,8 @@ class Rig:
 
     def __init__(self, harness: Harness) -> None:
         self.h = harness
-        self.core = SipCore(harness.api.settings, lambda: harness.api, harness.clock)
+        backend = backend_for(harness.api)
+        self.core = SipCore(harness.api.settings, lambda: backend, harness.clock)
         harness.api.sip = self.core
         self.sent: list[tuple[tuple[str, int], bytes]] = []
         self.core.add_udp_socket(lambda data, addr: self.sent.append((addr, data)), "192.0.2.1:5060")

@@ -17,7 +17,9 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 
-from mizud.api.service import ListenService, ServiceOperations, UdpListenService
+from mizud.app import ServiceOperations
+from mizud.wire.listen import ListenService, UdpListenService
+from mizud.api.sipbridge import backend_for
 from mizud.sip.core import SipCore
 from mizud.sip.transport import SipDatagramProtocol
 from test_api_admin import register_contact
@@ -207,7 +209,8 @@ async def test_sipreset_binds_the_sip_listeners_again(tmp_path: Path) -> None:
     """sipreset closes and binds again the SIP-only listeners on the ports they had; mizud then sends only
     through the new UDP socket (the old one's routes are forgotten), and it answers SIP after the reset."""
     h = await make_harness(tmp_path)
-    core = SipCore(h.api.settings, lambda: h.api, global_reactor)
+    backend = backend_for(h.api)
+    core = SipCore(h.api.settings, lambda: backend, global_reactor)
     root = MultiService()
     udp = UdpListenService("sipportudp", global_reactor, "127.0.0.1", 0, SipDatagramProtocol(core))
     tcp = ListenService("sipport", global_reactor, "127.0.0.1", 0, Factory.forProtocol(Protocol))

@@ -113,7 +113,7 @@ async def test_banned_account_is_no_password_oracle_by_id_or_pin(tmp_path: Path)
 @pytest_twisted.ensureDeferred
 async def test_failed_login_memory_is_bounded(tmp_path: Path) -> None:
     """200,000 distinct failed names keep at most the cap of keys, and old ones expire."""
-    from mizud.api.lockout import MAX_KEYS
+    from mizud.security.lockout import MAX_KEYS
 
     h = await make_harness(tmp_path)
     book = h.api.lockout.local

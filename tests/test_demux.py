@@ -167,7 +167,7 @@ class Shared:
 @pytest_twisted.async_yield_fixture
 async def shared(tmp_path: Path) -> AsyncIterator[Shared]:
     """A running shared port."""
-    from mizud.wire.http import make_site
+    from mizud.app import make_site
 
     h = await make_harness(tmp_path)
     sip = FakeSip()

@@ -17,7 +17,7 @@ from mizud.config import Settings
 from mizud.store.billing import BillingStore
 from mizud.store.database import SqliteDatabase
 from mizud.store.schema import migrate
-from mizud.wire.http import make_site
+from mizud.app import make_site
 from test_twistd import free_port
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest_twisted
 
-from mizud.sip.bindings import Bindings
+from mizud.store.registrations import Bindings
 from mizud.sip.digest import DigestAuth, parse_credentials
 from sipkit import Phone, digest_header, make_rig, settle
 

@@ -20,7 +20,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from mizud.sip.message import SipMessage, parse_datagram, parse_head
 from mizud.sip.transport import SipEntry, SipStreamFactory
 from mizud.wire.demux import ApiDatagramProtocol, DemuxFactory
-from mizud.wire.http import make_site
+from mizud.app import make_site
 from mizud.wire.tls import TlsHandOff, TlsPortFactory, TlsProvider, generate_self_signed
 from sipkit import Phone, Rig, settle
 from test_api_dispatch import make_harness

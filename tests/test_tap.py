@@ -12,7 +12,8 @@ from twisted.internet import reactor as global_reactor
 from twisted.plugin import getPlugins
 
 from mizud.config import OPTIONS
-from mizud.api.service import ApiService, ListenService, UdpListenService
+from mizud.app import ApiService
+from mizud.wire.listen import ListenService, UdpListenService
 from mizud.service import LogFileService, MizudService, describe, redact_database
 from mizud.store.billing import USER_ADMIN
 from mizud.store.service import StoreService
@@ -185,7 +186,7 @@ def test_logfile_service_writes_the_log(tmp_path: Path) -> None:
 
 def test_logfile_unwritable_is_a_startup_error(tmp_path: Path) -> None:
     """A log file that cannot be opened stops the start with one line."""
-    from mizud.store.schema import StartupError
+    from mizud.errors import StartupError
 
     service = LogFileService(str(tmp_path / "missing" / "m.log"))
     with pytest.raises(StartupError, match="cannot open logfile"):
@@ -194,7 +195,7 @@ def test_logfile_unwritable_is_a_startup_error(tmp_path: Path) -> None:
 
 def test_bad_tls_files_stop_the_start(tmp_path: Path) -> None:
     """A certificate that cannot be loaded is a startup error naming the problem."""
-    from mizud.store.schema import StartupError
+    from mizud.errors import StartupError
     from mizud.wire.tls import TlsProvider
 
     bad = tmp_path / "bad.pem"
@@ -210,7 +211,7 @@ def test_busy_ports_stop_the_start() -> None:
     from twisted.internet.protocol import DatagramProtocol, Factory
     from twisted.internet import reactor as global_reactor
 
-    from mizud.store.schema import StartupError
+    from mizud.errors import StartupError
 
     with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         tcp.bind(("127.0.0.1", 0))

@@ -71,7 +71,7 @@ async def test_sip_over_websocket_is_handed_to_the_sip_layer(tmp_path: Any) -> N
     from twisted.internet import reactor as global_reactor
 
     from mizud.wire.demux import DemuxFactory
-    from mizud.wire.http import make_site
+    from mizud.app import make_site
     from test_api_dispatch import make_harness
 
     class Sip:

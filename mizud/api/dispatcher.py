@@ -26,7 +26,7 @@ request made for a page of another site (L{ApiRequest.cross_site}).
 A wrong key, an unknown user and a wrong password all answer
 C{ERROR: wrong authentication}; each failure is logged on one line
 (C{authentication failure from ADDRESS user=ACCOUNT function=NAME reason=...})
-and counted by the one lockout (L{mizud.api.lockout}): per account, and
+and counted by the one lockout (L{mizud.security.lockout}): per account, and
 per address only across several accounts.
 """
 
@@ -56,7 +56,8 @@ from .auth import (
     same,
     secret_equal,
 )
-from .lockout import Lockout, loggable
+from ..security.bans import Bans
+from ..security.lockout import Lockout, loggable
 from ..ratelimit import Clock, LeakyBucket
 from ..store.authstate import StoredFailures
 from .registry import (
@@ -73,7 +74,7 @@ from .registry import (
     Registry,
 )
 from .request import ApiRequest, RequestError
-from .state import Bans, Nonces
+from .state import Nonces
 
 log = Logger()
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..mail import Mailer, MailError
-from ..sip.bindings import Bindings
+from ..store.registrations import Bindings
 from ..store.money import format_money
 from ..store.presence import Presence
 from ..store.upkeep import Upkeep

@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from ..api.answer import encode, error
 from ..api.auth import Trust, is_loopback, is_private, secret_equal
-from ..api.lockout import loggable
+from ..security.lockout import loggable
 from ..api.request import ApiRequest, RequestError, command_request, command_words
 from ..config import Settings
 from ..store.billing import USER_ADMIN, USER_SUPPORT, User

@@ -19,7 +19,7 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from ..config import Settings
-from ..wire.http import StaticFiles
+from ..wire.static import StaticFiles
 
 STATIC = Path(str(resources.files("mizud.portal") / "static"))
 

@@ -37,6 +37,7 @@ from ..store.billing import HOLD_SETTLED
 from ..store.database import Txn
 from ..store.money import HoldClosed
 from ..store.money import format_money
+from .backend import Backend
 from .core import ALLOW, SERVER, Unreachable
 from .dialog import Dialog, new_tag
 from .message import SipMessage
@@ -591,20 +592,20 @@ class CallControl:
         self.settings = core.settings
         self.live: dict[int, PlacedCall] = {}
 
-    def _api(self) -> Any:
-        api = self.core.api_of()
-        if api is None:
+    def _backend(self) -> Backend:
+        backend = self.core.backend_of()
+        if backend is None:
             raise CallError("the server is starting")
-        return api
+        return backend
 
     def now(self) -> datetime:
         """The store's clock (timestamps of CDRs)."""
-        return self._api().store.now()  # type: ignore[no-any-return]
+        return self._backend().store.now()  # type: ignore[no-any-return]
 
     def node(self) -> str:
         """This node's name (for CDRs)."""
-        api = self.core.api_of()
-        return str(api.node) if api is not None else ""
+        backend = self.core.backend_of()
+        return str(backend.node) if backend is not None else ""
 
     def find(self, callid: int) -> PlacedCall | None:
         """A live call of this node by id."""
@@ -612,7 +613,7 @@ class CallControl:
 
     async def account(self, gateway: str) -> tuple[str, str]:
         """A gateway's own account (addserver's u_username/u_password), to answer its challenges."""
-        row = (await self._api().db.run_query(
+        row = (await self._backend().db.run_query(
             "gateway_account", "SELECT username, password FROM tb_users WHERE username = ?", (gateway,))).one()
         return (str(row[0]), str(row[1])) if row else ("", "")
 
@@ -620,24 +621,24 @@ class CallControl:
         """Rate, hold the money, and start dialling; raises L{CallError} when the call cannot be placed."""
         from .routing import Router
 
-        api = self._api()
+        backend = self._backend()
         config = self.settings.current
-        router = Router(api.db, api.store.now)
+        router = Router(backend.db, backend.store.now)
         plan = user.tariffid or config.defaulttariff
         legs = []
         for label, number, caller in (("A", anum, bnum), ("B", bnum, cnum or anum)):
             routes = await router.routes(number)
             tariff = None
             if not routes or routes[0].kind == "gateway":
-                tariff = api.rater.table.lookup(plan, number)
+                tariff = backend.rater.table.lookup(plan, number)
                 if routes and tariff is None:
                     raise CallError(f"no tariff for {number} (leg {label})")
             if not routes:
-                local = await api.store.find_user(number) or await api.store.find_user_by_number(number)
+                local = await backend.store.find_user(number) or await backend.store.find_user_by_number(number)
                 raise CallError(f"{number} is not registered" if local is not None else f"no route to {number}")
             legs.append(Leg(label, number, caller, tariff, routes))
         a, b = legs
-        credit = await api.store.balance(user.id)
+        credit = await backend.store.balance(user.id)
         available = credit - config.mincreditonroute + (user.creditlimit if user.postpaid else 0)
         most = config.maxcallduration
 
@@ -650,27 +651,27 @@ class CallControl:
         held = both(longest_call)
         priced = a.tariff or b.tariff
         currency = priced.currency if priced is not None else user.currency
-        now = api.store.now()
+        now = backend.store.now()
 
         async def insert(txn: Txn, holdid: int) -> int:
             row = await txn.execute(
                 "INSERT INTO tb_calls (userid, kind, anum, bnum, cnum, state, holdid, held, sipcallida, sipcallidb, "
                 "created, node) VALUES (?, ?, ?, ?, ?, 'calling', ?, ?, ?, ?, ?, ?) RETURNING id",
-                (user.id, kind, anum[:64], bnum[:64], cnum[:64], holdid, held, a.call_id, b.call_id, now, api.node))
+                (user.id, kind, anum[:64], bnum[:64], cnum[:64], holdid, held, a.call_id, b.call_id, now, backend.node))
             return int(row.rows[0][0])
 
         if held > 0:
             from ..store.money import InsufficientCredit
 
             try:
-                result = await api.store.hold(user.id, held, reference=f"{kind} call to {bnum[:64]}", then=insert)
+                result = await backend.store.hold(user.id, held, reference=f"{kind} call to {bnum[:64]}", then=insert)
             except InsufficientCredit:
                 raise CallError(f"not enough credit to call {bnum}") from None
             extra = dict(result.extra)
             holdid, callid = int(extra["holdid"]), int(extra["then"])
         else:
             holdid = 0
-            callid = await api.db.run_interaction("call_insert", lambda txn: insert(txn, 0))
+            callid = await backend.db.run_interaction("call_insert", lambda txn: insert(txn, 0))
         call = PlacedCall(self, callid, user, kind, a, b, holdid, held, currency)
         self.live[callid] = call
         defer.ensureDeferred(call.run()).addErrback(lambda failure: log.failure("call {id}", failure, id=callid))
@@ -679,7 +680,7 @@ class CallControl:
     async def connected(self, call: PlacedCall) -> None:
         """Both legs are up: say so in tb_calls (for every node's listings)."""
         try:
-            await self._api().db.run_statement(
+            await self._backend().db.run_statement(
                 "call_connected", "UPDATE tb_calls SET state = 'connected', connected = ? WHERE id = ?",
                 (self.now(), call.id))
         except Exception:
@@ -691,7 +692,7 @@ class CallControl:
         Retried when it fails; the live-call row going away with the CDRs
         makes a retry after a commit whose answer was lost find the work done.
         """
-        api = self._api()
+        backend = self._backend()
         ids: list[int] = []
 
         async def write(txn: Txn, _: int = 0) -> None:
@@ -702,9 +703,9 @@ class CallControl:
         for attempt in range(1, SETTLE_ATTEMPTS + 1):
             try:
                 if call.holdid:
-                    await api.store.settle(call.holdid, call.cost, then=write)
+                    await backend.store.settle(call.holdid, call.cost, then=write)
                 else:
-                    await api.db.run_interaction("call_cdrs", write)
+                    await backend.db.run_interaction("call_cdrs", write)
                 return list(ids)
             except HoldClosed:
                 return await self._taken_over(call, rows)
@@ -723,8 +724,8 @@ class CallControl:
     async def _taken_over(self, call: PlacedCall, rows: list[dict[str, Any]]) -> list[int]:
         """The hold was closed by someone else: our own earlier attempt (settled), or another node that
         took this node for dead (released). Then the call's real CDRs are still written, uncharged."""
-        api = self._api()
-        status = (await api.db.run_query("hold_status", "SELECT status FROM tb_holds WHERE id = ?",
+        backend = self._backend()
+        status = (await backend.db.run_query("hold_status", "SELECT status FROM tb_holds WHERE id = ?",
                                          (call.holdid,))).one()
         if status is not None and int(status[0]) == HOLD_SETTLED:
             return await self._cdr_ids(call)
@@ -734,18 +735,18 @@ class CallControl:
         uncharged = [{**row, "cost": Decimal(0),
                       "disconnectreason": (row["disconnectreason"] + "; not charged: hold released by another node")[:200]}
                      for row in rows]
-        return await api.db.run_interaction("call_cdrs_uncharged", _insert_cdrs, uncharged)
+        return await backend.db.run_interaction("call_cdrs_uncharged", _insert_cdrs, uncharged)
 
     async def _settled(self, call: PlacedCall) -> bool:
         """Whether the call's settlement committed already (its live-call row is gone)."""
         try:
-            found = await self._api().db.run_query("call_live", "SELECT id FROM tb_calls WHERE id = ?", (call.id,))
+            found = await self._backend().db.run_query("call_live", "SELECT id FROM tb_calls WHERE id = ?", (call.id,))
         except Exception:
             return False
         return not found.rows
 
     async def _cdr_ids(self, call: PlacedCall) -> list[int]:
-        found = await self._api().db.run_query("call_cdr_ids", "SELECT id FROM tb_cdrs WHERE callid = ? ORDER BY id",
+        found = await self._backend().db.run_query("call_cdr_ids", "SELECT id FROM tb_cdrs WHERE callid = ? ORDER BY id",
                                                (call.id,))
         return [int(row[0]) for row in found.rows]
 

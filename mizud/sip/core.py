@@ -24,16 +24,15 @@ import re
 import socket
 from collections import Counter, OrderedDict
 from typing import Any, Callable
-from urllib.parse import parse_qsl
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..ratelimit import LeakyBucket
-from ..api.request import ApiRequest
 from ..config import Settings
 from ..rejections import RejectionLog
 from ..store.billing import User
+from .backend import Backend
 from .dialog import Dialogs
 from .digest import DigestAuth, answer_challenge, parse_credentials
 from .message import (
@@ -136,9 +135,9 @@ _RPORT = re.compile(r";\s*rport(?=\s*(?:;|$))", re.I)
 class SipCore:
     """One node's SIP element."""
 
-    def __init__(self, settings: Settings, api_of: Callable[[], Any], clock: Any) -> None:
+    def __init__(self, settings: Settings, backend_of: Callable[[], Backend | None], clock: Any) -> None:
         self.settings = settings
-        self.api_of = api_of
+        self.backend_of = backend_of
         self.clock = clock
         config = settings.current
         self.transactions = ServerTransactions(clock)
@@ -183,8 +182,8 @@ class SipCore:
 
     def admit(self, source: Source) -> bool:
         """Whether to look at a message from this source at all (bans, rate limit)."""
-        api = self.api_of()
-        if api is not None and api.lockout.address_banned(source.host):
+        backend = self.backend_of()
+        if backend is not None and backend.lockout.address_banned(source.host):
             self.stats["dropped_banned"] += 1
             return False
         if not self.limiter.allow(source.host):
@@ -317,19 +316,19 @@ class SipCore:
         if method == "BYE":
             _, status = self.dialogs.incoming(request)
             return response_to(request, status, source=source)
-        api = self.api_of()
-        if api is None or api.paused:
+        backend = self.backend_of()
+        if backend is None or backend.paused():
             # Starting, or the database is being restored: come back soon (RFC 3261 21.5.4).
-            response = response_to(request, 503, "Starting" if api is None else "Restoring", source=source)
-            response.add("Retry-After", "5" if api is None else "60")
+            response = response_to(request, 503, "Starting" if backend is None else "Restoring", source=source)
+            response.add("Retry-After", "5" if backend is None else "60")
             return response
         if method == "REGISTER":
-            return await self.registrar.register(request, source, api)
+            return await self.registrar.register(request, source, backend)
         if method == "MESSAGE":
-            return await self._message(request, source, api)
+            return await self._message(request, source, backend)
         if method == "PUBLISH":
-            return await publish(self, request, source, api)
-        return await self._options(request, source, api)
+            return await publish(self, request, source, backend)
+        return await self._options(request, source, backend)
 
     def _invite(self, request: SipMessage, source: Source) -> SipMessage:
         if request.address("to").tag:
@@ -348,27 +347,27 @@ class SipCore:
             return response
         return response_to(request, 403, "Calls are placed through the API (p2p, callback)", source=source)
 
-    async def _options(self, request: SipMessage, source: Source, api: Any) -> SipMessage:
+    async def _options(self, request: SipMessage, source: Source, backend: Backend) -> SipMessage:
         if request.get(API_HEADER):
-            return await self._api(request, source, api)
+            return await self._api(request, source, backend)
         response = response_to(request, 200, source=source)
         response.add("Allow", ALLOW)
         response.add("Accept", "text/plain")
         return response
 
-    async def _message(self, request: SipMessage, source: Source, api: Any) -> SipMessage:
+    async def _message(self, request: SipMessage, source: Source, backend: Backend) -> SipMessage:
         if request.get(API_HEADER):
-            return await self._api(request, source, api)
+            return await self._api(request, source, backend)
         kind = request.get("content-type", "text/plain").split(";")[0].strip().lower()
         if not kind.startswith("text/"):
             response = response_to(request, 415, source=source)
             response.add("Accept", "text/plain")
             return response
-        user = await self.authenticate(request, source, api)
+        user = await self.authenticate(request, source, backend)
         if isinstance(user, SipMessage):
             return user
         target = request.request_uri().user or request.address("to").uri.user
-        recipient = await api.store.find_user(target) if target else None
+        recipient = await backend.store.find_user(target) if target else None
         if recipient is None:
             return response_to(request, 404, source=source)
         try:
@@ -381,21 +380,14 @@ class SipCore:
         await self.messenger.send(user.username, [recipient], text)
         return response_to(request, 202, source=source)
 
-    async def _api(self, request: SipMessage, source: Source, api: Any) -> SipMessage:
+    async def _api(self, request: SipMessage, source: Source, backend: Backend) -> SipMessage:
         if not self.settings.current.sipapi:
             return response_to(request, 403, "API requests over SIP are disabled", source=source)
-        user = await self.authenticate(request, source, api)
+        user = await self.authenticate(request, source, backend)
         if isinstance(user, SipMessage):
             return user
-        query = request.get(API_HEADER)
-        params = dict(parse_qsl(query.lstrip("/?").removeprefix("mvapireq").lstrip("/?"), keep_blank_values=True))
-        function = params.get("apientry", "")
-        params.pop("format", None)  # the answer is text: it travels in a SIP body and header
-        api_request = ApiRequest(function, params, source.host, transport="sip", fmt="text")
-        api_request.context["sip_user"] = user
-        answered = await api.dispatch(api_request)
+        text = await backend.api(request.get(API_HEADER), user, source.host)
         response = response_to(request, 200, source=source)
-        text = answered.text
         single = text.replace("\r", " ").replace("\n", " ")
         if len(single) <= SHORT_ANSWER:
             response.add(API_ANSWER_HEADER, single)
@@ -423,7 +415,7 @@ class SipCore:
         self.stats["challenges"] += 1
         return response
 
-    async def authenticate(self, request: SipMessage, source: Source, api: Any) -> User | SipMessage:
+    async def authenticate(self, request: SipMessage, source: Source, backend: Backend) -> User | SipMessage:
         """The user a request's digest credentials prove, or the response to send instead.
 
         Credentials are only weighed when their nonce was issued by this
@@ -448,18 +440,18 @@ class SipCore:
         if credentials.get("uri", "") != request.uri:
             return response_to(request, 400, "Digest uri does not match the Request-URI", source=source)
         username = credentials.get("username", "")
-        user = await api.store.find_user(username) if _sane(username) else None
+        user = await backend.store.find_user(username) if _sane(username) else None
         # Checked after the lookup, with nothing waiting between it and the password check and the count
         # of a failure: parallel guesses cannot all pass before the lockout.
-        if api.lockout.account_banned(username):
+        if backend.lockout.account_banned(username):
             return response_to(request, 403, "Too many failed authentications", source=source)
         password = user.password if user is not None else os.urandom(12).hex()
         verdict = self.digest.check(credentials, request.method, password, source.host)
         if user is None or verdict.wrong_password:
             self.stats["auth_failures"] += 1
-            fake = ApiRequest(f"sip {request.method}", {}, source.host, transport="sip")
             reason = "unknown user" if user is None else verdict.reason
-            await api.failed_login(fake, "SIP digest: " + reason, username if _sane(username) else "?")
+            await backend.failed_login(source.host, f"sip {request.method}", "SIP digest: " + reason,
+                                       username if _sane(username) else "?")
             if self._failed_again(request.call_id, username):
                 # Credentials rejected twice in one dialog: the client must stop retrying them
                 # (RFC 3261 22.1), or one phone with a wrong password floods the lockout.
@@ -474,7 +466,7 @@ class SipCore:
         if not user.enabled or user.temporarydisabled:
             return response_to(request, 403, "Account disabled", source=source)
         self._failed_calls.pop((request.call_id, username), None)
-        await api.lockout.succeeded(user.username, source.host)
+        await backend.lockout.succeeded(user.username, source.host)
         return user
 
     def _failed_again(self, call_id: str, username: str) -> bool:

@@ -16,7 +16,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..store.database import Txn
-from .bindings import Bindings
+from ..store.registrations import Bindings
+from .backend import Backend
 from .core import SERVER
 
 if TYPE_CHECKING:
@@ -49,16 +50,16 @@ class Messenger:
         #: Ids of messages whose delivery round is under way (not started twice at once).
         self.in_flight: set[int] = set()
 
-    def _api(self) -> Any:
-        api = self.core.api_of()
-        if api is None:
+    def _backend(self) -> Backend:
+        backend = self.core.backend_of()
+        if backend is None:
             raise RuntimeError("the API is not started")
-        return api
+        return backend
 
     async def send(self, fromuser: str, recipients: list[Any], text: str) -> tuple[int, int]:
         """Store a message for each recipient and try to deliver it; (sent to contacts, stored only)."""
-        api = self._api()
-        store = api.store
+        backend = self._backend()
+        store = backend.store
         sent = stored = 0
         for recipient in recipients:
             result = await store.db.run_statement(
@@ -78,18 +79,18 @@ class Messenger:
 
     async def deliver_pending(self, userid: int) -> int:
         """Send a user's stored messages to its contacts (after it registered); how many were sent."""
-        api = self._api()
+        backend = self._backend()
         pending = await self.pending(userid)
         if not pending:
             return 0
-        user = await api.store.get_user(userid)
+        user = await backend.store.get_user(userid)
         if user is None:
             return 0
         return await self._deliver(userid, user.username, pending)
 
     async def pending(self, userid: int, limit: int = MAX_HANDED_OVER) -> list[Stored]:
         """A user's undelivered messages still due a delivery round, oldest first."""
-        result = await self._api().db.run_query(
+        result = await self._backend().db.run_query(
             "pending_messages",
             "SELECT id, fromuser, body FROM tb_messages WHERE touserid = ? AND delivered IS NULL AND attempts < ? "
             "ORDER BY id LIMIT ?",
@@ -99,7 +100,7 @@ class Messenger:
 
     async def hand_over(self, userid: int) -> list[Stored]:
         """Take a user's undelivered messages for a presence answer (marked delivered)."""
-        api = self._api()
+        backend = self._backend()
 
         async def hand_over_txn(txn: Txn) -> list[Stored]:
             rows = (await txn.execute(
@@ -108,18 +109,18 @@ class Messenger:
             taken = []
             for row in rows:
                 done = await txn.execute("UPDATE tb_messages SET delivered = ? WHERE id = ? AND delivered IS NULL",
-                                         (api.store.now(), row[0]))
+                                         (backend.store.now(), row[0]))
                 if done.rowcount:
                     taken.append(Stored(int(row[0]), row[1], row[2]))
             return taken
 
-        return await api.db.run_interaction("hand_over_messages", hand_over_txn)
+        return await backend.db.run_interaction("hand_over_messages", hand_over_txn)
 
     async def _deliver(self, userid: int, username: str, messages: list[Stored]) -> int:
         """Send messages to every live contact of a user; returns how many MESSAGEs went out."""
-        api = self._api()
+        backend = self._backend()
         core = self.core
-        bindings = await Bindings(api.db, api.store.now).of_user(userid)
+        bindings = await Bindings(backend.db, backend.store.now).of_user(userid)
         sent = 0
         for message in messages:
             results = []
@@ -146,7 +147,7 @@ class Messenger:
 
     async def _settle(self, message: Stored, results: list[defer.Deferred[Any]]) -> None:
         """Mark a message delivered once any contact accepted it."""
-        api = self._api()
+        backend = self._backend()
         statuses = []
         try:
             for result in results:
@@ -154,12 +155,12 @@ class Messenger:
                 statuses.append(response.status)
         finally:
             self.in_flight.discard(message.id)
-        await api.db.run_statement("message_attempt", "UPDATE tb_messages SET attempts = attempts + 1 WHERE id = ?",
+        await backend.db.run_statement("message_attempt", "UPDATE tb_messages SET attempts = attempts + 1 WHERE id = ?",
                                    (message.id,))
         if any(200 <= status < 300 for status in statuses):
-            await api.db.run_statement(
+            await backend.db.run_statement(
                 "message_delivered", "UPDATE tb_messages SET delivered = ? WHERE id = ? AND delivered IS NULL",
-                (api.store.now(), message.id))
+                (backend.store.now(), message.id))
             self.core.stats["messages_delivered"] += 1
         else:
             log.info("SIP MESSAGE {id} for a user not delivered (answers {statuses}); kept for later",

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from xml.etree import ElementTree
 
 from ..store.presence import Presence
+from .backend import Backend
 from .message import SipMessage
 from .transaction import Source
 
@@ -66,7 +67,7 @@ def pidf_status(body: bytes) -> str | None:
     return "offline" if basic == "closed" else "online"
 
 
-async def publish(core: SipCore, request: SipMessage, source: Source, api: Any) -> SipMessage:
+async def publish(core: SipCore, request: SipMessage, source: Source, backend: Backend) -> SipMessage:
     """The response to one PUBLISH (see the module doc)."""
     from .core import response_to
 
@@ -75,7 +76,7 @@ async def publish(core: SipCore, request: SipMessage, source: Source, api: Any) 
         response = response_to(request, 489, source=source)
         response.add("Allow-Events", "presence")
         return response
-    user = await core.authenticate(request, source, api)
+    user = await core.authenticate(request, source, backend)
     if isinstance(user, SipMessage):
         return user
     target = request.request_uri().user or request.address("to").uri.user
@@ -86,7 +87,7 @@ async def publish(core: SipCore, request: SipMessage, source: Source, api: Any) 
     if expires_text and not (expires_text.isascii() and expires_text.isdigit()):
         return response_to(request, 400, "Malformed Expires", source=source)
     expires = min(int(expires_text[:9] or config.sipdefexpires), config.sipmaxexpires)
-    presence = Presence(api.db, api.store.now)
+    presence = Presence(backend.db, backend.store.now)
     given = request.get("sip-if-match").strip()
     current = await presence.etag(user.id)
     if given and given != current:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .bindings import Binding, Bindings, Change, OutOfOrder, TooManyContacts
+from ..store.registrations import Binding, Bindings, Change, OutOfOrder, TooManyContacts
+from .backend import Backend
 from .message import ParseError, SipMessage, parse_name_addr
 from .transaction import Source
 
@@ -52,9 +53,9 @@ class Registrar:
         self.core = core
         self.recent: OrderedDict[str, Attempt] = OrderedDict()
 
-    def bindings(self, api: Any) -> Bindings:
+    def bindings(self, backend: Backend) -> Bindings:
         """The bindings table of the API's store."""
-        return Bindings(api.store.db, api.store.now)
+        return Bindings(backend.store.db, backend.store.now)
 
     def _note(self, username: str, attempt: Attempt) -> None:
         recent = self.recent
@@ -63,7 +64,7 @@ class Registrar:
         if len(recent) > MAX_RECENT:
             recent.popitem(last=False)
 
-    async def register(self, request: SipMessage, source: Source, api: Any) -> SipMessage:
+    async def register(self, request: SipMessage, source: Source, backend: Backend) -> SipMessage:
         """The response to one REGISTER."""
         from .core import response_to
 
@@ -78,7 +79,7 @@ class Registrar:
         except ParseError as error:
             return response_to(request, 400, error.reason[:80], source=source)
         # ... but RFC 3261 10.3 authenticates (step 3) and authorizes (4) before judging the expiry (7).
-        user = await core.authenticate(request, source, api)
+        user = await core.authenticate(request, source, backend)
         if isinstance(user, SipMessage):
             if user.status in (401, 403) and request.get("authorization"):
                 self._note(to.uri.user, Attempt(False, core.clock.seconds(), source.address, source.transport, 0))
@@ -91,7 +92,7 @@ class Registrar:
             return response
         number, _ = request.cseq()
         try:
-            bindings = await self.bindings(api).register(
+            bindings = await self.bindings(backend).register(
                 user.id, user.username, changes, wildcard=wildcard, callid=request.call_id, cseq=number,
                 most=config.sipmaxcontacts,
                 address=source.address, transport=source.transport, useragent=request.get("user-agent"),
@@ -105,7 +106,7 @@ class Registrar:
         core.remember(source)  # requests for this phone go back the way it came
         self._note(user.username, Attempt(True, core.clock.seconds(), source.address, source.transport, len(bindings)))
         response = response_to(request, 200, source=source)
-        now = api.store.now()
+        now = backend.store.now()
         for binding in bindings:
             left = max(0, int((binding.expires - now).total_seconds()))
             text = f"<{binding.contact}>;expires={left}"

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..billing.rating import normalise
 from ..store.database import Database
-from .bindings import Bindings
+from ..store.registrations import Bindings
 
 #: tb_users.serverrole: what a server added by addserver may do.
 ROLE_BOTH, ROLE_SENDER, ROLE_SERVER = 0, 5, 9

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from ..billing.rating import normalise
 from ..store.billing import USER_SIPSERVER, USER_TRAFFICSENDER, User
+from .backend import Backend
 from .core import SERVER
 from .routing import Route, Router, owns_number
 
@@ -78,21 +79,25 @@ class SmsSender:
     def __init__(self, core: SipCore) -> None:
         self.core = core
 
+    def _backend(self) -> Backend:
+        backend = self.core.backend_of()
+        if backend is None:
+            raise SmsError("the server is starting")
+        return backend
+
     async def send(self, user: User, anum: str, bnum: str, text: str, *, unicode: bool = False,
                    wait: bool = True, admin: bool = False) -> Outcome:
         """Send one SMS for C{user}; with C{wait} False a gateway SMS is answered once held and queued."""
-        api = self.core.api_of()
-        if api is None:
-            raise SmsError("the server is starting")
+        backend = self._backend()
         if not text or len(text) > GSM_MULTI * MAX_PARTS:
             raise SmsError("txt must not be empty")
         count = parts(text, unicode)
         if count > MAX_PARTS:
             raise SmsError(f"txt needs more than {MAX_PARTS} parts")
-        store = api.store
+        store = backend.store
         if anum:
             await self._check_sender(user, anum, admin)
-        router = Router(api.db, store.now)
+        router = Router(backend.db, store.now)
         recipient = await store.find_user(bnum) or await store.find_user_by_number(bnum)
         if recipient is not None and recipient.type not in (USER_TRAFFICSENDER, USER_SIPSERVER):
             smsid = await self._record(user, anum, recipient.username, text, count, "user", "sent", Decimal(0), 0)
@@ -101,8 +106,8 @@ class SmsSender:
         number = normalise(bnum)
         if number is None:
             raise SmsError(f"bnum is neither a user nor a phone number: {bnum[:40]}")
-        plan = user.tariffid or api.settings.current.defaulttariff
-        tariff = api.rater.table.lookup(plan, number)
+        plan = user.tariffid or self.core.settings.current.defaulttariff
+        tariff = backend.rater.table.lookup(plan, number)
         if tariff is None:
             raise SmsError(f"no tariff for {number}")
         if tariff.smsprice <= 0:
@@ -135,23 +140,23 @@ class SmsSender:
             raise SmsError("anum must be 1 to 32 letters, digits or + . _ -")
         if admin:
             return
-        if not await owns_number(self.core.api_of().db, user.id, user.username, anum):
+        if not await owns_number(self._backend().db, user.id, user.username, anum):
             raise SmsError("anum must be your username or one of your numbers")
 
     async def _record(self, user: User, anum: str, bnum: str, text: str, count: int, route: str, status: str,
                       cost: Decimal, holdid: int) -> int:
-        api = self.core.api_of()
-        result = await api.db.run_statement(
+        backend = self._backend()
+        result = await backend.db.run_statement(
             "sms_record",
             "INSERT INTO tb_sms (userid, anum, bnum, body, parts, route, status, cost, holdid, created) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (user.id, anum[:64], bnum[:64], text, count, route, status, cost, holdid, api.store.now()),
+            (user.id, anum[:64], bnum[:64], text, count, route, status, cost, holdid, backend.store.now()),
         )
         return int(result.rows[0][0])
 
     async def _deliver(self, smsid: int, holdid: int, cost: Decimal, sender: str, number: str, text: str,
                        routes: list[Route]) -> Outcome:
-        api = self.core.api_of()
+        backend = self._backend()
         reasons = []
         delivered = ""
         try:
@@ -166,9 +171,9 @@ class SmsSender:
         finally:
             # Whatever happened above, the hold is closed exactly once.
             if delivered:
-                await api.store.settle(holdid, cost)
+                await backend.store.settle(holdid, cost)
             else:
-                await api.store.release(holdid)
+                await backend.store.release(holdid)
         if delivered:
             await self._finish_quietly(smsid, "delivered", delivered, "")
             return Outcome(smsid, "delivered", delivered, cost)
@@ -185,15 +190,15 @@ class SmsSender:
             log.failure("SMS {id}: could not record its outcome", id=smsid)
 
     async def _finish(self, smsid: int, status: str, route: str, reason: str) -> None:
-        api = self.core.api_of()
-        await api.db.run_statement(
+        backend = self._backend()
+        await backend.db.run_statement(
             "sms_finish", "UPDATE tb_sms SET status = ?, route = ?, reason = ?, finished = ? WHERE id = ?",
-            (status, route, reason, api.store.now(), smsid))
+            (status, route, reason, backend.store.now(), smsid))
 
     async def _through(self, route: Route, sender: str, number: str, text: str) -> None:
         """Hand the SMS to one gateway; raises if it does not accept it."""
-        api = self.core.api_of()
-        row = (await api.db.run_query(
+        backend = self._backend()
+        row = (await backend.db.run_query(
             "sms_gateway", "SELECT smsurl, username, password FROM tb_users WHERE username = ?",
             (route.name,))).one()
         if row is None:

@@ -9,6 +9,7 @@ a lockout (on PostgreSQL; a single SQLite node counts in memory).
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -128,3 +129,47 @@ class StoredFailures:
             return max(old.rowcount, 0) + max(extra, 0)
 
         return await self.db.run_interaction("expire_auth_failures", expire_failures_txn)
+
+
+@dataclass(frozen=True)
+class Ban:
+    """One active ban."""
+
+    id: int
+    kind: str
+    value: str
+    reason: str
+    until: datetime
+
+
+class BanRows:
+    """The bans of addresses and users in C{tb_banned} (the policy is L{mizud.security.bans.Bans})."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, kind: str, value: str, reason: str, now: datetime, until: datetime) -> None:
+        """Store one ban, in force from C{now} until C{until}."""
+        await self.db.run_statement(
+            "ban",
+            "INSERT INTO tb_banned (kind, value, reason, created, until) VALUES (?, ?, ?, ?, ?)",
+            (kind, value, reason, now, until),
+        )
+
+    async def active(self, now: datetime) -> list[Ban]:
+        """Every ban in force at C{now}, soonest ending first."""
+        result = await self.db.run_query(
+            "active_bans", "SELECT id, kind, value, reason, until FROM tb_banned WHERE until > ? ORDER BY until",
+            (now,))
+        time = self.db.engine.time
+        return [Ban(int(r[0]), r[1], r[2], r[3], time(r[4])) for r in result.rows]  # type: ignore[arg-type]
+
+    async def lift(self, value: str | None, now: datetime) -> int:
+        """End the bans in force of an address or user (None: all) at C{now}; how many."""
+        if value is None:
+            result = await self.db.run_statement("lift_bans", "UPDATE tb_banned SET until = ? WHERE until > ?",
+                                                 (now, now))
+        else:
+            result = await self.db.run_statement(
+                "lift_ban", "UPDATE tb_banned SET until = ? WHERE value = ? AND until > ?", (now, value, now))
+        return result.rowcount

@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from .engines import Engine, PostgresEngine
-from .deltafiles import StartupError, own_tables, typed_columns
+from ..errors import StartupError
+from .deltafiles import own_tables, typed_columns
 
 #: Defaults that the type alone would get wrong, per engine: (table, column) -> SQL expression.
 SPECIAL = {

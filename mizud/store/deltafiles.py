@@ -11,10 +11,6 @@ from importlib import resources
 from .engines import Engine, PostgresEngine, SqliteEngine
 
 
-class StartupError(Exception):
-    """The store cannot start; the message is one line for the operator."""
-
-
 @dataclass(frozen=True)
 class Delta:
     """One schema delta: its number, name and SQL statements for one engine."""

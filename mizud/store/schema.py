@@ -18,7 +18,8 @@ import sqlite3
 from typing import Any, Callable
 
 from .defaults import add_defaults
-from .deltafiles import (Delta, StartupError, code_version, load_deltas, money_columns, own_tables, split_statements,
+from ..errors import StartupError
+from .deltafiles import (Delta, code_version, load_deltas, money_columns, own_tables, split_statements,
                          typed_columns)
 from .engines import Engine, PostgresEngine, SqliteEngine, is_postgres
 

@@ -15,7 +15,8 @@ from .billing import USER_ADMIN, BillingStore
 from .database import Database, open_database
 from .nodes import Nodes, release_own
 from .notify import Notifications
-from .schema import StartupError, migrate
+from ..errors import StartupError
+from .schema import migrate
 
 log = Logger()
 

@@ -20,7 +20,6 @@ of any site may read what their own credentials entitle them to.
 from __future__ import annotations
 
 import ipaddress
-import os
 import urllib.parse
 from typing import Any, Callable
 
@@ -29,7 +28,6 @@ from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-from twisted.web.static import File
 
 from ..api import answer, legacy
 from ..api.answer import ApiAnswer, encode, error
@@ -38,6 +36,7 @@ from ..api.request import MAX_BODY, MAX_URL, ApiRequest, RequestError, decode
 from ..config import Settings
 from ..rejections import RejectionLog
 from ..text import ascii_digits
+from .static import NOT_FOUND, NotFound
 
 log = Logger()
 
@@ -268,9 +267,11 @@ class RootResource(Resource):
     def __init__(
         self, api: ApiResource, old: ApiResource, websocket: Any = None, static: Resource | None = None,
         sip_websocket: Any = None, portal: Resource | None = None, metrics: Resource | None = None,
+        openapi: Resource | None = None,
     ) -> None:
         super().__init__()
         self.metrics = metrics
+        self.openapi = openapi
         self.portal = portal or _PORTAL_OFF
         self.api = api
         self.old = old
@@ -291,8 +292,8 @@ class RootResource(Resource):
             return self.old
         if path == b"metrics" and self.metrics is not None:
             return self.metrics
-        if path == b"openapi.json":
-            return _openapi()
+        if path == b"openapi.json" and self.openapi is not None:
+            return self.openapi
         if path.lower() in (b"webvoip", b"webvoipportal"):
             return self.portal
         if path == b"" and self.portal is not _PORTAL_OFF and b"function" in (request.args or {}):
@@ -301,26 +302,11 @@ class RootResource(Resource):
             # twisted.web.static.File: content types, conditional GET and
             # ranges, and no way out of its directory.
             return self.static
-        return _NOT_FOUND
+        return NOT_FOUND
 
     def render(self, request: Request) -> bytes:
         """The bare root: not found."""
-        return _NOT_FOUND.render(request)
-
-
-def _openapi() -> Resource:
-    """The OpenAPI document (built once)."""
-    global _OPENAPI
-    if _OPENAPI is None:
-        from twisted.web.static import Data
-
-        from ..api.openapi import render
-
-        _OPENAPI = Data(render().encode("utf-8"), "application/json")
-    return _OPENAPI
-
-
-_OPENAPI: Resource | None = None
+        return NOT_FOUND.render(request)
 
 
 class _ToPortal(Resource):
@@ -334,23 +320,7 @@ class _ToPortal(Resource):
         return b""
 
 
-class _NotFound(Resource):
-    """A 404 with a plain ERROR line."""
-
-    isLeaf = True
-
-    def __init__(self, message: bytes = b"ERROR: not found") -> None:
-        super().__init__()
-        self.message = message
-
-    def render(self, request: Request) -> bytes:
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return self.message
-
-
-_NOT_FOUND = _NotFound()
-_PORTAL_OFF = _NotFound(b"ERROR: the web portal is off (webportal=0)")
+_PORTAL_OFF = NotFound(b"ERROR: the web portal is off (webportal=0)")
 
 
 class LimitedRequest(Request):
@@ -397,46 +367,6 @@ class LimitedRequest(Request):
                 b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
             )
             transport.loseConnection()
-
-
-class StaticFiles(File):
-    """Static files under /mvweb: no directory listings, nothing outside the directory.
-
-    A symbolic link is followed only when its target lies inside the served
-    directory (compared after resolving every link), and a path with a NUL
-    byte is not found rather than an error.
-    """
-
-    def __init__(self, path: str, *args: Any, root: str | None = None, **kwargs: Any) -> None:
-        super().__init__(path, *args, **kwargs)
-        #: The served directory with every symbolic link resolved.
-        self.root = root or os.path.realpath(path)
-
-    def directoryListing(self) -> Resource:
-        """Directories are not listed."""
-        return _NOT_FOUND
-
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        """The file or directory C{path}, if it really lies inside the served directory."""
-        if b"\x00" in path:
-            return _NOT_FOUND
-        child = super().getChild(path, request)
-        if isinstance(child, File) and not _inside(child.path, self.root):
-            log.info("/mvweb: refused {path!r}, which leads outside {root}", path=path[:80], root=self.root)
-            return _NOT_FOUND
-        return child
-
-    def createSimilarFile(self, path: str) -> File:
-        """A child of the same kind, confined to the same directory."""
-        similar = type(self)(path, self.defaultType, self.ignoredExts, self.registry, root=self.root)
-        similar.processors = self.processors
-        return similar
-
-
-def _inside(path: str, root: str) -> bool:
-    """Whether C{path}, every link resolved, is C{root} or lies below it."""
-    real = os.path.realpath(path)
-    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
 class _Channel(http.HTTPChannel):
@@ -512,31 +442,3 @@ class QuietSite(Site):
 
     def log(self, request: http.Request) -> None:
         """No access log line per request."""
-
-
-def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None, reactor: Any = None) -> Site:
-    """The HTTP site of the shared service port; C{sip} is the SIP layer's entry point."""
-    from ..api.auth import Trust
-    from ..metrics import MetricsResource
-    from ..portal import PortalResource
-    from .demux import NoSip
-    from .websocket import api_websocket_resource, sip_websocket_resource
-
-    folder = settings.current.mvwebdir
-    static = StaticFiles(folder) if folder and os.path.isdir(folder) else None
-    site = QuietSite(
-        RootResource(
-            ApiResource(settings, dispatch),
-            ApiResource(settings, dispatch, legacy=True),
-            api_websocket_resource(dispatch, settings, reactor),
-            static,
-            sip_websocket_resource(sip or NoSip(), settings, reactor),
-            PortalResource(settings) if settings.current.webportal else None,
-            MetricsResource(lambda: getattr(dispatch(), "metrics", None),
-                            lambda request: Trust(settings.current).trusted(client_address(request, settings))),
-        ),
-        settings, reactor,
-    )
-    site.displayTracebacks = False
-    site.noisy = False
-    return site

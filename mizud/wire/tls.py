@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from ..store.schema import StartupError
+from ..errors import StartupError
 
 log = Logger()
 

@@ -10,7 +10,7 @@ from ...billing.rating import normalise
 from ...mail import MailError
 from ...store.backup import Backups, BackupError
 from ...store.money import format_money
-from ...store.schema import StartupError
+from ...errors import StartupError
 from ..answer import BAD_FUNCTION, ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import Category, Registry

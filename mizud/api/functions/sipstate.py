@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from ...sip.bindings import Bindings
+from ...store.registrations import Bindings
 from ...store.presence import Presence
 from ...sip.registrar import describe
 from ..answer import ApiAnswer, error, ok

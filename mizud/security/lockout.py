@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from ..config import Settings
 from ..store.authstate import StoredFailures
 from ..ratelimit import Clock
-from .state import Bans
+from .bans import Bans
 
 log = Logger()
 

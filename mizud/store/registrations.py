@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ..store.database import Database, Txn
+from .database import Database, Txn
 
 ONLINE = 2
 #: While a user stays registered, its statusdate is rewritten at most this often.
@@ -252,3 +252,8 @@ class Bindings:
         if calling:
             return calling
         return ONLINE if live else 1
+
+    async def count(self) -> int:
+        """How many bindings are stored (live or not yet swept)."""
+        result = await self.db.run_query("count_registrations", "SELECT count(*) FROM tb_registrations")
+        return int(result.rows[0][0])
