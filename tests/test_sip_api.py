@@ -197,6 +197,21 @@ async def test_api_inside_sip(tmp_path: Path) -> None:
 
 
 
+@pytest_twisted.ensureDeferred
+async def test_api_inside_sip_is_decoded_like_any_request(tmp_path: Path) -> None:
+    """The X-MizuAPI header goes through the API's decode(): aliases apply (to, message), names are
+    case-insensitive, format= is ignored (the answer is text), and the parameter cap holds."""
+    rig = await make_rig(tmp_path, "sipapi=1")
+    answered = await sip_api(rig, "APIENTRY=Balance&format=json")
+    assert answered.get("x-mizuapi-answer") == "OK: 5.00 USD"
+    sent = await sip_api(rig, "apientry=sendim&to=alice&message=hello")
+    assert sent.get("x-mizuapi-answer", "").startswith("OK"), sent.body
+    flood = "&".join(f"p{i}=1" for i in range(300))
+    capped = await sip_api(rig, "apientry=balance&" + flood)
+    assert capped.status == 200 and capped.body == b"ERROR: too many parameters (at most 256)"
+    await rig.h.db.close()
+
+
 
 @pytest_twisted.ensureDeferred
 async def test_apidefneedregister_uses_live_registrations(tmp_path: Path) -> None:
