@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 from mizud.billing.rating import Tariff
 from mizud.sip.calls import check_sdp, longest
 from mizud.sip.sdp import hold_offer, reorigin
-from mizud.sip.core import response_to
+from mizud.sip.responses import response_to
 from mizud.sip.message import SipMessage, parse_datagram
 from sipkit import Phone, Rig, make_rig, settle
 

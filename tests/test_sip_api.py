@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest_twisted
 
-from mizud.sip.core import response_to
+from mizud.sip.responses import response_to
 from mizud.sip.message import SipMessage, parse_datagram
 from sipkit import Phone, Rig, make_rig, settle
 

@@ -36,7 +36,7 @@ def test_numbers_that_int_would_choke_on() -> None:
         (base.replace(b"CSeq: 1 ", b"CSeq: " + huge + b" "), 400),
         (base.replace(b"Max-Forwards: 70", b"Max-Forwards: " + huge), 400),
     ]
-    from mizud.sip.core import KNOWN
+    from mizud.sip.responses import KNOWN
     from mizud.sip.message import check_request
 
     for data, status in cases:
@@ -137,7 +137,7 @@ async def test_stream_framing_of_a_large_message_byte_by_byte(tmp_path: Path) ->
 @pytest_twisted.ensureDeferred
 async def test_stored_messages_stop_retrying(tmp_path: Path) -> None:
     """A message a phone keeps refusing is sent again at most five times, then only handed over on a poll."""
-    from mizud.sip.core import response_to
+    from mizud.sip.responses import response_to
 
     rig = await make_rig(tmp_path)
     await rig.h.store.create_user("bob", "bobpw")

@@ -20,7 +20,7 @@ from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.internet.testing import StringTransport
 
 from mizud.sip.message import ParseError, check_request, check_response, parse_datagram, parse_name_addr, parse_uri, parse_via
-from mizud.sip.core import KNOWN
+from mizud.sip.responses import KNOWN
 from mizud.sip.transport import SipDatagramProtocol, SipStreamFactory, SipStreamProtocol
 from sipkit import make_rig
 

@@ -51,7 +51,7 @@ def _server_invite(reliable: bool = False) -> tuple[Any, Any, SipMessage, list[b
 def test_stateful_invite_error_is_retransmitted_until_ack() -> None:
     """Over UDP a final INVITE error of a stateful transaction is resent on timer G (T1, doubling to T2)
     until the ACK comes; timer I then ends it."""
-    from mizud.sip.core import response_to
+    from mizud.sip.responses import response_to
 
     clock, table, invite, sent = _server_invite()
     transaction = table.find(invite)
@@ -71,7 +71,7 @@ def test_stateful_invite_error_is_retransmitted_until_ack() -> None:
 
 def test_stateful_invite_without_ack_ends_on_timer_h() -> None:
     """Without an ACK the retransmissions stop at 64*T1 (timer H); over TCP there are none at all."""
-    from mizud.sip.core import response_to
+    from mizud.sip.responses import response_to
 
     for reliable, expected in ((False, range(7, 14)), (True, range(1, 2))):
         clock, table, invite, sent = _server_invite(reliable)
@@ -162,7 +162,7 @@ def _invite_rig(reliable: bool = False) -> tuple[Any, ClientTransactions, list[b
 
 
 def _reply(request: SipMessage, status: int, tag: str = "t1") -> SipMessage:
-    from mizud.sip.core import response_to
+    from mizud.sip.responses import response_to
 
     response = response_to(request, status)
     response.set("To", request.get("to") + f";tag={tag}")

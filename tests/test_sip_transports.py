@@ -81,7 +81,7 @@ def stream_register(connect: Callable[[], socket.socket], phone: Phone, wait_for
             incoming = read_message(conn)
             seen.append(incoming)
             request = parse_datagram(incoming)
-            from mizud.sip.core import response_to
+            from mizud.sip.responses import response_to
 
             conn.sendall(response_to(request, 200).serialize())
         return seen
@@ -185,7 +185,7 @@ class SipWsClient(WebSocketClientProtocol):
         elif message.status == 200:
             factory.registered.callback(None)
         elif message.method == "MESSAGE":
-            from mizud.sip.core import response_to
+            from mizud.sip.responses import response_to
 
             self.sendMessage(response_to(message, 200).serialize())
             factory.got.callback(message)

@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from mizud.sip.core import response_to
+from mizud.sip.responses import response_to
 from mizud.sip.message import parse_datagram
 from mizud.sip.sms import parts
 from sipkit import Phone, Rig, make_rig, settle

@@ -38,11 +38,11 @@ from ..store.database import Txn
 from ..store.money import HoldClosed
 from ..store.money import format_money
 from .backend import Backend
-from .core import ALLOW, SERVER, Unreachable
+from .responses import ALLOW, SERVER
 from .dialog import Dialog, new_tag
 from .message import SipMessage
 from .sdp import hold_offer, new_session, reorigin
-from .routing import Route
+from .routing import Route, Unreachable
 from .transaction import T1, InviteClientTransaction, new_branch
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from ..store.database import Txn
 from ..store.registrations import Bindings
 from .backend import Backend
-from .core import SERVER
+from .responses import SERVER
 
 if TYPE_CHECKING:
     from .core import SipCore

@@ -23,6 +23,7 @@ from xml.etree import ElementTree
 
 from ..store.presence import Presence
 from .backend import Backend
+from .responses import response_to
 from .message import SipMessage
 from .transaction import Source
 
@@ -69,7 +70,6 @@ def pidf_status(body: bytes) -> str | None:
 
 async def publish(core: SipCore, request: SipMessage, source: Source, backend: Backend) -> SipMessage:
     """The response to one PUBLISH (see the module doc)."""
-    from .core import response_to
 
     event = request.get("event").split(";", 1)[0].strip().lower()
     if event != "presence":

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from ..store.registrations import Binding, Bindings, Change, OutOfOrder, TooManyContacts
 from .backend import Backend
+from .responses import response_to
 from .message import ParseError, SipMessage, parse_name_addr
 from .transaction import Source
 
@@ -66,7 +67,6 @@ class Registrar:
 
     async def register(self, request: SipMessage, source: Source, backend: Backend) -> SipMessage:
         """The response to one REGISTER."""
-        from .core import response_to
 
         core = self.core
         config = core.settings.current

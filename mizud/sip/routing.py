@@ -21,6 +21,10 @@ from ..store.registrations import Bindings
 ROLE_BOTH, ROLE_SENDER, ROLE_SERVER = 0, 5, 9
 
 
+class Unreachable(Exception):
+    """A route cannot be used right now; the message says why."""
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One way to reach the called party, in the order they are tried."""

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from ..billing.rating import normalise
 from ..store.billing import USER_SIPSERVER, USER_TRAFFICSENDER, User
 from .backend import Backend
-from .core import SERVER
+from .responses import SERVER
 from .routing import Route, Router, owns_number
 
 if TYPE_CHECKING:
