@@ -101,7 +101,7 @@ class ApiService(Service):
     """Builds the L{Api} once the store is open: its metrics, the other nodes' notifications, the tb_api
     rules, the rating table and the bans; then starts the periodic chores and fires L{ready}."""
 
-    name = "api"  # type: ignore[assignment]
+    name = "api"  # type: ignore[assignment, unused-ignore]
 
     def __init__(self, settings: Settings, store_service: StoreService, reactor: Any, logs: Any = None) -> None:
         self.settings = settings

@@ -49,7 +49,7 @@ def describe(config: Config) -> str:
 class LogFileService(Service):
     """Appends the log to the file named by the C{logfile} option while running."""
 
-    name = "logfile"  # type: ignore[assignment]
+    name = "logfile"  # type: ignore[assignment, unused-ignore]
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -34,6 +34,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ..store.custom import custom_query, custom_statement
 from ..text import one_line
 from .answer import ApiAnswer, error, ok
 from .registry import Access
@@ -172,23 +173,20 @@ async def run_custom_sql(api: Any, rule: Access, values: Values, reactor: Any) -
     db = api.db
     if is_query(statement):
         try:
-            result = await db.run_statement(
-                "custom_sql", f"SELECT * FROM ({statement}) AS custom_query LIMIT {MAX_ROWS}", params
-            )
+            records = await custom_query(db, statement, params, MAX_ROWS)
         except Exception as problem:
             return error(f"custom query failed: {_first_line(problem)}", 412)
-        records = [dict(zip(result.columns, row)) for row in result.rows]
         return ok(f"{len(records)} rows", records)
     if synchronous:
         try:
-            result = await db.run_statement("custom_sql", statement, params)
+            changed = await custom_statement(db, statement, params)
         except Exception as problem:
             return error(f"custom statement failed: {_first_line(problem)}", 412)
-        return ok(f"{max(result.rowcount, 0)} rows affected")
+        return ok(f"{changed} rows affected")
 
     async def later() -> None:
         try:
-            await db.run_statement("custom_sql", statement, params)
+            await custom_statement(db, statement, params)
         except Exception as problem:
             log.error("custom statement failed after answering: {problem}", problem=_first_line(problem))
 
@@ -227,7 +225,7 @@ class Actions:
                 await self.email(*mail_from_template(rule.custom_action_body, values))
             elif action == "sql":
                 statement, params = bind(rule.custom_action_body, values)
-                await self.api.db.run_statement("custom_action", statement, params)
+                await custom_statement(self.api.db, statement, params, "custom_action")
             elif action == "sms":
                 raise CustomError("SMS actions need an SMS gateway, which mizud does not have yet")
             elif not config.customactioncommands:

@@ -1,26 +1,28 @@
-"""The one dispatcher every front end calls: access checks, then the handler.
+"""The one dispatcher every front end calls: the checks, then the handler.
 
-For each request, in this order (each refusal is one C{ERROR: ...} answer
-with the status strict mode uses):
+For each request the function is looked up (a tb_api row with customsql
+defines or replaces one), then the checks of L{mizud.api.checks} run in
+this order; each refusal is one C{ERROR: ...} answer with the status strict
+mode uses:
 
- 1. the function exists (406) and is enabled (406), or is not supported (406);
+ 1. the function is enabled, and served (406; C{not supported: REASON});
  2. rate limits: global, per source address, per function and address (429);
  3. bans of the source address (403);
- 4. C{apitrustediponly}: untrusted sources refused (403);
- 5. C{req_ip}: the source is in C{apiv2ipauth} or trusted (403);
- 6. C{req_key}: C{authkey} equals C{apiv2key} unless the source is trusted
-    or no key is configured (403, counted as a failed authentication);
- 7. the caller: see L{Api.identify} (403 on failure, counted), or for the
-    old interface L{Api.identify_legacy};
- 8. nonce login when C{req_user_login}/C{apidefneedlogin} demand it
-    (C{ERROR: new nonce is:NONCEEOF});
- 9. privilege: the caller's level is at or below C{req_user} (403);
-10. C{req_user_register} / C{apidefneedregister} and C{req_user_credit};
-11. the per-user rate limit (429), then the handler.
+ 4. C{apitrustediponly}: untrusted sources refused; C{req_ip}: the source is
+    in C{apiv2ipauth} or trusted (403);
+ 5. the caller, by the credential checker of the request's front end
+    (L{mizud.api.credentials}: the API's C{req_key} and authid proofs, the
+    old interface, the console, SIP digest, an inner request): 403 on
+    failure (counted), or C{ERROR: new nonce is:NONCEEOF} where
+    C{req_user_login}/C{apidefneedlogin} demand a nonce;
+ 6. privilege: the caller's level is at or below C{req_user} (403);
+ 7. the account's lockout (403) and the per-user rate limit (429);
+ 8. C{req_user_register} / C{apidefneedregister} and C{req_user_credit};
+ 9. a proven login tells the lockout; then the handler.
 
 A source address earns trust (C{trustediplist}, LAN, loopback) only when
-it is vouched for (L{Api.address_vouched}): not a UDP datagram, whose
-source anyone can forge (unless C{apiudptrusted}), and not a browser's
+it is vouched for (L{mizud.api.checks.address_vouched}): not a UDP datagram,
+whose source anyone can forge (unless C{apiudptrusted}), and not a browser's
 request made for a page of another site (L{ApiRequest.cross_site}).
 
 A wrong key, an unknown user and a wrong password all answer
@@ -40,34 +42,23 @@ from twisted.logger import Logger
 
 from ..billing.rating import Rater
 from ..config import Settings
-from ..store.billing import USER_ADMIN, USER_OWNER, USER_RESELLER, USER_SUPPORT, BillingStore, User
+from ..store.billing import BillingStore, User
 from ..store.database import Database, DatabaseError
 from ..store.money import MoneyError
-from ..text import ascii_int, canonical_id
-from . import answer, custom, legacy
+from ..text import ascii_int
+from . import answer, custom
 from .maintenance import Maintenance
 from .answer import ApiAnswer, error
-from .auth import (
-    Trust,
-    authmd5_full,
-    authmd5_simple,
-    md5hex,
-    portal_md5,
-    same,
-    secret_equal,
-)
 from ..security.bans import Bans
 from ..security.lockout import Lockout, loggable
-from ..ratelimit import Clock, LeakyBucket
+from ..ratelimit import Clock
+from ..store.apirules import load_rules
 from ..store.authstate import StoredFailures
+from .checks import Limits, address_vouched, checks, forgeable
+from .credentials import Accounts, Attempt, AuthFailure, Caller
 from .registry import (
     REQ_ADMINS,
     REQ_ALL,
-    REQ_DISABLED,
-    REQ_OWNERS,
-    REQ_PUBLIC,
-    REQ_SRVADMIN,
-    REQ_SUPPORT,
     Access,
     ApiFunction,
     Category,
@@ -78,24 +69,7 @@ from .state import Nonces
 
 log = Logger()
 
-WRONG_AUTH = "wrong authentication"
 _MONEY_STATUS = {"bad_pin": answer.BAD_PIN, "unknown_user": answer.NOT_FOUND}
-BANNED = "banned: too many failed authentications"
-
-#: The privilege level of each user type (lower is more privileged).
-LEVEL_BY_TYPE = {USER_ADMIN: REQ_SRVADMIN, USER_SUPPORT: REQ_SUPPORT, USER_RESELLER: REQ_OWNERS, USER_OWNER: REQ_OWNERS}
-
-
-@dataclass
-class Caller:
-    """Who is calling: a user (or none), a privilege level, and how it was proven."""
-
-    user: User | None
-    level: int
-    trusted: bool
-    how: str
-    #: Whether the caller proved who they are (a password, a hash, a PIN, SIP digest, the console login).
-    proven: bool = False
 
 
 @dataclass
@@ -148,27 +122,6 @@ class Call:
         return value
 
 
-class AuthFailure(Exception):
-    """Authentication failed; C{reason} goes to the log, never to the client.
-
-    C{account} is what the failure counts against: the resolved user's
-    username, or the spelling given when it names no user.
-    """
-
-    def __init__(self, reason: str, account: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.account = account
-
-
-class Refused(Exception):
-    """The request is refused for a reason the client may know (not a failed login)."""
-
-
-class NewNonce(Exception):
-    """The request needs a (new) nonce; the answer carries one."""
-
-
 class Api:
     """The API application: registry, access rules, limits, and the dispatcher."""
 
@@ -201,63 +154,41 @@ class Api:
         self.notifications: Any = None
         #: Prometheus figures (L{mizud.metrics.Metrics}) when the daemon keeps them.
         self.metrics: Any = None
-        #: What admin functions may do to the service tree (L{mizud.api.service.ServiceOperations}), if any.
+        #: What admin functions may do to the service tree (L{mizud.app.ServiceOperations}), if any.
         self.operations: Any = None
         #: Why requests are refused right now (a database restore), or empty.
         self.paused = ""
         self.started = clock.seconds()
         self.requests = 0
-        self._limits_from(settings)
+        self.limits = Limits(settings, clock)
+        self.accounts = Accounts(settings, store)
+        #: The checks every request passes, in order (L{mizud.api.checks}).
+        self.checks = checks(settings, self.accounts, self.lockout, self.nonces, self.limits, self._failed)
 
     async def publish(self, topic: str) -> None:
         """Tell the other nodes that C{topic} (tariffs, access, bans) changed, when there are any."""
         if self.notifications is not None:
             await self.notifications.publish(topic)
 
-    def _limits_from(self, settings: Settings) -> None:
-        config = settings.current
-        ip, user, total = (float(config.ratelimitip), float(config.ratelimituser), float(config.ratelimitglobal))
-        self.limit_ip = LeakyBucket(self.clock, ip, ip * 2)
-        self.limit_user = LeakyBucket(self.clock, user, user * 2)
-        self.limit_global = LeakyBucket(self.clock, total, total * 2)
-        self.limit_function: dict[str, LeakyBucket] = {}
-
-    def _function_allows(self, function: ApiFunction, source: str) -> bool:
-        """The function's own per-address limit, if it has one."""
-        if not function.rate:
-            return True
-        bucket = self.limit_function.get(function.name)
-        if bucket is None:
-            bucket = self.limit_function[function.name] = LeakyBucket(
-                self.clock, function.rate, max(1.0, function.rate * 2)
-            )
-        return bucket.allow(source)
-
     def reload(self) -> tuple[list[str], list[str]]:
         """Re-read the config (see L{Settings.reload}) and rebuild the limiters."""
         applied, pending = self.settings.reload()
-        self._limits_from(self.settings)
+        self.limits.rebuild(self.settings)
         if self.sip is not None:
             self.sip.reconfigure()
         return applied, pending
 
     async def reload_access(self) -> int:
         """Load the C{tb_api} overrides; returns how many rows were read."""
-        result = await self.db.run_query(
-            "load_tb_api",
-            "SELECT fname, req_key, req_ip, req_user, req_user_mode, req_user_credit, req_user_register, "
-            "req_user_login, customsql, custom_action, custom_action_body, enabled FROM tb_api",
-        )
+        rows = await load_rules(self.db)
         overrides = {}
-        for row in result.rows:
-            name = str(row[0]).strip().lower()
+        for row in rows:
+            name = row.fname.strip().lower()
             overrides[name] = self._with_default_level(name, Access(
-                req_key=int(row[1]), req_ip=int(row[2]), req_user=int(row[3]), req_user_mode=int(row[4]),
-                req_user_credit=self.db.engine.money(row[5]),
-                req_user_register=None if row[6] is None else int(row[6]),
-                req_user_login=None if row[7] is None else int(row[7]),
-                customsql=row[8] or "", custom_action=int(row[9]), custom_action_body=row[10] or "",
-                enabled=bool(row[11]),
+                req_key=row.req_key, req_ip=row.req_ip, req_user=row.req_user, req_user_mode=row.req_user_mode,
+                req_user_credit=row.req_user_credit, req_user_register=row.req_user_register,
+                req_user_login=row.req_user_login, customsql=row.customsql, custom_action=row.custom_action,
+                custom_action_body=row.custom_action_body, enabled=row.enabled,
             ))
         self.overrides = overrides
         return len(overrides)
@@ -336,126 +267,34 @@ class Api:
     async def _checked_call(
         self, request: ApiRequest, function: ApiFunction, rule: Access, callers: list[Caller]
     ) -> ApiAnswer:
-        """Every check in the module doc's order, then the handler; the caller goes into C{callers}."""
-        config = self.settings.current
-        if not rule.enabled or rule.req_user == REQ_DISABLED:
-            return error(f"function disabled: {function.name}", answer.BAD_FUNCTION)
-        if function.handler is None:
-            return error(f"not supported: {function.unsupported}", answer.BAD_FUNCTION)
-        source = request.source
-        if not (self.limit_global.allow("*") and self.limit_ip.allow(source) and self._function_allows(function, source)):
-            return error("rate limited", answer.RATE_LIMITED)
-        if self.lockout.address_banned(source, self._forgeable(request)):
-            return error(BANNED, answer.AUTH_FAILED)
-        legacy_request = bool(request.context.get("legacy"))
-        trust = Trust(config)
-        vouched = self.address_vouched(request)
-        extra = config.httpapiallowedip2 if legacy_request else ()
-        trusted = vouched and trust.trusted(source, extra)
-        if config.apitrustediponly and not trusted:
-            return error("access only from trusted addresses", answer.AUTH_FAILED)
-        if rule.req_ip and not (vouched and trust.ip_allowed(source, extra)):
-            return error("access not allowed from this address", answer.AUTH_FAILED)
-        try:
-            sip_user = request.context.get("sip_user")
-            console = request.context.get("console")
-            inner = request.context.get("caller")
-            if inner is not None:
-                # Only a function that runs another for its own caller sets this (oop): the caller is proven.
-                caller = await self._impersonate(request, inner)
-            elif console is not None:
-                # Only the console sets this, for the admin or support user logged in on it.
-                caller = await self._console_caller(request, rule, console, trusted)
-            elif legacy_request:
-                caller = await self.identify_legacy(request, function, rule, trusted)
-            elif sip_user is not None:
-                # Only the SIP front end sets this, after digest authentication
-                # of the SIP request that carried the API request.
-                self._check_enabled(sip_user, sip_user.username)
-                caller = Caller(sip_user, self._level(sip_user, trusted), trusted, "sip digest", proven=True)
-            else:
-                self._check_key(request, rule, trusted, config.apiv2key, "authkey")
-                caller = await self.identify(request, rule, trusted)
-        except Refused as refused:
-            return error(str(refused), answer.AUTH_FAILED)
-        except AuthFailure as failure:
-            await self._failed(request, failure)
-            return error(WRONG_AUTH, answer.AUTH_FAILED)
-        except NewNonce:
-            nonce = await self.nonces.issue(source)
-            return error(f"new nonce is:{nonce}EOF", answer.AUTH_FAILED)
-        callers.append(caller)
-        if caller.level > rule.req_user:
-            return error("access denied", answer.AUTH_FAILED)
-        user = caller.user
-        if user is not None:
-            if self.lockout.account_banned(user.username):
-                return error(BANNED, answer.AUTH_FAILED)
-            if not self.limit_user.allow(user.id):
-                return error("rate limited", answer.RATE_LIMITED)
-            refusal = await self._user_conditions(request, user, rule, caller)
+        """Every check in the module doc's order (L{mizud.api.checks}), then the handler; the caller goes
+        into C{callers}."""
+        attempt = Attempt(request, function, rule, self.settings.current)
+        for check in self.checks:
+            refusal = await check(attempt)
             if refusal is not None:
+                if attempt.caller is not None:
+                    callers.append(attempt.caller)
                 return refusal
-            if caller.proven:
-                await self.lockout.succeeded(user.username, source)
-        assert function.handler is not None
-        return await function.handler(Call(self, request, function, caller))
+        assert function.handler is not None and attempt.caller is not None
+        callers.append(attempt.caller)
+        return await function.handler(Call(self, request, function, attempt.caller))
 
     def address_vouched(self, request: ApiRequest) -> bool:
-        """Whether the request's source address may earn trust: it came from there (not a datagram whose
-        source anyone can forge, unless C{apiudptrusted}), for itself (not a browser acting for another site)."""
-        return not request.cross_site and not self._forgeable(request)
-
-    def _forgeable(self, request: ApiRequest) -> bool:
-        """Whether the request's source address may be forged (UDP, unless the operator trusts that network)."""
-        return request.forgeable_source and not self.settings.current.apiudptrusted
-
-    def _check_key(self, request: ApiRequest, rule: Access, trusted: bool, key: str, *names: str) -> None:
-        """C{req_key}: the API key, unless the source is trusted or no key is configured."""
-        if rule.req_key and key and not trusted and not secret_equal(request.get(*names), key):
-            raise AuthFailure("wrong or missing key", self._claimed(request))
-
-    @staticmethod
-    def _claimed(request: ApiRequest) -> str:
-        """The account a request names before it is resolved (for counting a failure)."""
-        return request.get("authid", "usr", "userid", "pin")[:64]
+        """Whether the request's source address may earn trust (see L{mizud.api.checks.address_vouched})."""
+        return address_vouched(request, self.settings)
 
     async def _values(self, params: dict[str, str], user: User | None, text: str) -> custom.Values:
         """Placeholder values for custom SQL or an action body."""
         fields = None
         if user is not None and custom.needs_user_fields(text):
-            result = await self.db.run_query("user_fields", "SELECT * FROM tb_users WHERE id = ?", (user.id,))
-            if result.rows:
-                fields = dict(zip(result.columns, result.rows[0]))
+            fields = await self.store.user_row(user.id)
         return custom.Values(user, params, fields)
 
     async def _custom_sql(self, call: Call) -> ApiAnswer:
         rule = call.function.access
         values = await self._values(call.request.params, call.caller.user, rule.customsql)
         return await custom.run_custom_sql(self, rule, values, self.clock)
-
-    async def _user_conditions(
-        self, request: ApiRequest, user: User, rule: Access, caller: Caller
-    ) -> ApiAnswer | None:
-        config = self.settings.current
-        if caller.level <= REQ_ADMINS:
-            return None
-        register = rule.req_user_register if rule.req_user_register is not None else config.apidefneedregister
-        if register:
-            hosts = await self.store.registered_addresses(user.id)
-            if not hosts or (register == 2 and request.source not in hosts):
-                return error("the user is not registered" + (" from this address" if hosts else ""),
-                             answer.AUTH_FAILED)
-        threshold = rule.req_user_credit
-        if threshold == 2:
-            threshold = config.mincreditonroute
-        elif threshold in (0, 1):
-            threshold = None
-        if threshold is not None:
-            available = user.credit + (user.creditlimit if user.postpaid else 0)
-            if available < threshold:
-                return error("not enough credit", answer.FAILED)
-        return None
 
     async def failed_login(self, request: ApiRequest, reason: str, account: str) -> None:
         """Count a failed proof made inside a function (same log line, same lockout)."""
@@ -471,255 +310,8 @@ class Api:
             reason=failure.reason,
         )
         # A forged datagram must not make mizud ban the address it names.
-        await self.lockout.failed(account or "-", request.source, self._forgeable(request))
-
-    # -- who is calling -----------------------------------------------------------------
-
-    async def _console_caller(self, request: ApiRequest, rule: Access, console: tuple[User, int],
-                              trusted: bool) -> Caller:
-        """Who a console command runs as (C{apitrustfromconsole}): 2 the logged-in user; 1 a request
-        from a trusted address (authid names a user, none means admin); 0 its own credentials."""
-        user, mode = console
-        if mode == 2:
-            self._check_enabled(user, user.username)
-            caller = Caller(user, self._level(user, trusted), trusted, "console", proven=True)
-            return await self._impersonate(request, caller)
-        caller = await self.identify(request, rule, True if mode == 1 else trusted)
-        if mode == 1:
-            # Trusted, but never above the logged-in user: a support user does not become an admin.
-            caller = replace(caller, level=max(caller.level, self._level(user, trusted)))
-        return caller
-
-    def _needs_nonce(self, rule: Access, trusted: bool) -> bool:
-        """Whether this function demands nonce login from this source (req_user_login / apidefneedlogin)."""
-        login = rule.req_user_login if rule.req_user_login is not None else self.settings.current.apidefneedlogin
-        return login in (2, 3) or (login == 1 and not trusted)
-
-    async def identify(self, request: ApiRequest, rule: Access, trusted: bool) -> Caller:
-        """Establish the caller from the request's credentials and source.
-
-        - Trusted source, no authid: admin when C{apideftrustadmin} is 1 or 2,
-          else anonymous.
-        - Trusted source, authid without proof: that user (a trusted web
-          server acting for its users), except with C{apideftrustadmin} 4.
-        - authid with authpwd (clear password, or PIN where allowed) or
-          authmd5 (either form): that user, if the proof is right.
-        - authid alone where C{req_user_mode} is 4 ("user or pwd or pin"),
-          or for public functions: that user, with no privilege beyond public.
-        - Admin users are admins only as C{apideftrustadmin} allows (3: by
-          credentials; 4: credentials from a trusted address; 2: the
-          address only).
-        - C{targetuser}: an admin acts as another user.
-
-        The authid is resolved first (L{find_user}); while the account it
-        names (or, naming none, that spelling) is locked out, the answer
-        is C{banned} whatever the proof.
-        """
-        authid = request.get("authid")
-        needs_nonce = self._needs_nonce(rule, trusted)
-        if not authid:
-            if needs_nonce and not trusted:
-                raise NewNonce()
-            return await self._by_address(request, trusted)
-        user = await self._find(authid)
-        account = user.username if user is not None else authid[:64]
-        if self.lockout.account_banned(account):
-            # Before any password check: a locked account must not learn whether a guess was right.
-            raise Refused(BANNED)
-        proof = request.get("authpwd") or request.get("authmd5") or request.get("portalmd5")
-        if not proof:
-            if needs_nonce:
-                raise NewNonce()
-            if user is None:
-                if rule.req_user >= REQ_PUBLIC:
-                    return Caller(None, REQ_PUBLIC, trusted, "anonymous")
-                raise AuthFailure("unknown user", account)
-            return await self._without_proof(request, rule, user, trusted)
-        if user is None:
-            # Spend what checking a password would, so timing does not tell
-            # whether the user exists.
-            authmd5_full(authid, "x" * 12, request.get("authsalt1"), request.get("authsalt2"), "", "")
-            raise AuthFailure("unknown user", account)
-        self._check_enabled(user, account)
-        how = await self._verify(request, user, authid, rule, needs_nonce)
-        caller = Caller(user, self._level(user, trusted), trusted, how, proven=True)
-        return await self._impersonate(request, caller)
-
-    async def _by_address(self, request: ApiRequest, trusted: bool) -> Caller:
-        """A request naming no user: admin from a trusted address where C{apideftrustadmin} allows, else anonymous."""
-        if trusted and self.settings.current.apideftrustadmin in (1, 2):
-            return await self._impersonate(request, Caller(None, REQ_SRVADMIN, True, "trusted address"))
-        return Caller(None, REQ_PUBLIC, trusted, "anonymous")
-
-    async def _without_proof(self, request: ApiRequest, rule: Access, user: User, trusted: bool) -> Caller:
-        """A user named without a password: acted for by a trusted address, or public functions only."""
-        config = self.settings.current
-        self._check_enabled(user, user.username)
-        if trusted and config.apideftrustadmin != 4:
-            return await self._impersonate(request, Caller(user, self._level(user, trusted), trusted, "trusted address"))
-        mode = rule.req_user_mode or config.apiv2auth
-        if mode == 4 or rule.req_user >= REQ_PUBLIC:
-            return Caller(user, max(self._level(user, trusted), REQ_ALL), trusted, "username")
-        raise AuthFailure("no password or authmd5", user.username)
-
-    async def identify_legacy(self, request: ApiRequest, function: ApiFunction, rule: Access, trusted: bool) -> Caller:
-        """The old HTTP interface's authentication (see L{mizud.api.legacy}), under the API's own rules.
-
-        Its address lists (C{httpapiallowedip}, C{httpsmscallbackip}) and key
-        (C{httpapikey}, else C{apiv2key}) come first.  The sensitive commands
-        (addcredit, adduser) name their target in C{usr}: they run for a
-        trusted address (C{httpapiallowedip2} counting as one) as
-        C{apideftrustadmin} allows, like an API request naming no user.
-        Other commands name the user by C{usr}, C{userid} or C{pin}; its
-        lockout applies; C{pwd} or C{md5auth} prove it.  Where the API
-        demands nonces, the old interface's static proofs are refused
-        unless C{legacystaticauth} keeps them.
-        """
-        config = self.settings.current
-        source = request.source
-        if not legacy.address_allowed(source, config.httpapiallowedip):
-            raise Refused("access not allowed from this address")
-        if function.name in legacy.SMS and not legacy.address_allowed(source, config.httpsmscallbackip):
-            raise Refused("SMS commands are not allowed from this address")
-        self._check_key(request, rule, trusted, config.httpapikey or config.apiv2key, "key", "authkey")
-        if function.name in legacy.SENSITIVE:
-            return await self._by_address(request, trusted)
-        user, how = await self._find_legacy(request)
-        account = user.username if user is not None else self._claimed(request)
-        if self.lockout.account_banned(account):
-            raise Refused(BANNED)
-        if user is None:
-            raise AuthFailure("unknown user", account)
-        pwd, md5auth = request.get("pwd"), request.get("md5auth")
-        if how != "pin" and not (pwd or md5auth):
-            return await self._without_proof(request, rule, user, trusted)
-        if self._needs_nonce(rule, trusted) and not config.legacystaticauth:
-            raise Refused("this server requires nonce authentication: use /mvapireq with preauth")
-        self._check_enabled(user, account)
-        if how != "pin":
-            if not legacy.password_matches(pwd, md5auth, user.username, user.password, config.httpapimd5salt):
-                raise AuthFailure("wrong password or md5auth", account)
-            how = "md5auth" if md5auth and not pwd else "password"
-        return Caller(user, self._level(user, trusted), trusted, how, proven=True)
-
-    async def _find_legacy(self, request: ApiRequest) -> tuple[User | None, str]:
-        """The user of an old-interface request: usr, userid, or pin (per callingcardauth)."""
-        config = self.settings.current
-        usr, userid, pin = request.get("usr"), request.get("userid"), request.get("pin")
-        if usr:
-            return await self.store.find_user(usr), "user"
-        number = canonical_id(userid)
-        if number is not None:
-            return await self.store.get_user(number), "user"
-        if pin and config.callingcardauth != 2:
-            user = await self.store.find_user_by_pin(pin)
-            if user is None and config.callingcardauth == 1:
-                user = await self.store.find_user_by_login(pin)
-            return user, "pin"
-        return None, "user"
-
-    def _level(self, user: User, trusted: bool) -> int:
-        config = self.settings.current
-        level = LEVEL_BY_TYPE.get(user.type, REQ_ALL)
-        if level <= REQ_ADMINS:
-            mode = config.apideftrustadmin
-            if (mode == 2 and not trusted) or (mode == 4 and not trusted):
-                return REQ_ALL
-        return level
-
-    @staticmethod
-    def _check_enabled(user: User, account: str) -> None:
-        if not user.enabled or user.temporarydisabled:
-            raise AuthFailure("user disabled", account)
+        await self.lockout.failed(account or "-", request.source, forgeable(request, self.settings))
 
     async def find_user(self, name: str) -> User | None:
         """A user by username, id, PIN or DID (as authid is resolved)."""
-        return await self._find(name)
-
-    async def _find(self, authid: str) -> User | None:
-        """The user an authid names: username, else numeric id (ASCII digits, no leading zero), else PIN,
-        else DID."""
-        user = await self.store.find_user(authid)
-        if user is None:
-            userid = canonical_id(authid)
-            if userid is not None:
-                user = await self.store.get_user(userid)
-        if user is None and self.settings.current.apiauth != 0:
-            user = await self.store.find_user_by_pin(authid)
-        if user is None:
-            user = await self.store.find_user_by_number(authid)
-        return user
-
-    async def _verify(self, request: ApiRequest, user: User, authid: str, rule: Access, needs_nonce: bool) -> str:
-        config = self.settings.current
-        mode = rule.req_user_mode or config.apiv2auth
-        account = user.username
-        authpwd = request.get("authpwd")
-        if authpwd:
-            if needs_nonce:
-                raise NewNonce()
-            if secret_equal(authpwd, user.password):
-                return "password"
-            if mode != 6 and config.apiauth != 0 and user.pin and secret_equal(authpwd, user.pin):
-                return "pin"
-            raise AuthFailure("wrong password", account)
-        portal = request.get("portalmd5").strip()
-        given = portal or request.get("authmd5").strip()
-        salt1, salt2 = request.get("authsalt1"), request.get("authsalt2")
-        serversalt = config.apiv2md5salt
-        link = portal_md5(user.username, user.password, request.get("portalsalt")) if portal else ""
-        nonce_param = request.get("nonce")
-        if nonce_param:
-            bound = request.source if login_ip_check(rule, config) else None
-            nonce = await self.nonces.find(nonce_param, config.apinoncettl, bound)
-            if nonce is None:
-                # Unknown or expired: the client gets a fresh nonce; nothing was guessed, nothing is counted.
-                raise NewNonce()
-            if portal:
-                # The auto-login link's md5 as the inner secret: MD5(md5 + authsalt2 + serversalt + nonce).
-                expected = md5hex(link + salt2 + serversalt + nonce)
-            else:
-                expected = authmd5_full(authid, user.password, salt1, salt2, serversalt, nonce)
-            if same(given, expected) or same("authv3_" + given, expected):
-                if not await self.nonces.use(nonce, expected, config.apinoncettl):
-                    # A replay, or a client repeating itself (the same salts): no password was guessed, so
-                    # nothing is counted; a fresh nonce lets an honest client go on.
-                    log.info("replayed authmd5 for {user} from {source}", user=loggable(account), source=request.source)
-                    raise NewNonce()
-                return "portal md5 with nonce" if portal else "authmd5 with nonce"
-            raise AuthFailure("wrong portal md5" if portal else "wrong authmd5", account)
-        if portal:
-            # The web portal's auto-login link: MD5("C8y5:" username ":" password ":" salt).
-            if needs_nonce:
-                raise NewNonce()
-            if same(portal, link):
-                return "portal md5"
-            raise AuthFailure("wrong portal md5", account)
-        if needs_nonce:
-            raise NewNonce()
-        if not given.lower().startswith("authv3_") and same(given, authmd5_simple(authid, user.password, serversalt, salt1)):
-            return "authmd5"
-        full = authmd5_full(authid, user.password, salt1, salt2, serversalt, "")
-        if same(given, full) or same("authv3_" + given, full):
-            return "authmd5"
-        raise AuthFailure("wrong authmd5", account)
-
-    async def _impersonate(self, request: ApiRequest, caller: Caller) -> Caller:
-        target = request.get("targetuser")
-        if not target:
-            return caller
-        if caller.level > REQ_ADMINS:
-            raise AuthFailure("targetuser needs an admin", caller.user.username if caller.user else "")
-        user = await self._find(target)
-        if user is None:
-            raise RequestError(f"no such user: {target[:64]}", answer.NOT_FOUND)
-        return Caller(user, caller.level, caller.trusted, f"{caller.how}, as {user.username}", caller.proven)
-
-
-def login_ip_check(rule: Access, config: Any) -> bool:
-    """Whether nonces are bound to the address they were issued to (login mode 3)."""
-    login = rule.req_user_login if rule.req_user_login is not None else config.apidefneedlogin
-    return bool(login == 3)
-
-
-
+        return await self.accounts.find(name)

@@ -13,7 +13,7 @@ command (406), so the old interface is no way around the API's rules.
 Requests pass the same dispatcher, limits, access rules (C{tb_api},
 C{apitrustediponly}, C{req_ip}), trust options and lockout as
 C{/mvapireq}, with the old interface's own pieces on top
-(L{mizud.api.dispatcher.Api.identify_legacy}): C{key} against
+(L{mizud.api.credentials.LegacyCredentials}): C{key} against
 C{httpapikey} (or, when that is empty, C{apiv2key}); the user by C{usr}
 (username) or C{userid}, or by C{pin} (the PIN field, or with
 C{callingcardauth=1} also username+password concatenated); proof by C{pwd}
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from . import answer
 from .auth import in_networks, is_loopback, legacy_md5, same, secret_equal
-from .request import ApiRequest, RequestError
+from .request import ApiRequest, Origin, RequestError
 
 COMMANDS = {
     "p2p": "p2p",
@@ -87,7 +87,7 @@ def to_request(command: str, request: ApiRequest) -> ApiRequest:
     function = command_for(command or request.function, request.params)
     map_parameters(function, request.params)
     request.function = function
-    request.context["legacy"] = True
+    request.origin = Origin(legacy=True)
     return request
 
 

@@ -26,12 +26,9 @@ class Maintenance:
         """Expire nonces, ended bans, lapsed number reservations, registrations and web sessions."""
         db, now = self.api.db, self.api.store.now()
         done = {"nonces": await self.api.nonces.expire()}
-        done["bans"] = (await db.run_statement(
-            "expire_bans", "DELETE FROM tb_banned WHERE until < ?", (now - timedelta(days=1),))).rowcount
+        done["bans"] = await self.upkeep.expire_bans(now - timedelta(days=1))
         await self.api.lockout.chore()
-        done["numbers"] = (await db.run_statement(
-            "expire_locks", "UPDATE tb_phonenumbers SET userid = 0, status = 0, lockeduntil = NULL "
-            "WHERE status = 1 AND lockeduntil < ?", (now,))).rowcount
+        done["numbers"] = await self.upkeep.expire_number_locks(now)
         # The SIP service sweeps every few seconds too; this one also serves nodes without it.
         done["registrations"] = await Bindings(db, self.api.store.now).expire()
         done["websessions"] = await Presence(db, self.api.store.now).expire()
@@ -40,11 +37,7 @@ class Maintenance:
     async def daily(self) -> dict[str, int]:
         """The hourly work, then the database's own upkeep (statistics, WAL truncation)."""
         done = await self.hourly()
-        db = self.api.db
-        if db.engine.name == "postgresql":
-            await db.run_statement("analyze", "ANALYZE")
-        else:
-            await db.run_statement("optimize", "PRAGMA optimize")
+        await self.upkeep.optimize()
         done["optimized"] = 1
         return done
 

@@ -140,6 +140,12 @@ class Registry:
 
         return register
 
+    def take(self, functions: Functions) -> None:
+        """Register every handler C{functions} declared, in the order they were declared."""
+        for declared in functions.declared:
+            self.function(declared.name, declared.category, declared.summary, declared.params, declared.aliases,
+                          declared.access, declared.rate)(declared.handler)
+
     def get(self, name: str) -> ApiFunction | None:
         """The function called C{name} (or one of its aliases), or None."""
         canonical = self._names.get(name)
@@ -150,3 +156,53 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._functions)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A handler as a module declares it, before it is registered."""
+
+    name: str
+    category: Category
+    summary: str
+    params: tuple[str, ...]
+    aliases: tuple[str, ...]
+    access: Access | None
+    rate: float
+    handler: Handler
+
+
+def summary_of(handler: Handler) -> str:
+    """A handler's one-line summary: its docstring, its lines joined."""
+    return " ".join((handler.__doc__ or "").split())
+
+
+class Functions:
+    """The handlers of one module, declared at module level with C{@fn(...)} (like Klein's C{@app.route}):
+    each is an importable C{async def name(call)} whose docstring is its summary in C{help}, docs/api.md and
+    the OpenAPI document.  L{Registry.take} registers them; L{mizud.api.functions.build_registry} does it for
+    every module, in one place."""
+
+    def __init__(self) -> None:
+        self.declared: list[Declared] = []
+
+    def __call__(
+        self,
+        name: str,
+        category: Category,
+        summary: str = "",
+        params: tuple[str, ...] = (),
+        aliases: tuple[str, ...] = (),
+        access: Access | None = None,
+        rate: float = 0.0,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator: declare C{handler} under C{name} (C{summary}: else the handler's docstring)."""
+
+        def declare(handler: Handler) -> Handler:
+            text = summary or summary_of(handler)
+            if not text:
+                raise ValueError(f"API function {name} has neither a summary nor a docstring")
+            self.declared.append(Declared(name, category, text, params, aliases, access, rate, handler))
+            return handler
+
+        return declare

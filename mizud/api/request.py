@@ -20,12 +20,17 @@ import email.policy
 import json
 import re
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 from xml.etree import ElementTree
 
 from . import answer
+from ..store.billing import User
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .credentials import Caller
+
 
 MAX_PARAMS = 256
 MAX_VALUE = 65536
@@ -56,6 +61,23 @@ class RequestError(Exception):
         self.status = status
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Who vouched for a request before the dispatcher saw it; set only by the front end that made it.
+
+    At most one is set.  C{caller}: an inner request that runs as the caller of the function that made it
+    (the console's command lines, SMS commands).  C{console}: the user logged in on the telnet console and
+    the C{apitrustfromconsole} mode.  C{legacy}: the old HTTP interface (its parameter names, md5auth).
+    C{sip_user}: the user a SIP request's digest proved (the X-MizuAPI bridge).  None of them: the request
+    proves itself (authkey, authmd5, a trusted address).
+    """
+
+    caller: Caller | None = None
+    console: tuple[User, int] | None = None
+    legacy: bool = False
+    sip_user: User | None = None
+
+
 @dataclass
 class ApiRequest:
     """One decoded API request, whatever transport it came on."""
@@ -70,8 +92,8 @@ class ApiRequest:
     forgeable_source: bool = False
     #: A browser made it for a page of another site (or it asks for JSONP): no trust by address.
     cross_site: bool = False
-    #: Set by the front end for the console, SIP and the old interface (see the dispatcher).
-    context: dict[str, Any] = field(default_factory=dict)
+    #: Who vouched for it, when a front end did (the console, SIP, the old interface, an inner request).
+    origin: Origin = Origin()
 
     def get(self, *names: str, default: str = "") -> str:
         """The first non-empty value among C{names}, else C{default}."""
@@ -227,7 +249,7 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str]]:
     if not message.is_multipart():
         raise RequestError("malformed multipart body")
     pairs = []
-    for part in message.iter_parts():  # type: ignore[attr-defined]
+    for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if not name:
             continue

@@ -17,7 +17,7 @@ from ..sip.backend import Backend
 from ..store.billing import User
 from .answer import error
 from .dispatcher import Api
-from .request import ApiRequest, RequestError, decode
+from .request import ApiRequest, Origin, RequestError, decode
 
 
 class SipBridge:
@@ -41,7 +41,7 @@ class SipBridge:
         except RequestError as problem:
             return error(problem.message, problem.status).text
         request.params.pop("format", None)
-        request.context["sip_user"] = user
+        request.origin = Origin(sip_user=user)
         return (await api.dispatch(request)).text
 
 

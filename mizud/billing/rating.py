@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import gc
 import math
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Callable, Iterable, Mapping
 
-from ..store.engines import QUANTUM, Engine, PostgresEngine, SqliteEngine, is_postgres
+from ..store.engines import QUANTUM, Engine
+from ..store.tariffs import read_tariffs
 from ..text import ascii_digits
 
 _DROP = str.maketrans("", "", " -.()/\t")
@@ -135,10 +134,6 @@ class RatingTable:
                     prefixes.popitem()
 
 
-_SELECT = ("SELECT tariffid, prefix, name, price, connectfee, mininterval, interval, currency, smsprice "
-           "FROM tb_tariffs")
-
-
 def tariffs_from_rows(rows: Iterable[tuple[Any, ...]], engine: Engine) -> Iterable[Tariff]:
     """Tariffs from C{tb_tariffs} rows.
 
@@ -170,23 +165,7 @@ def load_table(database: str) -> RatingTable:
     Runs in a worker thread: neither the reading nor the building touches
     the reactor thread.
     """
-    if is_postgres(database):
-        import psycopg2
-
-        connection = psycopg2.connect(database)
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(_SELECT)
-                return RatingTable(tariffs_from_rows(cursor, PostgresEngine()))
-        finally:
-            connection.close()
-    # Read-only: closing it never checkpoints the WAL, which could hold the
-    # interpreter for a long moment after a big import.
-    connection = sqlite3.connect(Path(database).absolute().as_uri() + "?mode=ro", uri=True)
-    try:
-        return RatingTable(tariffs_from_rows(connection.execute(_SELECT), SqliteEngine()))
-    finally:
-        connection.close()
+    return read_tariffs(database, lambda rows, engine: RatingTable(tariffs_from_rows(rows, engine)))
 
 
 def _build_quietly(loader: Callable[[str], RatingTable], database: str) -> RatingTable:

@@ -21,7 +21,8 @@ import io
 import re
 
 
-from ..store.database import Database, Txn
+from ..store.database import Database
+from ..store.tariffs import replace_plan as store_replace_plan
 from ..store.money import InvalidAmount, parse_amount
 from .rating import Tariff, normalise
 from ..text import ascii_int
@@ -102,18 +103,9 @@ def _tariff(cells: dict[str, str], plan: int, default_currency: str) -> Tariff:
 
 async def replace_plan(db: Database, plan: int, tariffs: list[Tariff]) -> int:
     """Replace every tariff of C{plan} with C{tariffs}, in one transaction."""
-
-    async def replace_plan_txn(txn: Txn) -> int:
-        await txn.execute("DELETE FROM tb_tariffs WHERE tariffid = ?", (plan,))
-        for t in tariffs:
-            await txn.execute(
-                "INSERT INTO tb_tariffs (tariffid, prefix, name, price, connectfee, mininterval, interval, currency, "
-                "smsprice) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (plan, t.prefix, t.name, t.price, t.connectfee, t.mininterval, t.interval, t.currency, t.smsprice),
-            )
-        return len(tariffs)
-
-    return await db.run_interaction("replace_tariff_plan", replace_plan_txn)
+    return await store_replace_plan(db, plan, [
+        (t.prefix, t.name, t.price, t.connectfee, t.mininterval, t.interval, t.currency, t.smsprice)
+        for t in tariffs])
 
 
 

@@ -59,7 +59,7 @@ class LogBuffer:
 class LogBufferService(Service):
     """Keeps a L{LogBuffer} attached to the global log publisher while the daemon runs."""
 
-    name = "logbuffer"  # type: ignore[assignment]
+    name = "logbuffer"  # type: ignore[assignment, unused-ignore]
 
     def __init__(self, buffer: LogBuffer) -> None:
         self.buffer = buffer

@@ -35,7 +35,7 @@ from zope.interface import implementer
 from ..api.answer import encode, error
 from ..api.auth import Trust, is_loopback, is_private, secret_equal
 from ..security.lockout import loggable
-from ..api.request import ApiRequest, RequestError, command_request, command_words
+from ..api.request import ApiRequest, Origin, RequestError, command_request, command_words
 from ..config import Settings
 from ..store.billing import USER_ADMIN, USER_SUPPORT, User
 
@@ -443,7 +443,8 @@ class ConsoleShell(HistoricRecvLine):
     @property
     def telnet(self) -> ConsoleTransport:
         """The telnet connection under the terminal."""
-        return self.terminal.transport.transport  # type: ignore[no-any-return]
+        telnet: ConsoleTransport = self.terminal.transport.transport
+        return telnet
 
     def show(self, text: str) -> None:
         """Write an answer, line by line (CR LF: the terminal is in character mode), with control
@@ -475,7 +476,7 @@ class Console:
             return None
         request = ApiRequest("console login", {"authid": username}, peer, transport="console")
         lockout = api.lockout
-        user = await api.store.find_user(username)
+        user: User | None = await api.store.find_user(username)
         if lockout.address_banned(peer) or lockout.account_banned(username):
             log.info("console: login for {user} from {peer} refused: banned", user=loggable(username), peer=peer)
             return None
@@ -486,7 +487,7 @@ class Console:
             await api.failed_login(request, "not an enabled admin or support user", username)
             return None
         await lockout.succeeded(user.username, peer)
-        return user  # type: ignore[no-any-return]
+        return user
 
     async def run(self, text: str, user: User, peer: str) -> tuple[str, bool]:
         """One command line's answer, and whether to close the connection after it."""
@@ -513,7 +514,7 @@ class Console:
             request = self.request(name, words[1:], peer, api)
         except RequestError as problem:
             return f"ERROR: {problem.message}", False
-        request.context["console"] = (current, self.settings.current.apitrustfromconsole)
+        request.origin = Origin(console=(current, self.settings.current.apitrustfromconsole))
         answer = await api.dispatch(request)
         body, _ = encode(answer, "text")
         return body.decode("utf-8", "replace"), False

@@ -34,7 +34,9 @@ from twisted.logger import Logger
 
 from ..billing.rating import Tariff
 from ..store.billing import HOLD_SETTLED
+from ..store.calls import CallRows, close_call, insert_call, insert_cdrs
 from ..store.database import Txn
+from ..store.routes import RouteRows
 from ..store.money import HoldClosed
 from ..store.money import format_money
 from .backend import Backend
@@ -600,7 +602,7 @@ class CallControl:
 
     def now(self) -> datetime:
         """The store's clock (timestamps of CDRs)."""
-        return self._backend().store.now()  # type: ignore[no-any-return]
+        return self._backend().store.now()
 
     def node(self) -> str:
         """This node's name (for CDRs)."""
@@ -613,9 +615,7 @@ class CallControl:
 
     async def account(self, gateway: str) -> tuple[str, str]:
         """A gateway's own account (addserver's u_username/u_password), to answer its challenges."""
-        row = (await self._backend().db.run_query(
-            "gateway_account", "SELECT username, password FROM tb_users WHERE username = ?", (gateway,))).one()
-        return (str(row[0]), str(row[1])) if row else ("", "")
+        return await RouteRows(self._backend().db).account(gateway)
 
     async def place(self, user: Any, kind: str, anum: str, bnum: str, cnum: str = "") -> PlacedCall:
         """Rate, hold the money, and start dialling; raises L{CallError} when the call cannot be placed."""
@@ -654,11 +654,8 @@ class CallControl:
         now = backend.store.now()
 
         async def insert(txn: Txn, holdid: int) -> int:
-            row = await txn.execute(
-                "INSERT INTO tb_calls (userid, kind, anum, bnum, cnum, state, holdid, held, sipcallida, sipcallidb, "
-                "created, node) VALUES (?, ?, ?, ?, ?, 'calling', ?, ?, ?, ?, ?, ?) RETURNING id",
-                (user.id, kind, anum[:64], bnum[:64], cnum[:64], holdid, held, a.call_id, b.call_id, now, backend.node))
-            return int(row.rows[0][0])
+            return await insert_call(txn, user.id, kind, anum, bnum, cnum, holdid, held, a.call_id, b.call_id, now,
+                                     backend.node)
 
         if held > 0:
             from ..store.money import InsufficientCredit
@@ -680,9 +677,7 @@ class CallControl:
     async def connected(self, call: PlacedCall) -> None:
         """Both legs are up: say so in tb_calls (for every node's listings)."""
         try:
-            await self._backend().db.run_statement(
-                "call_connected", "UPDATE tb_calls SET state = 'connected', connected = ? WHERE id = ?",
-                (self.now(), call.id))
+            await CallRows(self._backend().db).connected(call.id, self.now())
         except Exception:
             log.failure("call {id}: could not mark it connected", id=call.id)
 
@@ -696,9 +691,7 @@ class CallControl:
         ids: list[int] = []
 
         async def write(txn: Txn, _: int = 0) -> None:
-            if not (await txn.execute("DELETE FROM tb_calls WHERE id = ? RETURNING id", (call.id,))).rows:
-                raise AlreadySettled(call.id)
-            ids[:] = await _insert_cdrs(txn, rows)
+            ids[:] = await close_call(txn, call.id, rows)
 
         for attempt in range(1, SETTLE_ATTEMPTS + 1):
             try:
@@ -725,9 +718,7 @@ class CallControl:
         """The hold was closed by someone else: our own earlier attempt (settled), or another node that
         took this node for dead (released). Then the call's real CDRs are still written, uncharged."""
         backend = self._backend()
-        status = (await backend.db.run_query("hold_status", "SELECT status FROM tb_holds WHERE id = ?",
-                                         (call.holdid,))).one()
-        if status is not None and int(status[0]) == HOLD_SETTLED:
+        if await CallRows(backend.db).hold_status(call.holdid) == HOLD_SETTLED:
             return await self._cdr_ids(call)
         log.critical("call {id}: hold {hold} was released by another node (this node looked dead); the call "
                      "is not charged: cost {cost}, CDRs {rows!r}", id=call.id, hold=call.holdid, cost=call.cost,
@@ -735,20 +726,17 @@ class CallControl:
         uncharged = [{**row, "cost": Decimal(0),
                       "disconnectreason": (row["disconnectreason"] + "; not charged: hold released by another node")[:200]}
                      for row in rows]
-        return await backend.db.run_interaction("call_cdrs_uncharged", _insert_cdrs, uncharged)
+        return await backend.db.run_interaction("call_cdrs_uncharged", insert_cdrs, uncharged)
 
     async def _settled(self, call: PlacedCall) -> bool:
         """Whether the call's settlement committed already (its live-call row is gone)."""
         try:
-            found = await self._backend().db.run_query("call_live", "SELECT id FROM tb_calls WHERE id = ?", (call.id,))
+            return not await CallRows(self._backend().db).is_live(call.id)
         except Exception:
             return False
-        return not found.rows
 
     async def _cdr_ids(self, call: PlacedCall) -> list[int]:
-        found = await self._backend().db.run_query("call_cdr_ids", "SELECT id FROM tb_cdrs WHERE callid = ? ORDER BY id",
-                                               (call.id,))
-        return [int(row[0]) for row in found.rows]
+        return await CallRows(self._backend().db).cdr_ids(call.id)
 
     def shutdown(self) -> defer.Deferred[Any]:
         """The daemon stops: end every live call now (CANCEL, BYE) and bill it; fires when all are billed
@@ -763,18 +751,3 @@ class CallControl:
         done = defer.DeferredList([defer.ensureDeferred(call.wait(ENDED)) for call in calls], consumeErrors=True)
         return done.addTimeout(SHUTDOWN_WAIT, self.core.clock).addErrback(lambda _: None)
 
-
-async def _insert_cdrs(txn: Txn, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert CDR rows (column name -> value); their ids."""
-    ids = []
-    for row in rows:
-        names = sorted(row)
-        result = await txn.execute(
-            f"INSERT INTO tb_cdrs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING id",
-            tuple(row[name] for name in names))
-        ids.append(int(result.rows[0][0]))
-    return ids
-
-
-class AlreadySettled(Exception):
-    """The call's live-call row is gone: its settlement committed before."""

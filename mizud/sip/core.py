@@ -333,7 +333,7 @@ class SipCore:
 
     def realm(self, request: SipMessage) -> str:
         """The digest realm: the siprealm option, else the Request-URI's host."""
-        configured = self.settings.current.siprealm
+        configured: str = self.settings.current.siprealm
         if configured:
             return configured
         try:

@@ -191,21 +191,21 @@ class SipMessage:
         parsed = self._parsed.get("via")
         if parsed is None:
             parsed = self._parsed["via"] = parse_via(self.get("via"))
-        return parsed  # type: ignore[no-any-return]
+        return parsed
 
     def address(self, name: str) -> NameAddr:
         """A From or To header, parsed (memoized)."""
         parsed = self._parsed.get(name)
         if parsed is None:
             parsed = self._parsed[name] = parse_name_addr(self.get(name), _canonical(name))
-        return parsed  # type: ignore[no-any-return]
+        return parsed
 
     def request_uri(self) -> Uri:
         """The Request-URI, parsed (memoized)."""
         parsed = self._parsed.get("uri")
         if parsed is None:
             parsed = self._parsed["uri"] = parse_uri(self.uri)
-        return parsed  # type: ignore[no-any-return]
+        return parsed
 
     def serialize(self) -> bytes:
         """The message on the wire; Content-Length always matches the body."""

@@ -9,13 +9,12 @@ presence_get and presence_set (the spec's XOFFMESSAGE form) when it polls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ..store.database import Txn
+from ..store.messages import MessageRows, Stored
 from ..store.registrations import Bindings
 from .backend import Backend
 from .responses import SERVER
@@ -33,15 +32,6 @@ MAX_TEXT = 4000
 MAX_ATTEMPTS = 5
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """One stored message."""
-
-    id: int
-    fromuser: str
-    body: str
-
-
 class Messenger:
     """Stores and delivers instant messages for a L{SipCore}."""
 
@@ -56,19 +46,16 @@ class Messenger:
             raise RuntimeError("the API is not started")
         return backend
 
+    def _rows(self) -> MessageRows:
+        backend = self._backend()
+        return MessageRows(backend.db, backend.store.now)
+
     async def send(self, fromuser: str, recipients: list[Any], text: str) -> tuple[int, int]:
         """Store a message for each recipient and try to deliver it; (sent to contacts, stored only)."""
-        backend = self._backend()
-        store = backend.store
+        rows = self._rows()
         sent = stored = 0
         for recipient in recipients:
-            result = await store.db.run_statement(
-                "store_message",
-                "INSERT INTO tb_messages (fromuser, touserid, tousername, body, created) VALUES (?, ?, ?, ?, ?) "
-                "RETURNING id",
-                (fromuser, recipient.id, recipient.username, text, store.now()),
-            )
-            message = Stored(int(result.rows[0][0]), fromuser, text)
+            message = await rows.store(fromuser, recipient.id, recipient.username, text)
             attempts = await self._deliver(recipient.id, recipient.username, [message])
             if attempts:
                 sent += 1
@@ -90,31 +77,12 @@ class Messenger:
 
     async def pending(self, userid: int, limit: int = MAX_HANDED_OVER) -> list[Stored]:
         """A user's undelivered messages still due a delivery round, oldest first."""
-        result = await self._backend().db.run_query(
-            "pending_messages",
-            "SELECT id, fromuser, body FROM tb_messages WHERE touserid = ? AND delivered IS NULL AND attempts < ? "
-            "ORDER BY id LIMIT ?",
-            (userid, MAX_ATTEMPTS, limit),
-        )
-        return [Stored(int(row[0]), row[1], row[2]) for row in result.rows if int(row[0]) not in self.in_flight]
+        return [message for message in await self._rows().pending(userid, MAX_ATTEMPTS, limit)
+                if message.id not in self.in_flight]
 
     async def hand_over(self, userid: int) -> list[Stored]:
         """Take a user's undelivered messages for a presence answer (marked delivered)."""
-        backend = self._backend()
-
-        async def hand_over_txn(txn: Txn) -> list[Stored]:
-            rows = (await txn.execute(
-                "SELECT id, fromuser, body FROM tb_messages WHERE touserid = ? AND delivered IS NULL ORDER BY id LIMIT ?",
-                (userid, MAX_HANDED_OVER))).rows
-            taken = []
-            for row in rows:
-                done = await txn.execute("UPDATE tb_messages SET delivered = ? WHERE id = ? AND delivered IS NULL",
-                                         (backend.store.now(), row[0]))
-                if done.rowcount:
-                    taken.append(Stored(int(row[0]), row[1], row[2]))
-            return taken
-
-        return await backend.db.run_interaction("hand_over_messages", hand_over_txn)
+        return await self._rows().hand_over(userid, MAX_HANDED_OVER)
 
     async def _deliver(self, userid: int, username: str, messages: list[Stored]) -> int:
         """Send messages to every live contact of a user; returns how many MESSAGEs went out."""
@@ -147,7 +115,7 @@ class Messenger:
 
     async def _settle(self, message: Stored, results: list[defer.Deferred[Any]]) -> None:
         """Mark a message delivered once any contact accepted it."""
-        backend = self._backend()
+        rows = self._rows()
         statuses = []
         try:
             for result in results:
@@ -155,12 +123,9 @@ class Messenger:
                 statuses.append(response.status)
         finally:
             self.in_flight.discard(message.id)
-        await backend.db.run_statement("message_attempt", "UPDATE tb_messages SET attempts = attempts + 1 WHERE id = ?",
-                                   (message.id,))
+        await rows.attempted(message.id)
         if any(200 <= status < 300 for status in statuses):
-            await backend.db.run_statement(
-                "message_delivered", "UPDATE tb_messages SET delivered = ? WHERE id = ? AND delivered IS NULL",
-                (backend.store.now(), message.id))
+            await rows.delivered(message.id)
             self.core.stats["messages_delivered"] += 1
         else:
             log.info("SIP MESSAGE {id} for a user not delivered (answers {statuses}); kept for later",

@@ -16,10 +16,7 @@ from typing import Any
 from ..billing.rating import normalise
 from ..store.database import Database
 from ..store.registrations import Bindings
-
-#: tb_users.serverrole: what a server added by addserver may do.
-ROLE_BOTH, ROLE_SENDER, ROLE_SERVER = 0, 5, 9
-
+from ..store.routes import RouteRows
 
 class Unreachable(Exception):
     """A route cannot be used right now; the message says why."""
@@ -64,8 +61,8 @@ class Router:
     """Answers where a call goes, from the database (so every node agrees)."""
 
     def __init__(self, db: Database, now: Any) -> None:
-        self.db = db
-        self.now = now
+        self.rows = RouteRows(db)
+        self.bindings = Bindings(db, now)
 
     async def routes(self, called: str) -> list[Route]:
         """Every route for C{called}, in the order a call would try them."""
@@ -75,56 +72,25 @@ class Router:
         digits = normalise(called)
         if digits is None:
             return []
-        result = await self.db.run_query(
-            "routes",
-            "SELECT r.name, r.prefix, r.priority, u.username, u.domain, u.ip, u.port, u.transport, u.proxy "
-            "FROM tb_routing r JOIN tb_users u ON u.id = r.serverid "
-            "WHERE r.enabled <> 0 AND u.enabled <> 0 AND u.serverrole <> ? AND u.type IN (?, ?) "
-            "AND substr(?, 1, length(r.prefix)) = r.prefix "
-            "ORDER BY length(r.prefix) DESC, r.priority, r.id",
-            (ROLE_SENDER, 9, 5, digits),
-        )
-        return [
-            Route("gateway", row[3], server_uri(digits, row[4], row[5], int(row[6]), row[7]), row[1], int(row[2]),
-                  row[0], row[7], row[8])
-            for row in result.rows
-        ]
+        return [Route("gateway", g.username, server_uri(digits, g.domain, g.ip, g.port, g.transport), g.prefix,
+                      g.priority, g.routing, g.transport, g.proxy)
+                for g in await self.rows.gateways(digits)]
 
     async def _local(self, called: str) -> list[Route] | None:
         """The contacts of the user C{called} names (username or DID); None if it names no user."""
-        result = await self.db.run_query(
-            "route_user",
-            "SELECT u.id, u.username FROM tb_users u WHERE u.username = ? AND u.type NOT IN (5, 9) "
-            "UNION SELECT u.id, u.username FROM tb_phonenumbers n JOIN tb_users u ON u.id = n.userid "
-            "WHERE n.number = ? AND n.userid > 0",
-            (called, called),
-        )
-        row = result.one()
-        if row is None:
+        named = await self.rows.user_named(called)
+        if named is None:
             return None
-        bindings = await Bindings(self.db, self.now).of_user(int(row[0]))
-        return [Route("user", row[1], b.contact, transport=b.transport, address=b.address, domain=b.domain)
-                for b in bindings]
+        userid, username = named
+        return [Route("user", username, b.contact, transport=b.transport, address=b.address, domain=b.domain)
+                for b in await self.bindings.of_user(userid)]
 
     async def sender(self, address: str) -> str | None:
         """The traffic sender (a server allowed to send calls) at this IP address, if any."""
-        result = await self.db.run_query(
-            "route_sender",
-            "SELECT username FROM tb_users WHERE enabled <> 0 AND serverrole <> ? AND type IN (5, 9) AND ip = ? "
-            "ORDER BY id",
-            (ROLE_SERVER, address.strip("[]")),
-        )
-        row = result.one()
-        return str(row[0]) if row else None
+        return await self.rows.sender_at(address)
 
 
 async def owns_number(db: Database, userid: int, username: str, number: str) -> bool:
     """Whether C{number} is the user's username, one of their DIDs, or a number they added and proved
     (cli, addcallbacknumber)."""
-    if number == username:
-        return True
-    found = await db.run_query(
-        "owns_number", "SELECT number FROM tb_phonenumbers WHERE userid = ? AND number = ? "
-                       "UNION SELECT number FROM tb_usernumbers WHERE userid = ? AND number = ? AND verified IS NOT NULL",
-        (userid, number, userid, normalise(number) or number))
-    return bool(found.rows)
+    return number == username or await RouteRows(db).owns(userid, number, normalise(number) or number)

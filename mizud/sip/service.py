@@ -24,7 +24,7 @@ SWEEP = 15.0
 class SipService(Service):
     """Owns the L{SipCore}; serves once L{attach} gives it its L{Backend}, then sweeps expired bindings."""
 
-    name = "sip"  # type: ignore[assignment]
+    name = "sip"  # type: ignore[assignment, unused-ignore]
 
     def __init__(self, settings: Settings, reactor: Any) -> None:
         self.settings = settings

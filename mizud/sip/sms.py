@@ -24,6 +24,8 @@ from twisted.logger import Logger
 
 from ..billing.rating import normalise
 from ..store.billing import USER_SIPSERVER, USER_TRAFFICSENDER, User
+from ..store.routes import RouteRows
+from ..store.sms import SmsRows
 from .backend import Backend
 from .responses import SERVER
 from .routing import Route, Router, owns_number
@@ -85,6 +87,10 @@ class SmsSender:
             raise SmsError("the server is starting")
         return backend
 
+    def _rows(self) -> SmsRows:
+        backend = self._backend()
+        return SmsRows(backend.db, backend.store.now)
+
     async def send(self, user: User, anum: str, bnum: str, text: str, *, unicode: bool = False,
                    wait: bool = True, admin: bool = False) -> Outcome:
         """Send one SMS for C{user}; with C{wait} False a gateway SMS is answered once held and queued."""
@@ -145,14 +151,7 @@ class SmsSender:
 
     async def _record(self, user: User, anum: str, bnum: str, text: str, count: int, route: str, status: str,
                       cost: Decimal, holdid: int) -> int:
-        backend = self._backend()
-        result = await backend.db.run_statement(
-            "sms_record",
-            "INSERT INTO tb_sms (userid, anum, bnum, body, parts, route, status, cost, holdid, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (user.id, anum[:64], bnum[:64], text, count, route, status, cost, holdid, backend.store.now()),
-        )
-        return int(result.rows[0][0])
+        return await self._rows().record(user.id, anum, bnum, text, count, route, status, cost, holdid)
 
     async def _deliver(self, smsid: int, holdid: int, cost: Decimal, sender: str, number: str, text: str,
                        routes: list[Route]) -> Outcome:
@@ -190,17 +189,11 @@ class SmsSender:
             log.failure("SMS {id}: could not record its outcome", id=smsid)
 
     async def _finish(self, smsid: int, status: str, route: str, reason: str) -> None:
-        backend = self._backend()
-        await backend.db.run_statement(
-            "sms_finish", "UPDATE tb_sms SET status = ?, route = ?, reason = ?, finished = ? WHERE id = ?",
-            (status, route, reason, backend.store.now(), smsid))
+        await self._rows().finish(smsid, status, route, reason)
 
     async def _through(self, route: Route, sender: str, number: str, text: str) -> None:
         """Hand the SMS to one gateway; raises if it does not accept it."""
-        backend = self._backend()
-        row = (await backend.db.run_query(
-            "sms_gateway", "SELECT smsurl, username, password FROM tb_users WHERE username = ?",
-            (route.name,))).one()
+        row = await RouteRows(self._backend().db).sms_gateway(route.name)
         if row is None:
             raise SmsError("gateway gone")
         if row[0]:

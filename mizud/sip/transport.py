@@ -111,7 +111,7 @@ class SipStreamProtocol(Protocol):
         assert source is not None
         while buffer:
             if self.pending is None:
-                if buffer[:1] in (b"\r", b"\n"):
+                if buffer[0] in b"\r\n":
                     if bytes(buffer) in (b"\r", b"\r\n", b"\r\n\r"):
                         return  # perhaps a keep-alive split across segments: wait for the rest
                     blank = len(buffer) - len(buffer.lstrip(b"\r\n"))
@@ -182,7 +182,7 @@ class SipStreamProtocol(Protocol):
 def _is_tls(transport: Any) -> bool:
     from twisted.internet.interfaces import ISSLTransport
 
-    return ISSLTransport.providedBy(transport) or ISSLTransport.providedBy(getattr(transport, "transport", None))
+    return bool(ISSLTransport.providedBy(transport) or ISSLTransport.providedBy(getattr(transport, "transport", None)))
 
 
 class SipStreamFactory(Factory):
@@ -219,7 +219,7 @@ class SipDatagramProtocol(DatagramProtocol):
         """The socket closed: mizud no longer sends through it."""
         self.core.remove_udp_socket(self.write)
 
-    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         """Hand one datagram to the SIP core."""
         entry_datagram(self.core, data, addr, self.transport, self.local)
 

@@ -208,7 +208,7 @@ class Backups:
         if code != 0:
             first = (err.decode("utf-8", "replace").strip().splitlines() or [f"exit status {code}"])[0]
             raise BackupError(f"{os.path.basename(program)} failed: {first[:300]}")
-        return out.decode("utf-8", "replace")
+        return str(out.decode("utf-8", "replace"))
 
 
 def _sqlite_copy(connection: sqlite3.Connection, path: str) -> None:

@@ -235,6 +235,31 @@ class BillingStore:
 
         return await self.db.run_interaction("create_user", create_user_txn)
 
+    async def list_users(self, type: int | None, count: int, order: str, extended: bool) -> list[dict[str, Any]]:
+        """Up to C{count} users (of one C{type}), ordered by the column C{order} then id: id, username and type,
+        and with C{extended} also name, email, phone, credit (a Decimal), currency and enabled."""
+        if order not in ("id", "username", "name", "credit", "created"):
+            raise ValueError(f"cannot order users by {order[:40]!r}")
+        where, params = ("", []) if type is None else (" WHERE type = ?", [type])
+        columns = "id, username, type, name, email, phone, credit, currency, enabled" if extended else "id, username, type"
+        result = await self.db.run_query(
+            "listusers", f"SELECT {columns} FROM tb_users{where} ORDER BY {order}, id LIMIT {int(count)}", params)
+        money = self.db.engine.money
+        return [{k: (money(v) if k == "credit" else v) for k, v in zip(result.columns, row)} for row in result.rows]
+
+    async def find_by_email(self, email: str) -> dict[str, Any] | None:
+        """id, username, email, forgotquestion and forgotanswer of the oldest user with this e-mail address
+        (compared case-insensitively), or None."""
+        result = await self.db.run_query(
+            "by_email", "SELECT id, username, email, forgotquestion, forgotanswer FROM tb_users "
+            "WHERE lower(email) = lower(?) ORDER BY id LIMIT 1", (email,))
+        return dict(zip(result.columns, result.rows[0])) if result.rows else None
+
+    async def user_row(self, userid: int) -> dict[str, Any] | None:
+        """Every column of the user's tb_users row by name (custom SQL's user placeholders), or None."""
+        result = await self.db.run_query("user_fields", "SELECT * FROM tb_users WHERE id = ?", (userid,))
+        return dict(zip(result.columns, result.rows[0])) if result.rows else None
+
     async def get_user(self, userid: int) -> User | None:
         """The user with this id, or None."""
         sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE id = ?"

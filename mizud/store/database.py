@@ -161,7 +161,8 @@ def run_synchronously(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         coroutine.send(None)
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        result: T = stop.value
+        return result
     coroutine.close()
     raise RuntimeError("a transaction function awaited something other than txn.execute")
 
@@ -468,7 +469,7 @@ def pg_connection(reactor: Any) -> Any:
     import psycopg2
     from txpostgres import txpostgres
 
-    class QuietConnection(txpostgres.Connection):  # type: ignore[misc]
+    class QuietConnection(txpostgres.Connection):  # type: ignore[misc, unused-ignore]
         def doRead(self) -> None:
             try:
                 super().doRead()

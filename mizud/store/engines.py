@@ -39,6 +39,10 @@ class Engine(ABC):
     for_update = ""
     #: Whether UPDATE ... RETURNING may feed an INSERT in one statement (WITH).
     data_modifying_cte = False
+    #: The statement that gives deleted rows' space back (run outside a transaction).
+    vacuum = "VACUUM"
+    #: The statement that refreshes the planner's statistics (the daily upkeep).
+    optimize = "PRAGMA optimize"
 
     def sql(self, statement: str) -> str:
         """Return the statement in this engine's placeholder style."""
@@ -125,6 +129,8 @@ class PostgresEngine(Engine):
     }
     for_update = " FOR UPDATE"
     data_modifying_cte = True
+    vacuum = "VACUUM ANALYZE"
+    optimize = "ANALYZE"
 
     def sql(self, statement: str) -> str:
         """Rewrite C{?} placeholders to psycopg2's C{%s}."""
@@ -138,7 +144,8 @@ class PostgresEngine(Engine):
 
     def time(self, value: Any) -> datetime | None:
         """TIMESTAMP arrives as a naive L{datetime} already."""
-        return value  # type: ignore[no-any-return]
+        stamp: datetime | None = value
+        return stamp
 
     def day(self, column: str) -> str:
         """TIMESTAMP to YYYY-MM-DD."""

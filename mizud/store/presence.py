@@ -48,6 +48,21 @@ class Presence:
         self.db = db
         self.now = now
 
+    async def of_users(self, names: list[str]) -> list[tuple[str, str | None, datetime | None, int, datetime | None]]:
+        """For each existing user among C{names}: (username, presence status or None, when it was set, how many
+        live registrations, when a published status lapses)."""
+        now = self.now()
+        marks = ", ".join("?" * len(names))
+        result = await self.db.run_query(
+            "presence",
+            "SELECT u.username, p.status, p.updated, (SELECT count(*) FROM tb_registrations r "
+            f"WHERE r.userid = u.id AND r.expires > ?), p.expires FROM tb_users u "
+            f"LEFT JOIN tb_presence p ON p.userid = u.id WHERE u.username IN ({marks})",
+            (now, *names),
+        )
+        time = self.db.engine.time
+        return [(str(r[0]), r[1], time(r[2]), int(r[3]), time(r[4])) for r in result.rows]
+
     async def set(self, userid: int, status: str, etag: str = "", seconds: float | None = None) -> None:
         """Set a user's presence status (published with C{etag}, lapsing after C{seconds}, when given)."""
         now = self.now()
@@ -96,7 +111,7 @@ class Presence:
             params.append(username)
         result = await self.db.run_query("websessions", sql + " ORDER BY u.username, s.id", params)
         time = self.db.engine.time
-        return [WebSession(*row[:8], time(row[8]) or datetime.min, time(row[9]) or datetime.min)  # type: ignore[misc,call-arg]
+        return [WebSession(*row[:8], time(row[8]) or datetime.min, time(row[9]) or datetime.min)  # type: ignore[call-arg]
                 for row in result.rows]
 
     async def expire(self) -> int:

@@ -30,7 +30,7 @@ class StoreService(Service):
     services wait for L{ready}, which fires with the L{BillingStore}.
     """
 
-    name = "store"  # type: ignore[assignment]
+    name = "store"  # type: ignore[assignment, unused-ignore]
 
     def __init__(self, config: Config, reactor: Any = None) -> None:
         if reactor is None:
@@ -99,7 +99,7 @@ class StoreService(Service):
         if self.reactor.running:
             self.reactor.stop()
 
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None]:
         """Close the database after queued transactions finish."""
         super().stopService()
         if self.notifications is not None:

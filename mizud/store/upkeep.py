@@ -40,6 +40,11 @@ class PinReport:
     problems: list[tuple[int, str]] = field(default_factory=list)
 
 
+async def ping(db: Database) -> None:
+    """Run the smallest statement: raises when the database does not answer."""
+    await db.run_statement("heartbeat", "SELECT 1")
+
+
 class Upkeep:
     """Statements of the periodic upkeep, on either engine."""
 
@@ -49,7 +54,22 @@ class Upkeep:
 
     async def vacuum(self) -> None:
         """Give the space of deleted rows back and refresh the planner's statistics."""
-        await self.db.run_outside("vacuum", "VACUUM ANALYZE" if self.db.engine.name == "postgresql" else "VACUUM")
+        await self.db.run_outside("vacuum", self.db.engine.vacuum)
+
+    async def optimize(self) -> None:
+        """Refresh the planner's statistics (SQLite's PRAGMA optimize, PostgreSQL's ANALYZE)."""
+        await self.db.run_statement("optimize", self.db.engine.optimize)
+
+    async def expire_bans(self, before: datetime) -> int:
+        """Delete bans that ended before C{before}; how many."""
+        return (await self.db.run_statement(
+            "expire_bans", "DELETE FROM tb_banned WHERE until < ?", (before,))).rowcount
+
+    async def expire_number_locks(self, now: datetime) -> int:
+        """Free the pool numbers whose reservation lapsed before C{now}; how many."""
+        return (await self.db.run_statement(
+            "expire_locks", "UPDATE tb_phonenumbers SET userid = 0, status = 0, lockeduntil = NULL "
+            "WHERE status = 1 AND lockeduntil < ?", (now,))).rowcount
 
     async def forget_messages(self, before: datetime) -> int:
         """Delete stored instant messages created before C{before}; how many."""

@@ -395,7 +395,8 @@ class DemuxFactory(Factory):
     def protocol_for(self, kind: str, address: IAddress) -> Protocol | None:
         """The protocol to hand a connection of this kind to (None closes it)."""
         if kind == "http":
-            return self.http.buildProtocol(address)  # type: ignore[no-any-return,return-value]
+            protocol: Protocol | None = self.http.buildProtocol(address)
+            return protocol
         if kind == "line":
             return ApiLineProtocol(self.api_of, self.settings, self.clock, self.rejections)
         if kind == "stun":
@@ -403,7 +404,8 @@ class DemuxFactory(Factory):
         if kind == "sip":
             return self.sip.stream_protocol(address)
         if kind == "tls" and self.tls is not None:
-            return self.tls.buildProtocol(address)  # type: ignore[no-any-return,return-value]
+            tls: Protocol | None = self.tls.buildProtocol(address)
+            return tls
         return None
 
 
@@ -423,7 +425,7 @@ class ApiDatagramProtocol(DatagramProtocol):
         #: Log lines about datagrams dropped (limited: junk floods must not flood the log).
         self.rejections = RejectionLog(clock, "dropped datagrams")
 
-    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         """Classify and answer one datagram; anything unrecognised is dropped and logged."""
         kind = classify(data) if data else "unknown"
         if kind == "stun":

@@ -283,9 +283,11 @@ class RootResource(Resource):
         """Any path containing /mvapireq is the API; /xmapi/ the old one; the rest is not found."""
         lowered = request.path.lower()
         if self.websocket is not None and b"/mvstwebsock" in lowered:
-            return self.websocket
+            websocket: Resource = self.websocket  # autobahn's WebSocketResource provides IResource
+            return websocket
         if self.sip_websocket is not None and b"/mfstwebsock" in lowered:
-            return self.sip_websocket
+            sip_websocket: Resource = self.sip_websocket
+            return sip_websocket
         if b"/mvapireq" in lowered:
             return self.api
         if lowered.startswith(b"/xmapi"):
@@ -424,7 +426,7 @@ class _Channel(http.HTTPChannel):
 
 
 def _channel(site: Any) -> Any:
-    return http._GenericHTTPChannelProtocol(_Channel())  # type: ignore[attr-defined]
+    return http._GenericHTTPChannelProtocol(_Channel())
 
 
 class QuietSite(Site):

@@ -87,7 +87,7 @@ class _Budgeted(ProtocolWrapper):
 
     def connectionLost(self, reason: Any = None) -> None:
         """Release the place, then tell the wrapped protocol."""
-        factory: BudgetedFactory = self.factory  # type: ignore[assignment]
+        factory: BudgetedFactory = self.factory
         factory.budget.release(self.key)
         super().connectionLost(reason)
 

@@ -30,7 +30,7 @@ class Listener(Service, ABC):
     Subclasses say how to listen."""
 
     def __init__(self, name: str, reactor: Any, address: str, port: int) -> None:
-        self.name = name  # type: ignore[assignment]
+        self.name = name  # type: ignore[assignment, unused-ignore]
         self.reactor = reactor
         self.address = address
         self.port = port

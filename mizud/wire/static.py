@@ -52,7 +52,7 @@ class StaticFiles(File):
         """The file or directory C{path}, if it really lies inside the served directory."""
         if b"\x00" in path:
             return NOT_FOUND
-        child = super().getChild(path, request)
+        child: Resource = super().getChild(path, request)
         if isinstance(child, File) and not _inside(child.path, self.root):
             log.info("/mvweb: refused {path!r}, which leads outside {root}", path=path[:80], root=self.root)
             return NOT_FOUND

@@ -24,13 +24,15 @@ def looks_like_stun(data: bytes) -> bool | None:
         return False
     if len(data) < 8:
         return None
-    length = struct.unpack("!H", data[2:4])[0]
-    return struct.unpack("!I", data[4:8])[0] == MAGIC_COOKIE and length % 4 == 0 and length <= MAX_MESSAGE
+    length: int = struct.unpack("!H", data[2:4])[0]
+    cookie: int = struct.unpack("!I", data[4:8])[0]
+    return cookie == MAGIC_COOKIE and length % 4 == 0 and length <= MAX_MESSAGE
 
 
 def message_length(data: bytes) -> int:
     """The whole length of the STUN message starting at C{data} (header + attributes)."""
-    return HEADER + struct.unpack("!H", data[2:4])[0]
+    length: int = struct.unpack("!H", data[2:4])[0]
+    return HEADER + length
 
 
 def binding_response(request: bytes, host: str, port: int) -> bytes | None:

@@ -90,7 +90,7 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
         """Note whether a page of another site opened this WebSocket; accept the Mizu clients'
         C{api} subprotocol when offered (the webphone asks for it, and a browser drops a handshake that
         ignores the subprotocol it asked for)."""
-        factory: ApiWebSocketFactory = self.factory  # type: ignore[assignment]
+        factory: ApiWebSocketFactory = self.factory
         headers = request.headers
         config = factory.settings.current
         own = own_origin(headers.get("host", ""), ISSLTransport.providedBy(self.transport))
@@ -100,7 +100,7 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         """Start an empty inbox, the idle timer and the back-pressure."""
-        factory: ApiWebSocketFactory = self.factory  # type: ignore[assignment]
+        factory: ApiWebSocketFactory = self.factory
         transport: Any = self.transport
         #: Requests received and not yet answered, answered one at a time in order.
         self.inbox: deque[str] = deque()
@@ -151,7 +151,7 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
             self.inbox.clear()
 
     async def _answer(self, text: str) -> None:
-        factory: ApiWebSocketFactory = self.factory  # type: ignore[assignment]
+        factory: ApiWebSocketFactory = self.factory
         transport: Any = self.transport
         source = getattr(transport.getPeer(), "host", "")
         try:
@@ -193,14 +193,14 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         """Start the idle timer."""
-        factory: SipWebSocketFactory = self.factory  # type: ignore[assignment]
+        factory: SipWebSocketFactory = self.factory
         self.idle = IdleTimer(factory.clock, factory.idle, lambda: _close_idle(self))
         self.idle.touch()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """Hand the SIP message to the SIP layer; close if it refuses.  The Mizu webphone's keep-alive
         text C{mrtcping} is answered C{mrtcpong}."""
-        factory: SipWebSocketFactory = self.factory  # type: ignore[assignment]
+        factory: SipWebSocketFactory = self.factory
         if self.idle is not None:
             self.idle.touch()
         if payload.strip() == KEEPALIVE:
@@ -216,7 +216,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
         """Tell the SIP layer the connection is gone."""
         if self.idle is not None:
             self.idle.stop()
-        factory: SipWebSocketFactory = self.factory  # type: ignore[assignment]
+        factory: SipWebSocketFactory = self.factory
         transport: Any = self.transport
         if transport is not None:
             factory.sip.websocket_closed(transport.getPeer())

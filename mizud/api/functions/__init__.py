@@ -1,4 +1,5 @@
-"""API function handlers, one module per area; each registers into REGISTRY."""
+"""API function handlers, one module per area, each declaring its handlers on its C{fn}
+(a L{mizud.api.registry.Functions})."""
 
 from __future__ import annotations
 
@@ -7,27 +8,14 @@ from ..registry import Registry
 
 
 def build_registry() -> Registry:
-    """A registry with every spec function and every implemented handler."""
+    """The one place that registers every API function: the spec's catalogue (with the reasons of what is
+    not supported), then every module's handlers, which replace their catalogue entries."""
     from . import (accounts, admin, calls, cdrs, console, core, fields, money, numbers, operations, outbound, rating,
                    servers, sipstate, webphone)
 
     registry = Registry()
     catalogue.load(registry)
-    core.register(registry)
-    rating.register(registry)
-    money.register(registry)
-    accounts.register(registry)
-    fields.register(registry)
-    cdrs.register(registry)
-    numbers.register(registry)
-    admin.register(registry)
-    admin.register_rebill(registry)
-    operations.register(registry)
-    sipstate.register(registry)
-    servers.register(registry)
-    outbound.register(registry)
-    outbound.register_sms(registry)
-    calls.register(registry)
-    console.register(registry)
-    webphone.register(registry)
+    for module in (core, rating, money, accounts, fields, cdrs, numbers, admin, operations, sipstate, servers,
+                   outbound, calls, console, webphone):
+        registry.take(module.fn)
     return registry

@@ -15,7 +15,7 @@ from ..answer import ApiAnswer, error, ok
 from ..auth import secret_equal
 from ..custom import CustomError
 from ..dispatcher import Call
-from ..registry import REQ_PUBLIC, Access, Category, Registry
+from ..registry import Functions, REQ_PUBLIC, Access, Category
 from ..request import RequestError
 from ...text import canonical_id
 
@@ -120,119 +120,124 @@ def _details(user_row: dict[str, Any], mode: str, money: Any) -> dict[str, Any]:
     return record
 
 
-def register(registry: Registry) -> None:
-    """Register this module's handlers."""
-    fn = registry.function
+#: This module's API functions (registered by build_registry).
+fn = Functions()
 
-    @fn("newuseri", Category.SENSITIVE, "add a user (admins, trusted sources); credit= sets opening credit",
-        (*NEW_USER_PARAMS, "credit"))
-    async def newuseri(call: Call) -> ApiAnswer:
-        fields = _new_user_fields(call, strict=False)
-        credit = parse_amount(call.arg("credit") or "0", allow_zero=True)
-        return await _create(call, fields, credit)
 
-    @fn("newuseru", Category.PUBLIC, "public signup (validated, rate limited to one per 20 s per address)",
-        (*NEW_USER_PARAMS, "deviceid"), access=Access(req_key=1, req_user=REQ_PUBLIC, req_user_login=0), rate=0.05)
-    async def newuseru(call: Call) -> ApiAnswer:
-        fields = _new_user_fields(call, strict=True)
-        deviceid = _text(call, "deviceid")
-        return await _create(call, fields, 0, signup=True, deviceid=deviceid, type=USER_ENDUSER)
+@fn("newuseri", Category.SENSITIVE, params=(*NEW_USER_PARAMS, "credit"))
+async def newuseri(call: Call) -> ApiAnswer:
+    """add a user (admins, trusted sources); credit= sets opening credit"""
+    fields = _new_user_fields(call, strict=False)
+    credit = parse_amount(call.arg("credit") or "0", allow_zero=True)
+    return await _create(call, fields, credit)
 
-    @fn("deluser", Category.ADMIN, "delete a user (balance must be zero)", ("u_id", "u_username"))
-    async def deluser(call: Call) -> ApiAnswer:
-        target = await _named_user(call, call.arg("u_id"), call.arg("u_username"))
-        if call.caller.user is not None and call.caller.user.id == target.id:
-            return error("an admin cannot delete the account it is logged in with", 412)
-        name = await call.api.store.delete_user(target.id)
-        return ok(f"deleted {name}")
 
-    @fn("listusers", Category.ADMIN, "list users", ("u_type", "u_maxcount", "u_extended", "u_order"))
-    async def listusers(call: Call) -> ApiAnswer:
-        where, params = "", []
-        if call.arg("u_type"):
-            where, params = " WHERE type = ?", [call.integer("u_type", 0, 99)]
-        count = call.integer("u_maxcount", 1, 10000, 100)
-        order = LIST_ORDER.get(call.arg("u_order", "id").lower())
-        if order is None:
-            return error(f"u_order must be one of {', '.join(LIST_ORDER)}", 412)
-        extended = call.arg("u_extended") in ("1", "true", "yes")
-        columns = "id, username, type, name, email, phone, credit, currency, enabled" if extended else "id, username, type"
-        result = await call.api.db.run_query(
-            "listusers", f"SELECT {columns} FROM tb_users{where} ORDER BY {order}, id LIMIT {int(count)}", params
-        )
-        money = call.api.db.engine.money
-        records = [
-            {k: (format_money(money(v)) if k == "credit" else v) for k, v in zip(result.columns, row)} for row in result.rows
-        ]
-        return ok(f"{len(records)} users", records)
+@fn("newuseru",
+    Category.PUBLIC,
+    params=(*NEW_USER_PARAMS, "deviceid"),
+    access=Access(req_key=1, req_user=REQ_PUBLIC, req_user_login=0),
+    rate=0.05)
+async def newuseru(call: Call) -> ApiAnswer:
+    """public signup (validated, rate limited to one per 20 s per address)"""
+    fields = _new_user_fields(call, strict=True)
+    deviceid = _text(call, "deviceid")
+    return await _create(call, fields, 0, signup=True, deviceid=deviceid, type=USER_ENDUSER)
 
-    @fn("getdetails", Category.USER, "the caller's account details (mode min, normal or max)", ("mode",))
-    async def getdetails(call: Call) -> ApiAnswer:
-        user = call.user()
-        mode = call.arg("mode", "normal").lower()
-        if mode not in ("min", "normal", "max"):
-            return error("mode must be min, normal or max", 412)
-        result = await call.api.db.run_query("getdetails", "SELECT * FROM tb_users WHERE id = ?", (user.id,))
-        row = dict(zip(result.columns, result.rows[0]))
-        return ok(user.username, [_details(row, mode, call.api.db.engine.money)])
 
-    reminder = Access(req_key=1, req_user=REQ_PUBLIC, req_user_login=0)
+@fn("deluser", Category.ADMIN, params=("u_id", "u_username"))
+async def deluser(call: Call) -> ApiAnswer:
+    """delete a user (balance must be zero)"""
+    target = await _named_user(call, call.arg("u_id"), call.arg("u_username"))
+    if call.caller.user is not None and call.caller.user.id == target.id:
+        return error("an admin cannot delete the account it is logged in with", 412)
+    name = await call.api.store.delete_user(target.id)
+    return ok(f"deleted {name}")
 
-    @fn("forgotpasswordquestion", Category.PUBLIC, "the password reminder question of an account, by e-mail",
-        ("email",), access=reminder, rate=0.2)
-    async def forgotpasswordquestion(call: Call) -> ApiAnswer:
-        found = await _by_email(call)
-        if found is None or not found["forgotquestion"]:
-            return error("no question for this e-mail", 404)
-        return ok(found["forgotquestion"])
 
-    @fn("forgotpasswordanswer", Category.PUBLIC, "answer the reminder question: a new password is e-mailed",
-        ("email", "forgotpasswordanswer"), access=reminder, rate=0.2)
-    async def forgotpasswordanswer(call: Call) -> ApiAnswer:
-        config = call.api.settings.current
-        if not config.smtpserver:
-            return error("e-mail is not configured; ask support", 412)
-        found = await _by_email(call)
-        # The account the answer is for (the e-mail, as it was looked up, when it names nobody).
-        account = str(found["username"]) if found else call.arg("email").strip().lower()[:64]
-        if call.api.lockout.account_banned(account):
-            return error("banned: too many failed authentications", 403)
-        given = " ".join(call.require("forgotpasswordanswer").split()).lower()
-        expected = " ".join(str(found["forgotanswer"]).split()).lower() if found else ""
-        if found is None or not expected or not secret_equal(given, expected):
-            await call.api.failed_login(call.request, "wrong reminder answer", account)
-            return error("wrong answer", 403)
-        password = secrets.token_urlsafe(9)
-        body = f"The password of {found['username']} is now: {password}\nChange it after you log in."
-        try:
-            await call.api.actions.email(str(found["email"]), "your new password", body)
-        except CustomError as problem:
-            return error(f"the new password could not be sent ({problem}); the password is unchanged", 412)
-        await call.api.store.set_password(int(found["id"]), password)
-        return ok("a new password was sent by e-mail")
+@fn("listusers", Category.ADMIN, params=("u_type", "u_maxcount", "u_extended", "u_order"))
+async def listusers(call: Call) -> ApiAnswer:
+    """list users"""
+    kind = call.integer("u_type", 0, 99) if call.arg("u_type") else None
+    count = call.integer("u_maxcount", 1, 10000, 100)
+    order = LIST_ORDER.get(call.arg("u_order", "id").lower())
+    if order is None:
+        return error(f"u_order must be one of {', '.join(LIST_ORDER)}", 412)
+    extended = call.arg("u_extended") in ("1", "true", "yes")
+    records = [{k: (format_money(v) if k == "credit" else v) for k, v in row.items()}
+               for row in await call.api.store.list_users(kind, count, order, extended)]
+    return ok(f"{len(records)} users", records)
 
-    @fn("changepwd", Category.USER, "change the caller's password", ("newpassword", "oldpassword"))
-    async def changepwd(call: Call) -> ApiAnswer:
-        user = call.user()
-        new = call.require("newpassword")
-        if len(new) < 6 or len(new) > 128 or not new.isprintable() or " " in new:
-            return error("newpassword must be 6 to 128 printable characters without spaces", 412)
-        admin_for_other = call.caller.level <= 6 and call.request.get("targetuser")
-        if not admin_for_other and not secret_equal(call.arg("oldpassword"), user.password):
-            return error("oldpassword is wrong", 403)
-        await call.api.store.set_password(user.id, new)
-        return ok("password changed")
+
+@fn("getdetails", Category.USER, params=("mode",))
+async def getdetails(call: Call) -> ApiAnswer:
+    """the caller's account details (mode min, normal or max)"""
+    user = call.user()
+    mode = call.arg("mode", "normal").lower()
+    if mode not in ("min", "normal", "max"):
+        return error("mode must be min, normal or max", 412)
+    row = await call.api.store.user_row(user.id)
+    if row is None:
+        raise RequestError(f"unknown user: {user.username}", 404)
+    return ok(user.username, [_details(row, mode, call.api.db.engine.money)])
+
+
+reminder = Access(req_key=1, req_user=REQ_PUBLIC, req_user_login=0)
+
+
+@fn("forgotpasswordquestion", Category.PUBLIC, params=("email",), access=reminder, rate=0.2)
+async def forgotpasswordquestion(call: Call) -> ApiAnswer:
+    """the password reminder question of an account, by e-mail"""
+    found = await _by_email(call)
+    if found is None or not found["forgotquestion"]:
+        return error("no question for this e-mail", 404)
+    return ok(found["forgotquestion"])
+
+
+@fn("forgotpasswordanswer", Category.PUBLIC, params=("email", "forgotpasswordanswer"), access=reminder, rate=0.2)
+async def forgotpasswordanswer(call: Call) -> ApiAnswer:
+    """answer the reminder question: a new password is e-mailed"""
+    config = call.api.settings.current
+    if not config.smtpserver:
+        return error("e-mail is not configured; ask support", 412)
+    found = await _by_email(call)
+    # The account the answer is for (the e-mail, as it was looked up, when it names nobody).
+    account = str(found["username"]) if found else call.arg("email").strip().lower()[:64]
+    if call.api.lockout.account_banned(account):
+        return error("banned: too many failed authentications", 403)
+    given = " ".join(call.require("forgotpasswordanswer").split()).lower()
+    expected = " ".join(str(found["forgotanswer"]).split()).lower() if found else ""
+    if found is None or not expected or not secret_equal(given, expected):
+        await call.api.failed_login(call.request, "wrong reminder answer", account)
+        return error("wrong answer", 403)
+    password = secrets.token_urlsafe(9)
+    body = f"The password of {found['username']} is now: {password}\nChange it after you log in."
+    try:
+        await call.api.actions.email(str(found["email"]), "your new password", body)
+    except CustomError as problem:
+        return error(f"the new password could not be sent ({problem}); the password is unchanged", 412)
+    await call.api.store.set_password(int(found["id"]), password)
+    return ok("a new password was sent by e-mail")
+
+
+@fn("changepwd", Category.USER, params=("newpassword", "oldpassword"))
+async def changepwd(call: Call) -> ApiAnswer:
+    """change the caller's password"""
+    user = call.user()
+    new = call.require("newpassword")
+    if len(new) < 6 or len(new) > 128 or not new.isprintable() or " " in new:
+        return error("newpassword must be 6 to 128 printable characters without spaces", 412)
+    admin_for_other = call.caller.level <= 6 and call.request.get("targetuser")
+    if not admin_for_other and not secret_equal(call.arg("oldpassword"), user.password):
+        return error("oldpassword is wrong", 403)
+    await call.api.store.set_password(user.id, new)
+    return ok("password changed")
 
 
 async def _by_email(call: Call) -> dict[str, Any] | None:
     email = call.require("email").strip()
     if not EMAIL.match(email):
         raise RequestError("email is not an e-mail address", 412)
-    result = await call.api.db.run_query(
-        "by_email", "SELECT id, username, email, forgotquestion, forgotanswer FROM tb_users WHERE lower(email) = lower(?) "
-        "ORDER BY id LIMIT 1", (email,),
-    )
-    return dict(zip(result.columns, result.rows[0])) if result.rows else None
+    return await call.api.store.find_by_email(email)
 
 
 async def _named_user(call: Call, userid: str, username: str) -> User:

@@ -17,10 +17,11 @@ from typing import Any
 from ...sip.calls import ANSWERED, CONNECTED, CallError, PlacedCall
 from ...sip.routing import owns_number
 from ...sip.sms import SENDER
+from ...store.calls import CallRows
 from ...store.money import format_money
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
-from ..registry import REQ_ADMINS, Category, Registry
+from ..registry import Functions, REQ_ADMINS, Category
 from ..request import RequestError
 from ...text import canonical_id
 
@@ -90,7 +91,7 @@ def _answer(placed: PlacedCall, text: str) -> ApiAnswer:
 async def _visible(call: Call, callid: str) -> PlacedCall:
     """A live call of this node by id (or SIP Call-ID of either leg) that the caller may see."""
     sip = call.api.sip
-    found = None
+    found: PlacedCall | None = None
     if sip is not None:
         number = canonical_id(callid)
         if number is not None:
@@ -102,87 +103,93 @@ async def _visible(call: Call, callid: str) -> PlacedCall:
     return found
 
 
-def register(registry: Registry) -> None:
-    """Register this module's handlers."""
-    fn = registry.function
+#: This module's API functions (registered by build_registry).
+fn = Functions()
 
-    @fn("p2p", Category.USER, "phone to phone call: rings anum, then connects it to bnum",
-        ("bnum", "cnum", "waitfor", "anum"))
-    async def p2p(call: Call) -> ApiAnswer:
-        user = await _caller_for(call)
-        anum = _number(call, "anum", required=False) or user.username
-        return await _place(call, user, "p2p", anum, _number(call, "bnum"), _number(call, "cnum", required=False))
 
-    @fn("callback", Category.USER, "calls num back, then connects it to bnum or the callback IVR/access number",
-        ("num", "bnum", "cnum", "waitfor"))
-    async def callback(call: Call) -> ApiAnswer:
-        num = _number(call, "num", "anum")
-        config = call.api.settings.current
-        bnum = _number(call, "bnum", required=False) or config.defcallbackivr or config.callbackaccessnumber
-        if not bnum:
-            return error("nothing to connect the callback to: give bnum, or set defcallbackivr", 412)
-        if not NUMBER.match(bnum):
-            return error("defcallbackivr is not a number or username", 412)
-        return await _place(call, await _caller_for(call), "callback", num, bnum, _number(call, "cnum", required=False))
+@fn("p2p", Category.USER, params=("bnum", "cnum", "waitfor", "anum"))
+async def p2p(call: Call) -> ApiAnswer:
+    """phone to phone call: rings anum, then connects it to bnum"""
+    user = await _caller_for(call)
+    anum = _number(call, "anum", required=False) or user.username
+    return await _place(call, user, "p2p", anum, _number(call, "bnum"), _number(call, "cnum", required=False))
 
-    async def live_calls(call: Call) -> ApiAnswer:
-        if call.arg("origsimid") or call.arg("telnum"):
-            return error("not supported: simulated calls between GSM SIMs are specific to Mizu's VoIP-GSM gateways",
-                         406)
-        admin = call.caller.level <= REQ_ADMINS
-        where, params = ("", ()) if admin else (" WHERE c.userid = ?", (call.user().id,))
-        rows = (await call.api.db.run_query(
-            "live_calls",
-            "SELECT c.id, u.username, c.kind, c.anum, c.bnum, c.state, c.held, c.node, c.created, c.connected "
-            f"FROM tb_calls c LEFT JOIN tb_users u ON u.id = c.userid{where} ORDER BY c.id", params)).rows
-        sip = call.api.sip
-        records = []
-        for row in rows:
-            local = sip.calls.find(int(row[0])) if sip is not None else None
-            if local is not None:
-                records.append(local.record())
-            else:
-                records.append({"callid": int(row[0]), "username": row[1] or "", "kind": row[2], "anum": row[3],
-                                "bnum": row[4], "state": row[5], "held": format_money(call.api.db.engine.money(row[6])),
-                                "node": row[7]})
-        listing = ", ".join(f"{r['callid']} {r['anum']}->{r['bnum']} {r['state']}" for r in records)
-        return ok(f"{len(records)} calls" + (f": {listing}" if listing else ""), records)
 
-    fn("calls", Category.USER, "live calls (a user's own; all for admins)")(live_calls)
-    fn("call", Category.USER, "live calls, like calls (the GSM SIM test call with origsimid/telnum: not supported)",
-       ("origsimid", "telnum", "duration"))(
-        live_calls)
+@fn("callback", Category.USER, params=("num", "bnum", "cnum", "waitfor"))
+async def callback(call: Call) -> ApiAnswer:
+    """calls num back, then connects it to bnum or the callback IVR/access number"""
+    num = _number(call, "num", "anum")
+    config = call.api.settings.current
+    bnum = _number(call, "bnum", required=False) or config.defcallbackivr or config.callbackaccessnumber
+    if not bnum:
+        return error("nothing to connect the callback to: give bnum, or set defcallbackivr", 412)
+    if not NUMBER.match(bnum):
+        return error("defcallbackivr is not a number or username", 412)
+    return await _place(call, await _caller_for(call), "callback", num, bnum, _number(call, "cnum", required=False))
 
-    @fn("discall", Category.USER, "end a live call (a user's own; any for admins)", ("dbcallid",))
-    async def discall(call: Call) -> ApiAnswer:
-        placed = await _visible(call, call.require("dbcallid").strip())
-        who = call.caller.user.username if call.caller.user else "the API"
-        placed.stop(f"ended by {who} (discall)")
-        await placed.wait(3)
-        return ok(f"call {placed.id} ended (cost {format_money(placed.cost)} {placed.currency})", [placed.record()])
 
-    @fn("callrating", Category.USER, "credit, maximum remaining duration and rate of a live call (without callid: "
-        "the user's own, the latest if several)",
-        ("username", "callid"))
-    async def callrating(call: Call) -> ApiAnswer:
-        given = call.arg("callid").strip()
-        note = ""
-        if given:
-            placed = await _visible(call, given)
+async def live_calls(call: Call) -> ApiAnswer:
+    """calls and call: the live calls of every node (a user's own; all for admins), this node's with their
+    legs and state; the GSM SIM test call is not supported."""
+    if call.arg("origsimid") or call.arg("telnum"):
+        return error("not supported: simulated calls between GSM SIMs are specific to Mizu's VoIP-GSM gateways",
+                     406)
+    admin = call.caller.level <= REQ_ADMINS
+    rows = await CallRows(call.api.db).listing(None if admin else call.user().id)
+    sip = call.api.sip
+    records = []
+    for row in rows:
+        local = sip.calls.find(row.id) if sip is not None else None
+        if local is not None:
+            records.append(local.record())
         else:
-            # The spec's "rating for an ongoing call": without callid, the user's own live call.
-            sip = call.api.sip
-            mine = [c for c in (sip.calls.live.values() if sip is not None else ()) if c.user.id == call.user().id]
-            if not mine:
-                return error("no live call of yours on this node (give callid)", 404)
-            placed = max(mine, key=lambda c: c.id)
-            if len(mine) > 1:
-                note = f" (call {placed.id}, the latest of {len(mine)} live calls)"
-        name = call.arg("username").strip()
-        if name and name != placed.user.username:
-            return error(f"call {placed.id} is not {name[:40]}'s", 404)
-        credit = await call.api.store.balance(placed.user.id)
-        record = placed.record()
-        record.update(credit=format_money(credit), rate=format_money(placed.rate()))
-        return ok(f"credit {format_money(credit)} {placed.user.currency}, maxduration {record['maxduration']}, "
-                  f"rating {format_money(placed.rate())} {placed.currency}/min{note}", [record])
+            records.append({"callid": row.id, "username": row.username, "kind": row.kind, "anum": row.anum,
+                            "bnum": row.bnum, "state": row.state, "held": format_money(row.held),
+                            "node": row.node})
+    listing = ", ".join(f"{r['callid']} {r['anum']}->{r['bnum']} {r['state']}" for r in records)
+    return ok(f"{len(records)} calls" + (f": {listing}" if listing else ""), records)
+
+
+fn("calls", Category.USER, "live calls (a user's own; all for admins)")(live_calls)
+
+
+fn("call", Category.USER, "live calls, like calls (the GSM SIM test call with origsimid/telnum: not supported)",
+   ("origsimid", "telnum", "duration"))(
+    live_calls)
+
+
+@fn("discall", Category.USER, params=("dbcallid",))
+async def discall(call: Call) -> ApiAnswer:
+    """end a live call (a user's own; any for admins)"""
+    placed = await _visible(call, call.require("dbcallid").strip())
+    who = call.caller.user.username if call.caller.user else "the API"
+    placed.stop(f"ended by {who} (discall)")
+    await placed.wait(3)
+    return ok(f"call {placed.id} ended (cost {format_money(placed.cost)} {placed.currency})", [placed.record()])
+
+
+@fn("callrating", Category.USER, params=("username", "callid"))
+async def callrating(call: Call) -> ApiAnswer:
+    """credit, maximum remaining duration and rate of a live call (without callid: the user's own, the latest if
+    several)"""
+    given = call.arg("callid").strip()
+    note = ""
+    if given:
+        placed = await _visible(call, given)
+    else:
+        # The spec's "rating for an ongoing call": without callid, the user's own live call.
+        sip = call.api.sip
+        mine = [c for c in (sip.calls.live.values() if sip is not None else ()) if c.user.id == call.user().id]
+        if not mine:
+            return error("no live call of yours on this node (give callid)", 404)
+        placed = max(mine, key=lambda c: c.id)
+        if len(mine) > 1:
+            note = f" (call {placed.id}, the latest of {len(mine)} live calls)"
+    name = call.arg("username").strip()
+    if name and name != placed.user.username:
+        return error(f"call {placed.id} is not {name[:40]}'s", 404)
+    credit = await call.api.store.balance(placed.user.id)
+    record = placed.record()
+    record.update(credit=format_money(credit), rate=format_money(placed.rate()))
+    return ok(f"credit {format_money(credit)} {placed.user.currency}, maxduration {record['maxduration']}, "
+              f"rating {format_money(placed.rate())} {placed.currency}/min{note}", [record])

@@ -14,10 +14,11 @@ from typing import Any
 
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
-from ..registry import REQ_ADMINS, Category, Registry
+from ..registry import Functions, REQ_ADMINS, Category
 from ..request import RequestError
 from ...text import ascii_digits, canonical_id
 from ...store.money import MAX_AMOUNT
+from ...store.introspect import get_field, set_field, table_columns
 from ...store.schema import money_columns
 
 #: Money columns per table (set as exact decimals whatever fieldtype says).
@@ -43,23 +44,10 @@ MAX_VALUE = 4096
 
 async def schema(call: Call) -> dict[str, set[str]]:
     """Tables and their columns, read from the database (cached on the API)."""
-    cached = getattr(call.api, "_schema_cache", None)
+    cached: dict[str, set[str]] | None = getattr(call.api, "_schema_cache", None)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
-    db = call.api.db
-    if db.engine.name == "postgresql":
-        result = await db.run_query(
-            "schema", "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
-        )
-        tables: dict[str, set[str]] = {}
-        for table, column in result.rows:
-            tables.setdefault(table, set()).add(column)
-    else:
-        names = await db.run_query("schema", "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'tb_%'")
-        tables = {}
-        for (table,) in names.rows:
-            columns = await db.run_query("schema", "SELECT name FROM pragma_table_info(?)", (table,))
-            tables[table] = {c[0] for c in columns.rows}
+        return cached
+    tables = await table_columns(call.api.db)
     call.api._schema_cache = tables  # type: ignore[attr-defined]
     return tables
 
@@ -93,88 +81,82 @@ def convert(fieldtype: str, value: str) -> Any:
     raise RequestError("fieldtype must be string, int or float", 412)
 
 
-def register(registry: Registry) -> None:
-    """Register this module's handlers."""
-    fn = registry.function
+#: This module's API functions (registered by build_registry).
+fn = Functions()
 
-    @fn("setfield", Category.USER, "update a field (users: their own allowed fields; admins: any table= field)",
-        ("fieldtype", "fieldname", "fieldvalue", "rowid", "sync"))
-    async def setfield(call: Call) -> ApiAnswer:
-        name = call.require("fieldname").strip().lower()
-        value = convert(call.arg("fieldtype"), call.arg("fieldvalue"))
-        admin = call.caller.level <= REQ_ADMINS
-        table = call.arg("table", "tb_users").strip().lower()
-        if not admin:
-            user = call.caller.user
-            if user is None:
-                return error("setfield needs authid (the user)", 421)
-            if table != "tb_users":
-                return error("users may only set fields of their own account", 403)
-            if name in USER_FIELDS:
-                sql = f"UPDATE tb_users SET {name} = ? WHERE id = ?"
-            elif name in USER_FIELDS_ONCE:
-                sql = f"UPDATE tb_users SET {name} = ? WHERE id = ? AND ({name} IS NULL OR {name} = '')"
-            else:
-                return error(f"field not allowed: {name[:64]}", 403)
-            result = await call.api.db.run_statement("setfield", sql, (value, user.id))
-            if result.rowcount == 0:
-                return error(f"{name} is set already; ask support to change it", 412)
-            return ok(f"{name} set")
-        tables = await schema(call)
-        if table not in tables or name not in tables[table]:
+
+@fn("setfield", Category.USER, params=("fieldtype", "fieldname", "fieldvalue", "rowid", "sync"))
+async def setfield(call: Call) -> ApiAnswer:
+    """update a field (users: their own allowed fields; admins: any table= field)"""
+    name = call.require("fieldname").strip().lower()
+    value = convert(call.arg("fieldtype"), call.arg("fieldvalue"))
+    admin = call.caller.level <= REQ_ADMINS
+    table = call.arg("table", "tb_users").strip().lower()
+    if not admin:
+        user = call.caller.user
+        if user is None:
+            return error("setfield needs authid (the user)", 421)
+        if table != "tb_users":
+            return error("users may only set fields of their own account", 403)
+        if name not in USER_FIELDS and name not in USER_FIELDS_ONCE:
+            return error(f"field not allowed: {name[:64]}", 403)
+        changed = await set_field(call.api.db, "tb_users", name, value, user.id,
+                                  only_if_empty=name in USER_FIELDS_ONCE)
+        if changed == 0:
+            return error(f"{name} is set already; ask support to change it", 412)
+        return ok(f"{name} set")
+    tables = await schema(call)
+    if table not in tables or name not in tables[table]:
+        return error(f"no such field: {table[:64]}.{name[:64]}", 404)
+    protected = PROTECTED.get(table, set())
+    if protected is None or name in protected:
+        return error(f"{table}.{name} is not set this way (money moves through addcredit)", 403)
+    rowid = call.arg("rowid") or (str(call.caller.user.id) if call.caller.user and table == "tb_users" else "")
+    row = canonical_id(rowid)
+    if row is None:
+        return error("rowid must be the row's id", 421)
+    if name in MONEY.get(table, ()):
+        # Money whatever fieldtype says: exact, bounded, and stored as the engine keeps money.
+        value = convert("money", call.arg("fieldvalue"))
+    if table == "tb_users" and name == "username":
+        from .accounts import USERNAME, check_username
+
+        value = str(value)  # "1111" is a username here, whatever fieldtype guessed
+        if not USERNAME.match(value):
+            return error("fieldvalue: a username holds letters, digits and _ . @ + - (1 to 64)", 412)
+        existing = await call.api.store.find_user(value)
+        if existing is not None and existing.id != row:
+            return error(f"username already exists: {value}", 412)
+        await check_username(call, value, signup=False, userid=row, param="fieldvalue")
+    if await set_field(call.api.db, table, name, value, row) == 0:
+        return error(f"no row {rowid} in {table}", 404)
+    return ok(f"{table}.{name} set for row {rowid}")
+
+
+@fn("getfield",
+    Category.ADMIN,
+    params=("table", "retfieldname", "filterfieldtype", "filterfieldname", "filterfieldvalue"))
+async def getfield(call: Call) -> ApiAnswer:
+    """read a field of the first row matching a filter"""
+    table = call.arg("table", "tb_users").strip().lower()
+    wanted = call.arg("retfieldname", "id").strip().lower()
+    value = call.require("filterfieldvalue")
+    tables = await schema(call)
+    if table not in tables:
+        return error(f"no such table: {table[:64]}", 404)
+    columns = tables[table]
+    column = call.arg("filterfieldname").strip().lower()
+    if not column:
+        column = next((c for c in ("username", "callerid", "userid") if c in columns), "id")
+    for name in (wanted, column):
+        if name not in columns:
             return error(f"no such field: {table[:64]}.{name[:64]}", 404)
-        protected = PROTECTED.get(table, set())
-        if protected is None or name in protected:
-            return error(f"{table}.{name} is not set this way (money moves through addcredit)", 403)
-        rowid = call.arg("rowid") or (str(call.caller.user.id) if call.caller.user and table == "tb_users" else "")
-        row = canonical_id(rowid)
-        if row is None:
-            return error("rowid must be the row's id", 421)
-        if name in MONEY.get(table, ()):
-            # Money whatever fieldtype says: exact, bounded, and stored as the engine keeps money.
-            value = convert("money", call.arg("fieldvalue"))
-        if table == "tb_users" and name == "username":
-            from .accounts import USERNAME, check_username
-
-            value = str(value)  # "1111" is a username here, whatever fieldtype guessed
-            if not USERNAME.match(value):
-                return error("fieldvalue: a username holds letters, digits and _ . @ + - (1 to 64)", 412)
-            existing = await call.api.store.find_user(value)
-            if existing is not None and existing.id != row:
-                return error(f"username already exists: {value}", 412)
-            await check_username(call, value, signup=False, userid=row, param="fieldvalue")
-        result = await call.api.db.run_statement(
-            "setfield", f"UPDATE {table} SET {name} = ? WHERE id = ?", (value, row)
-        )
-        if result.rowcount == 0:
-            return error(f"no row {rowid} in {table}", 404)
-        return ok(f"{table}.{name} set for row {rowid}")
-
-    @fn("getfield", Category.ADMIN, "read a field of the first row matching a filter",
-        ("table", "retfieldname", "filterfieldtype", "filterfieldname", "filterfieldvalue"))
-    async def getfield(call: Call) -> ApiAnswer:
-        table = call.arg("table", "tb_users").strip().lower()
-        wanted = call.arg("retfieldname", "id").strip().lower()
-        value = call.require("filterfieldvalue")
-        tables = await schema(call)
-        if table not in tables:
-            return error(f"no such table: {table[:64]}", 404)
-        columns = tables[table]
-        column = call.arg("filterfieldname").strip().lower()
-        if not column:
-            column = next((c for c in ("username", "callerid", "userid") if c in columns), "id")
-        for name in (wanted, column):
-            if name not in columns:
-                return error(f"no such field: {table[:64]}.{name[:64]}", 404)
-        if table == "tb_users" and wanted == "password":
-            return error("passwords are not read this way", 403)
-        filter_value = convert(call.arg("filterfieldtype"), value)
-        result = await call.api.db.run_query(
-            "getfield", f"SELECT {wanted} FROM {table} WHERE {column} = ? ORDER BY id LIMIT 1", (filter_value,)
-        )
-        if not result.rows:
-            return error("not found", 404)
-        found = result.rows[0][0]
-        if wanted in ("credit", "creditlimit", "price", "connectfee", "cost", "amount", "balance"):
-            found = call.api.db.engine.money(found)
-        return ok("" if found is None else str(found))
+    if table == "tb_users" and wanted == "password":
+        return error("passwords are not read this way", 403)
+    filter_value = convert(call.arg("filterfieldtype"), value)
+    exists, found = await get_field(call.api.db, table, wanted, column, filter_value)
+    if not exists:
+        return error("not found", 404)
+    if wanted in ("credit", "creditlimit", "price", "connectfee", "cost", "amount", "balance"):
+        found = call.api.db.engine.money(found)
+    return ok("" if found is None else str(found))

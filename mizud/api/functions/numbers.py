@@ -9,10 +9,12 @@ import secrets
 from ...billing.rating import normalise
 from ...sip.sms import SmsError
 from ...store.numbers import MAX_ATTEMPTS, MAX_CODES_A_DAY, Names, NumberClaims
+from ...store.pool import first_free, first_free_of, free_numbers, lock_number
+from ...store.users import search_users, set_forwards, users_named
 from ..answer import ApiAnswer, error, ok
 from ..auth import secret_equal
 from ..dispatcher import Call
-from ..registry import REQ_ADMINS, Category, Registry
+from ..registry import Functions, REQ_ADMINS, Category
 from ..request import RequestError
 
 FORWARDS = (("anum", "forwardalways"), ("bnum", "forwardonbusy"), ("cnum", "forwardonnoanswer"))
@@ -92,110 +94,100 @@ async def _attach(call: Call, kind: str, number: str) -> ApiAnswer:
     return ok(f"a code was sent to {number} by SMS: add it with code=CODE within {CODE_TTL // 60} minutes")
 
 
-def register(registry: Registry) -> None:
-    """Register this module's handlers."""
-    fn = registry.function
+#: This module's API functions (registered by build_registry).
+fn = Functions()
 
-    @fn("cli", Category.USER, "add a PIN-less caller number (ANI) to the caller's account once proven: a code "
-        "is sent to it by SMS, then code= adds it (admins approve at once)", ("anum", "code"))
-    async def cli(call: Call) -> ApiAnswer:
-        return await _attach(call, "cli", _number(call, "anum"))
 
-    @fn("addcallbacknumber", Category.USER, "add a number callbacks may go to, proven as for cli", ("anum", "code"))
-    async def addcallbacknumber(call: Call) -> ApiAnswer:
-        return await _attach(call, "callback", _number(call, "anum"))
+@fn("cli", Category.USER, params=("anum", "code"))
+async def cli(call: Call) -> ApiAnswer:
+    """add a PIN-less caller number (ANI) to the caller's account once proven: a code is sent to it by SMS, then
+    code= adds it (admins approve at once)"""
+    return await _attach(call, "cli", _number(call, "anum"))
 
-    @fn("callbackaccessnumber", Category.USER, "the access number for callbacks")
-    async def callbackaccessnumber(call: Call) -> ApiAnswer:
-        number = call.api.settings.current.callbackaccessnumber
-        return ok(number) if number else error("no callback access number is configured", 404)
 
-    @fn("callforward", Category.USER, "forwarding: anum always, bnum on busy, cnum on no answer (empty clears)",
-        ("anum", "bnum", "cnum"))
-    async def callforward(call: Call) -> ApiAnswer:
-        user = call.user()
-        changes: dict[str, str] = {}
-        for param, column in FORWARDS:
-            position = f"param{call.function.params.index(param) + 1}"
-            for name in (param, position):
-                if name in call.request.params:
-                    raw = call.request.params[name].strip()
-                    digits = normalise(raw) if raw else ""
-                    if digits is None:
-                        return error(f"{param} is not a phone number: {raw[:40]}", 412)
-                    changes[column] = digits
-                    break
-        if not changes:
-            return error("give anum, bnum or cnum (an empty value clears it)", 421)
-        assignments = ", ".join(f"{column} = ?" for column in changes)
-        await call.api.db.run_statement(
-            "callforward", f"UPDATE tb_users SET {assignments} WHERE id = ?", (*changes.values(), user.id)
-        )
-        return ok(", ".join(f"{column}={value or '-'}" for column, value in changes.items()))
+@fn("addcallbacknumber", Category.USER, params=("anum", "code"))
+async def addcallbacknumber(call: Call) -> ApiAnswer:
+    """add a number callbacks may go to, proven as for cli"""
+    return await _attach(call, "callback", _number(call, "anum"))
 
-    @fn("getphonenumbers", Category.USER, "phone numbers from the free pool (count of them, default 1; "
-        "not reserved: lockphonenumbers reserves one)", ("count",), aliases=("getphonenumber",))
-    async def getphonenumbers(call: Call) -> ApiAnswer:
-        count = call.integer("count", 1, 100, 1)
-        result = await call.api.db.run_query(
-            "free_numbers", "SELECT number FROM tb_phonenumbers WHERE status = 0 AND userid = 0 ORDER BY id LIMIT ?",
-            (count,))
-        numbers = [str(row[0]) for row in result.rows]
-        if not numbers:
-            return error("no free phone number", 404)
-        return ok(",".join(numbers), [{"number": number} for number in numbers])
 
-    @fn("lockphonenumbers", Category.USER, "reserve a number of the free pool for the caller for an hour: num= "
-        "that one, else the first free", ("num",), aliases=("lockphonenumber",))
-    async def lockphonenumbers(call: Call) -> ApiAnswer:
-        user = call.user()
-        store = call.api.store
-        wanted = call.arg("num").strip()
-        if wanted and normalise(wanted) is None:
-            return error(f"num is not a phone number: {wanted[:40]}", 412)
-        for _ in range(5):  # another caller may take the same number first
-            if wanted:
-                free = (await call.api.db.run_query(
-                    "free_number", "SELECT id, number FROM tb_phonenumbers WHERE status = 0 AND userid = 0 "
-                    "AND number IN (?, ?) ORDER BY id LIMIT 1", (wanted, normalise(wanted)))).rows
-                if not free:
-                    return error(f"{wanted[:40]} is not a free number of the pool", 404)
-            else:
-                free = (await call.api.db.run_query(
-                    "free_number", "SELECT id, number FROM tb_phonenumbers WHERE status = 0 AND userid = 0 "
-                    "ORDER BY id LIMIT 1")).rows
-                if not free:
-                    return error("no free phone number", 404)
-            taken = await call.api.db.run_statement(
-                "lock_number",
-                "UPDATE tb_phonenumbers SET userid = ?, status = 1, lockeduntil = ? WHERE id = ? AND status = 0 AND userid = 0",
-                (user.id, store.now().replace(microsecond=0) + _seconds(LOCK_SECONDS), free[0][0]),
-            )
-            if taken.rowcount == 1:
-                return ok(free[0][1])
-        return error("the pool is busy, try again", 412)
+@fn("callbackaccessnumber", Category.USER)
+async def callbackaccessnumber(call: Call) -> ApiAnswer:
+    """the access number for callbacks"""
+    number = call.api.settings.current.callbackaccessnumber
+    return ok(number) if number else error("no callback access number is configured", 404)
 
-    @fn("search", Category.USER, "find users: admins by any part of username, name, e-mail or phone; "
-        "users by exact username or phone", ("txt",))
-    async def search(call: Call) -> ApiAnswer:
-        text = call.require("txt").strip()
-        if len(text) < 2 or len(text) > 64:
-            return error("txt must be 2 to 64 characters", 412)
-        db = call.api.db
-        if call.caller.level <= REQ_ADMINS:
-            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            condition = " OR ".join(f"lower({c}) LIKE lower(?) ESCAPE '\\'" for c in ("username", "name", "email", "phone"))
-            result = await db.run_statement(
-                "search", f"SELECT id, username, name, email, phone FROM tb_users WHERE {condition} ORDER BY id LIMIT 100",
-                (pattern,) * 4,
-            )
+
+@fn("callforward", Category.USER, params=("anum", "bnum", "cnum"))
+async def callforward(call: Call) -> ApiAnswer:
+    """forwarding: anum always, bnum on busy, cnum on no answer (empty clears)"""
+    user = call.user()
+    changes: dict[str, str] = {}
+    for param, column in FORWARDS:
+        position = f"param{call.function.params.index(param) + 1}"
+        for name in (param, position):
+            if name in call.request.params:
+                raw = call.request.params[name].strip()
+                digits = normalise(raw) if raw else ""
+                if digits is None:
+                    return error(f"{param} is not a phone number: {raw[:40]}", 412)
+                changes[column] = digits
+                break
+    if not changes:
+        return error("give anum, bnum or cnum (an empty value clears it)", 421)
+    await set_forwards(call.api.db, user.id, changes)
+    return ok(", ".join(f"{column}={value or '-'}" for column, value in changes.items()))
+
+
+@fn("getphonenumbers", Category.USER, params=("count",), aliases=("getphonenumber",))
+async def getphonenumbers(call: Call) -> ApiAnswer:
+    """phone numbers from the free pool (count of them, default 1; not reserved: lockphonenumbers reserves one)"""
+    count = call.integer("count", 1, 100, 1)
+    numbers = await free_numbers(call.api.db, count)
+    if not numbers:
+        return error("no free phone number", 404)
+    return ok(",".join(numbers), [{"number": number} for number in numbers])
+
+
+@fn("lockphonenumbers", Category.USER, params=("num",), aliases=("lockphonenumber",))
+async def lockphonenumbers(call: Call) -> ApiAnswer:
+    """reserve a number of the free pool for the caller for an hour: num= that one, else the first free"""
+    user = call.user()
+    store = call.api.store
+    wanted = call.arg("num").strip()
+    normalised = normalise(wanted) if wanted else None
+    if wanted and normalised is None:
+        return error(f"num is not a phone number: {wanted[:40]}", 412)
+    for _ in range(5):  # another caller may take the same number first
+        if normalised is not None:  # num= given (and a number)
+            free = await first_free_of(call.api.db, wanted, normalised)
+            if free is None:
+                return error(f"{wanted[:40]} is not a free number of the pool", 404)
         else:
-            result = await db.run_query(
-                "search", "SELECT username, name FROM tb_users WHERE username = ? OR phone = ? ORDER BY id LIMIT 10",
-                (text, text),
-            )
-        records = [dict(zip(result.columns, row)) for row in result.rows]
-        return ok(f"{len(records)} users", records)
+            free = await first_free(call.api.db)
+            if free is None:
+                return error("no free phone number", 404)
+        numberid, number = free
+        if await lock_number(call.api.db, numberid, user.id,
+                             store.now().replace(microsecond=0) + _seconds(LOCK_SECONDS)):
+            return ok(number)
+    return error("the pool is busy, try again", 412)
+
+
+@fn("search", Category.USER, params=("txt",))
+async def search(call: Call) -> ApiAnswer:
+    """find users: admins by any part of username, name, e-mail or phone; users by exact username or phone"""
+    text = call.require("txt").strip()
+    if len(text) < 2 or len(text) > 64:
+        return error("txt must be 2 to 64 characters", 412)
+    db = call.api.db
+    records: list[dict[str, Any]]
+    if call.caller.level <= REQ_ADMINS:
+        records = [{"id": m.id, "username": m.username, "name": m.name, "email": m.email, "phone": m.phone}
+                   for m in await search_users(db, text)]
+    else:
+        records = [{"username": username, "name": name} for username, name in await users_named(db, text)]
+    return ok(f"{len(records)} users", records)
 
 
 def _seconds(count: int) -> Any:

@@ -24,9 +24,10 @@ from ...mail import MailError, Mailer, check_address
 from .. import forwarder
 from ...sip.sms import SmsError
 from ...store.money import format_money
+from ...store.sms import SmsRows
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
-from ..registry import REQ_ADMINS, Category, Registry
+from ..registry import Functions, REQ_ADMINS, Category
 
 log = Logger()
 
@@ -59,9 +60,9 @@ async def _own_address(call: Call) -> str:
     user = call.caller.user
     if user is None:
         return ""
-    row = (await call.api.db.run_query("user_email", "SELECT email FROM tb_users WHERE id = ?", (user.id,))).one()
+    row = await call.api.store.user_row(user.id)
     try:
-        return check_address(row[0], "email") if row and row[0] else ""
+        return check_address(row["email"], "email") if row and row["email"] else ""
     except MailError:
         return ""
 
@@ -78,59 +79,64 @@ def _own_ports(config: Any) -> set[int]:
     return ports - {0}
 
 
-def register(registry: Registry) -> None:
-    """Register this module's handlers."""
-    fn = registry.function
+#: This module's API functions (registered by build_registry).
+fn = Functions()
 
-    @fn("jppget", Category.USER, "JSONP forwarder (enablejsonp=2): a listed host's JSON wrapped as CALLBACK(json); "
-        "for authenticated users only", ("url", "callback"))
-    async def jppget(call: Call) -> ApiAnswer:
-        config = call.api.settings.current
-        if config.enablejsonp != 2:
-            return error("the JSONP forwarder is off (enablejsonp=2 turns it on)", 403)
-        call.user()  # an authenticated user, never an address alone
-        allowed = tuple(h.strip().lower() for h in config.jsonpforwardhosts.split(",") if h.strip())
-        try:
-            body = await forwarder.forward(call.require("url"), call.arg("callback", "callback"), allowed,
-                                           _own_ports(config), call.api.reactor)
-        except forwarder.ForwardRefused as problem:
-            return error(str(problem), 403)
-        answered = ok(f"forwarded {len(body)} bytes")
-        return ApiAnswer(True, answered.message, raw=(body, "application/javascript; charset=utf-8"))
 
-    @fn("sendmail", Category.USER, "send an e-mail (from: admins only; empty uses smtpfrom) and wait for the "
-        "SMTP server's answer", PARAMS, rate=1.0)
-    async def sendmail(call: Call) -> ApiAnswer:
+@fn("jppget", Category.USER, params=("url", "callback"))
+async def jppget(call: Call) -> ApiAnswer:
+    """JSONP forwarder (enablejsonp=2): a listed host's JSON wrapped as CALLBACK(json); for authenticated users
+    only"""
+    config = call.api.settings.current
+    if config.enablejsonp != 2:
+        return error("the JSONP forwarder is off (enablejsonp=2 turns it on)", 403)
+    call.user()  # an authenticated user, never an address alone
+    allowed = tuple(h.strip().lower() for h in config.jsonpforwardhosts.split(",") if h.strip())
+    try:
+        body = await forwarder.forward(call.require("url"), call.arg("callback", "callback"), allowed,
+                                       _own_ports(config), call.api.reactor)
+    except forwarder.ForwardRefused as problem:
+        return error(str(problem), 403)
+    answered = ok(f"forwarded {len(body)} bytes")
+    return ApiAnswer(True, answered.message, raw=(body, "application/javascript; charset=utf-8"))
+
+
+@fn("sendmail", Category.USER, params=PARAMS, rate=1.0)
+async def sendmail(call: Call) -> ApiAnswer:
+    """send an e-mail (from: admins only; empty uses smtpfrom) and wait for the SMTP server's answer"""
+    try:
+        recipients = _recipients(call)
+        sender = _sender(call)
+        reply_to = "" if call.caller.level <= REQ_ADMINS else await _own_address(call)
+        accepted = await Mailer(call.api.settings, call.api.reactor).send(
+            recipients, call.arg("subject"), _body(call), sender, reply_to=reply_to)
+    except MailError as problem:
+        return error(str(problem), 412)
+    return ok(f"sent to {accepted} of {len(recipients)} recipients")
+
+
+@fn("asendemail", Category.ADMIN, params=PARAMS)
+async def asendemail(call: Call) -> ApiAnswer:
+    """queue an e-mail (from can be empty); failures are logged"""
+    mailer = Mailer(call.api.settings, call.api.reactor)
+    try:
+        recipients = _recipients(call)
+        sender = _sender(call)
+        if not call.api.settings.current.smtpserver:
+            raise MailError("no smtpserver is configured")
+        mailer.check_content(call.arg("subject"), _body(call))
+    except MailError as problem:
+        return error(str(problem), 412)
+
+    async def deliver() -> None:
+        """Send the mail after the answer; a failure is logged."""
         try:
-            recipients = _recipients(call)
-            sender = _sender(call)
-            reply_to = "" if call.caller.level <= REQ_ADMINS else await _own_address(call)
-            accepted = await Mailer(call.api.settings, call.api.reactor).send(
-                recipients, call.arg("subject"), _body(call), sender, reply_to=reply_to)
+            await mailer.send(recipients, call.arg("subject"), _body(call), sender)
         except MailError as problem:
-            return error(str(problem), 412)
-        return ok(f"sent to {accepted} of {len(recipients)} recipients")
+            log.warn("asendemail to {to} failed: {problem}", to=",".join(recipients), problem=problem)
 
-    @fn("asendemail", Category.ADMIN, "queue an e-mail (from can be empty); failures are logged", PARAMS)
-    async def asendemail(call: Call) -> ApiAnswer:
-        mailer = Mailer(call.api.settings, call.api.reactor)
-        try:
-            recipients = _recipients(call)
-            sender = _sender(call)
-            if not call.api.settings.current.smtpserver:
-                raise MailError("no smtpserver is configured")
-            mailer.check_content(call.arg("subject"), _body(call))
-        except MailError as problem:
-            return error(str(problem), 412)
-
-        async def deliver() -> None:
-            try:
-                await mailer.send(recipients, call.arg("subject"), _body(call), sender)
-            except MailError as problem:
-                log.warn("asendemail to {to} failed: {problem}", to=",".join(recipients), problem=problem)
-
-        defer.ensureDeferred(deliver())
-        return ok(f"queued for {len(recipients)} recipients")
+    defer.ensureDeferred(deliver())
+    return ok(f"queued for {len(recipients)} recipients")
 
 
 #: The commands an SMS from a user's proven number may carry (spec, "Transport protocols": SMS), and how
@@ -152,9 +158,9 @@ async def _sms_command(call: Call, sender: str, text: str) -> ApiAnswer | None:
     None when the SMS is no command or comes from no proven number."""
     from ...billing.rating import normalise
     from ...store.numbers import NumberClaims
-    from ..dispatcher import Caller, LEVEL_BY_TYPE
+    from ..credentials import LEVEL_BY_TYPE, Caller
     from ..registry import REQ_ALL
-    from ..request import ApiRequest
+    from ..request import ApiRequest, Origin
 
     words = text.split()
     if not call.api.settings.current.smscommands or not words or words[0].lower() not in SMS_COMMANDS \
@@ -176,8 +182,8 @@ async def _sms_command(call: Call, sender: str, text: str) -> ApiAnswer | None:
         params = {"anum": number, "bnum": words[1]}
     inner = ApiRequest(function, params, call.request.source, transport="sms")
     # The sender proved this number (a code sent to it): the SMS speaks for that user, never above a user.
-    inner.context["caller"] = Caller(user, max(LEVEL_BY_TYPE.get(user.type, REQ_ALL), REQ_ALL), False,
-                                     "sms from a proven number", proven=True)
+    inner.origin = Origin(caller=Caller(user, max(LEVEL_BY_TYPE.get(user.type, REQ_ALL), REQ_ALL), False,
+                                        "sms from a proven number", proven=True))
     answered = await api.dispatch(inner)
     reply = answered.text[:GSM_REPLY]
     try:
@@ -204,56 +210,54 @@ SMS_FUNCTIONS = {
 }
 
 
-def register_sms(registry: Registry) -> None:
-    """Register the SMS handlers."""
-    fn = registry.function
+def _sms_handler(wait: bool, unicode: bool) -> Any:
+    """The handler of one SMS function: C{wait} for the gateway's answer or not, C{unicode} text or GSM."""
 
-    def make(wait: bool, unicode: bool) -> Any:
-        async def send_sms(call: Call) -> ApiAnswer:
-            sip = call.api.sip
-            if sip is None:
-                return error("SIP is not running on this node", 412)
-            try:
-                outcome = await sip.sms.send(call.user(), call.arg("anum").strip(), call.require("bnum").strip(),
-                                             call.require("txt"), unicode=unicode, wait=wait,
-                                             admin=call.caller.level <= REQ_ADMINS)
-            except SmsError as problem:
-                return error(str(problem), 412)
-            if outcome.status == "failed":
-                return error(f"SMS {outcome.smsid} not delivered: {outcome.reason}", 412)
-            if outcome.status == "queued":
-                return ok(f"SMS {outcome.smsid} queued (held {format_money(outcome.cost)})")
-            if outcome.route == "user":
-                return ok(f"SMS {outcome.smsid} {'sent to' if outcome.status == 'sent' else 'stored for'} the user")
-            return ok(f"SMS {outcome.smsid} delivered through {outcome.route} (cost {format_money(outcome.cost)})")
-
-        return send_sms
-
-    for name, (wait, unicode, category) in SMS_FUNCTIONS.items():
-        summary = ("send an SMS" + (" (Unicode)" if unicode else "")
-                   + (" and wait for the gateway's answer" if wait else " (queued; answers once the cost is held)"))
-        fn(name, category, summary, SMS_PARAMS)(make(wait, unicode))
-
-    @fn("smsreceive", Category.ADMIN, "inbound SMS from a gateway: anum (from) to bnum (a username or DID), txt",
-        SMS_PARAMS)
-    async def smsreceive(call: Call) -> ApiAnswer:
+    async def send_sms(call: Call) -> ApiAnswer:
+        """Send an SMS for the caller (see L{SMS_FUNCTIONS})."""
         sip = call.api.sip
         if sip is None:
             return error("SIP is not running on this node", 412)
-        target, text = call.require("bnum").strip(), call.require("txt")
-        sender = call.arg("anum").strip() or "unknown"
-        if len(text) > 4000 or len(sender) > 64 or not sender.isprintable():
-            return error("txt must be at most 4000 characters and anum a printable number", 412)
-        store = call.api.store
-        recipient = await store.find_user(target) or await store.find_user_by_number(target)
-        if recipient is None:
-            command = await _sms_command(call, sender, text)
-            if command is not None:
-                return command
-            return error(f"no user for {target[:40]}", 404)
-        await call.api.db.run_statement(
-            "sms_in", "INSERT INTO tb_sms (userid, anum, bnum, body, direction, route, status, created, finished) "
-                      "VALUES (?, ?, ?, ?, 'in', 'user', 'received', ?, ?)",
-            (recipient.id, sender, target[:64], text, store.now(), store.now()))
-        sent, _ = await sip.messenger.send(sender, [recipient], text)
-        return ok(f"delivered to {recipient.username}" if sent else f"stored for {recipient.username} until online")
+        try:
+            outcome = await sip.sms.send(call.user(), call.arg("anum").strip(), call.require("bnum").strip(),
+                                         call.require("txt"), unicode=unicode, wait=wait,
+                                         admin=call.caller.level <= REQ_ADMINS)
+        except SmsError as problem:
+            return error(str(problem), 412)
+        if outcome.status == "failed":
+            return error(f"SMS {outcome.smsid} not delivered: {outcome.reason}", 412)
+        if outcome.status == "queued":
+            return ok(f"SMS {outcome.smsid} queued (held {format_money(outcome.cost)})")
+        if outcome.route == "user":
+            return ok(f"SMS {outcome.smsid} {'sent to' if outcome.status == 'sent' else 'stored for'} the user")
+        return ok(f"SMS {outcome.smsid} delivered through {outcome.route} (cost {format_money(outcome.cost)})")
+
+    return send_sms
+
+
+for _name, (_wait, _unicode, _category) in SMS_FUNCTIONS.items():
+    fn(_name, _category, "send an SMS" + (" (Unicode)" if _unicode else "")
+       + (" and wait for the gateway's answer" if _wait else " (queued; answers once the cost is held)"),
+       SMS_PARAMS)(_sms_handler(_wait, _unicode))
+
+
+@fn("smsreceive", Category.ADMIN, params=SMS_PARAMS)
+async def smsreceive(call: Call) -> ApiAnswer:
+    """inbound SMS from a gateway: anum (from) to bnum (a username or DID), txt"""
+    sip = call.api.sip
+    if sip is None:
+        return error("SIP is not running on this node", 412)
+    target, text = call.require("bnum").strip(), call.require("txt")
+    sender = call.arg("anum").strip() or "unknown"
+    if len(text) > 4000 or len(sender) > 64 or not sender.isprintable():
+        return error("txt must be at most 4000 characters and anum a printable number", 412)
+    store = call.api.store
+    recipient = await store.find_user(target) or await store.find_user_by_number(target)
+    if recipient is None:
+        command = await _sms_command(call, sender, text)
+        if command is not None:
+            return command
+        return error(f"no user for {target[:40]}", 404)
+    await SmsRows(call.api.db, store.now).received(recipient.id, sender, target, text)
+    sent, _ = await sip.messenger.send(sender, [recipient], text)
+    return ok(f"delivered to {recipient.username}" if sent else f"stored for {recipient.username} until online")

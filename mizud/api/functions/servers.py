@@ -7,13 +7,15 @@ import re
 import secrets
 from typing import Any
 
-from ...sip.routing import ROLE_BOTH, ROLE_SENDER, ROLE_SERVER, Router
+from ...sip.routing import Router
+from ...store.routes import ROLE_BOTH, ROLE_SENDER, ROLE_SERVER
 from ...store.billing import USER_SIPSERVER, USER_TRAFFICSENDER
 from ...store.database import Txn
 from ...store.money import parse_amount
+from ...store.servers import insert_route, routing_entry_by_id, routing_entry_named, set_user_columns
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
-from ..registry import Category, Registry
+from ..registry import Functions, Category
 from ..request import RequestError
 from .fields import convert, schema
 from .accounts import check_username
@@ -76,108 +78,106 @@ def _extra_fields(call: Call, columns: set[str]) -> dict[str, Any]:
     return extra
 
 
-def register(registry: Registry) -> None:
-    """Register this module's handlers."""
-    fn = registry.function
+#: This module's API functions (registered by build_registry).
+fn = Functions()
 
-    @fn("addserver", Category.ADMIN, "add a SIP server (gateway) or traffic sender, with a routing entry",
-        ADDSERVER_PARAMS)
-    async def addserver(call: Call) -> ApiAnswer:
-        role = call.arg("u_type", "0").strip()
-        if role not in ("0", "5", "9"):
-            return error("u_type must be 0 (both), 5 (traffic sender) or 9 (SIP server)", 412)
-        serverrole = {"0": ROLE_BOTH, "5": ROLE_SENDER, "9": ROLE_SERVER}[role]
-        name = call.arg("u_name").strip()
-        username = call.arg("u_username").strip() or re.sub(r"[^A-Za-z0-9_.@+\-]", "_", name)[:64]
-        if not username or not NAME.match(username):
-            return error("u_name or u_username is needed (letters, digits and _ . @ + -)", 421)
-        if len(name) > 100 or not name.isprintable():
-            return error("u_name must be at most 100 printable characters", 412)
-        domain_text, ip_text = call.arg("u_domain").strip(), call.arg("u_ip").strip()
-        if not domain_text and not ip_text:
-            return error("u_domain or u_ip is needed", 421)
-        domain, domain_port = _host_port(domain_text, "u_domain") if domain_text else ("", None)
-        ip, ip_port = _host_port(ip_text, "u_ip") if ip_text else ("", None)
-        if ip:
-            try:
-                ipaddress.ip_address(ip)
-            except ValueError:
-                return error(f"u_ip is not an IP address: {ip[:60]}", 412)
-        port = _port(call.arg("u_port"), "u_port") if call.arg("u_port") else (ip_port or domain_port or 5060)
-        transport = call.arg("u_transport", "udp").strip().lower()
-        if transport not in ("udp", "tcp", "tls"):
-            return error("u_transport must be udp, tcp or tls", 412)
-        proxy = call.arg("u_proxy").strip()
-        if proxy:
-            _host_port(proxy, "u_proxy")
-        auth = call.arg("u_auth", "1").strip()
-        if not DIGITS.match(auth) or len(auth) > 3:
-            return error("u_auth must be a number (1: by IP address)", 412)
-        password = call.arg("u_password") or secrets.token_urlsafe(12)
-        if len(password) > 128 or not password.isprintable():
-            return error("u_password must be at most 128 printable characters", 412)
-        currency = (call.arg("u_currency") or call.api.settings.current.defaultcurrency).upper()
-        if not re.fullmatch(r"[A-Z]{3}", currency):
-            return error("u_currency must be a three-letter code", 412)
-        credit = parse_amount(call.arg("u_credit") or "0", allow_zero=True)
-        priority_text = call.arg("u_routingpriority", "0").strip() or "0"
-        if not re.fullmatch(r"-?[0-9]{1,6}", priority_text):
-            return error("u_routingpriority must be a whole number", 412)
-        priority = int(priority_text)
-        routing = call.arg("u_routing").strip()
-        extra = _extra_fields(call, (await schema(call)).get("tb_users", set()))
-        store = call.api.store
+
+@fn("addserver", Category.ADMIN, params=ADDSERVER_PARAMS)
+async def addserver(call: Call) -> ApiAnswer:
+    """add a SIP server (gateway) or traffic sender, with a routing entry"""
+    role = call.arg("u_type", "0").strip()
+    if role not in ("0", "5", "9"):
+        return error("u_type must be 0 (both), 5 (traffic sender) or 9 (SIP server)", 412)
+    serverrole = {"0": ROLE_BOTH, "5": ROLE_SENDER, "9": ROLE_SERVER}[role]
+    name = call.arg("u_name").strip()
+    username = call.arg("u_username").strip() or re.sub(r"[^A-Za-z0-9_.@+\-]", "_", name)[:64]
+    if not username or not NAME.match(username):
+        return error("u_name or u_username is needed (letters, digits and _ . @ + -)", 421)
+    if len(name) > 100 or not name.isprintable():
+        return error("u_name must be at most 100 printable characters", 412)
+    domain_text, ip_text = call.arg("u_domain").strip(), call.arg("u_ip").strip()
+    if not domain_text and not ip_text:
+        return error("u_domain or u_ip is needed", 421)
+    domain, domain_port = _host_port(domain_text, "u_domain") if domain_text else ("", None)
+    ip, ip_port = _host_port(ip_text, "u_ip") if ip_text else ("", None)
+    if ip:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            return error(f"u_ip is not an IP address: {ip[:60]}", 412)
+    port = _port(call.arg("u_port"), "u_port") if call.arg("u_port") else (ip_port or domain_port or 5060)
+    transport = call.arg("u_transport", "udp").strip().lower()
+    if transport not in ("udp", "tcp", "tls"):
+        return error("u_transport must be udp, tcp or tls", 412)
+    proxy = call.arg("u_proxy").strip()
+    if proxy:
+        _host_port(proxy, "u_proxy")
+    auth = call.arg("u_auth", "1").strip()
+    if not DIGITS.match(auth) or len(auth) > 3:
+        return error("u_auth must be a number (1: by IP address)", 412)
+    password = call.arg("u_password") or secrets.token_urlsafe(12)
+    if len(password) > 128 or not password.isprintable():
+        return error("u_password must be at most 128 printable characters", 412)
+    currency = (call.arg("u_currency") or call.api.settings.current.defaultcurrency).upper()
+    if not re.fullmatch(r"[A-Z]{3}", currency):
+        return error("u_currency must be a three-letter code", 412)
+    credit = parse_amount(call.arg("u_credit") or "0", allow_zero=True)
+    priority_text = call.arg("u_routingpriority", "0").strip() or "0"
+    if not re.fullmatch(r"-?[0-9]{1,6}", priority_text):
+        return error("u_routingpriority must be a whole number", 412)
+    priority = int(priority_text)
+    routing = call.arg("u_routing").strip()
+    extra = _extra_fields(call, (await schema(call)).get("tb_users", set()))
+    store = call.api.store
+    if await store.find_user(username) is not None:
+        return error(f"username already exists: {username}", 412)
+    await check_username(call, username, signup=False)
+    db = call.api.db
+    entry_name, entry_prefix = username, ""
+    if routing and routing.lower() != "null":
+        numeric = bool(DIGITS.match(routing)) and len(routing) < 19
+        if numeric:
+            found = await routing_entry_by_id(db, int(routing))
+            if found is None:
+                return error(f"no routing entry with id {routing}", 404)
+        else:
+            found = await routing_entry_named(db, routing)
+        entry_name, entry_prefix = found if found else (routing[:64], "")
+    makes_route = routing.lower() != "null" and serverrole != ROLE_SENDER
+
+    async def link(txn: Txn, userid: int) -> None:
+        await set_user_columns(txn, userid, extra)
+        if makes_route:
+            await insert_route(txn, entry_name, entry_prefix, userid, priority, store.now())
+
+    try:
+        userid = await store.create_user(
+            username, password, type=USER_TRAFFICSENDER if serverrole == ROLE_SENDER else USER_SIPSERVER,
+            credit=credit, currency=currency, then=link, name=name, email=call.arg("u_email").strip()[:200],
+            country=call.arg("u_country").strip()[:64], domain=domain, ip=ip, port=port, proxy=proxy,
+            transport=transport, needauth=int(auth), serverrole=serverrole,
+        )
+    except Exception:
         if await store.find_user(username) is not None:
             return error(f"username already exists: {username}", 412)
-        await check_username(call, username, signup=False)
-        db = call.api.db
-        entry_name, entry_prefix = username, ""
-        if routing and routing.lower() != "null":
-            numeric = bool(DIGITS.match(routing)) and len(routing) < 19
-            column = "id" if numeric else "name"
-            found = (await db.run_query(
-                "routing_entry", f"SELECT name, prefix FROM tb_routing WHERE {column} = ? ORDER BY id",
-                (int(routing) if numeric else routing,))).one()
-            if found is None and numeric:
-                return error(f"no routing entry with id {routing}", 404)
-            entry_name, entry_prefix = (found[0], found[1]) if found else (routing[:64], "")
-        makes_route = routing.lower() != "null" and serverrole != ROLE_SENDER
+        raise
+    route = f"; routing entry {entry_name} prefix '{entry_prefix}' priority {priority}" if makes_route else ""
+    return ok(f"{userid}{route}", [{"id": userid, "username": username, "password": password}])
 
-        async def link(txn: Txn, userid: int) -> None:
-            for column, value in sorted(extra.items()):
-                await txn.execute(f"UPDATE tb_users SET {column} = ? WHERE id = ?", (value, userid))
-            if makes_route:
-                await txn.execute(
-                    "INSERT INTO tb_routing (name, prefix, serverid, priority, enabled, created) VALUES (?, ?, ?, ?, 1, ?)",
-                    (entry_name, entry_prefix, userid, priority, store.now()))
 
-        try:
-            userid = await store.create_user(
-                username, password, type=USER_TRAFFICSENDER if serverrole == ROLE_SENDER else USER_SIPSERVER,
-                credit=credit, currency=currency, then=link, name=name, email=call.arg("u_email").strip()[:200],
-                country=call.arg("u_country").strip()[:64], domain=domain, ip=ip, port=port, proxy=proxy,
-                transport=transport, needauth=int(auth), serverrole=serverrole,
-            )
-        except Exception:
-            if await store.find_user(username) is not None:
-                return error(f"username already exists: {username}", 412)
-            raise
-        route = f"; routing entry {entry_name} prefix '{entry_prefix}' priority {priority}" if makes_route else ""
-        return ok(f"{userid}{route}", [{"id": userid, "username": username, "password": password}])
-
-    @fn("routingtest", Category.ADMIN, "the routes a call from ip/caller to called would try, in order",
-        ("ip", "caller", "called"))
-    async def routingtest(call: Call) -> ApiAnswer:
-        called = call.require("called").strip()
-        if len(called) > 64 or not called.isprintable():
-            return error("called must be at most 64 printable characters", 412)
-        router = Router(call.api.db, call.api.store.now)
-        routes = await router.routes(called)
-        source = call.arg("ip").strip()
-        sender = await router.sender(source) if source else None
-        records = [route.record(order) for order, route in enumerate(routes, 1)]
-        origin = f" (from traffic sender {sender})" if sender else ""
-        if not routes:
-            return error(f"no route to {called[:64]}{origin}", 404)
-        listing = ", ".join(f"{r.name} {r.target}" for r in routes)
-        return ok(f"{len(routes)} routes{origin}: {listing}", records)
+@fn("routingtest", Category.ADMIN, params=("ip", "caller", "called"))
+async def routingtest(call: Call) -> ApiAnswer:
+    """the routes a call from ip/caller to called would try, in order"""
+    called = call.require("called").strip()
+    if len(called) > 64 or not called.isprintable():
+        return error("called must be at most 64 printable characters", 412)
+    router = Router(call.api.db, call.api.store.now)
+    routes = await router.routes(called)
+    source = call.arg("ip").strip()
+    sender = await router.sender(source) if source else None
+    records = [route.record(order) for order, route in enumerate(routes, 1)]
+    origin = f" (from traffic sender {sender})" if sender else ""
+    if not routes:
+        return error(f"no route to {called[:64]}{origin}", 404)
+    listing = ", ".join(f"{r.name} {r.target}" for r in routes)
+    return ok(f"{len(routes)} routes{origin}: {listing}", records)

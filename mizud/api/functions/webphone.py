@@ -13,7 +13,7 @@ from __future__ import annotations
 from ...store.presence import Presence
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
-from ..registry import Category, Registry
+from ..registry import Functions, Category
 
 #: The longest value kept of each field a client tells about itself.
 MAX_FIELD = 100
@@ -29,26 +29,29 @@ def _field(call: Call, *names: str) -> str:
     return ""
 
 
-def register(registry: Registry) -> None:
-    """Register this module's handlers."""
-    fn = registry.function
+#: This module's API functions (registered by build_registry).
+fn = Functions()
 
-    @fn("wsuser", Category.USER, "a web client (the Mizu webphone) announces itself: its session, brand and "
-        "version are recorded for reguser and endpoints", WSUSER_PARAMS)
-    async def wsuser(call: Call) -> ApiAnswer:
-        user = call.user()
-        api = call.api
-        session = _field(call, "sessionid", "sid") or call.request.source
-        await Presence(api.db, api.store.now).session(
-            user.id, session, brandname=_field(call, "brandname"), companyname=_field(call, "companyname", "companyame"),
-            version=_field(call, "version", "ver", "clientversion"), address=call.request.source,
-            transport=call.request.transport, node=api.node)
-        return ok(f"wsuser {user.username} session {session}")
 
-    @fn("wsload", Category.PUBLIC, "this node's load for web clients choosing a server: ws load: N type: T "
-        "(N the calls this node carries now, T the kind of server)")
-    async def wsload(call: Call) -> ApiAnswer:
-        sip = call.api.sip
-        if sip is None:
-            return error("SIP is not running on this node", 412)
-        return ok(f"ws load: {len(sip.calls.live)} type: sip")
+@fn("wsuser", Category.USER, params=WSUSER_PARAMS)
+async def wsuser(call: Call) -> ApiAnswer:
+    """a web client (the Mizu webphone) announces itself: its session, brand and version are recorded for
+    reguser and endpoints"""
+    user = call.user()
+    api = call.api
+    session = _field(call, "sessionid", "sid") or call.request.source
+    await Presence(api.db, api.store.now).session(
+        user.id, session, brandname=_field(call, "brandname"), companyname=_field(call, "companyname", "companyame"),
+        version=_field(call, "version", "ver", "clientversion"), address=call.request.source,
+        transport=call.request.transport, node=api.node)
+    return ok(f"wsuser {user.username} session {session}")
+
+
+@fn("wsload", Category.PUBLIC)
+async def wsload(call: Call) -> ApiAnswer:
+    """this node's load for web clients choosing a server: ws load: N type: T (N the calls this node carries
+    now, T the kind of server)"""
+    sip = call.api.sip
+    if sip is None:
+        return error("SIP is not running on this node", 412)
+    return ok(f"ws load: {len(sip.calls.live)} type: sip")

@@ -1,0 +1,92 @@
+"""What routing reads: the gateways for a number, the user a number names, traffic senders, numbers a
+user owns, a server's own account and SMS settings (all from tb_users, tb_routing, tb_phonenumbers and
+tb_usernumbers).  The order a call tries them in is decided in L{mizud.sip.routing}."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .database import Database
+
+#: tb_users.serverrole: what a server added by addserver may do.
+ROLE_BOTH, ROLE_SENDER, ROLE_SERVER = 0, 5, 9
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRoute:
+    """One tb_routing entry matching a number, with the server it leads to."""
+
+    routing: str
+    prefix: str
+    priority: int
+    username: str
+    domain: str
+    ip: str
+    port: int
+    transport: str
+    proxy: str
+
+
+class RouteRows:
+    """The routing queries (see the module doc)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def gateways(self, digits: str) -> list[GatewayRoute]:
+        """The enabled routes whose prefix begins C{digits}: longest prefix first, then priority, then age."""
+        result = await self.db.run_query(
+            "routes",
+            "SELECT r.name, r.prefix, r.priority, u.username, u.domain, u.ip, u.port, u.transport, u.proxy "
+            "FROM tb_routing r JOIN tb_users u ON u.id = r.serverid "
+            "WHERE r.enabled <> 0 AND u.enabled <> 0 AND u.serverrole <> ? AND u.type IN (?, ?) "
+            "AND substr(?, 1, length(r.prefix)) = r.prefix "
+            "ORDER BY length(r.prefix) DESC, r.priority, r.id",
+            (ROLE_SENDER, 9, 5, digits),
+        )
+        return [GatewayRoute(row[0], row[1], int(row[2]), row[3], row[4], row[5], int(row[6]), row[7], row[8])
+                for row in result.rows]
+
+    async def user_named(self, called: str) -> tuple[int, str] | None:
+        """(id, username) of the user C{called} names: its username (not a server's) or an assigned DID."""
+        result = await self.db.run_query(
+            "route_user",
+            "SELECT u.id, u.username FROM tb_users u WHERE u.username = ? AND u.type NOT IN (5, 9) "
+            "UNION SELECT u.id, u.username FROM tb_phonenumbers n JOIN tb_users u ON u.id = n.userid "
+            "WHERE n.number = ? AND n.userid > 0",
+            (called, called),
+        )
+        row = result.one()
+        return (int(row[0]), str(row[1])) if row is not None else None
+
+    async def sender_at(self, address: str) -> str | None:
+        """The traffic sender (a server allowed to send calls) at this IP address, if any."""
+        result = await self.db.run_query(
+            "route_sender",
+            "SELECT username FROM tb_users WHERE enabled <> 0 AND serverrole <> ? AND type IN (5, 9) AND ip = ? "
+            "ORDER BY id",
+            (ROLE_SERVER, address.strip("[]")),
+        )
+        row = result.one()
+        return str(row[0]) if row else None
+
+    async def owns(self, userid: int, number: str, normalised: str) -> bool:
+        """Whether C{number} is one of the user's DIDs, or C{normalised} a number they added and proved."""
+        found = await self.db.run_query(
+            "owns_number", "SELECT number FROM tb_phonenumbers WHERE userid = ? AND number = ? "
+                           "UNION SELECT number FROM tb_usernumbers WHERE userid = ? AND number = ? "
+                           "AND verified IS NOT NULL",
+            (userid, number, userid, normalised))
+        return bool(found.rows)
+
+    async def account(self, server: str) -> tuple[str, str]:
+        """A server's own account (addserver's u_username/u_password), to answer its challenges."""
+        row = (await self.db.run_query(
+            "gateway_account", "SELECT username, password FROM tb_users WHERE username = ?", (server,))).one()
+        return (str(row[0]), str(row[1])) if row else ("", "")
+
+    async def sms_gateway(self, server: str) -> tuple[str, str, str] | None:
+        """(smsurl, username, password) of an SMS gateway, or None when it is gone."""
+        row = (await self.db.run_query(
+            "sms_gateway", "SELECT smsurl, username, password FROM tb_users WHERE username = ?", (server,))).one()
+        return (str(row[0] or ""), str(row[1]), str(row[2])) if row is not None else None
