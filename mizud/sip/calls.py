@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -40,15 +40,13 @@ from ..store.routes import RouteRows
 from ..store.money import HoldClosed
 from ..store.money import format_money
 from .backend import Backend
+from .ports import Calling
 from .responses import ALLOW, SERVER
 from .dialog import Dialog, new_tag
 from .message import SipMessage
 from .sdp import hold_offer, new_session, reorigin
 from .routing import Route, Unreachable
 from .transaction import T1, InviteClientTransaction, new_branch
-
-if TYPE_CHECKING:
-    from .core import SipCore
 
 log = Logger()
 
@@ -589,7 +587,7 @@ class PlacedCall:
 class CallControl:
     """The calls this node placed and is keeping up."""
 
-    def __init__(self, core: SipCore) -> None:
+    def __init__(self, core: Calling) -> None:
         self.core = core
         self.settings = core.settings
         self.live: dict[int, PlacedCall] = {}

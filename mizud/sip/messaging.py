@@ -9,7 +9,7 @@ presence_get and presence_set (the spec's XOFFMESSAGE form) when it polls.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -17,10 +17,8 @@ from twisted.logger import Logger
 from ..store.messages import MessageRows, Stored
 from ..store.registrations import Bindings
 from .backend import Backend
+from .ports import Sending
 from .responses import SERVER
-
-if TYPE_CHECKING:
-    from .core import SipCore
 
 log = Logger()
 
@@ -35,7 +33,7 @@ MAX_ATTEMPTS = 5
 class Messenger:
     """Stores and delivers instant messages for a L{SipCore}."""
 
-    def __init__(self, core: SipCore) -> None:
+    def __init__(self, core: Sending) -> None:
         self.core = core
         #: Ids of messages whose delivery round is under way (not started twice at once).
         self.in_flight: set[int] = set()

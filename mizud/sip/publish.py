@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING
 from xml.etree import ElementTree
 
 from ..store.presence import Presence
 from .backend import Backend
+from .ports import Authenticating
 from .responses import response_to
 from .message import SipMessage
 from .transaction import Source
-
-if TYPE_CHECKING:
-    from .core import SipCore
 
 PIDF = "application/pidf+xml"
 _DTD = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
@@ -68,7 +65,7 @@ def pidf_status(body: bytes) -> str | None:
     return "offline" if basic == "closed" else "online"
 
 
-async def publish(core: SipCore, request: SipMessage, source: Source, backend: Backend) -> SipMessage:
+async def publish(core: Authenticating, request: SipMessage, source: Source, backend: Backend) -> SipMessage:
     """The response to one PUBLISH (see the module doc)."""
 
     event = request.get("event").split(";", 1)[0].strip().lower()

@@ -6,19 +6,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..store.registrations import Binding, Bindings, Change, OutOfOrder, TooManyContacts
 from .backend import Backend
+from .ports import Registering
 from .responses import response_to
 from .message import ParseError, SipMessage, parse_name_addr
 from .transaction import Source
-
-if TYPE_CHECKING:
-    from .core import SipCore
 
 log = Logger()
 
@@ -50,7 +48,7 @@ def _seconds(text: str, maximum: int) -> int:
 class Registrar:
     """Handles REGISTER for a L{SipCore}."""
 
-    def __init__(self, core: SipCore) -> None:
+    def __init__(self, core: Registering) -> None:
         self.core = core
         self.recent: OrderedDict[str, Attempt] = OrderedDict()
 

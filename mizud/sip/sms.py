@@ -17,7 +17,6 @@ import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from twisted.logger import Logger
@@ -27,11 +26,9 @@ from ..store.billing import USER_SIPSERVER, USER_TRAFFICSENDER, User
 from ..store.routes import RouteRows
 from ..store.sms import SmsRows
 from .backend import Backend
+from .ports import Texting
 from .responses import SERVER
 from .routing import Route, Router, owns_number
-
-if TYPE_CHECKING:
-    from .core import SipCore
 
 log = Logger()
 
@@ -78,7 +75,7 @@ def parts(text: str, unicode: bool) -> int:
 class SmsSender:
     """Sends SMS for a L{SipCore}."""
 
-    def __init__(self, core: SipCore) -> None:
+    def __init__(self, core: Texting) -> None:
         self.core = core
 
     def _backend(self) -> Backend:
