@@ -223,7 +223,7 @@ def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None, 
             PortalResource(settings) if settings.current.webportal else None,
             MetricsResource(lambda: getattr(dispatch(), "metrics", None),
                             lambda request: Trust(settings.current).trusted(client_address(request, settings))),
-            Generated(lambda: render().encode("utf-8"), b"application/json"),
+            Generated(lambda: render().encode("utf-8"), "application/json"),
         ),
         settings, reactor,
     )

@@ -52,10 +52,8 @@ class Harness:
         return await self.api.dispatch(decode(query=query, source=source))
 
 
-async def make_harness(tmp_path: Path, *sets: str, database: str | None = None,
-                       settings: Settings | None = None) -> Harness:
-    """A harness with users alice (enduser) and root (admin), on SQLite unless a database is given (with
-    C{settings}: those, else the test key and salt and C{sets})."""
+async def make_harness(tmp_path: Path, *sets: str, database: str | None = None) -> Harness:
+    """A harness with users alice (enduser) and root (admin), on SQLite unless a database is given."""
     path = database or str(tmp_path / "api.sqlite")
     migrate(path, "2026-01-01")
     db = open_database(path, global_reactor)
@@ -65,7 +63,7 @@ async def make_harness(tmp_path: Path, *sets: str, database: str | None = None,
     store = BillingStore(db, clock)
     await store.create_user("alice", "alicepw", credit="5", pin="777111")
     await store.create_user("root", "rootpw", type=USER_ADMIN)
-    settings = settings or Settings(None, (f"apiv2key={KEY}", f"apiv2md5salt={SALT}", *sets))
+    settings = Settings(None, (f"apiv2key={KEY}", f"apiv2md5salt={SALT}", *sets))
     api = Api(settings, build_registry(), store, clock, Rater(path, global_reactor))
     await api.reload_access()
     return Harness(api, store, clock, db)
@@ -328,7 +326,8 @@ async def test_reload_applies_live_options(tmp_path: Path) -> None:
     """reload re-reads the config file; a new apiv2key takes effect at once."""
     ini = tmp_path / "m.ini"
     ini.write_text("[global]\napiv2key = one\n")
-    h = await make_harness(tmp_path, settings=Settings(str(ini)))
+    h = await make_harness(tmp_path)
+    h.api.settings = Settings(str(ini))
     assert (await h.call("apientry=apitest&authkey=one&authid=alice&authpwd=alicepw")).ok
     ini.write_text("[global]\napiv2key = two\nmainaport = 81\n")
     answer = await h.call("apientry=reload", "127.0.0.1")

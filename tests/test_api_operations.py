@@ -143,9 +143,10 @@ async def test_reloadapikeys_reads_the_keys_again(tmp_path: Path) -> None:
     """reloadapikeys re-reads the configuration file: a changed key is in force for the next request."""
     config = tmp_path / "mizud.ini"
     config.write_text("[global]\napiv2key = first-key-123\n")
+    h = await make_harness(tmp_path)
     from mizud.config import Settings
 
-    h = await make_harness(tmp_path, settings=Settings(str(config), ()))
+    h.api.settings = Settings(str(config), ())
     assert (await h.call("apientry=reloadapikeys", ADMIN)).text == "OK: keys changed: none; 0 tb_api rules loaded"
     config.write_text("[global]\napiv2key = second-key-456\n")
     assert (await h.call("apientry=reloadapikeys", ADMIN)).text == "OK: keys changed: apiv2key; 0 tb_api rules loaded"

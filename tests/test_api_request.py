@@ -147,3 +147,16 @@ def test_limits() -> None:
         parse_body(b"a=" + b"x" * (1024 * 1024), "")
     with pytest.raises(RequestError, match="invalid UTF-8"):
         req(query="a=%ff")
+
+
+def test_a_request_has_one_origin() -> None:
+    """An Origin naming two front ends is refused where it is made (a programming error, not a request)."""
+    from mizud.api.request import Origin
+    from mizud.store.billing import User
+
+    from decimal import Decimal
+
+    user = User(1, 1, "alice", "pw", "USD", Decimal(0), False, Decimal(0), 0, True, False, None)
+    assert Origin(legacy=True).legacy and Origin(sip_user=user).sip_user is user
+    with pytest.raises(ValueError, match="one origin"):
+        Origin(legacy=True, sip_user=user)

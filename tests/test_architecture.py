@@ -30,7 +30,8 @@ LOWER = {
 
 MAX_FUNCTION_LINES = 100
 SQL = re.compile(r"^\s*\(?\s*(SELECT\b|INSERT INTO\b|UPDATE \w+ SET\b|DELETE FROM\b|CREATE (TABLE|INDEX|TRIGGER)\b|"
-                 r"ALTER TABLE\b|DROP (TABLE|INDEX)\b|WITH \w+ AS\b|PRAGMA \w|VACUUM\b|LISTEN \w|NOTIFY \w)")
+                 r"ALTER TABLE\b|DROP (TABLE|INDEX)\b|WITH \w+ AS\b|PRAGMA \w|VACUUM\b|ANALYZE\b|REPLACE INTO\b|INSERT OR\b|"
+                 r"LISTEN \w|NOTIFY \w)")
 
 
 def _modules() -> dict[str, Path]:
@@ -177,6 +178,7 @@ def test_the_sql_check_finds_sql() -> None:
     """The check itself recognises statements, and not prose."""
     assert SQL.match("SELECT id FROM tb_users") and SQL.match("INSERT INTO tb_cdrs (id) VALUES (?)")
     assert SQL.match("UPDATE tb_users SET credit = ?") and SQL.match("DELETE FROM tb_calls WHERE id = ?")
+    assert SQL.match("ANALYZE") and SQL.match("INSERT OR IGNORE INTO tb_x VALUES (1)")
     assert not SQL.match("Select the user") and not SQL.match("update the balance")
 
 
@@ -204,6 +206,8 @@ def test_the_graph_sees_relative_and_lazy_imports() -> None:
     assert "mizud.sip.core" in graph["mizud.sip.service"]
     assert "mizud.store.database" in graph["mizud.store.registrations"]
     assert any(_part(t) == "sip" for t in graph["mizud.sip.core"])
+    # Imported only inside a handler's body:
+    assert "mizud.api.functions.accounts" in graph["mizud.api.functions.fields"]
 
 
 def test_every_handler_is_importable_and_documented() -> None:

@@ -137,3 +137,28 @@ def test_generated_requests(live: Live, data: Any) -> None:
     if data.draw(st.booleans()):
         params.update(ADMIN)
     live.check(path, params)
+
+
+def test_the_served_document_is_made_once_and_has_no_children() -> None:
+    """/openapi.json is made on its first request and kept; HEAD gets its length and no body; a path below it
+    is not found (as twisted.web's Data resource)."""
+    from twisted.web.resource import getChildForRequest
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from mizud.wire.static import Generated
+
+    made: list[int] = []
+
+    def make() -> bytes:
+        made.append(1)
+        return b'{"openapi": "3.1.0"}'
+
+    document = Generated(make, "application/json")
+    assert document.render(DummyRequest([b""])) == b'{"openapi": "3.1.0"}'
+    head = DummyRequest([b""])
+    head.method = b"HEAD"
+    assert document.render(head) == b""
+    assert head.responseHeaders.getRawHeaders(b"content-length") == [b"20"]
+    assert made == [1]
+    below = DummyRequest([b"anything"])
+    assert getChildForRequest(document, below) is not document

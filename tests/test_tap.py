@@ -222,3 +222,6 @@ def test_busy_ports_stop_the_start() -> None:
             ListenService("mainaport", global_reactor, "127.0.0.1", busy_tcp, Factory()).privilegedStartService()
         with pytest.raises(StartupError, match=f"cannot listen on 127.0.0.1:{busy_udp} UDP"):
             UdpListenService("mainaportudp", global_reactor, "127.0.0.1", busy_udp, DatagramProtocol()).privilegedStartService()
+    # Any other failure to bind is the same one-line error (here the socket module's own refusal).
+    with pytest.raises(StartupError, match="cannot listen on 127.0.0.1:70000 \\(adminport\\): bind"):
+        ListenService("adminport", global_reactor, "127.0.0.1", 70000, Factory()).privilegedStartService()

@@ -13,12 +13,12 @@ L{Attempt}; the first refusal is the answer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Optional, Union
 
 from ..config import Settings
 from ..ratelimit import Clock, LeakyBucket
 from ..security.lockout import Lockout
-from ..store.billing import BillingStore
+from ..store.billing import BillingStore, User
 from . import answer
 from .answer import ApiAnswer, error
 from .auth import Trust
@@ -80,18 +80,24 @@ class Limits:
         return bucket.allow(source)
 
 
+#: What a check answers: a refusal, None to go on, or (only when it must wait) an awaitable of either.
+Verdict = Union[ApiAnswer, None, Awaitable[Optional[ApiAnswer]]]
+
+
 class Check(ABC):
-    """One step of the dispatcher's checks."""
+    """One step of the dispatcher's checks.  Most decide at once from memory; those that must wait (the
+    credentials, the registration condition, telling the lockout) return an awaitable, and only then, so the
+    common request creates no coroutine for the checks that need none."""
 
     @abstractmethod
-    async def __call__(self, attempt: Attempt) -> ApiAnswer | None:
-        """The refusal, or None to go on."""
+    def __call__(self, attempt: Attempt) -> Verdict:
+        """The refusal, or None to go on (or an awaitable of either)."""
 
 
 class FunctionUsable(Check):
     """The function is enabled (tb_api) and served (else C{not supported: REASON})."""
 
-    async def __call__(self, attempt: Attempt) -> ApiAnswer | None:
+    def __call__(self, attempt: Attempt) -> ApiAnswer | None:
         """406 for a disabled or unsupported function."""
         rule, function = attempt.rule, attempt.function
         if not rule.enabled or rule.req_user == REQ_DISABLED:
@@ -107,7 +113,7 @@ class RateLimits(Check):
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
 
-    async def __call__(self, attempt: Attempt) -> ApiAnswer | None:
+    def __call__(self, attempt: Attempt) -> ApiAnswer | None:
         """429 when a bucket is empty."""
         limits, source = self.limits, attempt.request.source
         if not (limits.total.allow("*") and limits.ip.allow(source)
@@ -123,7 +129,7 @@ class AddressBan(Check):
         self.settings = settings
         self.lockout = lockout
 
-    async def __call__(self, attempt: Attempt) -> ApiAnswer | None:
+    def __call__(self, attempt: Attempt) -> ApiAnswer | None:
         """403 while the address is banned."""
         request = attempt.request
         if self.lockout.address_banned(request.source, forgeable(request, self.settings)):
@@ -137,7 +143,7 @@ class AddressAccess(Check):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    async def __call__(self, attempt: Attempt) -> ApiAnswer | None:
+    def __call__(self, attempt: Attempt) -> ApiAnswer | None:
         """403 for an untrusted address where trust is required."""
         request, config = attempt.request, attempt.config
         trust = Trust(config)
@@ -161,8 +167,11 @@ class Credentials(Check):
         self.nonces = nonces
         self.failed = failed
 
-    async def __call__(self, attempt: Attempt) -> ApiAnswer | None:
+    def __call__(self, attempt: Attempt) -> Verdict:
         """403 (a failure counted by the lockout), a refusal, or a fresh nonce."""
+        return self._weigh(attempt)
+
+    async def _weigh(self, attempt: Attempt) -> ApiAnswer | None:
         origin = attempt.request.origin
         checker = (self.inner if origin.caller is not None else self.console if origin.console is not None
                    else self.legacy if origin.legacy else self.sip if origin.sip_user is not None else self.api)
@@ -182,7 +191,7 @@ class Credentials(Check):
 class Privilege(Check):
     """The caller's level is at or below the function's C{req_user}."""
 
-    async def __call__(self, attempt: Attempt) -> ApiAnswer | None:
+    def __call__(self, attempt: Attempt) -> ApiAnswer | None:
         """403 access denied."""
         assert attempt.caller is not None
         if attempt.caller.level > attempt.rule.req_user:
@@ -197,7 +206,7 @@ class AccountState(Check):
         self.lockout = lockout
         self.limits = limits
 
-    async def __call__(self, attempt: Attempt) -> ApiAnswer | None:
+    def __call__(self, attempt: Attempt) -> ApiAnswer | None:
         """403 while locked out, 429 over the limit."""
         assert attempt.caller is not None
         user = attempt.caller.user
@@ -216,7 +225,7 @@ class UserConditions(Check):
     def __init__(self, store: BillingStore) -> None:
         self.store = store
 
-    async def __call__(self, attempt: Attempt) -> ApiAnswer | None:
+    def __call__(self, attempt: Attempt) -> Verdict:
         """403 when the user is not registered as required, 412 without enough credit."""
         caller, rule, config = attempt.caller, attempt.rule, attempt.config
         assert caller is not None
@@ -225,10 +234,20 @@ class UserConditions(Check):
             return None
         register = rule.req_user_register if rule.req_user_register is not None else config.apidefneedregister
         if register:
-            hosts = await self.store.registered_addresses(user.id)
-            if not hosts or (register == 2 and attempt.request.source not in hosts):
-                return error("the user is not registered" + (" from this address" if hosts else ""),
-                             answer.AUTH_FAILED)
+            return self._registered_then_credit(attempt, user, register)
+        return self._credit(attempt, user)
+
+    async def _registered_then_credit(self, attempt: Attempt, user: User, register: int) -> ApiAnswer | None:
+        hosts = await self.store.registered_addresses(user.id)
+        if not hosts or (register == 2 and attempt.request.source not in hosts):
+            return error("the user is not registered" + (" from this address" if hosts else ""),
+                         answer.AUTH_FAILED)
+        return self._credit(attempt, user)
+
+    @staticmethod
+    def _credit(attempt: Attempt, user: User) -> ApiAnswer | None:
+        """C{req_user_credit}: 2 means mincreditonroute, 0 and 1 no threshold."""
+        rule, config = attempt.rule, attempt.config
         threshold = rule.req_user_credit
         if threshold == 2:
             threshold = config.mincreditonroute
@@ -247,12 +266,15 @@ class LoginSucceeded(Check):
     def __init__(self, lockout: Lockout) -> None:
         self.lockout = lockout
 
-    async def __call__(self, attempt: Attempt) -> ApiAnswer | None:
+    def __call__(self, attempt: Attempt) -> Verdict:
         """Never refuses."""
         caller = attempt.caller
         if caller is not None and caller.user is not None and caller.proven:
-            await self.lockout.succeeded(caller.user.username, attempt.request.source)
+            return self._tell(caller.user.username, attempt.request.source)
         return None
+
+    async def _tell(self, username: str, source: str) -> None:
+        await self.lockout.succeeded(username, source)
 
 
 def checks(settings: Settings, accounts: Accounts, lockout: Lockout, nonces: Nonces, limits: Limits,

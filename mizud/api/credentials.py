@@ -420,8 +420,8 @@ class SipCredentials:
 
 
 class InnerCredentials:
-    """An inner request runs as the caller of the function that made it (only such a function sets it: the
-    console's command lines, SMS commands): that caller is proven already."""
+    """An inner request runs as the caller of the function that made it (only such a function sets it:
+    C{oop}, SMS commands): that caller is proven already."""
 
     def __init__(self, accounts: Accounts) -> None:
         self.accounts = accounts

@@ -54,7 +54,7 @@ from ..security.lockout import Lockout, loggable
 from ..ratelimit import Clock
 from ..store.apirules import load_rules
 from ..store.authstate import StoredFailures
-from .checks import Limits, address_vouched, checks, forgeable
+from .checks import Limits, checks, forgeable
 from .credentials import Accounts, Attempt, AuthFailure, Caller
 from .registry import (
     REQ_ADMINS,
@@ -128,7 +128,7 @@ class Api:
     def __init__(
         self, settings: Settings, registry: Registry, store: BillingStore, clock: Clock, rater: Rater | None = None
     ) -> None:
-        self.settings = settings
+        self._settings = settings
         #: The rating engine (an empty table until the service loads tb_tariffs).
         self.rater = rater or Rater(settings.current.database, clock)
         self.registry = registry
@@ -160,10 +160,27 @@ class Api:
         self.paused = ""
         self.started = clock.seconds()
         self.requests = 0
-        self.limits = Limits(settings, clock)
-        self.accounts = Accounts(settings, store)
-        #: The checks every request passes, in order (L{mizud.api.checks}).
+        self._assemble()
+
+    def _assemble(self) -> None:
+        """The rate limits, the accounts and the checks every request passes, in order (L{mizud.api.checks}),
+        on the current settings."""
+        settings = self._settings
+        self.lockout.settings = settings
+        self.limits = Limits(settings, self.clock)
+        self.accounts = Accounts(settings, self.store)
         self.checks = checks(settings, self.accounts, self.lockout, self.nonces, self.limits, self._failed)
+
+    @property
+    def settings(self) -> Settings:
+        """The configuration every check and handler reads."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        """Use other settings from now on (the checks are built again on them)."""
+        self._settings = settings
+        self._assemble()
 
     async def publish(self, topic: str) -> None:
         """Tell the other nodes that C{topic} (tariffs, access, bans) changed, when there are any."""
@@ -271,7 +288,8 @@ class Api:
         into C{callers}."""
         attempt = Attempt(request, function, rule, self.settings.current)
         for check in self.checks:
-            refusal = await check(attempt)
+            verdict = check(attempt)
+            refusal = verdict if verdict is None or isinstance(verdict, ApiAnswer) else await verdict
             if refusal is not None:
                 if attempt.caller is not None:
                     callers.append(attempt.caller)
@@ -279,10 +297,6 @@ class Api:
         assert function.handler is not None and attempt.caller is not None
         callers.append(attempt.caller)
         return await function.handler(Call(self, request, function, attempt.caller))
-
-    def address_vouched(self, request: ApiRequest) -> bool:
-        """Whether the request's source address may earn trust (see L{mizud.api.checks.address_vouched})."""
-        return address_vouched(request, self.settings)
 
     async def _values(self, params: dict[str, str], user: User | None, text: str) -> custom.Values:
         """Placeholder values for custom SQL or an action body."""

@@ -63,19 +63,25 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class Origin:
-    """Who vouched for a request before the dispatcher saw it; set only by the front end that made it.
+    """Who vouched for a request before the dispatcher saw it; set only by the code that made it.
 
-    At most one is set.  C{caller}: an inner request that runs as the caller of the function that made it
-    (the console's command lines, SMS commands).  C{console}: the user logged in on the telnet console and
-    the C{apitrustfromconsole} mode.  C{legacy}: the old HTTP interface (its parameter names, md5auth).
-    C{sip_user}: the user a SIP request's digest proved (the X-MizuAPI bridge).  None of them: the request
-    proves itself (authkey, authmd5, a trusted address).
+    At most one is set (a second one is a programming error, refused here).  C{caller}: an inner request
+    that runs as the caller of the function that made it (C{oop}, an admin function reachable from the
+    console and every other front end; SMS commands).  C{console}: the user logged in on the telnet console
+    and the C{apitrustfromconsole} mode.  C{legacy}: the old HTTP interface (its parameter names,
+    md5auth).  C{sip_user}: the user a SIP request's digest proved (the X-MizuAPI bridge).  None of them:
+    the request proves itself (authkey, authmd5, a trusted address).
     """
 
     caller: Caller | None = None
     console: tuple[User, int] | None = None
     legacy: bool = False
     sip_user: User | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse an origin that names two front ends."""
+        if sum((self.caller is not None, self.console is not None, self.legacy, self.sip_user is not None)) > 1:
+            raise ValueError("an API request has one origin")
 
 
 @dataclass

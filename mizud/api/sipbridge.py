@@ -10,9 +10,7 @@ travels in a SIP body and header, so C{format=} is ignored.
 
 from __future__ import annotations
 
-from typing import Callable
 
-from ..config import Settings
 from ..sip.backend import Backend
 from ..store.billing import User
 from .answer import error
@@ -23,26 +21,22 @@ from .request import ApiRequest, Origin, RequestError, decode
 class SipBridge:
     """Answers X-MizuAPI headers through the dispatcher (see the module doc); an L{mizud.sip.backend.ApiBridge}."""
 
-    def __init__(self, settings: Settings, dispatcher: Callable[[], Api | None]) -> None:
-        self.settings = settings
-        self.dispatcher = dispatcher
+    def __init__(self, api: Api) -> None:
+        self.api = api
 
     async def __call__(self, query: str, user: User, source: str) -> str:
         """The text answer to C{query}, asked by C{user} (proven by SIP digest) from C{source}."""
-        api = self.dispatcher()
-        if api is None:
-            return error("the server is starting").text
         query = query.strip().lstrip("/?")
         if query[:8].lower() == "mvapireq":
             query = query[8:].lstrip("/?")
         try:
             request = decode(query=query, source=source, transport="sip",
-                             encrypt_key=self.settings.current.httpapiencryptkey)
+                             encrypt_key=self.api.settings.current.httpapiencryptkey)
         except RequestError as problem:
             return error(problem.message, problem.status).text
         request.params.pop("format", None)
         request.origin = Origin(sip_user=user)
-        return (await api.dispatch(request)).text
+        return (await self.api.dispatch(request)).text
 
 
 def backend_for(api: Api) -> Backend:
@@ -53,4 +47,4 @@ def backend_for(api: Api) -> Backend:
         await api.failed_login(ApiRequest(what, {}, address, transport="sip"), reason, account)
 
     return Backend(store=api.store, rater=api.rater, lockout=api.lockout, node=api.node, failed_login=failed_login,
-                   api=SipBridge(api.settings, lambda: api), paused=lambda: api.paused)
+                   api=SipBridge(api), paused=lambda: api.paused)

@@ -247,6 +247,11 @@ class BillingStore:
         money = self.db.engine.money
         return [{k: (money(v) if k == "credit" else v) for k, v in zip(result.columns, row)} for row in result.rows]
 
+    async def email_of(self, userid: int) -> str:
+        """The user's e-mail address (empty when none or no such user)."""
+        row = (await self.db.run_query("user_email", "SELECT email FROM tb_users WHERE id = ?", (userid,))).one()
+        return str(row[0] or "") if row is not None else ""
+
     async def find_by_email(self, email: str) -> dict[str, Any] | None:
         """id, username, email, forgotquestion and forgotanswer of the oldest user with this e-mail address
         (compared case-insensitively), or None."""
@@ -255,9 +260,10 @@ class BillingStore:
             "WHERE lower(email) = lower(?) ORDER BY id LIMIT 1", (email,))
         return dict(zip(result.columns, result.rows[0])) if result.rows else None
 
-    async def user_row(self, userid: int) -> dict[str, Any] | None:
-        """Every column of the user's tb_users row by name (custom SQL's user placeholders), or None."""
-        result = await self.db.run_query("user_fields", "SELECT * FROM tb_users WHERE id = ?", (userid,))
+    async def user_row(self, userid: int, name: str = "user_fields") -> dict[str, Any] | None:
+        """Every column of the user's tb_users row by name (custom SQL's user placeholders, getdetails), or
+        None; C{name} names the statement."""
+        result = await self.db.run_query(name, "SELECT * FROM tb_users WHERE id = ?", (userid,))
         return dict(zip(result.columns, result.rows[0])) if result.rows else None
 
     async def get_user(self, userid: int) -> User | None:

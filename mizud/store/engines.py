@@ -41,8 +41,9 @@ class Engine(ABC):
     data_modifying_cte = False
     #: The statement that gives deleted rows' space back (run outside a transaction).
     vacuum = "VACUUM"
-    #: The statement that refreshes the planner's statistics (the daily upkeep).
+    #: The statement that refreshes the planner's statistics (the daily upkeep), and its name.
     optimize = "PRAGMA optimize"
+    optimize_name = "optimize"
 
     def sql(self, statement: str) -> str:
         """Return the statement in this engine's placeholder style."""
@@ -131,6 +132,7 @@ class PostgresEngine(Engine):
     data_modifying_cte = True
     vacuum = "VACUUM ANALYZE"
     optimize = "ANALYZE"
+    optimize_name = "analyze"
 
     def sql(self, statement: str) -> str:
         """Rewrite C{?} placeholders to psycopg2's C{%s}."""

@@ -58,7 +58,7 @@ class Upkeep:
 
     async def optimize(self) -> None:
         """Refresh the planner's statistics (SQLite's PRAGMA optimize, PostgreSQL's ANALYZE)."""
-        await self.db.run_statement("optimize", self.db.engine.optimize)
+        await self.db.run_statement(self.db.engine.optimize_name, self.db.engine.optimize)
 
     async def expire_bans(self, before: datetime) -> int:
         """Delete bans that ended before C{before}; how many."""

@@ -50,9 +50,12 @@ class Listener(Service, ABC):
         if self.listening is None:
             try:
                 self.listening = self._listen()
-            except CannotListenError as error:
+            except StartupError:
+                raise
+            except Exception as error:
+                reason = error.socketError if isinstance(error, CannotListenError) else error
                 raise StartupError(
-                    f"cannot listen on {self.address}:{self.port}{self.kind} ({self.name}): {error.socketError}"
+                    f"cannot listen on {self.address}:{self.port}{self.kind} ({self.name}): {reason}"
                 ) from None
 
     #: Said after the port in a bind failure (nothing for TCP).

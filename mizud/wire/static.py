@@ -8,7 +8,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
-from twisted.web.static import File
+from twisted.web.static import Data, File
 
 log = Logger()
 
@@ -71,22 +71,19 @@ def _inside(path: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
-class Generated(Resource):
-    """A document made by C{make} on its first request and kept (the OpenAPI document, say)."""
+class Generated(Data):
+    """A document made by C{make} on its first request and kept (the OpenAPI document, say); otherwise
+    twisted.web's L{Data}: content type and length, HEAD without a body, no children."""
 
-    isLeaf = True
-
-    def __init__(self, make: Callable[[], bytes], content_type: bytes) -> None:
-        super().__init__()
-        self.make = make
-        self.content_type = content_type
-        self._body: bytes | None = None
+    def __init__(self, make: Callable[[], bytes], content_type: str) -> None:
+        super().__init__(b"", content_type)
+        self.make: Callable[[], bytes] | None = make
 
     def render_GET(self, request: Request) -> bytes:
-        """The document."""
-        if self._body is None:
-            self._body = self.make()
-        request.setHeader(b"content-type", self.content_type)
-        return self._body
+        """The document (made now, the first time)."""
+        if self.make is not None:
+            self.data, self.make = self.make(), None
+        body: bytes = super().render_GET(request)
+        return body
 
     render_HEAD = render_GET

@@ -175,7 +175,7 @@ async def getdetails(call: Call) -> ApiAnswer:
     mode = call.arg("mode", "normal").lower()
     if mode not in ("min", "normal", "max"):
         return error("mode must be min, normal or max", 412)
-    row = await call.api.store.user_row(user.id)
+    row = await call.api.store.user_row(user.id, "getdetails")
     if row is None:
         raise RequestError(f"unknown user: {user.username}", 404)
     return ok(user.username, [_details(row, mode, call.api.db.engine.money)])

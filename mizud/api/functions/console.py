@@ -117,6 +117,7 @@ async def threadlist(call: Call) -> ApiAnswer:
 
 for _name in ("threadlist", "threads", "threads2"):
     fn(_name, Category.ADMIN, "threads of the daemon and the reactor's thread pool (console only)")(threadlist)
+del _name
 
 
 @fn("querylist", Category.ADMIN)

@@ -142,6 +142,7 @@ for _name in ("dbbackup", "backupdb", "backup"):
     fn(_name, Category.ADMIN, "a consistent copy of the database into backupdir (SQLite's online backup, "
        "pg_dump for PostgreSQL); path= a file name there (default mizud-ENGINE-DATE-TIME), never "
        "overwritten", ("path",))(backup)
+del _name
 
 
 @fn("dbrestore", Category.ADMIN, params=("path",))

@@ -60,9 +60,9 @@ async def _own_address(call: Call) -> str:
     user = call.caller.user
     if user is None:
         return ""
-    row = await call.api.store.user_row(user.id)
+    email = await call.api.store.email_of(user.id)
     try:
-        return check_address(row["email"], "email") if row and row["email"] else ""
+        return check_address(email, "email") if email else ""
     except MailError:
         return ""
 
@@ -239,6 +239,7 @@ for _name, (_wait, _unicode, _category) in SMS_FUNCTIONS.items():
     fn(_name, _category, "send an SMS" + (" (Unicode)" if _unicode else "")
        + (" and wait for the gateway's answer" if _wait else " (queued; answers once the cost is held)"),
        SMS_PARAMS)(_sms_handler(_wait, _unicode))
+del _name, _wait, _unicode, _category
 
 
 @fn("smsreceive", Category.ADMIN, params=SMS_PARAMS)
