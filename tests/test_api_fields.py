@@ -62,3 +62,20 @@ async def test_admin_any_table(tmp_path: Path, database_option: str) -> None:
     assert (await h.call("apientry=getfield&filterfieldvalue=ghost", "127.0.0.1")).status == 404
     assert (await h.call(f"apientry=getfield&{ALICE}&filterfieldvalue=alice", "10.0.0.4")).text == "ERROR: access denied"
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_column_added_by_db_is_settable_at_once(tmp_path: Path, database_option: str) -> None:
+    """The tables and columns setfield and getfield check against are read again after the db function ran:
+    a column an admin adds with ALTER TABLE can be set and read without a restart."""
+    h = await make_harness(tmp_path, database=database_option)
+    alice = await h.store.find_user("alice")
+    assert alice is not None
+    setting = f"apientry=setfield&table=tb_users&fieldname=loyaltyclass&fieldvalue=gold&rowid={alice.id}"
+    assert (await h.call(setting, "127.0.0.1")).status == 404  # no such column yet (and the columns are read)
+    added = await h.call("apientry=db&txt=" + quote("ALTER TABLE tb_users ADD COLUMN loyaltyclass TEXT"), "127.0.0.1")
+    assert added.ok, added.text
+    assert (await h.call(setting, "127.0.0.1")).ok
+    got = await h.call("apientry=getfield&retfieldname=loyaltyclass&filterfieldvalue=alice", "127.0.0.1")
+    assert got.text == "OK: gold"
+    await h.db.close()

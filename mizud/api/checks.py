@@ -270,11 +270,8 @@ class LoginSucceeded(Check):
         """Never refuses."""
         caller = attempt.caller
         if caller is not None and caller.user is not None and caller.proven:
-            return self._tell(caller.user.username, attempt.request.source)
+            return self.lockout.succeeded(caller.user.username, attempt.request.source)
         return None
-
-    async def _tell(self, username: str, source: str) -> None:
-        await self.lockout.succeeded(username, source)
 
 
 def checks(settings: Settings, accounts: Accounts, lockout: Lockout, nonces: Nonces, limits: Limits,

@@ -24,7 +24,7 @@ L{Accounts}.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Awaitable
 
 from twisted.logger import Logger
 
@@ -195,10 +195,10 @@ class ApiCredentials:
         self.nonces = nonces
         self.lockout = lockout
 
-    async def caller(self, attempt: Attempt) -> Caller:
-        """The key (C{req_key}), then L{identify}."""
+    def caller(self, attempt: Attempt) -> Awaitable[Caller]:
+        """The key (C{req_key}: raises at once), then L{identify}."""
         check_key(attempt.request, attempt.rule, attempt.trusted, attempt.config.apiv2key, "authkey")
-        return await self.identify(attempt.request, attempt.rule, attempt.trusted)
+        return self.identify(attempt.request, attempt.rule, attempt.trusted)
 
     async def identify(self, request: ApiRequest, rule: Access, trusted: bool) -> Caller:
         """Establish the caller from the request's credentials and source.

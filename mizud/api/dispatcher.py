@@ -158,6 +158,8 @@ class Api:
         self.operations: Any = None
         #: Why requests are refused right now (a database restore), or empty.
         self.paused = ""
+        #: The tables and their columns (setfield, getfield), read once; None until then and after a db call.
+        self.columns: dict[str, set[str]] | None = None
         self.started = clock.seconds()
         self.requests = 0
         self._assemble()
@@ -286,7 +288,7 @@ class Api:
     ) -> ApiAnswer:
         """Every check in the module doc's order (L{mizud.api.checks}), then the handler; the caller goes
         into C{callers}."""
-        attempt = Attempt(request, function, rule, self.settings.current)
+        attempt = Attempt(request, function, rule, self._settings.current)
         for check in self.checks:
             verdict = check(attempt)
             refusal = verdict if verdict is None or isinstance(verdict, ApiAnswer) else await verdict

@@ -38,6 +38,9 @@ async def db(call: Call) -> ApiAnswer:
         result = await run_sql(call.api.db, sql)
     except Exception as problem:
         return error(f"statement failed: {(str(problem).strip().splitlines() or ['error'])[0]}", 412)
+    finally:
+        # It may have changed the tables (ALTER TABLE ... ADD COLUMN): setfield and getfield read them again.
+        call.api.columns = None
     if result.columns:
         records = [dict(zip(result.columns, row)) for row in result.rows[:MAX_DB_ROWS]]
         return ok(f"{len(records)} rows", records)

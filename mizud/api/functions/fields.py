@@ -43,13 +43,10 @@ MAX_VALUE = 4096
 
 
 async def schema(call: Call) -> dict[str, set[str]]:
-    """Tables and their columns, read from the database (cached on the API)."""
-    cached: dict[str, set[str]] | None = getattr(call.api, "_schema_cache", None)
-    if cached is not None:
-        return cached
-    tables = await table_columns(call.api.db)
-    call.api._schema_cache = tables  # type: ignore[attr-defined]
-    return tables
+    """Tables and their columns, read from the database once (the db function forgets them)."""
+    if call.api.columns is None:
+        call.api.columns = await table_columns(call.api.db)
+    return call.api.columns
 
 
 def convert(fieldtype: str, value: str) -> Any:
