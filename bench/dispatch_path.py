@@ -44,7 +44,7 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 from mizud.api.answer import encode
-from mizud.api.dispatcher import Api
+from mizud.api import dispatcher
 from mizud.api.functions import build_registry
 from mizud.api.request import decode
 from mizud.billing.rating import Rater
@@ -65,7 +65,9 @@ async def main():
     await store.create_user("alice", "alicepw", credit="12.34")
     settings = Settings(None, (f"apiv2key={KEY}", f"apiv2md5salt={SALT}", "ratelimitip=0", "ratelimituser=0",
                                "ratelimitglobal=0"))
-    api = Api(settings, build_registry(), store, global_reactor, Rater(path, global_reactor))
+    # Dispatcher since issue 17 (Api before it): the script measures either tree.
+    Dispatcher = getattr(dispatcher, "Dispatcher", None) or getattr(dispatcher, "Api")
+    api = Dispatcher(settings, build_registry(), store, global_reactor, Rater(path, global_reactor))
     await api.reload_access()
     salt = "s1"
     md5 = hashlib.md5(("ck5Gp" + "alice" + "alicepw" + SALT + salt).encode()).hexdigest()

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from .api.auth import Trust
-from .api.dispatcher import Api
+from .api.dispatcher import Dispatcher
 from .api.functions import build_registry
 from .api.openapi import render
 from .api.sipbridge import backend_for
@@ -98,22 +98,25 @@ class ServiceOperations:
 
 
 class ApiService(Service):
-    """Builds the L{Api} once the store is open: its metrics, the other nodes' notifications, the tb_api
+    """Builds the L{Dispatcher} once the store is open: its metrics, the other nodes' notifications, the tb_api
     rules, the rating table and the bans; then starts the periodic chores and fires L{ready}."""
 
     name = "api"  # type: ignore[assignment, unused-ignore]
 
-    def __init__(self, settings: Settings, store_service: StoreService, reactor: Any, logs: Any = None) -> None:
+    def __init__(self, settings: Settings, store_service: StoreService, reactor: Any, logs: Any = None,
+                 sip: SipService | None = None, operations: ServiceOperations | None = None) -> None:
         self.settings = settings
         self.logs = logs
+        #: The SIP service whose element the dispatcher talks to, if any.
+        self.sip = sip
         self.store_service = store_service
         self.reactor = reactor
         self.registry = build_registry()
-        self.api: Api | None = None
-        self.ready: defer.Deferred[Api] = defer.Deferred()
+        self.api: Dispatcher | None = None
+        self.ready: defer.Deferred[Dispatcher] = defer.Deferred()
         self._chores: list[LoopingCall] = []
-        #: What admin functions may do to the service tree (set by the plugin that builds the tree).
-        self.operations: ServiceOperations | None = None
+        #: What admin functions may do to the service tree.
+        self.operations = operations
 
     def _every(self, seconds: float, chore: Any) -> LoopingCall:
         return every(self.reactor, seconds, chore)
@@ -125,7 +128,7 @@ class ApiService(Service):
         if self.api is not None and self.api.metrics is not None:
             self.api.metrics.stop()
 
-    def current(self) -> Api | None:
+    def current(self) -> Dispatcher | None:
         """The dispatcher, or None while the store is still opening."""
         return self.api
 
@@ -137,18 +140,16 @@ class ApiService(Service):
         d.addErrback(lambda failure: log.failure("API not started", failure))
 
     async def _start(self, store: BillingStore) -> BillingStore:
-        api = Api(self.settings, self.registry, store, self.reactor)
-        api.logbuffer = self.logs
-        api.node = self.store_service.node
         metrics = Metrics(known=lambda name: self.registry.get(name) is not None)
-        api.metrics = metrics
+        notifications = self.store_service.notifications
+        api = Dispatcher(self.settings, self.registry, store, self.reactor, node=self.store_service.node,
+                  sip=self.sip.core if self.sip is not None else None, logbuffer=self.logs, metrics=metrics,
+                  notifications=notifications, operations=self.operations)
         api.db.running.observe = metrics.db_seconds.observe
         api.bans.counted = lambda kind: metrics.bans.labels(kind).inc()
         metrics.start_lag(self.reactor)
-        notifications = self.store_service.notifications
         if notifications is not None:
             # Other nodes' changes to what this node keeps in memory.
-            api.notifications = notifications
             notifications.subscribe("tariffs", api.rater.rebuild)
             notifications.subscribe("access", api.reload_access)
             notifications.subscribe("bans", api.bans.refresh)
@@ -157,7 +158,6 @@ class ApiService(Service):
         table = await api.rater.rebuild()
         log.info("rating table loaded: {count} tariffs", count=table.size)
         await api.bans.refresh()
-        api.operations = self.operations
         self.api = api
         self._start_chores()
         log.info("API ready: {count} functions, {rules} tb_api rules", count=len(self.registry), rules=rules)
@@ -232,11 +232,10 @@ def make_site(settings: Settings, dispatch: Callable[[], Any], sip: Any = None, 
     return site
 
 
-def _link_sip(api: Api, sip: SipService) -> Api:
-    """Once the dispatcher is ready: SIP gets its backend, the API its SIP element, the metrics its figures."""
+def _link_sip(api: Dispatcher, sip: SipService) -> Dispatcher:
+    """Once the dispatcher is ready: SIP gets its backend, the metrics SIP's figures."""
     metrics = api.metrics
     sip.attach(backend_for(api), metrics.registrations.set if metrics is not None else None)
-    api.sip = sip.core
     if metrics is not None:
         metrics.watch_sip(sip.core)
     return api
@@ -255,13 +254,12 @@ def make_service(settings: Settings, reactor: Any = None) -> MizudService:
     # The store starts before and stops after everything that uses it.
     store = StoreService(config, reactor)
     store.setServiceParent(root)
-    api = ApiService(settings, store, store.reactor, logs=logs)
-    api.operations = ServiceOperations(root, store.reactor)
-    api.setServiceParent(root)
-    # Listeners last, so they stop first and no request arrives after the
-    # dispatcher or the store has gone.
     reactor = store.reactor
     sip = SipService(settings, reactor)
+    api = ApiService(settings, store, reactor, logs=logs, sip=sip, operations=ServiceOperations(root, reactor))
+    api.setServiceParent(root)
+    # SIP after the API (it stops first), listeners last, so they stop first and no request arrives after
+    # the dispatcher or the store has gone.
     sip.setServiceParent(root)
     api.ready.addCallback(lambda dispatcher: _link_sip(dispatcher, sip))
     entry = sip.entry

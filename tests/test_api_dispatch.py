@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 from mizud.api.answer import ApiAnswer
 from mizud.api.dispatcher import Call
 from mizud.api.registry import Category
-from mizud.api.dispatcher import Api
+from mizud.api.dispatcher import Dispatcher
 from mizud.api.functions import build_registry
 from mizud.api.request import decode
 from mizud.billing.rating import Rater
@@ -39,9 +39,9 @@ def md5(text: str) -> str:
 
 
 class Harness:
-    """An Api on a real SQLite store, a fake clock, and requests from any address."""
+    """An Dispatcher on a real SQLite store, a fake clock, and requests from any address."""
 
-    def __init__(self, api: Api, store: BillingStore, clock: Clock, db: Database) -> None:
+    def __init__(self, api: Dispatcher, store: BillingStore, clock: Clock, db: Database) -> None:
         self.api = api
         self.store = store
         self.clock = clock
@@ -64,7 +64,7 @@ async def make_harness(tmp_path: Path, *sets: str, database: str | None = None) 
     await store.create_user("alice", "alicepw", credit="5", pin="777111")
     await store.create_user("root", "rootpw", type=USER_ADMIN)
     settings = Settings(None, (f"apiv2key={KEY}", f"apiv2md5salt={SALT}", *sets))
-    api = Api(settings, build_registry(), store, clock, Rater(path, global_reactor))
+    api = Dispatcher(settings, build_registry(), store, clock, Rater(path, global_reactor))
     await api.reload_access()
     return Harness(api, store, clock, db)
 

@@ -80,7 +80,7 @@ class FakeSip:
 def recording_factory(clock: Clock) -> tuple[DemuxFactory, dict[str, list[Recorder]]]:
     """A demux whose every hand-off goes to a Recorder."""
     seen: dict[str, list[Recorder]] = {}
-    factory = DemuxFactory(http=None, api_of=lambda: None, settings=None, clock=clock)  # type: ignore[arg-type]
+    factory = DemuxFactory(http=None, dispatcher_of=lambda: None, settings=None, clock=clock)  # type: ignore[arg-type]
 
     def protocol_for(kind: str, address: Any) -> Recorder | None:
         if kind == "unknown":

@@ -11,7 +11,7 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from urllib.parse import quote
 
-from mizud.api.dispatcher import Api
+from mizud.api.dispatcher import Dispatcher
 from mizud.api.functions import build_registry
 from mizud.config import Settings
 from mizud.store.billing import BillingStore
@@ -24,7 +24,7 @@ from test_twistd import free_port
 class Server:
     """mizud's HTTP site on 127.0.0.1, an ephemeral port."""
 
-    def __init__(self, port: int, api: Api) -> None:
+    def __init__(self, port: int, api: Dispatcher) -> None:
         self.port = port
         self.api = api
         self.base = f"http://127.0.0.1:{port}"
@@ -51,7 +51,7 @@ async def start(tmp_path: Path, *sets: str) -> tuple[Server, object, SqliteDatab
     await store.create_user("alice", "alicepw")
     number = free_port()
     settings = Settings(None, ("apiv2key=k", f"mainaport={number}", *sets))
-    api = Api(settings, build_registry(), store, global_reactor)
+    api = Dispatcher(settings, build_registry(), store, global_reactor)
     port = global_reactor.listenTCP(number, make_site(settings, lambda: api), interface="127.0.0.1")
     return Server(number, api), port, db
 

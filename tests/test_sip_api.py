@@ -226,3 +226,29 @@ async def test_apidefneedregister_uses_live_registrations(tmp_path: Path) -> Non
     h.clock.advance(61)
     assert (await h.call(f"apientry=balance&{USER}", "192.0.2.10")).text.startswith("ERROR:")  # lapsed
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_core_dispatches_each_method_to_its_registered_handler(tmp_path: Path) -> None:
+    """A handler registered for a method answers it (after the RFC 3261 8.2 checks); only methods the element
+    serves can get one."""
+    import pytest
+
+    from mizud.sip.backend import Backend
+    from mizud.sip.transaction import Source
+
+    rig = await make_rig(tmp_path)
+    seen: list[str] = []
+
+    async def options(request: SipMessage, source: Source, backend: Backend) -> SipMessage:
+        seen.append(backend.node or "node")
+        return response_to(request, 200, "Answered by the test handler", source=source)
+
+    rig.core.handle("OPTIONS", options)
+    answered = await rig.one(Phone("alice", "alicepw").request("OPTIONS", "sip:mizud@example.com"))
+    assert (answered.status, answered.reason) == (200, "Answered by the test handler") and seen == ["node"]
+    unsupported = await rig.one(Phone("alice", "alicepw").request("SUBSCRIBE", "sip:mizud@example.com"))
+    assert unsupported.status == 405
+    with pytest.raises(ValueError):
+        rig.core.handle("SUBSCRIBE", options)
+    await rig.h.db.close()

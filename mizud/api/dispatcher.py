@@ -76,7 +76,7 @@ _MONEY_STATUS = {"bad_pin": answer.BAD_PIN, "unknown_user": answer.NOT_FOUND}
 class Call:
     """One call of a handler: the request, the function, the caller, the API."""
 
-    api: Api
+    api: Dispatcher
     request: ApiRequest
     function: ApiFunction
     caller: Caller
@@ -122,12 +122,18 @@ class Call:
         return value
 
 
-class Api:
-    """The API application: registry, access rules, limits, and the dispatcher."""
+class Dispatcher:
+    """The one dispatcher every front end calls: the registry, the tb_api rules, the checks every request
+    passes (L{mizud.api.checks}), and the handlers' context (L{Call})."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, store: BillingStore, clock: Clock, rater: Rater | None = None
+        self, settings: Settings, registry: Registry, store: BillingStore, clock: Clock, rater: Rater | None = None,
+        *, node: str = "", sip: Any = None, logbuffer: Any = None, metrics: Any = None, notifications: Any = None,
+        operations: Any = None,
     ) -> None:
+        """The dispatcher on C{store}; the composition root (L{mizud.app}) also gives it what the daemon around
+        it has (this node's name, the SIP element, the log buffer, metrics, the other nodes' notifications,
+        the service tree's operations), each None where there is none (a test, a node without SIP)."""
         self._settings = settings
         #: The rating engine (an empty table until the service loads tb_tariffs).
         self.rater = rater or Rater(settings.current.database, clock)
@@ -145,17 +151,17 @@ class Api:
         #: The one lockout every credential check reports to (API, old interface, console, SIP).
         self.lockout = Lockout(settings, self.bans, clock, shared)
         self.overrides: dict[str, Access] = {}
-        #: The SIP element (L{mizud.sip.core.SipCore}) once the SIP service links it; None without SIP.
-        self.sip: Any = None
+        #: The SIP element (L{mizud.sip.core.SipCore}); None without SIP.
+        self.sip: Any = sip
         #: The latest log events (L{mizud.console.logbuffer.LogBuffer}) when the daemon keeps them.
-        self.logbuffer: Any = None
+        self.logbuffer: Any = logbuffer
         #: This node's name, and how to tell the other nodes of changes (L{mizud.store.notify.Notifications}).
-        self.node = ""
-        self.notifications: Any = None
+        self.node = node
+        self.notifications: Any = notifications
         #: Prometheus figures (L{mizud.metrics.Metrics}) when the daemon keeps them.
-        self.metrics: Any = None
+        self.metrics: Any = metrics
         #: What admin functions may do to the service tree (L{mizud.app.ServiceOperations}), if any.
-        self.operations: Any = None
+        self.operations: Any = operations
         #: Why requests are refused right now (a database restore), or empty.
         self.paused = ""
         #: The tables and their columns (setfield, getfield), read once; None until then and after a db call.

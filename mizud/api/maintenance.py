@@ -6,10 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..mail import Mailer, MailError
-from ..store.registrations import Bindings
 from ..store.money import format_money
-from ..store.presence import Presence
-from ..store.upkeep import Upkeep
 
 #: How far back the daily report looks.
 REPORT_PERIOD = timedelta(days=1)
@@ -20,18 +17,18 @@ class Maintenance:
 
     def __init__(self, api: Any) -> None:
         self.api = api
-        self.upkeep = Upkeep(api.db, api.store.now)
+        self.upkeep = api.store.upkeep
 
     async def hourly(self) -> dict[str, int]:
         """Expire nonces, ended bans, lapsed number reservations, registrations and web sessions."""
-        db, now = self.api.db, self.api.store.now()
+        now = self.api.store.now()
         done = {"nonces": await self.api.nonces.expire()}
         done["bans"] = await self.upkeep.expire_bans(now - timedelta(days=1))
         await self.api.lockout.chore()
         done["numbers"] = await self.upkeep.expire_number_locks(now)
         # The SIP service sweeps every few seconds too; this one also serves nodes without it.
-        done["registrations"] = await Bindings(db, self.api.store.now).expire()
-        done["websessions"] = await Presence(db, self.api.store.now).expire()
+        done["registrations"] = await self.api.store.registrations.expire()
+        done["websessions"] = await self.api.store.presence.expire()
         return done
 
     async def daily(self) -> dict[str, int]:

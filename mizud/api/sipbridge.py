@@ -14,14 +14,14 @@ from __future__ import annotations
 from ..sip.backend import Backend
 from ..store.billing import User
 from .answer import error
-from .dispatcher import Api
+from .dispatcher import Dispatcher
 from .request import ApiRequest, Origin, RequestError, decode
 
 
 class SipBridge:
     """Answers X-MizuAPI headers through the dispatcher (see the module doc); an L{mizud.sip.backend.ApiBridge}."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Dispatcher) -> None:
         self.api = api
 
     async def __call__(self, query: str, user: User, source: str) -> str:
@@ -39,7 +39,7 @@ class SipBridge:
         return (await self.api.dispatch(request)).text
 
 
-def backend_for(api: Api) -> Backend:
+def backend_for(api: Dispatcher) -> Backend:
     """What the SIP element gets of this dispatcher: its store, rater and lockout, failed logins counted
     like the API's own, and this bridge."""
 

@@ -222,7 +222,7 @@ class LoginProtocol(TelnetProtocol):
             self.transport.write(b"access denied: remote administration is not allowed from this address\n")
             self.transport.loseConnection()
             return
-        api = self.console.api_of()
+        api = self.console.dispatcher_of()
         if api is not None and api.lockout.address_banned(self.peer):
             self.transport.write(b"banned: too many failed authentications\n")
             self.transport.loseConnection()
@@ -463,15 +463,15 @@ class ConsoleShell(HistoricRecvLine):
 class Console:
     """What the console needs from the daemon: the settings and the API dispatcher."""
 
-    def __init__(self, settings: Settings, api_of: Callable[[], Any]) -> None:
+    def __init__(self, settings: Settings, dispatcher_of: Callable[[], Any]) -> None:
         self.settings = settings
-        self.api_of = api_of
+        self.dispatcher_of = dispatcher_of
         #: The open connections (L{MAX_SESSIONS} at most).
         self.sessions: set[Any] = set()
 
     async def login(self, username: str, password: str, peer: str) -> User | None:
         """The admin or support user these credentials prove, or None (a failure is counted and logged)."""
-        api = self.api_of()
+        api = self.dispatcher_of()
         if api is None:
             return None
         request = ApiRequest("console login", {"authid": username}, peer, transport="console")
@@ -500,7 +500,7 @@ class Console:
         name = words[0].lower()
         if name in ("close", "exit", "quit"):
             return "", True
-        api = self.api_of()
+        api = self.dispatcher_of()
         if api is None:
             return "ERROR: the server is starting", False
         # The account is read again for every command: a disabled or demoted admin is out at once.

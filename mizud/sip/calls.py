@@ -34,9 +34,8 @@ from twisted.logger import Logger
 
 from ..billing.rating import Tariff
 from ..store.billing import HOLD_SETTLED
-from ..store.calls import CallRows, close_call, insert_call, insert_cdrs
+from ..store.calls import close_call, insert_call, insert_cdrs
 from ..store.database import Txn
-from ..store.routes import RouteRows
 from ..store.money import HoldClosed
 from ..store.money import format_money
 from .backend import Backend
@@ -613,7 +612,7 @@ class CallControl:
 
     async def account(self, gateway: str) -> tuple[str, str]:
         """A gateway's own account (addserver's u_username/u_password), to answer its challenges."""
-        return await RouteRows(self._backend().db).account(gateway)
+        return await self._backend().store.routes.account(gateway)
 
     async def place(self, user: Any, kind: str, anum: str, bnum: str, cnum: str = "") -> PlacedCall:
         """Rate, hold the money, and start dialling; raises L{CallError} when the call cannot be placed."""
@@ -621,7 +620,7 @@ class CallControl:
 
         backend = self._backend()
         config = self.settings.current
-        router = Router(backend.db, backend.store.now)
+        router = Router(backend.store)
         plan = user.tariffid or config.defaulttariff
         legs = []
         for label, number, caller in (("A", anum, bnum), ("B", bnum, cnum or anum)):
@@ -675,7 +674,7 @@ class CallControl:
     async def connected(self, call: PlacedCall) -> None:
         """Both legs are up: say so in tb_calls (for every node's listings)."""
         try:
-            await CallRows(self._backend().db).connected(call.id, self.now())
+            await self._backend().store.calls.connected(call.id, self.now())
         except Exception:
             log.failure("call {id}: could not mark it connected", id=call.id)
 
@@ -716,7 +715,7 @@ class CallControl:
         """The hold was closed by someone else: our own earlier attempt (settled), or another node that
         took this node for dead (released). Then the call's real CDRs are still written, uncharged."""
         backend = self._backend()
-        if await CallRows(backend.db).hold_status(call.holdid) == HOLD_SETTLED:
+        if await backend.store.calls.hold_status(call.holdid) == HOLD_SETTLED:
             return await self._cdr_ids(call)
         log.critical("call {id}: hold {hold} was released by another node (this node looked dead); the call "
                      "is not charged: cost {cost}, CDRs {rows!r}", id=call.id, hold=call.holdid, cost=call.cost,
@@ -729,12 +728,12 @@ class CallControl:
     async def _settled(self, call: PlacedCall) -> bool:
         """Whether the call's settlement committed already (its live-call row is gone)."""
         try:
-            return not await CallRows(self._backend().db).is_live(call.id)
+            return not await self._backend().store.calls.is_live(call.id)
         except Exception:
             return False
 
     async def _cdr_ids(self, call: PlacedCall) -> list[int]:
-        return await CallRows(self._backend().db).cdr_ids(call.id)
+        return await self._backend().store.calls.cdr_ids(call.id)
 
     def shutdown(self) -> defer.Deferred[Any]:
         """The daemon stops: end every live call now (CANCEL, BYE) and bill it; fires when all are billed

@@ -12,7 +12,10 @@ their owner.
 Requests pass, in order: the per-address rate limit and bans (dropped),
 parsing (400/505/413/513), the structural checks (400), the server
 transaction layer (retransmissions absorbed), then method inspection
-(501/405), URI scheme (416), Require (420), content (415/406).
+(501/405), URI scheme (416), Require (420), content (415/406).  Then the
+handler registered for the method (L{SipCore.handle}) answers, once the
+backend is there (503 while the store opens or a restore runs); each
+handler sees the core only through its interface in L{mizud.sip.ports}.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import ipaddress
 import os
 import socket
 from collections import Counter, OrderedDict
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -48,6 +51,9 @@ from .routing import Route, Unreachable
 from .transaction import ClientTransactions, ServerTransactions, Source, new_branch
 
 log = Logger()
+
+#: A method's handler: (the request, where it came from, the backend) -> the final response.
+Handler = Callable[[SipMessage, Source, Backend], Awaitable[SipMessage]]
 
 #: Option tags we support (a Require naming another gets 420).
 SUPPORTED: frozenset[str] = frozenset()
@@ -102,6 +108,12 @@ class SipCore:
         self.registrar = Registrar(self)
         self.messenger = Messenger(self)
         self.sms = SmsSender(self)
+        #: The handler of each method that needs the backend (the rest: OPTIONS, keep-alives and API requests).
+        self.handlers: dict[str, Handler] = {}
+        self.handle("REGISTER", self.registrar.register)
+        self.handle("MESSAGE", self._message)
+        self.handle("PUBLISH", lambda request, source, backend: publish(self, request, source, backend))
+        self.handle("OPTIONS", self._options)
         self.calls = CallControl(self)
 
     def reconfigure(self) -> None:
@@ -255,13 +267,13 @@ class SipCore:
             response = response_to(request, 503, "Starting" if backend is None else "Restoring", source=source)
             response.add("Retry-After", "5" if backend is None else "60")
             return response
-        if method == "REGISTER":
-            return await self.registrar.register(request, source, backend)
-        if method == "MESSAGE":
-            return await self._message(request, source, backend)
-        if method == "PUBLISH":
-            return await publish(self, request, source, backend)
-        return await self._options(request, source, backend)
+        return await self.handlers.get(method, self._options)(request, source, backend)
+
+    def handle(self, method: str, handler: Handler) -> None:
+        """Answer requests of C{method} (one of L{ALLOWED}) with C{handler}, once the backend is there."""
+        if method not in ALLOWED:
+            raise ValueError(f"{method} is not a method this element serves")
+        self.handlers[method] = handler
 
     def _invite(self, request: SipMessage, source: Source) -> SipMessage:
         if request.address("to").tag:

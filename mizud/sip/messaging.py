@@ -15,7 +15,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..store.messages import MessageRows, Stored
-from ..store.registrations import Bindings
 from .backend import Backend
 from .ports import Sending
 from .responses import SERVER
@@ -46,7 +45,7 @@ class Messenger:
 
     def _rows(self) -> MessageRows:
         backend = self._backend()
-        return MessageRows(backend.db, backend.store.now)
+        return backend.store.messages
 
     async def send(self, fromuser: str, recipients: list[Any], text: str) -> tuple[int, int]:
         """Store a message for each recipient and try to deliver it; (sent to contacts, stored only)."""
@@ -86,7 +85,7 @@ class Messenger:
         """Send messages to every live contact of a user; returns how many MESSAGEs went out."""
         backend = self._backend()
         core = self.core
-        bindings = await Bindings(backend.db, backend.store.now).of_user(userid)
+        bindings = await backend.store.registrations.of_user(userid)
         sent = 0
         for message in messages:
             results = []

@@ -20,7 +20,6 @@ import os
 import re
 from xml.etree import ElementTree
 
-from ..store.presence import Presence
 from .backend import Backend
 from .ports import Authenticating
 from .responses import response_to
@@ -84,7 +83,7 @@ async def publish(core: Authenticating, request: SipMessage, source: Source, bac
     if expires_text and not (expires_text.isascii() and expires_text.isdigit()):
         return response_to(request, 400, "Malformed Expires", source=source)
     expires = min(int(expires_text[:9] or config.sipdefexpires), config.sipmaxexpires)
-    presence = Presence(backend.db, backend.store.now)
+    presence = backend.store.presence
     given = request.get("sip-if-match").strip()
     current = await presence.etag(user.id)
     if given and given != current:

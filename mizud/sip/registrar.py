@@ -54,7 +54,7 @@ class Registrar:
 
     def bindings(self, backend: Backend) -> Bindings:
         """The bindings table of the API's store."""
-        return Bindings(backend.store.db, backend.store.now)
+        return backend.store.registrations
 
     def _note(self, username: str, attempt: Attempt) -> None:
         recent = self.recent

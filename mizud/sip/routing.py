@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..billing.rating import normalise
-from ..store.database import Database
-from ..store.registrations import Bindings
-from ..store.routes import RouteRows
+from ..store.billing import BillingStore
 
 class Unreachable(Exception):
     """A route cannot be used right now; the message says why."""
@@ -60,9 +58,9 @@ def server_uri(number: str, domain: str, ip: str, port: int, transport: str) -> 
 class Router:
     """Answers where a call goes, from the database (so every node agrees)."""
 
-    def __init__(self, db: Database, now: Any) -> None:
-        self.rows = RouteRows(db)
-        self.bindings = Bindings(db, now)
+    def __init__(self, store: BillingStore) -> None:
+        self.rows = store.routes
+        self.bindings = store.registrations
 
     async def routes(self, called: str) -> list[Route]:
         """Every route for C{called}, in the order a call would try them."""
@@ -90,7 +88,7 @@ class Router:
         return await self.rows.sender_at(address)
 
 
-async def owns_number(db: Database, userid: int, username: str, number: str) -> bool:
+async def owns_number(store: BillingStore, userid: int, username: str, number: str) -> bool:
     """Whether C{number} is the user's username, one of their DIDs, or a number they added and proved
     (cli, addcallbacknumber)."""
-    return number == username or await RouteRows(db).owns(userid, number, normalise(number) or number)
+    return number == username or await store.routes.owns(userid, number, normalise(number) or number)

@@ -10,7 +10,6 @@ from twisted.logger import Logger
 
 from ..chores import every
 from ..config import Settings
-from ..store.registrations import Bindings
 from .backend import Backend
 from .core import SipCore
 from .transport import SipEntry
@@ -47,7 +46,7 @@ class SipService(Service):
         """Start serving with C{backend}, and sweeping expired registrations (telling C{registrations}
         how many are stored after each sweep)."""
         self.backend = backend
-        bindings = Bindings(backend.db, backend.store.now)
+        bindings = backend.store.registrations
 
         async def sweep_registrations() -> None:
             removed = await bindings.expire()

@@ -23,7 +23,6 @@ from twisted.logger import Logger
 
 from ..billing.rating import normalise
 from ..store.billing import USER_SIPSERVER, USER_TRAFFICSENDER, User
-from ..store.routes import RouteRows
 from ..store.sms import SmsRows
 from .backend import Backend
 from .ports import Texting
@@ -86,7 +85,7 @@ class SmsSender:
 
     def _rows(self) -> SmsRows:
         backend = self._backend()
-        return SmsRows(backend.db, backend.store.now)
+        return backend.store.sms
 
     async def send(self, user: User, anum: str, bnum: str, text: str, *, unicode: bool = False,
                    wait: bool = True, admin: bool = False) -> Outcome:
@@ -100,7 +99,7 @@ class SmsSender:
         store = backend.store
         if anum:
             await self._check_sender(user, anum, admin)
-        router = Router(backend.db, store.now)
+        router = Router(store)
         recipient = await store.find_user(bnum) or await store.find_user_by_number(bnum)
         if recipient is not None and recipient.type not in (USER_TRAFFICSENDER, USER_SIPSERVER):
             smsid = await self._record(user, anum, recipient.username, text, count, "user", "sent", Decimal(0), 0)
@@ -143,7 +142,7 @@ class SmsSender:
             raise SmsError("anum must be 1 to 32 letters, digits or + . _ -")
         if admin:
             return
-        if not await owns_number(self._backend().db, user.id, user.username, anum):
+        if not await owns_number(self._backend().store, user.id, user.username, anum):
             raise SmsError("anum must be your username or one of your numbers")
 
     async def _record(self, user: User, anum: str, bnum: str, text: str, count: int, route: str, status: str,
@@ -190,7 +189,7 @@ class SmsSender:
 
     async def _through(self, route: Route, sender: str, number: str, text: str) -> None:
         """Hand the SMS to one gateway; raises if it does not accept it."""
-        row = await RouteRows(self._backend().db).sms_gateway(route.name)
+        row = await self._backend().store.routes.sms_gateway(route.name)
         if row is None:
             raise SmsError("gateway gone")
         if row[0]:

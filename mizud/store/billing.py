@@ -32,6 +32,8 @@ from typing import Any, Awaitable, Callable, Sequence
 
 
 from ..ratelimit import Clock
+from .authstate import BanRows
+from .calls import CallRows
 from .database import Database, Result, Txn
 from .money import (
     MAX_AMOUNT,
@@ -46,6 +48,13 @@ from .money import (
     UnknownUser,
     parse_amount,
 )
+from .messages import MessageRows
+from .numbers import Names
+from .presence import Presence
+from .registrations import Bindings
+from .routes import RouteRows
+from .sms import SmsRows
+from .upkeep import Upkeep
 
 # tb_users.type values, after the Mizu admin guide where it names them.
 USER_ENDUSER = 0
@@ -176,6 +185,26 @@ class BillingStore:
         self.default_currency = default_currency
         #: This node's name: written on the holds it opens (a dead node's holds are released by others).
         self.node = node
+        # The other components of the store, one per area, on the same database and clock (accounts, the
+        # ledger, holds and PINs are this class's own).
+        #: Registrations (tb_registrations) and the status they keep current.
+        self.registrations = Bindings(db, self.now)
+        #: Presence and web sessions.
+        self.presence = Presence(db, self.now)
+        #: What routing reads: gateways, the user a number names, traffic senders, numbers a user owns.
+        self.routes = RouteRows(db)
+        #: Live calls and their CDRs (the statements that run on their own; see L{mizud.store.calls}).
+        self.calls = CallRows(db)
+        #: Instant messages kept for their recipients.
+        self.messages = MessageRows(db, self.now)
+        #: The SMS log.
+        self.sms = SmsRows(db, self.now)
+        #: Bans of addresses and users (the policy is L{mizud.security.bans}).
+        self.bans = BanRows(db)
+        #: Retention, VACUUM, statistics, the daily figures.
+        self.upkeep = Upkeep(db, self.now)
+        #: Names and numbers that must not collide (usernames, DIDs, proved numbers).
+        self.names = Names(db)
 
     def now(self) -> datetime:
         """The current time from the injected clock, as naive UTC."""

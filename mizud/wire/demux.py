@@ -144,7 +144,7 @@ def line_answer(answered: ApiAnswer, fmt: str) -> bytes:
     return body.replace(b"\r", b" ").replace(b"\n", b" ")
 
 
-async def answer_line(api_of: Callable[[], Any], settings: Settings, text: str, source: str, transport: str,
+async def answer_line(dispatcher_of: Callable[[], Any], settings: Settings, text: str, source: str, transport: str,
                       cross_site: bool = False) -> bytes:
     """Decode one request line, dispatch it, and encode the answer as one line.
 
@@ -162,7 +162,7 @@ async def answer_line(api_of: Callable[[], Any], settings: Settings, text: str, 
             fmt = "json"
     except RequestError as problem:
         return line_answer(error(problem.message, problem.status), fmt)
-    api = api_of()
+    api = dispatcher_of()
     if api is None:
         return line_answer(error("starting, try again"), fmt)
     return line_answer(await api.dispatch(request), fmt)
@@ -182,9 +182,9 @@ class ApiLineProtocol(LineReceiver, TimeoutMixin):
     MAX_LENGTH = MAX_LINE
     transport: Any
 
-    def __init__(self, api_of: Callable[[], Any], settings: Settings, clock: Any, rejections: RejectionLog,
+    def __init__(self, dispatcher_of: Callable[[], Any], settings: Settings, clock: Any, rejections: RejectionLog,
                  transport_name: str = "tcp") -> None:
-        self.api_of = api_of
+        self.dispatcher_of = dispatcher_of
         self.settings = settings
         self.transport_name = transport_name
         self._queue: defer.Deferred[None] = defer.succeed(None)
@@ -252,7 +252,7 @@ class ApiLineProtocol(LineReceiver, TimeoutMixin):
             self.sendLine(b"ERROR: invalid UTF-8 in the request")
             return
         try:
-            self.sendLine(await answer_line(self.api_of, self.settings, text, source, self.transport_name))
+            self.sendLine(await answer_line(self.dispatcher_of, self.settings, text, source, self.transport_name))
         except Exception:
             log.failure("answering an API line from {source}", source=source)
             self.sendLine(b"ERROR: internal error")
@@ -371,7 +371,7 @@ class DemuxFactory(Factory):
     def __init__(
         self,
         http: Any,
-        api_of: Callable[[], Any],
+        dispatcher_of: Callable[[], Any],
         settings: Settings,
         clock: Any,
         sip: SipEntry | None = None,
@@ -379,7 +379,7 @@ class DemuxFactory(Factory):
         timeout: float = FIRST_BYTES_TIMEOUT,
     ) -> None:
         self.http = http
-        self.api_of = api_of
+        self.dispatcher_of = dispatcher_of
         self.settings = settings
         self.clock = clock
         self.sip = sip or NoSip()
@@ -398,7 +398,7 @@ class DemuxFactory(Factory):
             protocol: Protocol | None = self.http.buildProtocol(address)
             return protocol
         if kind == "line":
-            return ApiLineProtocol(self.api_of, self.settings, self.clock, self.rejections)
+            return ApiLineProtocol(self.dispatcher_of, self.settings, self.clock, self.rejections)
         if kind == "stun":
             return StunStreamProtocol()
         if kind == "sip":
@@ -415,9 +415,9 @@ class ApiDatagramProtocol(DatagramProtocol):
     noisy = False
     transport: Any
 
-    def __init__(self, api_of: Callable[[], Any], settings: Settings, sip: SipEntry | None = None,
+    def __init__(self, dispatcher_of: Callable[[], Any], settings: Settings, sip: SipEntry | None = None,
                  clock: Any = None) -> None:
-        self.api_of = api_of
+        self.dispatcher_of = dispatcher_of
         self.settings = settings
         self.sip = sip or NoSip()
         if clock is None:
@@ -452,7 +452,7 @@ class ApiDatagramProtocol(DatagramProtocol):
             self.transport.write(b"ERROR: invalid UTF-8 in the request", addr)
             return
         try:
-            answer = await answer_line(self.api_of, self.settings, text, addr[0], "udp")
+            answer = await answer_line(self.dispatcher_of, self.settings, text, addr[0], "udp")
         except Exception:
             log.failure("answering an API datagram from {source}", source=addr[0])
             answer = b"ERROR: internal error"

@@ -155,7 +155,7 @@ class ApiWebSocketProtocol(WebSocketServerProtocol):
         transport: Any = self.transport
         source = getattr(transport.getPeer(), "host", "")
         try:
-            answer = await answer_line(factory.api_of, factory.settings, text.strip(), source, "ws", self.cross_site)
+            answer = await answer_line(factory.dispatcher_of, factory.settings, text.strip(), source, "ws", self.cross_site)
         except Exception:
             log.failure("answering a WebSocket API request from {source}", source=source)
             answer = b"ERROR: internal error"
@@ -168,18 +168,18 @@ class ApiWebSocketFactory(WebSocketServerFactory):
 
     protocol = ApiWebSocketProtocol
 
-    def __init__(self, api_of: Callable[[], Any], settings: Settings, clock: Any = None) -> None:
+    def __init__(self, dispatcher_of: Callable[[], Any], settings: Settings, clock: Any = None) -> None:
         super().__init__()
-        self.api_of = api_of
+        self.dispatcher_of = dispatcher_of
         self.settings = settings
         self.clock = clock or self.reactor
         self.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE, maxFramePayloadSize=MAX_MESSAGE,
                                 openHandshakeTimeout=HANDSHAKE_TIMEOUT)
 
 
-def api_websocket_resource(api_of: Callable[[], Any], settings: Settings, clock: Any = None) -> WebSocketResource:
+def api_websocket_resource(dispatcher_of: Callable[[], Any], settings: Settings, clock: Any = None) -> WebSocketResource:
     """The twisted.web resource that upgrades /mvstwebsock to the API WebSocket."""
-    return WebSocketResource(ApiWebSocketFactory(api_of, settings, clock))
+    return WebSocketResource(ApiWebSocketFactory(dispatcher_of, settings, clock))
 
 
 class SipWebSocketProtocol(WebSocketServerProtocol):

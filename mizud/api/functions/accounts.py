@@ -9,7 +9,6 @@ from typing import Any
 from ...billing.rating import normalise
 from ...sip.routing import Router
 from ...store.billing import USER_ENDUSER, User
-from ...store.numbers import Names
 from ...store.money import MoneyError, format_money, parse_amount
 from ..answer import ApiAnswer, error, ok
 from ..auth import secret_equal
@@ -83,10 +82,10 @@ async def check_username(call: Call, username: str, *, signup: bool, userid: int
     if number is not None and signup:
         if not call.api.settings.current.signupnumericusernames:
             raise RequestError(f"{param} must not be a phone number: numbers are assigned by the operator", 412)
-        routes = await Router(call.api.db, call.api.store.now).routes(number)
+        routes = await Router(call.api.store).routes(number)
         if any(route.kind == "gateway" for route in routes):
             raise RequestError(f"{param} {username} is a number that is routed elsewhere", 412)
-    conflict = await Names(call.api.db).conflict(username, number, userid)
+    conflict = await call.api.store.names.conflict(username, number, userid)
     if conflict is not None:
         raise RequestError(f"{param} {username} is {conflict}", 412)
 

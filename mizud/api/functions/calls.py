@@ -17,7 +17,6 @@ from typing import Any
 from ...sip.calls import ANSWERED, CONNECTED, CallError, PlacedCall
 from ...sip.routing import owns_number
 from ...sip.sms import SENDER
-from ...store.calls import CallRows
 from ...store.money import format_money
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
@@ -61,12 +60,12 @@ async def _place(call: Call, user: Any, kind: str, anum: str, bnum: str, cnum: s
     if sip is None:
         return error("SIP is not running on this node", 412)
     admin = call.caller.level <= REQ_ADMINS
-    db = call.api.db
-    if not admin and not call.api.settings.current.p2panyanum and not await owns_number(db, user.id, user.username,
+    store = call.api.store
+    if not admin and not call.api.settings.current.p2panyanum and not await owns_number(store, user.id, user.username,
                                                                                          anum):
         return error(f"{anum} is not one of your numbers (add it with cli or addcallbacknumber)", 412)
     if cnum and not admin:
-        if not SENDER.match(cnum) or not await owns_number(db, user.id, user.username, cnum):
+        if not SENDER.match(cnum) or not await owns_number(store, user.id, user.username, cnum):
             return error("cnum must be your username or one of your numbers", 412)
     try:
         placed = await sip.calls.place(user, kind, anum, bnum, cnum)
@@ -135,7 +134,7 @@ async def live_calls(call: Call) -> ApiAnswer:
         return error("not supported: simulated calls between GSM SIMs are specific to Mizu's VoIP-GSM gateways",
                      406)
     admin = call.caller.level <= REQ_ADMINS
-    rows = await CallRows(call.api.db).listing(None if admin else call.user().id)
+    rows = await call.api.store.calls.listing(None if admin else call.user().id)
     sip = call.api.sip
     records = []
     for row in rows:

@@ -8,7 +8,7 @@ import secrets
 
 from ...billing.rating import normalise
 from ...sip.sms import SmsError
-from ...store.numbers import MAX_ATTEMPTS, MAX_CODES_A_DAY, Names, NumberClaims
+from ...store.numbers import MAX_ATTEMPTS, MAX_CODES_A_DAY, NumberClaims
 from ...store.pool import first_free, first_free_of, free_numbers, lock_number
 from ...store.users import search_users, set_forwards, users_named
 from ..answer import ApiAnswer, error, ok
@@ -51,7 +51,7 @@ async def _attach(call: Call, kind: str, number: str) -> ApiAnswer:
     owner = await claims.owner(number)
     if owner == user.id:
         return ok(f"{number} already added")
-    if owner is not None or await Names(api.db).other_user_named(number, user.id):
+    if owner is not None or await api.store.names.other_user_named(number, user.id):
         return error(f"{number} belongs to another user", 412)
     if call.caller.level <= REQ_ADMINS:
         # An admin adds it for the user (targetuser) or for their own account: approved.

@@ -24,7 +24,6 @@ from ...mail import MailError, Mailer, check_address
 from .. import forwarder
 from ...sip.sms import SmsError
 from ...store.money import format_money
-from ...store.sms import SmsRows
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import Functions, REQ_ADMINS, Category
@@ -259,6 +258,6 @@ async def smsreceive(call: Call) -> ApiAnswer:
         if command is not None:
             return command
         return error(f"no user for {target[:40]}", 404)
-    await SmsRows(call.api.db, store.now).received(recipient.id, sender, target, text)
+    await store.sms.received(recipient.id, sender, target, text)
     sent, _ = await sip.messenger.send(sender, [recipient], text)
     return ok(f"delivered to {recipient.username}" if sent else f"stored for {recipient.username} until online")

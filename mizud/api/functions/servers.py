@@ -171,7 +171,7 @@ async def routingtest(call: Call) -> ApiAnswer:
     called = call.require("called").strip()
     if len(called) > 64 or not called.isprintable():
         return error("called must be at most 64 printable characters", 412)
-    router = Router(call.api.db, call.api.store.now)
+    router = Router(call.api.store)
     routes = await router.routes(called)
     source = call.arg("ip").strip()
     sender = await router.sender(source) if source else None

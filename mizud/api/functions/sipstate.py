@@ -12,7 +12,6 @@ from datetime import timedelta
 from typing import Any
 
 from ...store.registrations import Bindings
-from ...store.presence import Presence
 from ...sip.registrar import describe
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
@@ -34,7 +33,7 @@ def _session_record(session: Any) -> dict[str, Any]:
 
 
 def _bindings(call: Call) -> Bindings:
-    return Bindings(call.api.db, call.api.store.now)
+    return call.api.store.registrations
 
 
 def _names(text: str) -> list[str]:
@@ -59,7 +58,7 @@ async def presence_of(call: Call, names: list[str]) -> dict[str, str]:
     """Each name's presence: its presence_set status or "online" when registered or fresh, else "offline"."""
     now = call.api.store.now()
     found: dict[str, str] = {}
-    for username, status, when, live, until in await Presence(call.api.db, lambda: now).of_users(names):
+    for username, status, when, live, until in await call.api.store.presence.of_users(names):
         # Fresh: set lately through the API (webphones poll), or published over SIP and not lapsed.
         fresh = (when is not None and now - when <= PRESENCE_FRESH) or (until is not None and until > now)
         found[username] = (status or "online") if int(live) or fresh else "offline"
@@ -102,7 +101,7 @@ async def presence_set(call: Call) -> ApiAnswer:
     text = call.arg("pstatus").strip()
     if len(text) > MAX_STATUS or any(ch in text for ch in ",:\r\n"):
         return error(f"pstatus must be at most {MAX_STATUS} characters without , : or line breaks", 412)
-    await Presence(call.api.db, call.api.store.now).set(user.id, text)
+    await call.api.store.presence.set(user.id, text)
     return ok(f"presence set{await _offline_messages(call)}")
 
 
@@ -139,7 +138,7 @@ async def reguser(call: Call) -> ApiAnswer:
     now = call.api.store.now()
     everyone = not which or which.lower() in ("all", "x")  # the spec's own admin example asks with usr=x
     bindings = await _bindings(call).all("" if everyone else which)
-    sessions = await Presence(call.api.db, call.api.store.now).sessions("" if everyone else which)
+    sessions = await call.api.store.presence.sessions("" if everyone else which)
     if not which:
         users: dict[str, int] = {}
         for name in [b.username for b in bindings] + [s.username for s in sessions]:
@@ -183,7 +182,7 @@ async def endpoints(call: Call) -> ApiAnswer:
     sip = call.api.sip
     devices = [(b.transport, b.address, b.useragent, b.username) for b in bindings] + [
         (f"api-{s.transport}", s.address, f"{s.brandname} {s.version}".strip(), s.username)
-        for s in await Presence(call.api.db, call.api.store.now).sessions()]
+        for s in await call.api.store.presence.sessions()]
     for transport, address, useragent, username in devices:
         key = (transport, address)
         entry = seen.setdefault(key, {"address": address, "transport": transport, "useragent": useragent,

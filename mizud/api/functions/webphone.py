@@ -10,7 +10,6 @@ this node is, to pick the least loaded of several servers.
 
 from __future__ import annotations
 
-from ...store.presence import Presence
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import Functions, Category
@@ -40,7 +39,7 @@ async def wsuser(call: Call) -> ApiAnswer:
     user = call.user()
     api = call.api
     session = _field(call, "sessionid", "sid") or call.request.source
-    await Presence(api.db, api.store.now).session(
+    await api.store.presence.session(
         user.id, session, brandname=_field(call, "brandname"), companyname=_field(call, "companyname", "companyame"),
         version=_field(call, "version", "ver", "clientversion"), address=call.request.source,
         transport=call.request.transport, node=api.node)
