@@ -1,4 +1,4 @@
-"""Rate limits, on an injected clock.
+"""The injected clock, the time it tells as stored (L{utcnow}), and rate limits on it.
 
 L{LeakyBucket} is the leaky bucket as a meter (like Synapse's Ratelimiter):
 each key has a bucket holding at most C{burst} requests that drains at
@@ -11,6 +11,7 @@ Shared by the API and SIP front ends; failed logins are counted by L{mizud.secur
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Hashable, Protocol
 
 
@@ -19,6 +20,11 @@ class Clock(Protocol):
 
     def seconds(self) -> float:
         """Seconds since the epoch."""
+
+
+def utcnow(clock: Clock) -> datetime:
+    """The clock's time as naive UTC, as every timestamp column holds it (the one place this is computed)."""
+    return datetime.fromtimestamp(clock.seconds(), timezone.utc).replace(tzinfo=None)
 
 
 class LeakyBucket:

@@ -13,7 +13,8 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.task import deferLater
 
 from mizud.billing.rating import Tariff
-from mizud.sip.calls import check_sdp, longest
+from mizud.billing.rating import longest
+from mizud.sip.calls import check_sdp
 from mizud.sip.sdp import hold_offer, reorigin
 from mizud.sip.responses import response_to
 from mizud.sip.message import SipMessage, parse_datagram

@@ -6,8 +6,7 @@ import hashlib
 import hmac
 import secrets
 
-from ..ratelimit import Clock
-from ..security.bans import utcnow
+from ..ratelimit import Clock, utcnow
 from ..store.authstate import NonceUses, server_key
 from ..store.database import Database
 

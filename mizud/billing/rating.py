@@ -134,6 +134,25 @@ class RatingTable:
                     prefixes.popitem()
 
 
+def longest(cost: Callable[[int], Decimal], budget: Decimal, most: int) -> int:
+    """The largest whole number of seconds up to C{most} whose C{cost} stays within C{budget} (0 if none)."""
+    if cost(1) > budget:
+        return 0
+    low, high = 1, most
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cost(middle) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def leg_cost(tariff: Tariff | None, seconds: int) -> Decimal:
+    """What one leg costs for C{seconds} (a leg to a registered user is free)."""
+    return tariff.cost(seconds) if tariff is not None else Decimal(0)
+
+
 def tariffs_from_rows(rows: Iterable[tuple[Any, ...]], engine: Engine) -> Iterable[Tariff]:
     """Tariffs from C{tb_tariffs} rows.
 

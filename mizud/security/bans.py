@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable
 
-from ..ratelimit import Clock
+from ..ratelimit import Clock, utcnow
 from ..store.authstate import Ban, BanRows
 from ..store.database import Database
 
-__all__ = ["Ban", "Bans", "utcnow"]
-
-
-def utcnow(clock: Clock) -> datetime:
-    """The clock's time as naive UTC."""
-    return datetime.fromtimestamp(clock.seconds(), timezone.utc).replace(tzinfo=None)
+__all__ = ["Ban", "Bans"]
 
 
 _EPOCH = datetime(1970, 1, 1)

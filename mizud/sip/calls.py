@@ -32,7 +32,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ..billing.rating import Tariff
+from ..billing.rating import Tariff, leg_cost, longest
 from ..store.billing import HOLD_SETTLED
 from ..store.calls import close_call, insert_call, insert_cdrs
 from ..store.database import Txn
@@ -84,25 +84,6 @@ def check_sdp(body: bytes, media: bool = True) -> str:
     if media and not any(line.startswith("m=") for line in lines):
         return "SDP has no media"
     return ""
-
-
-def longest(cost: Callable[[int], Decimal], budget: Decimal, most: int) -> int:
-    """The largest whole number of seconds up to C{most} whose C{cost} stays within C{budget} (0 if none)."""
-    if cost(1) > budget:
-        return 0
-    low, high = 1, most
-    while low < high:
-        middle = (low + high + 1) // 2
-        if cost(middle) <= budget:
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
-def leg_cost(tariff: Tariff | None, seconds: int) -> Decimal:
-    """What one leg costs for C{seconds} (a leg to a registered user is free)."""
-    return tariff.cost(seconds) if tariff is not None else Decimal(0)
 
 
 @dataclass(eq=False)

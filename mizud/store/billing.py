@@ -26,12 +26,12 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Awaitable, Callable, Sequence
 
 
-from ..ratelimit import Clock
+from ..ratelimit import Clock, utcnow
 from .authstate import BanRows
 from .calls import CallRows
 from .database import Database, Result, Txn
@@ -208,7 +208,7 @@ class BillingStore:
 
     def now(self) -> datetime:
         """The current time from the injected clock, as naive UTC."""
-        return datetime.fromtimestamp(self.clock.seconds(), timezone.utc).replace(tzinfo=None)
+        return utcnow(self.clock)
 
     # -- users ---------------------------------------------------------------
 

@@ -425,16 +425,13 @@ class _Channel(http.HTTPChannel):
         self.transport.loseConnection()
 
 
-def _channel(site: Any) -> Any:
-    return http._GenericHTTPChannelProtocol(_Channel())
-
-
 class QuietSite(Site):
     """A Site without a per-request access log (failures are logged where decided), whose connections
     time out after C{connectionidletimeout} idle and C{requesttimeout} per request."""
 
     requestFactory = LimitedRequest
-    protocol = _channel
+    #: Our channel itself, not wrapped in twisted.web's private HTTP/2 negotiator (mizud speaks HTTP/1.1).
+    protocol = _Channel  # type: ignore[assignment]  # typed as the negotiator, which is a protocol too
 
     def __init__(self, resource: Resource, settings: Settings, clock: Any = None) -> None:
         super().__init__(resource, timeout=settings.current.connectionidletimeout, reactor=clock)
