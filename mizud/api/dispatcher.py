@@ -146,7 +146,7 @@ class Dispatcher:
         self.nonces = Nonces(self.db, clock)
         self.actions = custom.Actions(self, clock)
         self.maintenance = Maintenance(self)
-        self.bans = Bans(self.db, clock)
+        self.bans = Bans(store.bans, clock)
         shared = StoredFailures(self.db, store.now) if self.db.engine.name == "postgresql" else None
         #: The one lockout every credential check reports to (API, old interface, console, SIP).
         self.lockout = Lockout(settings, self.bans, clock, shared)

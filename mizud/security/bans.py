@@ -7,9 +7,6 @@ from typing import Any, Awaitable, Callable
 
 from ..ratelimit import Clock, utcnow
 from ..store.authstate import Ban, BanRows
-from ..store.database import Database
-
-__all__ = ["Ban", "Bans"]
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -29,8 +26,8 @@ class Bans:
     within that time.  A node sees its own bans at once.
     """
 
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self.rows = BanRows(db)
+    def __init__(self, rows: BanRows, clock: Clock) -> None:
+        self.rows = rows
         self.clock = clock
         self._until: dict[tuple[str, str], float] = {}
         #: Bans this node made lately: (until, when made), so a reload that raced them keeps them.

@@ -40,11 +40,6 @@ class PinReport:
     problems: list[tuple[int, str]] = field(default_factory=list)
 
 
-async def ping(db: Database) -> None:
-    """Run the smallest statement: raises when the database does not answer."""
-    await db.run_statement("heartbeat", "SELECT 1")
-
-
 class Upkeep:
     """Statements of the periodic upkeep, on either engine."""
 
@@ -55,6 +50,10 @@ class Upkeep:
     async def vacuum(self) -> None:
         """Give the space of deleted rows back and refresh the planner's statistics."""
         await self.db.run_outside("vacuum", self.db.engine.vacuum)
+
+    async def ping(self) -> None:
+        """Run the smallest statement: raises when the database does not answer."""
+        await self.db.run_statement("heartbeat", "SELECT 1")
 
     async def optimize(self) -> None:
         """Refresh the planner's statistics (SQLite's PRAGMA optimize, PostgreSQL's ANALYZE)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 
 from ... import __version__
-from ...store.upkeep import ping
 from ..answer import ApiAnswer, error, ok
 from ..dispatcher import Call
 from ..registry import Functions, REQ_PUBLIC, Access, Category
@@ -40,7 +39,7 @@ async def version(call: Call) -> ApiAnswer:
 async def heartbeat(call: Call) -> ApiAnswer:
     """server heartbeat; mode=full also checks the database"""
     if call.arg("mode").lower() == "full":
-        await ping(call.api.db)
+        await call.api.store.upkeep.ping()
         return ok("alive, database ok")
     return ok("alive")
 
