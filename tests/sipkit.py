@@ -92,9 +92,9 @@ class Rig:
 
     def __init__(self, harness: Harness) -> None:
         self.h = harness
-        backend = backend_for(harness.api)
-        self.core = SipCore(harness.api.settings, lambda: backend, harness.clock)
-        harness.api.sip = self.core
+        self.core = SipCore(harness.api.settings, lambda: self.backend, harness.clock)
+        # The dispatcher's SIP functions are bound to the SIP element when it is built: build it again with it.
+        self.backend = backend_for(harness.rebuild(sip=self.core))
         self.sent: list[tuple[tuple[str, int], bytes]] = []
         self.core.add_udp_socket(lambda data, addr: self.sent.append((addr, data)), "192.0.2.1:5060")
 

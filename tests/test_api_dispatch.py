@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from mizud.api.answer import ApiAnswer
-from mizud.api.dispatcher import Call
+from mizud.api.invocation import Invocation
 from mizud.api.registry import Category
 from mizud.api.dispatcher import Dispatcher
 from mizud.api.functions import build_registry
@@ -50,6 +50,18 @@ class Harness:
     async def call(self, query: str, source: str = PUBLIC_IP) -> ApiAnswer:
         """Dispatch a query string from C{source}."""
         return await self.api.dispatch(decode(query=query, source=source))
+
+    def rebuild(self, **options: Any) -> Dispatcher:
+        """A new dispatcher on the same store, clock, rating engine and tb_api rules, built with C{options}
+        (settings=, or what the composition root gives it: sip=, reactor=, logbuffer=, operations=, ...): the
+        handlers are bound to their dependencies when the dispatcher is built."""
+        old = self.api
+        settings = options.pop("settings", old.settings)
+        kept: dict[str, Any] = dict(node=old.node, sip=old.sip, logbuffer=old.logbuffer, metrics=old.metrics,
+                                    notifications=old.notifications, operations=old.operations, reactor=old.reactor)
+        self.api = Dispatcher(settings, build_registry(), self.store, self.clock, old.rater, **{**kept, **options})
+        self.api.overrides = old.overrides
+        return self.api
 
 
 async def make_harness(tmp_path: Path, *sets: str, database: str | None = None) -> Harness:
@@ -327,7 +339,7 @@ async def test_reload_applies_live_options(tmp_path: Path) -> None:
     ini = tmp_path / "m.ini"
     ini.write_text("[global]\napiv2key = one\n")
     h = await make_harness(tmp_path)
-    h.api.settings = Settings(str(ini))
+    h.rebuild(settings=Settings(str(ini)))
     assert (await h.call("apientry=apitest&authkey=one&authid=alice&authpwd=alicepw")).ok
     ini.write_text("[global]\napiv2key = two\nmainaport = 81\n")
     answer = await h.call("apientry=reload", "127.0.0.1")
@@ -401,7 +413,7 @@ async def test_status_of_each_error_kind(h: Harness) -> None:
     from mizud.store.money import BadPin
 
     @h.api.registry.function("charge", Category.USER, "stand-in", ("pin",))
-    async def charge(call: Call) -> ApiAnswer:
+    async def charge(invocation: Invocation) -> ApiAnswer:
         raise BadPin("invalid or used PIN")
 
     cases = {
@@ -425,7 +437,7 @@ async def test_internal_error_is_499_without_traceback(h: Harness) -> None:
     events: list[dict[str, Any]] = []
 
     @h.api.registry.function("info", Category.ADMIN, "stand-in that breaks")
-    async def info(call: Call) -> ApiAnswer:
+    async def info(invocation: Invocation) -> ApiAnswer:
         raise RuntimeError("secret detail")
 
     globalLogPublisher.addObserver(events.append)
@@ -447,3 +459,27 @@ async def test_banned_user_learns_nothing(h: Harness) -> None:
     wrong = await h.call(f"apientry=apitest&authkey={KEY}&authid=alice&authpwd=bad", OTHER_IP)
     assert right == wrong
     assert right.text == "ERROR: banned: too many failed authentications"
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_function_is_bound_to_an_area_holding_only_its_dependencies(tmp_path: Path) -> None:
+    """A built dispatcher calls every implemented function through a method bound to its area's object;
+    no area object holds the dispatcher (the handlers get what their area's constructor names, never a
+    service locator); a declared method without an area object is refused when the registry is bound."""
+    import pytest
+
+    h = await make_harness(tmp_path)
+    areas = set()
+    for function in h.api.registry:
+        if not function.implemented:
+            continue
+        handler = function.handler
+        assert handler is not None, function.name
+        area = getattr(handler, "__self__")
+        assert type(area).__module__ == getattr(function.method, "__module__"), function.name
+        areas.add(id(area))
+        assert not any(isinstance(value, Dispatcher) for value in vars(area).values()), function.name
+    assert len(areas) == 15
+    with pytest.raises(ValueError, match="no area object of mizud.api.functions"):
+        build_registry().bound([])
+    await h.db.close()

@@ -9,7 +9,7 @@ import pytest_twisted
 
 from mizud.api import legacy
 from mizud.api.answer import ApiAnswer, error, ok
-from mizud.api.dispatcher import Call
+from mizud.api.invocation import Invocation
 from mizud.api.registry import Category
 from mizud.api.request import RequestError, decode
 from test_api_dispatch import KEY, OTHER_IP, PUBLIC_IP, SALT, Harness, make_harness
@@ -81,8 +81,9 @@ async def test_sensitive_commands_only_from_allowedip2(tmp_path: Path) -> None:
     h = await make_harness(tmp_path, f"httpapiallowedip2={OTHER_IP}")
 
     @h.api.registry.function("addcredit", Category.SENSITIVE, "test stand-in", ("pin", "credit"))
-    async def addcredit(call: Call) -> ApiAnswer:
-        return ok(f"{call.caller.how} {call.arg('pin')} {call.arg('credit')}")
+    async def addcredit(invocation: Invocation) -> ApiAnswer:
+        """Answers how the caller was proven and the two parameters."""
+        return ok(f"{invocation.caller.how} {invocation.arg('pin')} {invocation.arg('credit')}")
 
     refused = await old(h, "addcredit", "usr=alice&credit=5")
     assert refused.text == "ERROR: access not allowed from this address"

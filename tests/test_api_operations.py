@@ -146,7 +146,7 @@ async def test_reloadapikeys_reads_the_keys_again(tmp_path: Path) -> None:
     h = await make_harness(tmp_path)
     from mizud.config import Settings
 
-    h.api.settings = Settings(str(config), ())
+    h.rebuild(settings=Settings(str(config), ()))
     assert (await h.call("apientry=reloadapikeys", ADMIN)).text == "OK: keys changed: none; 0 tb_api rules loaded"
     config.write_text("[global]\napiv2key = second-key-456\n")
     assert (await h.call("apientry=reloadapikeys", ADMIN)).text == "OK: keys changed: apiv2key; 0 tb_api rules loaded"
@@ -164,7 +164,7 @@ async def test_backup_and_restore_through_the_api(tmp_path: Path, database_optio
     folder = tmp_path / "backups"
     folder.mkdir()
     h = await make_harness(tmp_path, f"backupdir={folder}", database=database_option)
-    h.api.reactor = global_reactor  # pg_dump runs as a process
+    h.rebuild(reactor=global_reactor)  # pg_dump runs as a process
     answer = await h.call("apientry=dbbackup&path=before", ADMIN)
     assert answer.text == f"OK: backup written to {folder / 'before'}", answer.text
     assert (await h.call("apientry=backupdb&path=before", ADMIN)).text.endswith("a backup never overwrites")
@@ -174,10 +174,10 @@ async def test_backup_and_restore_through_the_api(tmp_path: Path, database_optio
     listed = await h.call("apientry=dbrestore", ADMIN)
     assert [r["file"] for r in listed.records or []] == ["before"]
     assert (await h.call("apientry=dbrestore&path=../api.sqlite", ADMIN)).text.startswith("ERROR: restore failed: a")
-    h.api.sip = SimpleNamespace(calls=SimpleNamespace(live={7: object()}))
+    h.rebuild(sip=SimpleNamespace(calls=SimpleNamespace(live={7: object()})))
     assert (await h.call("apientry=dbrestore&path=before", ADMIN)).text == \
         "ERROR: restore refused: 1 calls are live on this node; end them (discall) first"
-    h.api.sip = None
+    h.rebuild(sip=None)
     h.api.paused = "the database is being restored"
     assert (await h.call("apientry=balance&authid=alice&authpwd=alicepw", ADMIN)).text == \
         "ERROR: the database is being restored: try again in a minute"
@@ -222,7 +222,7 @@ async def test_sipreset_binds_the_sip_listeners_again(tmp_path: Path) -> None:
         first = udp.listening
         assert (await h.call("apientry=sipreset", ADMIN)).text == \
             "ERROR: not supported: this dispatcher runs without the daemon's listeners"
-        h.api.operations = ServiceOperations(root, global_reactor)
+        h.rebuild(operations=ServiceOperations(root, global_reactor))
         answer = await h.call("apientry=sipreset", ADMIN)
         assert answer.text == f"OK: bound again: sipportudp 127.0.0.1:{ports[0]}, sipport 127.0.0.1:{ports[1]}"
         assert udp.listening is not first
@@ -258,7 +258,7 @@ async def test_restart_stops_for_the_service_manager(tmp_path: Path) -> None:
     """restart what=service stops the reactor after answering; server and database are refused."""
     h = await make_harness(tmp_path)
     reactor = MemoryReactorClock()
-    h.api.operations = ServiceOperations(MultiService(), reactor)
+    h.rebuild(operations=ServiceOperations(MultiService(), reactor))
     assert (await h.call("apientry=restart&what=server", ADMIN)).text.startswith("ERROR: not supported: restarting")
     assert (await h.call("apientry=restart&what=database", ADMIN)).text.startswith("ERROR: not supported: the data")
     assert (await h.call("apientry=restart&what=it", ADMIN)).text == "ERROR: what must be service, server or database"

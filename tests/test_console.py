@@ -190,7 +190,7 @@ async def test_console_only_diagnostics(tmp_path: Path, database_option: str) ->
     refused over HTTP."""
     h = await make_harness(tmp_path, database=database_option)
     buffer = LogBuffer()
-    h.api.logbuffer = buffer
+    h.rebuild(logbuffer=buffer)
     for index in range(5):
         buffer({"log_format": "line {n}", "n": index, "log_namespace": "mizud.api", "log_time": 1.0})
     buffer({"log_format": "REGISTER from {who}", "who": "x", "log_namespace": "mizud.sip.registrar",
@@ -236,7 +236,7 @@ async def test_review_findings(tmp_path: Path) -> None:
         assert "OK: 5.00 USD" in await session.send(b"balance targetuser=alice\r\n", "mizud> ")
         found = await session.send(b"logsearch a=b\r\n", "mizud> ")
         assert "ERROR: missing parameter" not in found
-        h.api.logbuffer = LogBuffer()
+        h.rebuild(logbuffer=LogBuffer())
         h.api.logbuffer({"log_format": "SIP: bad algorithm {a}", "a": "\x1b]0;owned\x07", "log_time": 1.0})
         shown = await session.send(b"showlog main 1\r\n", "mizud> ")
         assert "\x1b]0;" not in shown and "bad algorithm \\x1b]0;owned\\x07" in shown

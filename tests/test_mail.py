@@ -106,7 +106,7 @@ async def harness(tmp_path: Path, server: Server, *sets: str) -> Harness:
     """A harness whose API mails through the server, trusting its certificate."""
     h = await make_harness(tmp_path, f"smtpserver={server.address}", "smtpuser=mailer", "smtppassword=s3cret",
                            f"smtpcafile={server.pem}", "smtpfrom=noreply@voip.example", *sets)
-    h.api.reactor = global_reactor
+    h.rebuild(reactor=global_reactor)
     return h
 
 

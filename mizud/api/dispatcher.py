@@ -34,7 +34,7 @@ per address only across several accounts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
@@ -45,7 +45,6 @@ from ..config import Settings
 from ..store.billing import BillingStore, User
 from ..store.database import Database, DatabaseError
 from ..store.money import MoneyError
-from ..text import ascii_int
 from . import answer, custom
 from .maintenance import Maintenance
 from .answer import ApiAnswer, error
@@ -56,6 +55,8 @@ from ..store.apirules import load_rules
 from ..store.authstate import StoredFailures
 from .checks import Limits, checks, forgeable
 from .credentials import Accounts, Attempt, AuthFailure, Caller
+from .functions import build_areas
+from .invocation import Invocation
 from .registry import (
     REQ_ADMINS,
     REQ_ALL,
@@ -65,84 +66,36 @@ from .registry import (
     Registry,
 )
 from .request import ApiRequest, RequestError
-from .state import Nonces
+from .state import Nonces, Traffic
 
 log = Logger()
 
 _MONEY_STATUS = {"bad_pin": answer.BAD_PIN, "unknown_user": answer.NOT_FOUND}
 
 
-@dataclass
-class Call:
-    """One call of a handler: the request, the function, the caller, the API."""
-
-    api: Dispatcher
-    request: ApiRequest
-    function: ApiFunction
-    caller: Caller
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def arg(self, name: str, default: str = "") -> str:
-        """A parameter by name, or by position (C{paramN}) in the documented order."""
-        value = self.request.params.get(name)
-        if value:
-            return value
-        if name in self.function.params:
-            value = self.request.params.get(f"param{self.function.params.index(name) + 1}")
-            if value:
-                return value
-        return default
-
-    def user(self) -> User:
-        """The user the call acts for; raises L{RequestError} (421) when there is none."""
-        if self.caller.user is None:
-            raise RequestError("this function needs authid (the user)", answer.MISSING_PARAMETER)
-        return self.caller.user
-
-    def require(self, name: str) -> str:
-        """A parameter that must be present; raises L{RequestError} (421) if not."""
-        value = self.arg(name)
-        if not value:
-            raise RequestError(f"missing parameter: {name}", answer.MISSING_PARAMETER)
-        return value
-
-    def integer(self, name: str, low: int, high: int, default: int | None = None) -> int:
-        """A whole number from C{low} to C{high} in ASCII digits; 412 naming the parameter otherwise.
-
-        Missing: C{default}, or 421 when there is none.
-        """
-        text = self.arg(name).strip()
-        if not text:
-            if default is None:
-                raise RequestError(f"missing parameter: {name}", answer.MISSING_PARAMETER)
-            return default
-        value = ascii_int(text, low, high)
-        if value is None:
-            raise RequestError(f"{name} must be a whole number from {low} to {high}", answer.FAILED)
-        return value
-
-
 class Dispatcher:
     """The one dispatcher every front end calls: the registry, the tb_api rules, the checks every request
-    passes (L{mizud.api.checks}), and the handlers' context (L{Call})."""
+    passes (L{mizud.api.checks}), then the handler with an L{Invocation}."""
 
     def __init__(
         self, settings: Settings, registry: Registry, store: BillingStore, clock: Clock, rater: Rater | None = None,
         *, node: str = "", sip: Any = None, logbuffer: Any = None, metrics: Any = None, notifications: Any = None,
-        operations: Any = None,
+        operations: Any = None, reactor: Any = None,
     ) -> None:
-        """The dispatcher on C{store}; the composition root (L{mizud.app}) also gives it what the daemon around
-        it has (this node's name, the SIP element, the log buffer, metrics, the other nodes' notifications,
-        the service tree's operations), each None where there is none (a test, a node without SIP)."""
-        self._settings = settings
+        """The dispatcher on C{store}, serving the functions C{registry} declares (bound here to what they
+        use, by L{mizud.api.functions.build_areas}); the composition root (L{mizud.app}) also gives it what
+        the daemon around it has (this node's name, the SIP element, the log buffer, metrics, the other
+        nodes' notifications, the service tree's operations, the reactor for outgoing connections), each
+        None where there is none (a test, a node without SIP)."""
+        #: The configuration every check and handler reads (reloaded in place, see L{reload}).
+        self.settings = settings
         #: The rating engine (an empty table until the service loads tb_tariffs).
         self.rater = rater or Rater(settings.current.database, clock)
-        self.registry = registry
         self.store = store
         self.db: Database = store.db
         self.clock = clock
-        #: The reactor for outgoing connections (SMTP); the clock in production, replaced in tests.
-        self.reactor: Any = clock
+        #: The reactor for outgoing connections (SMTP, the JSONP forwarder, pg_dump); the clock by default.
+        self.reactor: Any = reactor if reactor is not None else clock
         self.nonces = Nonces(self.db, clock)
         self.actions = custom.Actions(self, clock)
         self.maintenance = Maintenance(self)
@@ -164,31 +117,18 @@ class Dispatcher:
         self.operations: Any = operations
         #: Why requests are refused right now (a database restore), or empty.
         self.paused = ""
-        #: The tables and their columns (setfield, getfield), read once; None until then and after a db call.
-        self.columns: dict[str, set[str]] | None = None
-        self.started = clock.seconds()
-        self.requests = 0
-        self._assemble()
-
-    def _assemble(self) -> None:
-        """The rate limits, the accounts and the checks every request passes, in order (L{mizud.api.checks}),
-        on the current settings."""
-        settings = self._settings
-        self.lockout.settings = settings
-        self.limits = Limits(settings, self.clock)
-        self.accounts = Accounts(settings, self.store)
+        #: What this dispatcher has served (info, quickstat).
+        self.traffic = Traffic(clock.seconds())
+        # The rate limits, the accounts and the checks every request passes, in order (L{mizud.api.checks}).
+        self.limits = Limits(settings, clock)
+        self.accounts = Accounts(settings, store)
         self.checks = checks(settings, self.accounts, self.lockout, self.nonces, self.limits, self._failed)
+        #: The functions, each bound to the few dependencies its area uses.
+        self.registry = registry.bound(build_areas(self, registry))
 
-    @property
-    def settings(self) -> Settings:
-        """The configuration every check and handler reads."""
-        return self._settings
-
-    @settings.setter
-    def settings(self, settings: Settings) -> None:
-        """Use other settings from now on (the checks are built again on them)."""
-        self._settings = settings
-        self._assemble()
+    def pause(self, reason: str) -> None:
+        """Refuse every request with C{reason} from now on (a database restore); empty: serve again."""
+        self.paused = reason
 
     async def publish(self, topic: str) -> None:
         """Tell the other nodes that C{topic} (tariffs, access, bans) changed, when there are any."""
@@ -239,7 +179,7 @@ class Dispatcher:
 
     async def dispatch(self, request: ApiRequest) -> ApiAnswer:
         """Answer one request.  Never raises; never puts a traceback in an answer."""
-        self.requests += 1
+        self.traffic.requests += 1
         answered = await self._answer(request)
         if self.metrics is not None:
             self.metrics.request(request.function, request.transport, answered.ok)
@@ -294,7 +234,7 @@ class Dispatcher:
     ) -> ApiAnswer:
         """Every check in the module doc's order (L{mizud.api.checks}), then the handler; the caller goes
         into C{callers}."""
-        attempt = Attempt(request, function, rule, self._settings.current)
+        attempt = Attempt(request, function, rule, self.settings.current)
         for check in self.checks:
             verdict = check(attempt)
             refusal = verdict if verdict is None or isinstance(verdict, ApiAnswer) else await verdict
@@ -304,7 +244,7 @@ class Dispatcher:
                 return refusal
         assert function.handler is not None and attempt.caller is not None
         callers.append(attempt.caller)
-        return await function.handler(Call(self, request, function, attempt.caller))
+        return await function.handler(Invocation(request, function, attempt.caller))
 
     async def _values(self, params: dict[str, str], user: User | None, text: str) -> custom.Values:
         """Placeholder values for custom SQL or an action body."""
@@ -313,9 +253,9 @@ class Dispatcher:
             fields = await self.store.user_row(user.id)
         return custom.Values(user, params, fields)
 
-    async def _custom_sql(self, call: Call) -> ApiAnswer:
-        rule = call.function.access
-        values = await self._values(call.request.params, call.caller.user, rule.customsql)
+    async def _custom_sql(self, invocation: Invocation) -> ApiAnswer:
+        rule = invocation.function.access
+        values = await self._values(invocation.request.params, invocation.caller.user, rule.customsql)
         return await custom.run_custom_sql(self, rule, values, self.clock)
 
     async def failed_login(self, request: ApiRequest, reason: str, account: str) -> None:

@@ -254,7 +254,7 @@ def render() -> str:
             f"| {function.name} | {', '.join(function.aliases)} | {function.category.value} | "
             f"{', '.join(function.params)} | {access} | {function.status} | {function.summary} |"
         )
-    implemented = sum(1 for f in registry if f.handler)
+    implemented = sum(1 for f in registry if f.implemented)
     footer = f"\n{len(rows)} functions, {implemented} implemented.\n"
     return HEADER + "\n".join(rows) + "\n" + footer
 

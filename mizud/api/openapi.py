@@ -44,7 +44,7 @@ def document(registry: Registry | None = None) -> dict[str, Any]:
         parameters = [_parameter(name, "a parameter of the function") for name in function.params]
         parameters += [{"$ref": f"#/components/parameters/{name}"} for name in (*AUTH_PARAMS, "format")
                        if name not in function.params]
-        status = "" if function.handler is not None else f" Not supported: {function.unsupported}."
+        status = "" if function.implemented else f" Not supported: {function.unsupported}."
         operation = {
             "operationId": function.name,
             "summary": function.summary,

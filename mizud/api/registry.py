@@ -11,12 +11,13 @@ everything and the dispatcher answers C{ERROR: not supported: REASON}.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from types import MethodType
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator
 
 if TYPE_CHECKING:  # pragma: no cover
     from .answer import ApiAnswer
-    from .dispatcher import Call
+    from .invocation import Invocation
 
 
 class Category(enum.Enum):
@@ -65,7 +66,10 @@ DEFAULT_ACCESS = {
     Category.SENSITIVE: Access(req_key=1, req_ip=1, req_user=REQ_ADMINS),
 }
 
-Handler = Callable[["Call"], Awaitable["ApiAnswer"]]
+#: What the dispatcher calls: a handler bound to its area's dependencies, given the invocation.
+Handler = Callable[["Invocation"], Awaitable["ApiAnswer"]]
+#: A handler as a module declares it: a method of the module's area class (called with the area object).
+Method = Callable[[Any, "Invocation"], Awaitable["ApiAnswer"]]
 
 
 @dataclass(frozen=True)
@@ -78,15 +82,23 @@ class ApiFunction:
     summary: str
     access: Access
     aliases: tuple[str, ...] = ()
+    #: The handler the dispatcher calls (None until the declared method is bound, see L{Registry.bound}).
     handler: Handler | None = None
     unsupported: str | None = None
     #: Requests per second one address may send to this function (0: only the general limits).
     rate: float = 0.0
+    #: The declared method (L{Functions}), before it is bound to its area object.
+    method: Method | None = None
+
+    @property
+    def implemented(self) -> bool:
+        """Whether mizud serves this function (a handler, or a method to bind)."""
+        return self.handler is not None or self.method is not None
 
     @property
     def status(self) -> str:
         """C{implemented}, or C{not supported: REASON}."""
-        return "implemented" if self.handler else f"not supported: {self.unsupported}"
+        return "implemented" if self.implemented else f"not supported: {self.unsupported}"
 
 
 class Registry:
@@ -120,31 +132,54 @@ class Registry:
         access: Access | None = None,
         rate: float = 0.0,
     ) -> Callable[[Handler], Handler]:
-        """Decorator: register an C{async def handler(call)} under C{name}."""
+        """Decorator: register a ready C{async def handler(invocation)} under C{name} (a stand-in in a test;
+        the modules of L{mizud.api.functions} declare methods instead, see L{Functions})."""
 
         def register(handler: Handler) -> Handler:
-            existing = self._functions.get(name)
-            self.add(
-                ApiFunction(
-                    name=name,
-                    category=category,
-                    params=params or (existing.params if existing else ()),
-                    summary=summary,
-                    access=access or DEFAULT_ACCESS[category],
-                    aliases=tuple(dict.fromkeys((*(existing.aliases if existing else ()), *aliases))),
-                    handler=handler,
-                    rate=rate,
-                )
-            )
+            self._register(Declared(name, category, summary, params, aliases, access, rate, None), handler=handler)
             return handler
 
         return register
 
+    def _register(self, declared: Declared, handler: Handler | None = None) -> None:
+        existing = self._functions.get(declared.name)
+        self.add(
+            ApiFunction(
+                name=declared.name,
+                category=declared.category,
+                params=declared.params or (existing.params if existing else ()),
+                summary=declared.summary,
+                access=declared.access or DEFAULT_ACCESS[declared.category],
+                aliases=tuple(dict.fromkeys((*(existing.aliases if existing else ()), *declared.aliases))),
+                handler=handler,
+                rate=declared.rate,
+                method=declared.method,
+            )
+        )
+
     def take(self, functions: Functions) -> None:
         """Register every handler C{functions} declared, in the order they were declared."""
         for declared in functions.declared:
-            self.function(declared.name, declared.category, declared.summary, declared.params, declared.aliases,
-                          declared.access, declared.rate)(declared.handler)
+            self._register(declared)
+
+    def bound(self, areas: Iterable[object]) -> Registry:
+        """A copy whose declared methods are bound to their area objects: each method to the one of C{areas}
+        whose class is defined in the method's module (one area class per module, see L{Functions}).
+
+        Raises L{ValueError} when a declared method has no area object: a function must never be listed as
+        implemented and then fail on its first request.
+        """
+        by_module = {type(area).__module__: area for area in areas}
+        copy = Registry()
+        for function in self._functions.values():
+            if function.method is not None:
+                area = by_module.get(function.method.__module__)
+                if area is None:
+                    raise ValueError(f"API function {function.name}: no area object of {function.method.__module__}")
+                function = replace(function, handler=MethodType(function.method, area))
+            copy._functions[function.name] = function
+        copy._names = dict(self._names)
+        return copy
 
     def get(self, name: str) -> ApiFunction | None:
         """The function called C{name} (or one of its aliases), or None."""
@@ -169,19 +204,21 @@ class Declared:
     aliases: tuple[str, ...]
     access: Access | None
     rate: float
-    handler: Handler
+    method: Method | None
 
 
-def summary_of(handler: Handler) -> str:
+def summary_of(handler: Method) -> str:
     """A handler's one-line summary: its docstring, its lines joined."""
     return " ".join((handler.__doc__ or "").split())
 
 
 class Functions:
-    """The handlers of one module, declared at module level with C{@fn(...)} (like Klein's C{@app.route}):
-    each is an importable C{async def name(call)} whose docstring is its summary in C{help}, docs/api.md and
-    the OpenAPI document.  L{Registry.take} registers them; L{mizud.api.functions.build_registry} does it for
-    every module, in one place."""
+    """The handlers of one module, declared with C{@fn(...)} on the methods of the module's one area class
+    (like Klein's C{@app.route} on a class: routes bound to an instance).  Each is an C{async def name(self,
+    invocation)} whose docstring is its summary in C{help}, docs/api.md and the OpenAPI document; the area
+    object holds only the dependencies its handlers use, given to its constructor.  L{Registry.take}
+    registers the declarations and L{Registry.bound} binds them to the area objects;
+    L{mizud.api.functions} does both for every module, in one place."""
 
     def __init__(self) -> None:
         self.declared: list[Declared] = []
@@ -195,10 +232,10 @@ class Functions:
         aliases: tuple[str, ...] = (),
         access: Access | None = None,
         rate: float = 0.0,
-    ) -> Callable[[Handler], Handler]:
-        """Decorator: declare C{handler} under C{name} (C{summary}: else the handler's docstring)."""
+    ) -> Callable[[Method], Method]:
+        """Decorator: declare the method C{handler} under C{name} (C{summary}: else the handler's docstring)."""
 
-        def declare(handler: Handler) -> Handler:
+        def declare(handler: Method) -> Method:
             text = summary or summary_of(handler)
             if not text:
                 raise ValueError(f"API function {name} has neither a summary nor a docstring")

@@ -1,10 +1,11 @@
-"""API state every node must share: login nonces."""
+"""API state: login nonces (shared by every node) and this dispatcher's traffic."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 
 from ..ratelimit import Clock, utcnow
 from ..store.authstate import NonceUses, server_key
@@ -17,6 +18,14 @@ _TICK = 64
 _TICKS = 1 << 20
 #: How far ahead of this node's clock another node's nonce may be (their clocks differ a little).
 _AHEAD = 60
+
+
+@dataclass
+class Traffic:
+    """What this dispatcher has served: since when (clock seconds) and how many requests."""
+
+    started: float
+    requests: int = 0
 
 
 class Nonces:

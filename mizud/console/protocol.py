@@ -536,11 +536,11 @@ class Console:
                 body, _ = encode(error(f"unknown command: {name[:64]}"), "text")
                 return body.decode()
             params = " ".join(function.params) or "(no parameters)"
-            status = "" if function.handler is not None else f" [not supported: {function.unsupported}]"
+            status = "" if function.implemented else f" [not supported: {function.unsupported}]"
             return f"{function.name} {params}\n  {function.summary}{status}"
         lines = [f"{n:<22} {summary}" for n, summary in SHELL_COMMANDS.items()]
         for function in api.registry:
-            if function.handler is not None:
+            if function.implemented:
                 lines.append(f"{function.name:<22} {function.summary}")
         lines.append("Commands: name value1 value2 ... (in the order help NAME shows) or name key=value ...")
         return "\n".join(lines)

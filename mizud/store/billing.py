@@ -35,6 +35,7 @@ from ..ratelimit import Clock, utcnow
 from .authstate import BanRows
 from .calls import CallRows
 from .database import Database, Result, Txn
+from .introspect import Columns
 from .money import (
     MAX_AMOUNT,
     BadPin,
@@ -205,6 +206,8 @@ class BillingStore:
         self.upkeep = Upkeep(db, self.now)
         #: Names and numbers that must not collide (usernames, DIDs, proved numbers).
         self.names = Names(db)
+        #: The tables and their columns (setfield, getfield, addserver), read once.
+        self.columns = Columns(db)
 
     def now(self) -> datetime:
         """The current time from the injected clock, as naive UTC."""

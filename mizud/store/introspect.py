@@ -27,6 +27,25 @@ async def table_columns(db: Database) -> dict[str, set[str]]:
     return tables
 
 
+class Columns:
+    """The tables and their columns as L{table_columns} reads them, read once and kept until L{forget}
+    (the db function runs arbitrary SQL, which may change them)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._known: dict[str, set[str]] | None = None
+
+    async def tables(self) -> dict[str, set[str]]:
+        """Every table and its columns, from memory after the first read."""
+        if self._known is None:
+            self._known = await table_columns(self._db)
+        return self._known
+
+    def forget(self) -> None:
+        """Read them again next time."""
+        self._known = None
+
+
 @dataclass(frozen=True)
 class LockWait:
     """A lock a PostgreSQL session waits for."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
@@ -11,10 +12,17 @@ from ...store.admin import quick_stats, run_sql
 from ...store.cdrs import rebill_candidates
 from ...store.money import format_money
 from ..answer import ApiAnswer, error, ok
-from ..dispatcher import Call
+from ..invocation import Invocation
 from ..registry import Functions, Category
 from ...text import canonical_id
 from .cdrs import since
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...billing.rating import Rater
+    from ...config import Settings
+    from ...store.billing import BillingStore
+    from ...store.database import Database
+    from ..state import Traffic
 
 log = Logger()
 
@@ -28,101 +36,106 @@ MAX_DB_ROWS = 1000
 fn = Functions()
 
 
-@fn("db", Category.ADMIN, params=("txt",))
-async def db(call: Call) -> ApiAnswer:
-    """run one SQL statement (admins only; logged); SELECT answers rows"""
-    sql = call.require("txt").strip().rstrip(";")
-    who = call.caller.user.username if call.caller.user else "trusted address"
-    log.info("db by {who} from {source}: {sql}", who=who, source=call.request.source, sql=sql[:2000])
-    try:
-        result = await run_sql(call.api.db, sql)
-    except Exception as problem:
-        return error(f"statement failed: {(str(problem).strip().splitlines() or ['error'])[0]}", 412)
-    finally:
-        # It may have changed the tables (ALTER TABLE ... ADD COLUMN): setfield and getfield read them again.
-        call.api.columns = None
-    if result.columns:
-        records = [dict(zip(result.columns, row)) for row in result.rows[:MAX_DB_ROWS]]
-        return ok(f"{len(records)} rows", records)
-    return ok(f"{max(result.rowcount, 0)} rows affected")
+@dataclass(frozen=True, kw_only=True, eq=False)
+class AdminFunctions:
+    """The administrator's functions on the database: SQL, the configuration, audits, figures, rebilling."""
 
+    db: Database
+    rater: Rater
+    settings: Settings
+    store: BillingStore
+    traffic: Traffic
 
-@fn("showcfg", Category.ADMIN)
-async def showcfg(call: Call) -> ApiAnswer:
-    """the running configuration (secrets hidden)"""
-    config = call.api.settings.current
-    records = []
-    for name in config:
-        value = config[name]
-        if name in SECRETS and value:
-            value = "***"
-        elif name == "database":
-            value = redact_database(value)
-        elif isinstance(value, tuple):
-            value = ",".join(str(v) for v in value)
-        records.append({"option": name, "value": "" if value is None else str(value), "from": config.origins[name]})
-    return ok(f"{len(records)} options", records)
-
-
-@fn("checkcredits", Category.ADMIN)
-async def checkcredits(call: Call) -> ApiAnswer:
-    """check that every balance equals the sum of its ledger"""
-    problems = await call.api.store.audit()
-    records = [{"userid": u, "credit": format_money(c), "ledger": format_money(s)} for u, c, s in problems]
-    if records:
-        return ApiAnswer(False, f"{len(records)} balances differ from their ledger", 412, records)
-    return ok("every balance equals its ledger")
-
-
-@fn("quickstat", Category.ADMIN)
-async def quickstat(call: Call) -> ApiAnswer:
-    """quick statistics"""
-    now = call.api.store.now()
-    stats = await quick_stats(call.api.db, now, since("today", now))
-    record = {
-        "users": stats.users, "credit": format_money(stats.credit), "registered": stats.registered,
-        "calls_today": stats.calls_today, "seconds_today": stats.seconds_today,
-        "cost_today": format_money(stats.cost_today), "api_requests": call.api.requests,
-    }
-    return ok(f"{record['users']} users, {record['registered']} registered, {record['calls_today']} calls today",
-              [record])
-
-
-@fn("rebill", Category.ADMIN, params=("days", "userid"))
-async def rebill(call: Call) -> ApiAnswer:
-    """recompute CDR costs from the current tariffs (days=, userid=; not the test records of gencdr)"""
-    api = call.api
-    start = since(call.arg("days", "today"), api.store.now())
-    userid = call.arg("userid")
-    only: int | None = None
-    if userid:
-        only = canonical_id(userid)
-        if only is None:
-            return error("userid must be a user id", 412)
-    # Test records of gencdr were never charged, so they are never repriced either (the store leaves them out).
-    rows = await rebill_candidates(api.db, start, only)
-    money = api.db.engine.money
-    changes: dict[int, list[tuple[int, Any]]] = {}
-    differences: dict[int, Any] = {}
-    plans: dict[int, int] = {}
-    for row in rows:
-        owner = row.userid
-        if owner not in plans:
-            user = await api.store.get_user(owner)
-            plans[owner] = (user.tariffid if user else 0) or api.settings.current.defaulttariff
-        tariff = api.rater.table.lookup(plans[owner], row.callednumber)
-        new = tariff.cost(row.duration) if tariff else money(0)
-        if new != row.cost:
-            changes.setdefault(owner, []).append((row.id, new))
-            differences[owner] = differences.get(owner, money(0)) + new - row.cost
-    adjusted, refused = 0, []
-    for owner, updates in changes.items():
+    @fn("db", Category.ADMIN, params=("txt",))
+    async def run_db(self, invocation: Invocation) -> ApiAnswer:
+        """run one SQL statement (admins only; logged); SELECT answers rows"""
+        sql = invocation.require("txt").strip().rstrip(";")
+        who = invocation.caller.user.username if invocation.caller.user else "trusted address"
+        log.info("db by {who} from {source}: {sql}", who=who, source=invocation.request.source, sql=sql[:2000])
         try:
-            await api.store.rebill(owner, updates, differences[owner])
-            adjusted += len(updates)
+            result = await run_sql(self.db, sql)
         except Exception as problem:
-            refused.append({"userid": owner, "reason": str(problem)})
-    message = f"{len(rows)} CDRs checked, {adjusted} repriced"
-    if refused:
-        return ApiAnswer(False, message + f", {len(refused)} users refused", 412, refused)
-    return ok(message)
+            return error(f"statement failed: {(str(problem).strip().splitlines() or ['error'])[0]}", 412)
+        finally:
+            # It may have changed the tables (ALTER TABLE ... ADD COLUMN): setfield and getfield read them again.
+            self.store.columns.forget()
+        if result.columns:
+            records = [dict(zip(result.columns, row)) for row in result.rows[:MAX_DB_ROWS]]
+            return ok(f"{len(records)} rows", records)
+        return ok(f"{max(result.rowcount, 0)} rows affected")
+
+    @fn("showcfg", Category.ADMIN)
+    async def showcfg(self, invocation: Invocation) -> ApiAnswer:
+        """the running configuration (secrets hidden)"""
+        config = self.settings.current
+        records = []
+        for name in config:
+            value = config[name]
+            if name in SECRETS and value:
+                value = "***"
+            elif name == "database":
+                value = redact_database(value)
+            elif isinstance(value, tuple):
+                value = ",".join(str(v) for v in value)
+            records.append({"option": name, "value": "" if value is None else str(value), "from": config.origins[name]})
+        return ok(f"{len(records)} options", records)
+
+    @fn("checkcredits", Category.ADMIN)
+    async def checkcredits(self, invocation: Invocation) -> ApiAnswer:
+        """check that every balance equals the sum of its ledger"""
+        problems = await self.store.audit()
+        records = [{"userid": u, "credit": format_money(c), "ledger": format_money(s)} for u, c, s in problems]
+        if records:
+            return ApiAnswer(False, f"{len(records)} balances differ from their ledger", 412, records)
+        return ok("every balance equals its ledger")
+
+    @fn("quickstat", Category.ADMIN)
+    async def quickstat(self, invocation: Invocation) -> ApiAnswer:
+        """quick statistics"""
+        now = self.store.now()
+        stats = await quick_stats(self.db, now, since("today", now))
+        record = {
+            "users": stats.users, "credit": format_money(stats.credit), "registered": stats.registered,
+            "calls_today": stats.calls_today, "seconds_today": stats.seconds_today,
+            "cost_today": format_money(stats.cost_today), "api_requests": self.traffic.requests,
+        }
+        return ok(f"{record['users']} users, {record['registered']} registered, {record['calls_today']} calls today",
+                  [record])
+
+    @fn("rebill", Category.ADMIN, params=("days", "userid"))
+    async def rebill(self, invocation: Invocation) -> ApiAnswer:
+        """recompute CDR costs from the current tariffs (days=, userid=; not the test records of gencdr)"""
+        start = since(invocation.arg("days", "today"), self.store.now())
+        userid = invocation.arg("userid")
+        only: int | None = None
+        if userid:
+            only = canonical_id(userid)
+            if only is None:
+                return error("userid must be a user id", 412)
+        # Test records of gencdr were never charged, so they are never repriced either (the store leaves them out).
+        rows = await rebill_candidates(self.db, start, only)
+        money = self.db.engine.money
+        changes: dict[int, list[tuple[int, Any]]] = {}
+        differences: dict[int, Any] = {}
+        plans: dict[int, int] = {}
+        for row in rows:
+            owner = row.userid
+            if owner not in plans:
+                user = await self.store.get_user(owner)
+                plans[owner] = (user.tariffid if user else 0) or self.settings.current.defaulttariff
+            tariff = self.rater.table.lookup(plans[owner], row.callednumber)
+            new = tariff.cost(row.duration) if tariff else money(0)
+            if new != row.cost:
+                changes.setdefault(owner, []).append((row.id, new))
+                differences[owner] = differences.get(owner, money(0)) + new - row.cost
+        adjusted, refused = 0, []
+        for owner, updates in changes.items():
+            try:
+                await self.store.rebill(owner, updates, differences[owner])
+                adjusted += len(updates)
+            except Exception as problem:
+                refused.append({"userid": owner, "reason": str(problem)})
+        message = f"{len(rows)} CDRs checked, {adjusted} repriced"
+        if refused:
+            return ApiAnswer(False, message + f", {len(refused)} users refused", 412, refused)
+        return ok(message)

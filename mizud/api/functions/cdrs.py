@@ -13,20 +13,27 @@ billed user's id as well (the spec's "calls from user id 123").
 
 from __future__ import annotations
 
-import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+import random
+from typing import TYPE_CHECKING, Any
 
 from ...store.billing import USER_OWNER, USER_RESELLER
 from ...store.cdrs import (CDR_GROUPINGS, CDR_ORDERS, CdrFilter, GeneratedCdr, cdr_list, cdr_summary, cdr_totals,
                            insert_generated)
 from ...store.money import format_money
 from ..answer import ApiAnswer, error, ok
-from ..dispatcher import Call
+from ..invocation import Invocation
 from ..registry import Functions, REQ_ADMINS, Category
 from ..request import RequestError
 from ...text import ascii_digits, ascii_int, canonical_id
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...billing.rating import Rater
+    from ...config import Settings
+    from ...store.billing import BillingStore
+    from ...store.database import Database
 
 FIELDS = {
     "min": ("id", "datum", "callednumber", "duration", "cost"),
@@ -55,8 +62,8 @@ def since(days: str, now: datetime) -> datetime:
     raise RequestError("days must be today, lastweek, lastmonth, thismonth or a number of days (1 to 3660)", 412)
 
 
-def _choice(call: Call, name: str, allowed: tuple[str, ...], default: str) -> str:
-    value = call.arg(name, default).strip().lower()
+def _choice(invocation: Invocation, name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = invocation.arg(name, default).strip().lower()
     if value not in allowed:
         raise RequestError(f"{name} must be one of {', '.join(allowed)}", 412)
     return value
@@ -66,88 +73,12 @@ def _choice(call: Call, name: str, allowed: tuple[str, ...], default: str) -> st
 fn = Functions()
 
 
-@fn("cdr",
-    Category.USER,
-    params=("caller", "called", "maxcount", "days", "dir", "type", "prefix", "fields", "summary", "by", "order"))
-async def cdr(call: Call) -> ApiAnswer:
-    """call detail records: lists and summaries"""
-    api = call.api
-    start = since(call.arg("days"), api.store.now())
-    viewer, customers = _visibility(call)
-    caller = call.arg("caller").strip() or None
-    called = call.arg("called").strip() if call.arg("called") else None
-    prefix = call.arg("prefix").strip().lstrip("+")
-    if prefix and (not ascii_digits(prefix) or len(prefix) > 32):
-        return error("prefix must be digits", 412)
-    direction = _choice(call, "dir", ("all", "in", "out"), "all")
-    kind = _choice(call, "type", ("all", "connected", "notconnected"), "all")
-    where = CdrFilter(
-        since=start, viewer=viewer, customers=customers, caller=caller,
-        caller_userid=canonical_id(caller) if caller else None, called=called, prefix=prefix or None,
-        direction=None if direction == "all" else direction,
-        connected={"all": None, "connected": True, "notconnected": False}[kind],
-    )
-    fields = _choice(call, "fields", ("min", "normal", "all"), "normal")
-    by = call.arg("by").strip().lower()
-    admin = call.caller.level <= REQ_ADMINS
-    if by:
-        if by not in CDR_GROUPINGS:
-            return error("by must be one of all, day, caller, called", 412)
-        profit = admin and fields == "all"
-        records = []
-        for group in await cdr_summary(api.db, where, by, profit):
-            record: dict[str, Any] = {by: group.key, "calls": group.calls, "connected": group.connected,
-                                      "duration": group.duration, "cost": format_money(group.cost)}
-            if group.profit is not None:
-                record["profit"] = format_money(group.profit)
-            records.append(record)
-        total = sum(r["calls"] for r in records)
-        return ok(f"{total} calls", records)
-    count = call.integer("maxcount", 1, 10000, 100)
-    offset = call.integer("offset", 0, 10_000_000, 0)
-    order = _choice(call, "order", CDR_ORDERS, "date")
-    columns = FIELDS[fields]
-    rows = await cdr_list(api.db, where, columns, order, count, offset)
-    records = [_record(columns, row) for row in rows]
-    message = f"{len(records)} calls"
-    if _choice(call, "summary", ("no", "yes"), "no") == "yes":
-        totals = await cdr_totals(api.db, where)
-        message += f"; total {totals.calls} calls, {totals.seconds} s, cost {format_money(totals.cost)}"
-    return ok(message, records)
-
-
-@fn("gencdr", Category.ADMIN, params=("count", "userid", "days"))
-async def gencdr(call: Call) -> ApiAnswer:
-    """generate test CDRs priced by the rating engine (marked generated: never charged, rebill leaves them
-    alone)"""
-    count = call.integer("count", 1, 10000, 10)
-    days = call.integer("days", 1, 366, 1)
-    userid = canonical_id(call.arg("userid") or (str(call.caller.user.id) if call.caller.user else ""))
-    user = await call.api.store.get_user(userid) if userid is not None else None
-    if user is None:
-        return error("gencdr needs userid (an existing user)", 404)
-    rng = random.Random()
-    now = call.api.store.now()
-    plan = user.tariffid or call.api.settings.current.defaulttariff
-    rows = []
-    for _ in range(count):
-        number = "".join(rng.choice("0123456789") for _ in range(11))
-        duration = rng.choice([0, 0, rng.randint(1, 900)])
-        tariff = call.api.rater.table.lookup(plan, number)
-        cost = tariff.cost(duration) if tariff else Decimal(0)
-        when = now - timedelta(seconds=rng.randint(0, days * 86400 - 1))
-        rows.append(GeneratedCdr(when, user.username, number, user.id, duration, cost, "out",
-                                 "normal" if duration else "no answer", f"gencdr-{rng.getrandbits(64):016x}"))
-    made = await insert_generated(call.api.db, rows)
-    return ok(f"{made} CDRs generated for {user.username}")
-
-
-def _visibility(call: Call) -> tuple[int | None, bool]:
+def _visibility(invocation: Invocation) -> tuple[int | None, bool]:
     """The records this caller may see, as (viewer, customers): (None, False) for admins (all), else the
     caller's own, and with customers (resellers and owners) those of its customers (parentid)."""
-    if call.caller.level <= REQ_ADMINS:
+    if invocation.caller.level <= REQ_ADMINS:
         return None, False
-    user = call.caller.user
+    user = invocation.caller.user
     if user is None:
         raise RequestError("cdr needs authid (the user)", 421)
     return user.id, user.type in (USER_RESELLER, USER_OWNER)
@@ -163,3 +94,87 @@ def _record(columns: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
             value = value.isoformat(sep=" ", timespec="seconds")
         record[column] = value
     return record
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class CdrFunctions:
+    """The call records: listing, summaries and generated test records."""
+
+    db: Database
+    rater: Rater
+    settings: Settings
+    store: BillingStore
+
+    @fn("cdr",
+        Category.USER,
+        params=("caller", "called", "maxcount", "days", "dir", "type", "prefix", "fields", "summary", "by", "order"))
+    async def cdr(self, invocation: Invocation) -> ApiAnswer:
+        """call detail records: lists and summaries"""
+        start = since(invocation.arg("days"), self.store.now())
+        viewer, customers = _visibility(invocation)
+        caller = invocation.arg("caller").strip() or None
+        called = invocation.arg("called").strip() if invocation.arg("called") else None
+        prefix = invocation.arg("prefix").strip().lstrip("+")
+        if prefix and (not ascii_digits(prefix) or len(prefix) > 32):
+            return error("prefix must be digits", 412)
+        direction = _choice(invocation, "dir", ("all", "in", "out"), "all")
+        kind = _choice(invocation, "type", ("all", "connected", "notconnected"), "all")
+        where = CdrFilter(
+            since=start, viewer=viewer, customers=customers, caller=caller,
+            caller_userid=canonical_id(caller) if caller else None, called=called, prefix=prefix or None,
+            direction=None if direction == "all" else direction,
+            connected={"all": None, "connected": True, "notconnected": False}[kind],
+        )
+        fields = _choice(invocation, "fields", ("min", "normal", "all"), "normal")
+        by = invocation.arg("by").strip().lower()
+        admin = invocation.caller.level <= REQ_ADMINS
+        if by:
+            if by not in CDR_GROUPINGS:
+                return error("by must be one of all, day, caller, called", 412)
+            profit = admin and fields == "all"
+            records = []
+            for group in await cdr_summary(self.db, where, by, profit):
+                record: dict[str, Any] = {by: group.key, "calls": group.calls, "connected": group.connected,
+                                          "duration": group.duration, "cost": format_money(group.cost)}
+                if group.profit is not None:
+                    record["profit"] = format_money(group.profit)
+                records.append(record)
+            total = sum(r["calls"] for r in records)
+            return ok(f"{total} calls", records)
+        count = invocation.integer("maxcount", 1, 10000, 100)
+        offset = invocation.integer("offset", 0, 10_000_000, 0)
+        order = _choice(invocation, "order", CDR_ORDERS, "date")
+        columns = FIELDS[fields]
+        rows = await cdr_list(self.db, where, columns, order, count, offset)
+        records = [_record(columns, row) for row in rows]
+        message = f"{len(records)} calls"
+        if _choice(invocation, "summary", ("no", "yes"), "no") == "yes":
+            totals = await cdr_totals(self.db, where)
+            message += f"; total {totals.calls} calls, {totals.seconds} s, cost {format_money(totals.cost)}"
+        return ok(message, records)
+
+    @fn("gencdr", Category.ADMIN, params=("count", "userid", "days"))
+    async def gencdr(self, invocation: Invocation) -> ApiAnswer:
+        """generate test CDRs priced by the rating engine (marked generated: never charged, rebill leaves them
+        alone)"""
+        count = invocation.integer("count", 1, 10000, 10)
+        days = invocation.integer("days", 1, 366, 1)
+        own = str(invocation.caller.user.id) if invocation.caller.user else ""
+        userid = canonical_id(invocation.arg("userid") or own)
+        user = await self.store.get_user(userid) if userid is not None else None
+        if user is None:
+            return error("gencdr needs userid (an existing user)", 404)
+        rng = random.Random()
+        now = self.store.now()
+        plan = user.tariffid or self.settings.current.defaulttariff
+        rows = []
+        for _ in range(count):
+            number = "".join(rng.choice("0123456789") for _ in range(11))
+            duration = rng.choice([0, 0, rng.randint(1, 900)])
+            tariff = self.rater.table.lookup(plan, number)
+            cost = tariff.cost(duration) if tariff else Decimal(0)
+            when = now - timedelta(seconds=rng.randint(0, days * 86400 - 1))
+            rows.append(GeneratedCdr(when, user.username, number, user.id, duration, cost, "out",
+                                     "normal" if duration else "no answer", f"gencdr-{rng.getrandbits(64):016x}"))
+        made = await insert_generated(self.db, rows)
+        return ok(f"{made} CDRs generated for {user.username}")

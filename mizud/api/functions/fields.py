@@ -9,17 +9,22 @@ functions (addcredit, charge, transfercredit).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..answer import ApiAnswer, error, ok
-from ..dispatcher import Call
+from ..invocation import Invocation
 from ..registry import Functions, REQ_ADMINS, Category
 from ..request import RequestError
 from ...text import ascii_digits, canonical_id
 from ...store.money import MAX_AMOUNT
-from ...store.introspect import get_field, set_field, table_columns
+from ...store.introspect import get_field, set_field
 from ...store.schema import money_columns
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...store.billing import BillingStore
+    from ...store.database import Database
 
 #: Money columns per table (set as exact decimals whatever fieldtype says).
 MONEY = money_columns()
@@ -40,13 +45,6 @@ USER_FIELDS_ONCE = frozenset(
 PROTECTED = {"tb_users": {"credit", "id"}, "tb_credits": None, "tb_moneyops": None, "tb_holds": None,
              "tb_schema_version": None}
 MAX_VALUE = 4096
-
-
-async def schema(call: Call) -> dict[str, set[str]]:
-    """Tables and their columns, read from the database once (the db function forgets them)."""
-    if call.api.columns is None:
-        call.api.columns = await table_columns(call.api.db)
-    return call.api.columns
 
 
 def convert(fieldtype: str, value: str) -> Any:
@@ -82,78 +80,85 @@ def convert(fieldtype: str, value: str) -> Any:
 fn = Functions()
 
 
-@fn("setfield", Category.USER, params=("fieldtype", "fieldname", "fieldvalue", "rowid", "sync"))
-async def setfield(call: Call) -> ApiAnswer:
-    """update a field (users: their own allowed fields; admins: any table= field)"""
-    name = call.require("fieldname").strip().lower()
-    value = convert(call.arg("fieldtype"), call.arg("fieldvalue"))
-    admin = call.caller.level <= REQ_ADMINS
-    table = call.arg("table", "tb_users").strip().lower()
-    if not admin:
-        user = call.caller.user
-        if user is None:
-            return error("setfield needs authid (the user)", 421)
-        if table != "tb_users":
-            return error("users may only set fields of their own account", 403)
-        if name not in USER_FIELDS and name not in USER_FIELDS_ONCE:
-            return error(f"field not allowed: {name[:64]}", 403)
-        changed = await set_field(call.api.db, "tb_users", name, value, user.id,
-                                  only_if_empty=name in USER_FIELDS_ONCE)
-        if changed == 0:
-            return error(f"{name} is set already; ask support to change it", 412)
-        return ok(f"{name} set")
-    tables = await schema(call)
-    if table not in tables or name not in tables[table]:
-        return error(f"no such field: {table[:64]}.{name[:64]}", 404)
-    protected = PROTECTED.get(table, set())
-    if protected is None or name in protected:
-        return error(f"{table}.{name} is not set this way (money moves through addcredit)", 403)
-    rowid = call.arg("rowid") or (str(call.caller.user.id) if call.caller.user and table == "tb_users" else "")
-    row = canonical_id(rowid)
-    if row is None:
-        return error("rowid must be the row's id", 421)
-    if name in MONEY.get(table, ()):
-        # Money whatever fieldtype says: exact, bounded, and stored as the engine keeps money.
-        value = convert("money", call.arg("fieldvalue"))
-    if table == "tb_users" and name == "username":
-        from .accounts import USERNAME, check_username
+@dataclass(frozen=True, kw_only=True, eq=False)
+class FieldFunctions:
+    """setfield and getfield: one column of one row, users on their own row, admins on any table."""
 
-        value = str(value)  # "1111" is a username here, whatever fieldtype guessed
-        if not USERNAME.match(value):
-            return error("fieldvalue: a username holds letters, digits and _ . @ + - (1 to 64)", 412)
-        existing = await call.api.store.find_user(value)
-        if existing is not None and existing.id != row:
-            return error(f"username already exists: {value}", 412)
-        await check_username(call, value, signup=False, userid=row, param="fieldvalue")
-    if await set_field(call.api.db, table, name, value, row) == 0:
-        return error(f"no row {rowid} in {table}", 404)
-    return ok(f"{table}.{name} set for row {rowid}")
+    db: Database
+    store: BillingStore
 
-
-@fn("getfield",
-    Category.ADMIN,
-    params=("table", "retfieldname", "filterfieldtype", "filterfieldname", "filterfieldvalue"))
-async def getfield(call: Call) -> ApiAnswer:
-    """read a field of the first row matching a filter"""
-    table = call.arg("table", "tb_users").strip().lower()
-    wanted = call.arg("retfieldname", "id").strip().lower()
-    value = call.require("filterfieldvalue")
-    tables = await schema(call)
-    if table not in tables:
-        return error(f"no such table: {table[:64]}", 404)
-    columns = tables[table]
-    column = call.arg("filterfieldname").strip().lower()
-    if not column:
-        column = next((c for c in ("username", "callerid", "userid") if c in columns), "id")
-    for name in (wanted, column):
-        if name not in columns:
+    @fn("setfield", Category.USER, params=("fieldtype", "fieldname", "fieldvalue", "rowid", "sync"))
+    async def setfield(self, invocation: Invocation) -> ApiAnswer:
+        """update a field (users: their own allowed fields; admins: any table= field)"""
+        name = invocation.require("fieldname").strip().lower()
+        value = convert(invocation.arg("fieldtype"), invocation.arg("fieldvalue"))
+        admin = invocation.caller.level <= REQ_ADMINS
+        table = invocation.arg("table", "tb_users").strip().lower()
+        if not admin:
+            user = invocation.caller.user
+            if user is None:
+                return error("setfield needs authid (the user)", 421)
+            if table != "tb_users":
+                return error("users may only set fields of their own account", 403)
+            if name not in USER_FIELDS and name not in USER_FIELDS_ONCE:
+                return error(f"field not allowed: {name[:64]}", 403)
+            changed = await set_field(self.db, "tb_users", name, value, user.id,
+                                      only_if_empty=name in USER_FIELDS_ONCE)
+            if changed == 0:
+                return error(f"{name} is set already; ask support to change it", 412)
+            return ok(f"{name} set")
+        tables = await self.store.columns.tables()
+        if table not in tables or name not in tables[table]:
             return error(f"no such field: {table[:64]}.{name[:64]}", 404)
-    if table == "tb_users" and wanted == "password":
-        return error("passwords are not read this way", 403)
-    filter_value = convert(call.arg("filterfieldtype"), value)
-    exists, found = await get_field(call.api.db, table, wanted, column, filter_value)
-    if not exists:
-        return error("not found", 404)
-    if wanted in ("credit", "creditlimit", "price", "connectfee", "cost", "amount", "balance"):
-        found = call.api.db.engine.money(found)
-    return ok("" if found is None else str(found))
+        protected = PROTECTED.get(table, set())
+        if protected is None or name in protected:
+            return error(f"{table}.{name} is not set this way (money moves through addcredit)", 403)
+        own = str(invocation.caller.user.id) if invocation.caller.user and table == "tb_users" else ""
+        rowid = invocation.arg("rowid") or own
+        row = canonical_id(rowid)
+        if row is None:
+            return error("rowid must be the row's id", 421)
+        if name in MONEY.get(table, ()):
+            # Money whatever fieldtype says: exact, bounded, and stored as the engine keeps money.
+            value = convert("money", invocation.arg("fieldvalue"))
+        if table == "tb_users" and name == "username":
+            from .accounts import USERNAME, check_username
+
+            value = str(value)  # "1111" is a username here, whatever fieldtype guessed
+            if not USERNAME.match(value):
+                return error("fieldvalue: a username holds letters, digits and _ . @ + - (1 to 64)", 412)
+            existing = await self.store.find_user(value)
+            if existing is not None and existing.id != row:
+                return error(f"username already exists: {value}", 412)
+            await check_username(self.store, value, signup=False, userid=row, param="fieldvalue")
+        if await set_field(self.db, table, name, value, row) == 0:
+            return error(f"no row {rowid} in {table}", 404)
+        return ok(f"{table}.{name} set for row {rowid}")
+
+    @fn("getfield",
+        Category.ADMIN,
+        params=("table", "retfieldname", "filterfieldtype", "filterfieldname", "filterfieldvalue"))
+    async def getfield(self, invocation: Invocation) -> ApiAnswer:
+        """read a field of the first row matching a filter"""
+        table = invocation.arg("table", "tb_users").strip().lower()
+        wanted = invocation.arg("retfieldname", "id").strip().lower()
+        value = invocation.require("filterfieldvalue")
+        tables = await self.store.columns.tables()
+        if table not in tables:
+            return error(f"no such table: {table[:64]}", 404)
+        columns = tables[table]
+        column = invocation.arg("filterfieldname").strip().lower()
+        if not column:
+            column = next((c for c in ("username", "callerid", "userid") if c in columns), "id")
+        for name in (wanted, column):
+            if name not in columns:
+                return error(f"no such field: {table[:64]}.{name[:64]}", 404)
+        if table == "tb_users" and wanted == "password":
+            return error("passwords are not read this way", 403)
+        filter_value = convert(invocation.arg("filterfieldtype"), value)
+        exists, found = await get_field(self.db, table, wanted, column, filter_value)
+        if not exists:
+            return error("not found", 404)
+        if wanted in ("credit", "creditlimit", "price", "connectfee", "cost", "amount", "balance"):
+            found = self.db.engine.money(found)
+        return ok("" if found is None else str(found))

@@ -10,19 +10,25 @@ this node is, to pick the least loaded of several servers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 from ..answer import ApiAnswer, error, ok
-from ..dispatcher import Call
+from ..invocation import Invocation
 from ..registry import Functions, Category
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...store.billing import BillingStore
 
 #: The longest value kept of each field a client tells about itself.
 MAX_FIELD = 100
 WSUSER_PARAMS = ("brandname", "companyname", "upperserver", "upperserverdomain", "sessionid", "version")
 
 
-def _field(call: Call, *names: str) -> str:
+def _field(invocation: Invocation, *names: str) -> str:
     """The first of C{names} given, cut to L{MAX_FIELD} printable characters."""
     for name in names:
-        value = call.arg(name).strip()
+        value = invocation.arg(name).strip()
         if value:
             return "".join(c for c in value if c.isprintable())[:MAX_FIELD]
     return ""
@@ -32,25 +38,32 @@ def _field(call: Call, *names: str) -> str:
 fn = Functions()
 
 
-@fn("wsuser", Category.USER, params=WSUSER_PARAMS)
-async def wsuser(call: Call) -> ApiAnswer:
-    """a web client (the Mizu webphone) announces itself: its session, brand and version are recorded for
-    reguser and endpoints"""
-    user = call.user()
-    api = call.api
-    session = _field(call, "sessionid", "sid") or call.request.source
-    await api.store.presence.session(
-        user.id, session, brandname=_field(call, "brandname"), companyname=_field(call, "companyname", "companyame"),
-        version=_field(call, "version", "ver", "clientversion"), address=call.request.source,
-        transport=call.request.transport, node=api.node)
-    return ok(f"wsuser {user.username} session {session}")
+@dataclass(frozen=True, kw_only=True, eq=False)
+class WebphoneFunctions:
+    """What the Mizu webphone asks: wsuser and wsload."""
 
+    node: str
+    sip: Any
+    store: BillingStore
 
-@fn("wsload", Category.PUBLIC)
-async def wsload(call: Call) -> ApiAnswer:
-    """this node's load for web clients choosing a server: ws load: N type: T (N the calls this node carries
-    now, T the kind of server)"""
-    sip = call.api.sip
-    if sip is None:
-        return error("SIP is not running on this node", 412)
-    return ok(f"ws load: {len(sip.calls.live)} type: sip")
+    @fn("wsuser", Category.USER, params=WSUSER_PARAMS)
+    async def wsuser(self, invocation: Invocation) -> ApiAnswer:
+        """a web client (the Mizu webphone) announces itself: its session, brand and version are recorded for
+        reguser and endpoints"""
+        user = invocation.user()
+        session = _field(invocation, "sessionid", "sid") or invocation.request.source
+        await self.store.presence.session(
+            user.id, session, brandname=_field(invocation, "brandname"),
+            companyname=_field(invocation, "companyname", "companyame"),
+            version=_field(invocation, "version", "ver", "clientversion"), address=invocation.request.source,
+            transport=invocation.request.transport, node=self.node)
+        return ok(f"wsuser {user.username} session {session}")
+
+    @fn("wsload", Category.PUBLIC)
+    async def wsload(self, invocation: Invocation) -> ApiAnswer:
+        """this node's load for web clients choosing a server: ws load: N type: T (N the calls this node carries
+        now, T the kind of server)"""
+        sip = self.sip
+        if sip is None:
+            return error("SIP is not running on this node", 412)
+        return ok(f"ws load: {len(sip.calls.live)} type: sip")
