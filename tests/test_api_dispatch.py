@@ -54,7 +54,8 @@ class Harness:
     def rebuild(self, **options: Any) -> Dispatcher:
         """A new dispatcher on the same store, clock, rating engine and tb_api rules, built with C{options}
         (settings=, or what the composition root gives it: sip=, reactor=, logbuffer=, operations=, ...): the
-        handlers are bound to their dependencies when the dispatcher is built."""
+        handlers are bound to their dependencies when the dispatcher is built.  What the old one kept in
+        memory (lockout counts, the bans' cache, the limiters, stand-ins registered on it) is not carried."""
         old = self.api
         settings = options.pop("settings", old.settings)
         kept: dict[str, Any] = dict(node=old.node, sip=old.sip, logbuffer=old.logbuffer, metrics=old.metrics,

@@ -178,10 +178,10 @@ async def test_backup_and_restore_through_the_api(tmp_path: Path, database_optio
     assert (await h.call("apientry=dbrestore&path=before", ADMIN)).text == \
         "ERROR: restore refused: 1 calls are live on this node; end them (discall) first"
     h.rebuild(sip=None)
-    h.api.paused = "the database is being restored"
+    h.api.pause("the database is being restored")
     assert (await h.call("apientry=balance&authid=alice&authpwd=alicepw", ADMIN)).text == \
         "ERROR: the database is being restored: try again in a minute"
-    h.api.paused = ""
+    h.api.pause("")
     assert (await h.call("apientry=dbrestore&path=before", ADMIN)).text == \
         f"OK: database restored from {folder / 'before'}"
     assert await h.store.balance(alice.id) == Decimal("5")

@@ -297,8 +297,14 @@ async def test_floods_and_slow_clients(tmp_path: Path) -> None:
             shell.lineBuffer = [bytes([c]) for c in b"x%d" % number]
             shell.handle_RETURN()
         assert len(shell.historyLines) == protocol.MAX_HISTORY
-        quiet.transport.dataBuffer = b"x" * (protocol.MAX_BUFFERED + 1)  # as if the client read nothing
-        quiet.protocol.write(b"more")
+        quiet.protocol.pauseProducing()  # the client reads nothing more
+        quiet.protocol.write(b"x" * (protocol.MAX_BUFFERED // 2))
+        assert not quiet.transport.disconnecting
+        quiet.protocol.resumeProducing()  # it read
+        quiet.protocol.pauseProducing()
+        quiet.protocol.write(b"x" * (protocol.MAX_BUFFERED // 2))
+        assert not quiet.transport.disconnecting
+        quiet.protocol.write(b"x" * (protocol.MAX_BUFFERED // 2 + 1))
         assert quiet.transport.disconnecting
         empties = Session(h, clock=clock)
         empties.protocol.dataReceived(b"\r\n" * (protocol.MAX_EMPTY_USERNAMES + 1))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -38,6 +38,10 @@ from ..store.custom import custom_query, custom_statement
 from ..text import one_line
 from .answer import ApiAnswer, error, ok
 from .registry import Access
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
+    from ..store.database import Database
 
 log = Logger()
 
@@ -160,7 +164,7 @@ def is_query(sql: str) -> bool:
     return bool(first) and first[0].lower() in ("select", "with")
 
 
-async def run_custom_sql(api: Any, rule: Access, values: Values, reactor: Any) -> ApiAnswer:
+async def run_custom_sql(db: Database, rule: Access, values: Values, reactor: Any) -> ApiAnswer:
     """Run a function's customsql and answer with its rows or its outcome."""
     text = rule.customsql.strip()
     synchronous = text.startswith("*")
@@ -170,7 +174,6 @@ async def run_custom_sql(api: Any, rule: Access, values: Values, reactor: Any) -
         statement, params = bind(text, values)
     except CustomError as problem:
         return error(f"custom function refused: {problem}", 412)
-    db = api.db
     if is_query(statement):
         try:
             records = await custom_query(db, statement, params, MAX_ROWS)
@@ -205,8 +208,9 @@ FAILURE_ACTIONS = {code + 50: name for code, name in SUCCESS_ACTIONS.items()}
 class Actions:
     """Runs tb_api custom actions after an answer (see the module doc)."""
 
-    def __init__(self, api: Any, reactor: Any) -> None:
-        self.api = api
+    def __init__(self, settings: Settings, db: Database, reactor: Any) -> None:
+        self.settings = settings
+        self.db = db
         self.reactor = reactor
 
     def action_for(self, rule: Access, answered: ApiAnswer) -> str | None:
@@ -219,13 +223,13 @@ class Actions:
         action = self.action_for(rule, answered)
         if action is None:
             return
-        config = self.api.settings.current
+        config = self.settings.current
         try:
             if action == "email":
                 await self.email(*mail_from_template(rule.custom_action_body, values))
             elif action == "sql":
                 statement, params = bind(rule.custom_action_body, values)
-                await custom_statement(self.api.db, statement, params, "custom_action")
+                await custom_statement(self.db, statement, params, "custom_action")
             elif action == "sms":
                 raise CustomError("SMS actions need an SMS gateway, which mizud does not have yet")
             elif not config.customactioncommands:
@@ -256,11 +260,11 @@ class Actions:
         """Send an e-mail through smtpserver (empty recipient: adminemail; empty subject: a default)."""
         from ..mail import Mailer, MailError
 
-        config = self.api.settings.current
+        config = self.settings.current
         recipient = recipient or config.adminemail
         if not recipient:
             raise CustomError("no recipient: set adminemail or a ***TO line")
         try:
-            await Mailer(self.api.settings, self.reactor).send([recipient], subject or "mizud API action", body)
+            await Mailer(self.settings, self.reactor).send([recipient], subject or "mizud API action", body)
         except MailError as problem:
             raise CustomError(str(problem)) from None

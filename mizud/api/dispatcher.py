@@ -87,8 +87,7 @@ class Dispatcher:
         the daemon around it has (this node's name, the SIP element, the log buffer, metrics, the other
         nodes' notifications, the service tree's operations, the reactor for outgoing connections), each
         None where there is none (a test, a node without SIP)."""
-        #: The configuration every check and handler reads (reloaded in place, see L{reload}).
-        self.settings = settings
+        self._settings = settings
         #: The rating engine (an empty table until the service loads tb_tariffs).
         self.rater = rater or Rater(settings.current.database, clock)
         self.store = store
@@ -97,12 +96,12 @@ class Dispatcher:
         #: The reactor for outgoing connections (SMTP, the JSONP forwarder, pg_dump); the clock by default.
         self.reactor: Any = reactor if reactor is not None else clock
         self.nonces = Nonces(self.db, clock)
-        self.actions = custom.Actions(self, clock)
-        self.maintenance = Maintenance(self)
+        self.actions = custom.Actions(settings, self.db, self.reactor)
         self.bans = Bans(store.bans, clock)
         shared = StoredFailures(self.db, store.now) if self.db.engine.name == "postgresql" else None
         #: The one lockout every credential check reports to (API, old interface, console, SIP).
         self.lockout = Lockout(settings, self.bans, clock, shared)
+        self.maintenance = Maintenance(store, settings, self.nonces, self.lockout, self.reactor, node)
         self.overrides: dict[str, Access] = {}
         #: The SIP element (L{mizud.sip.core.SipCore}); None without SIP.
         self.sip: Any = sip
@@ -125,6 +124,13 @@ class Dispatcher:
         self.checks = checks(settings, self.accounts, self.lockout, self.nonces, self.limits, self._failed)
         #: The functions, each bound to the few dependencies its area uses.
         self.registry = registry.bound(build_areas(self, registry))
+
+    @property
+    def settings(self) -> Settings:
+        """The configuration every check and handler reads: reloaded in place (L{reload}), never replaced
+        (the checks and the handlers' areas hold it; a test that wants other settings builds another
+        dispatcher)."""
+        return self._settings
 
     def pause(self, reason: str) -> None:
         """Refuse every request with C{reason} from now on (a database restore); empty: serve again."""
@@ -256,7 +262,7 @@ class Dispatcher:
     async def _custom_sql(self, invocation: Invocation) -> ApiAnswer:
         rule = invocation.function.access
         values = await self._values(invocation.request.params, invocation.caller.user, rule.customsql)
-        return await custom.run_custom_sql(self, rule, values, self.clock)
+        return await custom.run_custom_sql(self.db, rule, values, self.clock)
 
     async def failed_login(self, request: ApiRequest, reason: str, account: str) -> None:
         """Count a failed proof made inside a function (same log line, same lockout)."""

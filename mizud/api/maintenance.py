@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..mail import Mailer, MailError
 from ..store.money import format_money
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
+    from ..security.lockout import Lockout
+    from ..store.billing import BillingStore
+    from .state import Nonces
 
 #: How far back the daily report looks.
 REPORT_PERIOD = timedelta(days=1)
@@ -15,20 +21,28 @@ REPORT_PERIOD = timedelta(days=1)
 class Maintenance:
     """The periodic upkeep: runs hourly and daily on timers, and on demand."""
 
-    def __init__(self, api: Any) -> None:
-        self.api = api
-        self.upkeep = api.store.upkeep
+    def __init__(self, store: BillingStore, settings: Settings, nonces: Nonces, lockout: Lockout, reactor: Any,
+                 node: str = "") -> None:
+        self.store = store
+        self.settings = settings
+        self.nonces = nonces
+        self.lockout = lockout
+        #: The reactor the daily report is mailed with.
+        self.reactor = reactor
+        #: This node's name in the report.
+        self.node = node
+        self.upkeep = store.upkeep
 
     async def hourly(self) -> dict[str, int]:
         """Expire nonces, ended bans, lapsed number reservations, registrations and web sessions."""
-        now = self.api.store.now()
-        done = {"nonces": await self.api.nonces.expire()}
+        now = self.store.now()
+        done = {"nonces": await self.nonces.expire()}
         done["bans"] = await self.upkeep.expire_bans(now - timedelta(days=1))
-        await self.api.lockout.chore()
+        await self.lockout.chore()
         done["numbers"] = await self.upkeep.expire_number_locks(now)
         # The SIP service sweeps every few seconds too; this one also serves nodes without it.
-        done["registrations"] = await self.api.store.registrations.expire()
-        done["websessions"] = await self.api.store.presence.expire()
+        done["registrations"] = await self.store.registrations.expire()
+        done["websessions"] = await self.store.presence.expire()
         return done
 
     async def daily(self) -> dict[str, int]:
@@ -48,7 +62,7 @@ class Maintenance:
     async def monthly(self) -> dict[str, int]:
         """The weekly work after deleting what is older than its retention (retainmessages, retainsms).
         CDRs and the ledger are financial records: they are never deleted."""
-        config, now = self.api.settings.current, self.api.store.now()
+        config, now = self.settings.current, self.store.now()
         done = {"messages": 0, "sms": 0}
         if config.retainmessages:
             done["messages"] = await self.upkeep.forget_messages(now - timedelta(seconds=config.retainmessages))
@@ -58,11 +72,11 @@ class Maintenance:
 
     async def report(self) -> tuple[str, dict[str, Any]]:
         """The daily report of the last 24 hours: its text and its figures as one record."""
-        now = self.api.store.now()
+        now = self.store.now()
         figures = await self.upkeep.figures(now - REPORT_PERIOD)
-        differing = len(await self.api.store.audit())
+        differing = len(await self.store.audit())
         pins = await self.upkeep.check_pins()
-        node = self.api.node or "this node"
+        node = self.node or "this node"
         lines = [
             f"mizud daily report of {node}, {figures.since:%Y-%m-%d %H:%M} to {now:%Y-%m-%d %H:%M} UTC",
             "",
@@ -90,10 +104,10 @@ class Maintenance:
 
     async def mail_report(self) -> tuple[str, dict[str, Any]]:
         """Mail the daily report to adminemail; the recipient and the figures.  Raises L{MailError}."""
-        recipient = self.api.settings.current.adminemail
+        recipient = self.settings.current.adminemail
         if not recipient:
             raise MailError("no adminemail is configured")
         text, record = await self.report()
-        node = self.api.node or "mizud"
-        await Mailer(self.api.settings, self.api.reactor).send([recipient], f"mizud daily report: {node}", text)
+        node = self.node or "mizud"
+        await Mailer(self.settings, self.reactor).send([recipient], f"mizud daily report: {node}", text)
         return recipient, record

@@ -100,6 +100,8 @@ class ConsoleTransport(TelnetTransport, TimeoutMixin):
 
     negotiations = 0
     paused = False
+    #: Bytes written since the transport last said its buffer is full (L{pauseProducing}).
+    unread = 0
     transport: Any
 
     def __init__(self, console: Console) -> None:
@@ -116,6 +118,7 @@ class ConsoleTransport(TelnetTransport, TimeoutMixin):
     def pauseProducing(self) -> None:
         """The client is not reading our output: stop reading its input (and running its commands)."""
         self.paused = True
+        self.unread = 0
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
@@ -140,13 +143,16 @@ class ConsoleTransport(TelnetTransport, TimeoutMixin):
     def write(self, data: bytes) -> None:
         """Telnet output; a client far behind in reading is disconnected."""
         super().write(data)
-        self.check_buffer()
+        self.check_buffer(len(data))
 
-    def check_buffer(self) -> None:
-        """Close a connection whose unread output passed L{MAX_BUFFERED}."""
-        pending = getattr(self.transport, "dataBuffer", b"")
-        size = len(pending) + getattr(self.transport, "_tempDataLen", 0)
-        if size > MAX_BUFFERED and not self.disconnecting:
+    def check_buffer(self, written: int) -> None:
+        """Count C{written} bytes while the transport's buffer is full (it paused us, the producer); close
+        the connection once more than L{MAX_BUFFERED} wait unread beyond it.  Only the producer interface
+        is used: the transport's own buffer is not ours to read."""
+        if not self.paused:
+            return
+        self.unread += written
+        if self.unread > MAX_BUFFERED and not self.disconnecting:
             log.warn("console: {peer} does not read its output; closing", peer=getattr(self.getPeer(), "host", ""))
             self.transport.abortConnection()
 
@@ -331,8 +337,9 @@ class ShellBootstrap(TelnetBootstrapProtocol):
     def write(self, data: bytes) -> None:
         """Terminal output, whose line ends the terminal layer already made CR LF: only IAC is escaped
         (the telnet transport's own LF to CR LF would double the CR)."""
-        self.transport.transport.write(data.replace(b"\xff", b"\xff\xff"))
-        self.transport.check_buffer()
+        escaped = data.replace(b"\xff", b"\xff\xff")
+        self.transport.transport.write(escaped)
+        self.transport.check_buffer(len(escaped))
 
     def telnet_NAWS(self, data: Any) -> None:
         """A window size: used when well formed and new, else ignored (no log line, no redraw)."""

@@ -55,7 +55,7 @@ def _pool_state(reactor: Any) -> str:
         return ""
     pool = get()
     return (f"{len(pool.threads)} workers (min {pool.min}, max {pool.max}), {len(pool.waiters)} idle, "
-            f"{pool._team.statistics().backloggedWorkCount} queued")
+            f"{pool.q.qsize()} queued")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -69,13 +69,13 @@ class OperationFunctions:
     sip: Any
     store: BillingStore
 
-    def _operations(self, invocation: Invocation, what: str) -> Any:
+    def _operations(self, what: str) -> Any:
         """The service tree's operations; "not supported" when the dispatcher runs outside twistd's tree."""
         if self.operations is None:
             raise RequestError(f"not supported: this dispatcher runs without the daemon's {what}", BAD_FUNCTION)
         return self.operations
 
-    def _backups(self, invocation: Invocation) -> Backups:
+    def _backups(self) -> Backups:
         return Backups(self.db, self.settings.current.backupdir, self.store.now, self.reactor)
 
     fn("hourlymaint", Category.ADMIN, "expire nonces, old bans, lapsed reservations, registrations and web "
@@ -153,7 +153,7 @@ class OperationFunctions:
     async def backup(self, invocation: Invocation) -> ApiAnswer:
         """dbbackup, backupdb, backup: a consistent copy of the database into backupdir; answers its path."""
         try:
-            path = await self._backups(invocation).backup(invocation.arg("path"))
+            path = await self._backups().backup(invocation.arg("path"))
         except BackupError as problem:
             return error(f"backup failed: {problem}", 412)
         log.info("database backup written to {path} by {who}", path=path, who=_who(invocation))
@@ -170,7 +170,7 @@ class OperationFunctions:
     async def dbrestore(self, invocation: Invocation) -> ApiAnswer:
         """replace the database by a backup in backupdir (path= its file name; without it, the list of backups);
         refused while calls are live; every request is refused meanwhile"""
-        backups = self._backups(invocation)
+        backups = self._backups()
         name = invocation.arg("path")
         try:
             if not name:
@@ -193,6 +193,7 @@ class OperationFunctions:
         await self.reload_access()
         await self.rater.rebuild()
         await self.bans.refresh()
+        self.store.columns.forget()
         for topic in ("access", "tariffs", "bans"):
             await self.publish(topic)
         log.warn("database restored from {path}", path=path)
@@ -208,7 +209,7 @@ class OperationFunctions:
     async def sipreset(self, invocation: Invocation) -> ApiAnswer:
         """close and bind again the SIP listeners (sipport UDP and TCP, localtsport) and re-read the SIP options;
         registrations and calls go on"""
-        operations = self._operations(invocation, "listeners")
+        operations = self._operations("listeners")
         try:
             done = await operations.reset_sip()
         except StartupError as problem:
@@ -222,7 +223,7 @@ class OperationFunctions:
     @fn("mantreset", Category.ADMIN)
     async def mantreset(self, invocation: Invocation) -> ApiAnswer:
         """restart the periodic chores (heartbeat, bans, lockout, hourly, daily, weekly and monthly maintenance)"""
-        operations = self._operations(invocation, "chores")
+        operations = self._operations("chores")
         return ok(f"{operations.restart_chores()} periodic chores restarted")
 
     @fn("restart", Category.ADMIN, params=("what",))
@@ -238,7 +239,7 @@ class OperationFunctions:
                          BAD_FUNCTION)
         if what != "service":
             return error("what must be service, server or database", 412)
-        operations = self._operations(invocation, "reactor")
+        operations = self._operations("reactor")
         log.warn("restart requested by {who}: stopping", who=_who(invocation))
         operations.stop()
         return ok("stopping; the service manager starts mizud again")
