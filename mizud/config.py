@@ -455,7 +455,11 @@ OPTIONS: tuple[Option, ...] = (
          "Seconds to wait for any answer (even 100 Trying) to a call's INVITE before the next route "
          "is tried (SIP timer B).", live=True, group="calls"),
     _opt("maxcallduration", int_range(60, 86400), "7200",
-         "The longest a p2p or callback call may last, whatever the credit (seconds).", live=True, group="calls"),
+         "The longest a call (from a phone, p2p or callback) may last, whatever the credit (seconds).",
+         live=True, group="calls"),
+    _opt("sipcallsperuser", int_range(1, 1000), "4",
+         "The most calls one user may have at once through mizud (phones' calls and p2p/callback); "
+         "one more is refused with 486.", live=True, group="calls"),
     _opt("p2panyanum", parse_bool, "false",
          "Let users place p2p and callback calls whose first leg (anum/num) is any number; by default it must "
          "be their username, one of their DIDs or a number they added with cli/addcallbacknumber.",

@@ -45,7 +45,7 @@ async def test_bye_from_the_peer_ends_the_dialog(tmp_path: Path) -> None:
     rig = await make_rig(tmp_path)
     invite, ok, dialog = established()
     seen: list[str] = []
-    dialog.on_request = lambda request: seen.append(request.method) or 200
+    dialog.on_request = lambda request, source: seen.append(request.method) or 200
     rig.core.dialogs.add(dialog)
     bye = (f"BYE sip:mizud@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5080;branch=z9hG4bKbye1\r\n"
            f"From: {ok.get('to')}\r\nTo: {invite.get('from')}\r\nCall-ID: {invite.call_id}\r\n"

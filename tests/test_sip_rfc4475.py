@@ -30,21 +30,22 @@ MANIFEST = json.loads((DATA / "manifest.json").read_text())
 MESSAGES = {m["name"]: m for m in MANIFEST["messages"]}
 
 #: The final status mizud answers each message with over UDP (None: silently dropped).
-#: mizud is a registrar and user agent server (not a proxy); REGISTERs without
-#: credentials are challenged (401) before anything is stored.  wsinv carries a
+#: mizud is a registrar, a user agent server and, for calls, a back-to-back user
+#: agent; REGISTERs without credentials are challenged (401) before anything is
+#: stored, INVITEs as a proxy challenges them (407) before anything is dialled.  wsinv carries a
 #: To tag: a request inside a dialog mizud does not have (481, RFC 3261 12.2.2).
 EXPECTED = {
-    "wsinv": 481, "intmeth": 501, "esc01": 403, "escnull": 401, "esc02": 501, "lwsdisp": 200,
-    "longreq": 403, "dblreq": 401, "semiuri": 200, "transports": 200, "mpart01": 415,
+    "wsinv": 481, "intmeth": 501, "esc01": 407, "escnull": 401, "esc02": 501, "lwsdisp": 200,
+    "longreq": 407, "dblreq": 401, "semiuri": 200, "transports": 200, "mpart01": 415,
     "unreason": None, "noreason": None,
     "badinv01": 400, "clerr": 400, "ncl": 400, "scalar02": 400, "scalarlg": None, "quotbal": 400,
-    "ltgtruri": 400, "lwsruri": 400, "lwsstart": 400, "trws": 400, "escruri": 400, "baddate": 403,
+    "ltgtruri": 400, "lwsruri": 400, "lwsstart": 400, "trws": 400, "escruri": 400, "baddate": 407,
     "regbadct": 400, "badaspec": 400, "baddn": 400, "badvers": 505, "mismatch01": 400, "mismatch02": 501,
     "bigcode": None,
     "badbranch": 200,
     "insuf": 400, "unkscm": 416, "novelsc": 416, "unksm2": 400, "bext01": 420, "invut": 415,
     "regaut01": 401, "multi01": 400, "mcl01": 400, "bcast": None, "zeromf": 200, "cparam01": 401,
-    "cparam02": 401, "regescrt": 401, "sdp01": 406, "inv2543": 403,
+    "cparam02": 401, "regescrt": 401, "sdp01": 406, "inv2543": 407,
 }
 
 #: Messages a stream cannot frame (no blank line after the headers, or a body

@@ -84,19 +84,19 @@ def test_stateful_invite_without_ack_ends_on_timer_h() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_refused_invite_is_answered_once_per_request(tmp_path: Path) -> None:
-    """A forged INVITE that mizud refuses gets exactly one 403 (no timer G: no amplifier), and each
-    retransmission of it one more; nothing is kept; its ACK is absorbed."""
+    """A forged INVITE that mizud refuses (challenges: 407) gets exactly one answer (no timer G: no
+    amplifier), and each retransmission of it one more; nothing is kept; its ACK is absorbed."""
     rig = await make_rig(tmp_path)
     phone = Phone("alice", "alicepw")
     invite = phone.request("INVITE", "sip:bob@example.com")
     mark = len(rig.sent)
-    assert [m.status for m in await rig.exchange(invite)] == [403]
+    assert [m.status for m in await rig.exchange(invite)] == [407]
     assert rig.core.transactions.live == {} and rig.core.transactions.kept == 0
     rig.h.clock.pump([T1] * 80)
-    assert statuses(rig, mark) == [403]
-    assert [m.status for m in await rig.exchange(invite)] == [403]  # the retransmission, answered once
+    assert statuses(rig, mark) == [407]
+    assert [m.status for m in await rig.exchange(invite)] == [407]  # the retransmission, answered once
     rig.h.clock.pump([T1] * 80)
-    assert statuses(rig, mark) == [403, 403]
+    assert statuses(rig, mark) == [407, 407]
     message = parse_datagram(invite)
     ack = invite.replace(b"INVITE sip:bob", b"ACK sip:bob").replace(
         f"CSeq: {message.cseq()[0]} INVITE".encode(), f"CSeq: {message.cseq()[0]} ACK".encode())

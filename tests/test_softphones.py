@@ -127,23 +127,42 @@ def tone(path: Path, seconds: int = 60) -> None:
 
 
 class Baresip:
-    """A baresip phone running in the background: registered, answering calls at once, RTP on its own ports."""
+    """A baresip phone running in the background: registered, answering calls at once, RTP on its own ports;
+    driven by commands over its TCP control socket (ctrl_tcp: netstrings of JSON)."""
 
-    def __init__(self, folder: Path, daemon: Daemon, user: str, rtp: int, seconds: int = 40) -> None:
+    def __init__(self, folder: Path, daemon: Daemon, user: str, rtp: int, seconds: int = 40,
+                 transport: str = "udp", answer: str = "auto") -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tone(folder / "tone.wav")
         self.rtp = range(rtp, rtp + 10)
+        self.control = free_port()
         (folder / "config").write_text(
             "module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule_app account.so\n"
+            f"module_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{self.control}\n"
             f"net_interface 127.0.0.1\nsip_listen 127.0.0.1:{free_udp_and_tcp_port()}\n"
             f"audio_player aufile,{folder}/heard.wav\naudio_source aufile,{folder}/tone.wav\n"
             f"rtp_ports {rtp}-{rtp + 9}\n")
         (folder / "accounts").write_text(
-            f'<sip:{user}@mizud.test;transport=udp>;outbound="sip:127.0.0.1:{daemon.sip}";auth_pass={user}-password;'
-            "regint=60;answermode=auto\n")
+            f'<sip:{user}@mizud.test;transport={transport}>;outbound="sip:127.0.0.1:{daemon.sip};transport={transport}"'
+            f";auth_pass={user}-password;regint=60;answermode={answer}\n")
         self.log = folder / "log"
         self.process = subprocess.Popen([BARESIP or "baresip", "-f", str(folder), "-t", str(seconds), "-s"],
                                         stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+
+    def command(self, command: str, params: str = "") -> None:
+        """Run one command (dial, hangup, ...) through the control socket (retried while it starts)."""
+        message = json.dumps({"command": command, "params": params, "token": command}).encode()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.control), timeout=5) as connection:
+                    connection.sendall(b"%d:%s," % (len(message), message))
+                    time.sleep(0.3)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def stop(self) -> str:
         """Stop it; its output."""
@@ -364,3 +383,48 @@ def test_each_debian_phone_as_leg_a_and_as_leg_b(daemon: Daemon, tmp_path: Path,
     finally:
         logs = alice.stop() + bob.stop()
     assert "SIP/2.0 488" not in logs, logs[-3000:]
+
+
+def wait_for_calls(daemon: Daemon, state: str | None, seconds: float = 15) -> list[dict[str, Any]]:
+    """Until the live calls are one in C{state} (None: until there are none); the calls listed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        calls = daemon.api(apientry="calls").get("data") or []
+        if (state is None and not calls) or (state is not None and calls and calls[0]["state"] == state):
+            return calls
+        if time.monotonic() > deadline:
+            raise AssertionError(f"calls are {calls}, not {state}")
+        time.sleep(0.2)
+
+
+@needs_baresip
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_baresip_calls_baresip_through_mizud(daemon: Daemon, tmp_path: Path, transport: str) -> None:
+    """alice's baresip dials bob by username over UDP (and TCP): mizud challenges the INVITE, relays it to
+    bob's baresip, which answers; RTP flows between the phones both ways (mizud carries none), status says 4
+    for both and calls lists the call; bob's hang-up ends both dialogs and one CDR carries alice's Call-ID."""
+    alice = Baresip(tmp_path / "alice", daemon, "alice", 31000, transport=transport)
+    bob = Baresip(tmp_path / "bob", daemon, "bob", 32000, transport=transport)
+    try:
+        wait_registered(daemon, "alice", "bob")
+        counter = RtpCounter(alice.rtp, bob.rtp)
+        alice.command("dial", "bob")
+        calls = wait_for_calls(daemon, "connected")
+        assert calls[0]["username"] == "alice" and calls[0]["bnum"] == "bob", calls
+        assert daemon.api(apientry="verifyuser", username="alice")["message"] == "4"
+        assert daemon.api(apientry="verifyuser", username="bob")["message"] == "4"
+        time.sleep(3)
+        to_alice, to_bob = counter.stop()
+        assert to_alice > 50 and to_bob > 50, (to_alice, to_bob)
+        bob.command("hangup")
+        wait_for_calls(daemon, None)
+        assert daemon.api(apientry="verifyuser", username="alice")["message"] == "2"
+    finally:
+        logs = alice.stop() + bob.stop()
+    records = daemon.api(apientry="cdr", fields="all", days="1")["data"]
+    assert len(records) == 1, records
+    record = records[0]
+    assert (record["callerid"], record["callednumber"], record["disconnectreason"]) == ("alice", "bob", "B hung up")
+    assert int(record["duration"]) >= 3, record
+    assert f"Call-ID: {record['sipcallid']}" in logs or f"call-id: {record['sipcallid']}".lower() in logs.lower()
+    assert "SIP/2.0 488" not in logs and "SIP/2.0 500" not in logs, logs[-3000:]

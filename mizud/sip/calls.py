@@ -129,11 +129,35 @@ class Leg:
         return max(0, int(end - self.answered)) if self.answered is not None else 0
 
 
-class PlacedCall:
+class Progress:
+    """How far a call got (L{ANSWERED}, L{CONNECTED}, L{ENDED}), and who waits for a level."""
+
+    def __init__(self) -> None:
+        self.level = 0
+        self._waiters: list[tuple[int, defer.Deferred[None]]] = []
+
+    async def wait(self, level: int) -> None:
+        """Until the call reached C{level} (or ended)."""
+        if self.level >= level:
+            return
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append((level, waiter))
+        await waiter
+
+    def _reach(self, level: int) -> None:
+        self.level = max(self.level, level)
+        ready = [w for w in self._waiters if w[0] <= self.level]
+        self._waiters = [w for w in self._waiters if w[0] > self.level]
+        for _, waiter in ready:
+            waiter.callback(None)
+
+
+class PlacedCall(Progress):
     """One live call: dials its legs, joins them, cuts it at the credit limit, bills it."""
 
     def __init__(self, control: CallControl, callid: int, user: Any, kind: str, a: Leg, b: Leg,
                  holdid: int, held: Decimal, currency: str) -> None:
+        super().__init__()
         self.control = control
         self.core = control.core
         self.clock = control.core.clock
@@ -145,7 +169,6 @@ class PlacedCall:
         self.held = held
         self.currency = currency
         self.created = self.clock.seconds()
-        self.level = 0
         #: The furthest the call really got (ANSWERED, CONNECTED; ending is not getting there).
         self.reached = 0
         self.stopping = ""
@@ -155,7 +178,6 @@ class PlacedCall:
         self._stopped: defer.Deferred[None] = defer.Deferred()
         #: Called once when the call is stopped (to stop waiting for a re-INVITE's answer).
         self._on_stop: list[Callable[[], None]] = []
-        self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.cdrs: list[int] = []
         self.cost = Decimal(0)
 
@@ -203,22 +225,10 @@ class PlacedCall:
         """The price per minute of the two legs together."""
         return sum((leg.tariff.price for leg in (self.a, self.b) if leg.tariff is not None), Decimal(0))
 
-    async def wait(self, level: int) -> None:
-        """Until the call reached C{level} (or ended)."""
-        if self.level >= level:
-            return
-        waiter: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append((level, waiter))
-        await waiter
-
     def _reach(self, level: int) -> None:
         if level < ENDED:
             self.reached = max(self.reached, level)
-        self.level = max(self.level, level)
-        ready = [w for w in self._waiters if w[0] <= self.level]
-        self._waiters = [w for w in self._waiters if w[0] > self.level]
-        for _, waiter in ready:
-            waiter.callback(None)
+        super()._reach(level)
 
     # -- ending --------------------------------------------------------------------
 
@@ -341,7 +351,7 @@ class PlacedCall:
         if not 200 <= response.status < 300:
             return response.status
         dialog = Dialog.from_2xx(invite, response)
-        dialog.on_request = lambda request: self._in_dialog(leg, request)
+        dialog.on_request = lambda request, source: self._in_dialog(leg, request)
         leg.dialog = dialog
         core.dialogs.add(dialog)
         leg.sdp = response.body

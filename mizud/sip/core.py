@@ -1,13 +1,15 @@
 """The SIP element: takes messages from every transport, answers requests.
 
-mizud is a registrar and a user agent server, not a proxy: it answers
-REGISTER (L{mizud.sip.registrar}), OPTIONS (keep-alive, and API requests
-when C{sipapi} is on), MESSAGE (stored and forwarded to the target user's
+mizud is a registrar, a user agent server and, for calls, a back-to-back
+user agent (signalling only), not a proxy: it answers REGISTER
+(L{mizud.sip.registrar}), OPTIONS (keep-alive, and API requests when
+C{sipapi} is on), MESSAGE (stored and forwarded to the target user's
 contacts, or an API request), PUBLISH of presence (L{mizud.sip.publish}),
-and refuses INVITE (calls are placed by the
-API's p2p and callback, L{mizud.sip.calls}) after the checks RFC 3261 8.2
-puts first; BYE and re-INVITE inside the dialogs of those calls go to
-their owner.
+and relays the INVITEs of registered users (L{mizud.sip.b2bua}) after the
+checks RFC 3261 8.2 puts first; the calls the API places (p2p, callback)
+are L{mizud.sip.calls}.  BYE, re-INVITE, UPDATE and INFO inside the
+dialogs of those calls, and the ACKs of their 2xx, go to the dialog's
+owner; a CANCEL to the INVITE it cancels.
 
 Requests pass, in order: the per-address rate limit and bans (dropped),
 parsing (400/505/413/513), the structural checks (400), the server
@@ -115,6 +117,11 @@ class SipCore:
         self.handle("PUBLISH", lambda request, source, backend: publish(self, request, source, backend))
         self.handle("OPTIONS", self._options)
         self.calls = CallControl(self)
+        from .b2bua import Relay
+
+        #: Calls from registered phones, relayed (the INVITE handler).
+        self.relay = Relay(self, self.calls)
+        self.handle("INVITE", self.relay.invite)
 
     def reconfigure(self) -> None:
         """Apply live options (rate limit, nonce lifetime)."""
@@ -202,11 +209,19 @@ class SipCore:
             # A copy from elsewhere never makes us resend to the first sender (reflection).
             return
         if message.method == "ACK":
-            return  # an ACK for a 2xx, or for a transaction long gone: nothing to do
+            # The ACK of a 2xx goes to its dialog's owner (a relayed call); one for a transaction long gone
+            # needs nothing.
+            if message.address("to").tag:
+                self.dialogs.acknowledged(message)
+            return
         if message.method == "CANCEL":
             invite = self.transactions.find_invite(message)
-            status = 200 if invite is not None else 481
+            same_peer = invite is not None and invite.source.host == source.host
+            status = 200 if same_peer else 481
             self._send(source, response_to(message, status, source=source).serialize())
+            if same_peer and invite is not None and not invite.final and invite.on_cancel is not None:
+                hook, invite.on_cancel = invite.on_cancel, None
+                hook()
             return
         transaction = self.transactions.create(message, source)
         if transaction is None:
@@ -224,7 +239,9 @@ class SipCore:
             response = response_to(request, 500, source=source)
         # An INVITE outside a dialog refused here created no state: answer statelessly (once per INVITE received),
         # so a forged INVITE gets one response, not eleven over 32 s (RFC 3261 timer G).
-        stateless = request.method == "INVITE" and response.status >= 300 and not request.address("to").tag
+        # (Once a provisional went out the INVITE has state: its final response is retransmitted until ACKed.)
+        stateless = (request.method == "INVITE" and response.status >= 300 and not request.address("to").tag
+                     and not transaction.proceeding)
         transaction.respond(response, stateless=stateless)
         after = self._after.pop(id(request), None)
         if after is not None:
@@ -257,10 +274,9 @@ class SipCore:
                 response.add("Unsupported", tag)
             return response
         if method == "INVITE":
-            return self._invite(request, source)
-        if method == "BYE":
-            _, status = self.dialogs.incoming(request)
-            return response_to(request, status, source=source)
+            return await self._invite(request, source)
+        if method in ("BYE", "UPDATE", "INFO"):
+            return await self._in_dialog(request, source)
         backend = self.backend_of()
         if backend is None or backend.paused():
             # Starting, or the database is being restored: come back soon (RFC 3261 21.5.4).
@@ -275,11 +291,29 @@ class SipCore:
             raise ValueError(f"{method} is not a method this element serves")
         self.handlers[method] = handler
 
-    def _invite(self, request: SipMessage, source: Source) -> SipMessage:
+    def progress(self, request: SipMessage, response: SipMessage) -> None:
+        """Send a provisional response to a request still being served (an INVITE being relayed)."""
+        transaction = self.transactions.find(request)
+        if transaction is not None and not transaction.final and response.status < 200:
+            transaction.respond(response)
+
+    def on_cancel(self, request: SipMessage, hook: Callable[[], None]) -> None:
+        """Call C{hook} when the peer CANCELs C{request}, an INVITE being served."""
+        transaction = self.transactions.find(request)
+        if transaction is not None:
+            transaction.on_cancel = hook
+
+    async def _in_dialog(self, request: SipMessage, source: Source) -> SipMessage:
+        """A request inside one of our dialogs: what its owner answers (481 outside any)."""
+        _, outcome = self.dialogs.incoming(request, source)
+        if isinstance(outcome, int):
+            return response_to(request, outcome, source=source)
+        return await outcome
+
+    async def _invite(self, request: SipMessage, source: Source) -> SipMessage:
         if request.address("to").tag:
             # A re-INVITE in one of our calls' dialogs (its owner answers), else 481.
-            _, status = self.dialogs.incoming(request)
-            return response_to(request, status, source=source)
+            return await self._in_dialog(request, source)
         kind = request.get("content-type").split(";")[0].strip().lower()
         if request.body and kind != "application/sdp":
             response = response_to(request, 415, source=source)
@@ -290,7 +324,15 @@ class SipCore:
             response = response_to(request, 406, source=source)
             response.add("Warning", f'399 {SERVER} "only application/sdp can be offered"')
             return response
-        return response_to(request, 403, "Calls are placed through the API (p2p, callback)", source=source)
+        handler = self.handlers.get("INVITE")
+        if handler is None:
+            return response_to(request, 403, "Calls are placed through the API (p2p, callback)", source=source)
+        backend = self.backend_of()
+        if backend is None or backend.paused():
+            response = response_to(request, 503, "Starting" if backend is None else "Restoring", source=source)
+            response.add("Retry-After", "5" if backend is None else "60")
+            return response
+        return await handler(request, source, backend)
 
     async def _options(self, request: SipMessage, source: Source, backend: Backend) -> SipMessage:
         if request.get(API_HEADER):
@@ -353,15 +395,19 @@ class SipCore:
         except ParseError:
             return SERVER
 
-    def challenge(self, request: SipMessage, source: Source, stale: bool = False) -> SipMessage:
-        """401 with a fresh digest challenge (its nonce valid from this source only)."""
-        response = response_to(request, 401, source=source)
-        response.add("WWW-Authenticate", self.digest.challenge(self.realm(request), stale, source.host))
+    def challenge(self, request: SipMessage, source: Source, stale: bool = False, proxy: bool = False) -> SipMessage:
+        """401 with a fresh digest challenge (its nonce valid from this source only); with C{proxy}, 407 with
+        Proxy-Authenticate, as a proxy challenges an INVITE (RFC 3261 22.3)."""
+        response = response_to(request, 407 if proxy else 401, source=source)
+        response.add("Proxy-Authenticate" if proxy else "WWW-Authenticate",
+                     self.digest.challenge(self.realm(request), stale, source.host))
         self.stats["challenges"] += 1
         return response
 
-    async def authenticate(self, request: SipMessage, source: Source, backend: Backend) -> User | SipMessage:
-        """The user a request's digest credentials prove, or the response to send instead.
+    async def authenticate(self, request: SipMessage, source: Source, backend: Backend,
+                           proxy: bool = False) -> User | SipMessage:
+        """The user a request's digest credentials prove, or the response to send instead (a challenge:
+        401, or 407 with C{proxy}).
 
         Credentials are only weighed when their nonce was issued by this
         process to this source address: anything else (a nonce from another
@@ -379,9 +425,9 @@ class SipCore:
             if credentials is not None:
                 break
         if credentials is None:
-            return self.challenge(request, source)
+            return self.challenge(request, source, proxy=proxy)
         if self.digest.issued(credentials.get("nonce", ""), source.host) is None:
-            return self.challenge(request, source, stale=True)
+            return self.challenge(request, source, stale=True, proxy=proxy)
         if credentials.get("uri", "") != request.uri:
             return response_to(request, 400, "Digest uri does not match the Request-URI", source=source)
         username = credentials.get("username", "")
@@ -401,9 +447,9 @@ class SipCore:
                 # Credentials rejected twice in one dialog: the client must stop retrying them
                 # (RFC 3261 22.1), or one phone with a wrong password floods the lockout.
                 return response_to(request, 403, "Wrong credentials", source=source)
-            return self.challenge(request, source)
+            return self.challenge(request, source, proxy=proxy)
         if verdict.stale:
-            return self.challenge(request, source, stale=True)
+            return self.challenge(request, source, stale=True, proxy=proxy)
         if not verdict.ok:
             self.rejections(source.host, "SIP: bad credentials from {address}: {reason}", address=source.address,
                             reason=verdict.reason)
@@ -478,9 +524,9 @@ class SipCore:
         if uri is not None and uri.is_sip and uri.host.strip("[]") == host and uri.port:
             port = uri.port
         destination = (host, port)
-        return (lambda data: write(data, destination)), self._reachable(local, host), False
+        return (lambda data: write(data, destination)), self.reachable(local, host), False
 
-    def _reachable(self, local: str, peer: str) -> str:
+    def reachable(self, local: str, peer: str) -> str:
         """Our host:port as the peer can reach it: a wildcard listen address becomes the local
         address the system routes to that peer from (asked of the kernel, no packet sent)."""
         host, _, port = local.rpartition(":")
@@ -531,7 +577,7 @@ class SipCore:
             raise Unreachable("no UDP socket to send from")
         write, local = self.udp_sockets[0]
         destination = (host, uri.port or 5060)
-        return (lambda data: write(data, destination)), self._reachable(local, host), False, host
+        return (lambda data: write(data, destination)), self.reachable(local, host), False, host
 
     def authorised(self, request: SipMessage, response: SipMessage, account: tuple[str, str]) -> SipMessage | None:
         """The request again with credentials for a 401/407 challenge (RFC 3261 22.2), or None if we cannot

@@ -1,23 +1,29 @@
-"""Dialogs mizud creates as a user agent client (RFC 3261 section 12): the legs of its calls.
+"""Dialogs of mizud's calls (RFC 3261 section 12): as user agent client, and as server.
 
-A dialog starts from a 2xx to mizud's INVITE. It knows the remote target
-(the 2xx's Contact), the route set (its Record-Route, reversed), both tags
-and the CSeq numbers, and builds the ACK for the 2xx (which may carry the
-SDP answer, as third-party call control needs) and in-dialog requests
-such as BYE. The core hands it in-dialog requests the peer sends (BYE).
+A client dialog starts from a 2xx to mizud's INVITE. It knows the remote
+target (the 2xx's Contact), the route set (its Record-Route, reversed),
+both tags and the CSeq numbers, and builds the ACK for the 2xx (which may
+carry the SDP answer, as third-party call control needs) and in-dialog
+requests such as BYE.  A server dialog starts from the 2xx mizud sends to
+a phone's INVITE (the caller's leg of a call mizud relays): its remote
+target is the INVITE's Contact, its route set the INVITE's Record-Route.
+The core hands each dialog the in-dialog requests the peer sends (BYE,
+re-INVITE, UPDATE, INFO) and the ACKs of 2xx responses.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .message import ParseError, SipMessage, parse_name_addr
-from .transaction import new_branch
+from .transaction import Source, new_branch
 
 #: Dialog identifiers: (Call-ID, local tag, remote tag).
 DialogId = tuple[str, str, str]
+#: What a dialog's owner says of a request in it: a status, or (later) the whole response.
+Outcome = int | Awaitable[SipMessage]
 
 
 @dataclass(eq=False)
@@ -35,8 +41,11 @@ class Dialog:
     invite_cseq: int
     via_host: str
     transport: str
-    #: Called with each in-dialog request the peer sends (BYE, re-INVITE); its answer is sent back.
-    on_request: Callable[[SipMessage], int] | None = None
+    #: Called with each in-dialog request the peer sends (BYE, re-INVITE) and where it came from; the
+    #: status to answer it with, or an awaitable of the response (a request relayed to another dialog).
+    on_request: Callable[[SipMessage, Source], Outcome] | None = None
+    #: Called with the ACK of a 2xx this dialog's peer got from us (the peer's ACKs of our responses).
+    on_ack: Callable[[SipMessage], None] | None = None
     remote_cseq: int = -1
     ended: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +70,22 @@ class Dialog:
             local=invite.get("from"), remote=response.get("to"), remote_target=str(target), route_set=routes,
             local_cseq=invite.cseq()[0], invite_cseq=invite.cseq()[0], via_host=via.sent_by,
             transport=via.transport,
+        )
+
+    @classmethod
+    def as_server(cls, invite: SipMessage, response: SipMessage, local: str, transport: str) -> Dialog:
+        """The dialog our 2xx to a peer's INVITE establishes (RFC 3261 12.1.1): we are the To side; our
+        requests go to the INVITE's Contact, from C{local} (our host:port as the peer reaches us)."""
+        contacts = invite.all("contact")
+        try:
+            target = str(parse_name_addr(contacts[0]).uri) if contacts else str(invite.address("from").uri)
+        except ParseError:
+            target = str(invite.address("from").uri)
+        return cls(
+            call_id=invite.call_id, local_tag=response.address("to").tag, remote_tag=invite.address("from").tag,
+            local=response.get("to"), remote=invite.get("from"), remote_target=target,
+            route_set=list(invite.all("record-route")), local_cseq=0, invite_cseq=invite.cseq()[0],
+            via_host=local, transport=transport.upper(), remote_cseq=invite.cseq()[0],
         )
 
     def _request(self, method: str, cseq: int) -> SipMessage:
@@ -109,28 +134,39 @@ class Dialogs:
         dialog.ended = True
         self.live.pop(dialog.id, None)
 
-    def incoming(self, request: SipMessage) -> tuple[Dialog | None, int]:
-        """The dialog an incoming request belongs to and the status to answer it with.
+    def find(self, request: SipMessage) -> Dialog | None:
+        """The dialog a request from a peer belongs to: the peer's From tag is our remote tag, its To tag ours."""
+        return self.live.get((request.call_id, request.address("to").tag, request.address("from").tag))
 
-        481 when there is none; 500 for a CSeq lower than the last one (RFC
+    def incoming(self, request: SipMessage, source: Source) -> tuple[Dialog | None, Outcome]:
+        """The dialog an incoming request belongs to and what to answer it with.
+
+        481 when there is none; 500 for a CSeq below the last one (RFC
         3261 12.2.2); otherwise what the dialog's owner says (200 if it has
         no opinion). A BYE ends the dialog.
         """
-        # The peer's From tag is our remote tag; its To tag is ours.
-        key = (request.call_id, request.address("to").tag, request.address("from").tag)
-        dialog = self.live.get(key)
+        dialog = self.find(request)
         if dialog is None:
             return None, 481
         number = request.cseq()[0]
         if dialog.remote_cseq >= 0 and number < dialog.remote_cseq:
             return dialog, 500
         dialog.remote_cseq = number
-        status = 200
+        outcome: Outcome = 200
         if dialog.on_request is not None:
-            status = dialog.on_request(request)
+            outcome = dialog.on_request(request, source)
         if request.method == "BYE":
             self.remove(dialog)
-        return dialog, status
+        return dialog, outcome
+
+    def acknowledged(self, ack: SipMessage) -> bool:
+        """An ACK outside any transaction (the ACK of a 2xx): to its dialog's owner; False if it has none."""
+        dialog = self.find(ack)
+        if dialog is None:
+            return False
+        if dialog.on_ack is not None:
+            dialog.on_ack(ack)
+        return True
 
 
 def new_tag() -> str:

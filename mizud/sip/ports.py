@@ -13,7 +13,10 @@ reaching further into the core:
    send a phone's requests, work to run after the 200, and the messenger that
    hands over stored messages;
  - L{Texting}: SMS: sending, and the messenger for SMS to users of ours;
- - L{Calling}: what the call control needs: sending, and the dialog table.
+ - L{Calling}: what the call control needs: sending, and the dialog table;
+ - L{Bridging}: what relaying a phone's call needs besides: the caller's
+   digest check (407), provisional responses and CANCELs of the INVITE
+   being served, work after its final response, our address towards a peer.
 """
 
 from __future__ import annotations
@@ -88,3 +91,23 @@ class Calling(Sending, Protocol):
     """What the call control needs: sending, and the dialog table that routes in-dialog requests to it."""
 
     dialogs: Dialogs
+
+
+class Bridging(Calling, Protocol):
+    """What relaying a phone's call needs beyond placing calls (L{mizud.sip.b2bua})."""
+
+    async def authenticate(self, request: SipMessage, source: Source, backend: Backend,
+                           proxy: bool = False) -> User | SipMessage:
+        """The user the request's credentials prove, or the response to send instead (407 with C{proxy})."""
+
+    def progress(self, request: SipMessage, response: SipMessage) -> None:
+        """Send a provisional response to the request being served."""
+
+    def on_cancel(self, request: SipMessage, hook: Callable[[], None]) -> None:
+        """Call C{hook} when the peer CANCELs the INVITE being served."""
+
+    def after_response(self, request: SipMessage, work: Callable[[], Any]) -> None:
+        """Run C{work} once the request's final response has been sent."""
+
+    def reachable(self, local: str, peer: str) -> str:
+        """Our host:port as the peer reaches it (a wildcard listen address made concrete)."""

@@ -16,19 +16,20 @@ from .transaction import Source
 KNOWN = frozenset({"REGISTER", "OPTIONS", "MESSAGE", "INVITE", "ACK", "CANCEL", "BYE", "SUBSCRIBE",
                    "NOTIFY", "PUBLISH", "INFO", "UPDATE", "PRACK", "REFER"})
 #: Methods it serves (known but others: 405 with Allow).
-ALLOWED = ("REGISTER", "OPTIONS", "MESSAGE", "INVITE", "ACK", "CANCEL", "BYE", "PUBLISH")
+ALLOWED = ("REGISTER", "OPTIONS", "MESSAGE", "INVITE", "ACK", "CANCEL", "BYE", "PUBLISH", "UPDATE", "INFO")
 ALLOW = ", ".join(ALLOWED)
 #: Our name in Server and User-Agent headers, and the realm and host when none is configured.
 SERVER = "mizud"
 REASONS = {
-    100: "Trying", 200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
-    412: "Conditional Request Failed", 489: "Bad Event",
-    413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
-    420: "Bad Extension", 423: "Interval Too Brief", 480: "Temporarily Unavailable",
-    481: "Call/Transaction Does Not Exist", 486: "Busy Here", 487: "Request Terminated",
-    488: "Not Acceptable Here", 500: "Server Internal Error",
-    501: "Not Implemented", 503: "Service Unavailable", 505: "Version Not Supported",
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 183: "Session Progress", 200: "OK",
+    202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 412: "Conditional Request Failed", 413: "Request Entity Too Large",
+    415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension", 423: "Interval Too Brief",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 482: "Loop Detected",
+    483: "Too Many Hops", 484: "Address Incomplete", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 489: "Bad Event", 500: "Server Internal Error", 501: "Not Implemented",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
     513: "Message Too Large",
 }
 

@@ -91,6 +91,13 @@ class ServerTransaction:
     confirmed: bool = False
     timers: list[Any] = field(default_factory=list)
     interval: float = T1
+    #: For an INVITE: called when the peer CANCELs it before the final response.
+    on_cancel: Callable[[], None] | None = None
+
+    @property
+    def proceeding(self) -> bool:
+        """Whether a provisional response went out (the transaction then answers with state)."""
+        return bool(self.response) and not self.final
 
     def respond(self, response: SipMessage, stateless: bool = False) -> None:
         """Send a response and move to the state it implies.
@@ -121,7 +128,9 @@ class ServerTransaction:
                     self.timers.append(clock.callLater(T1, self._timer_g))
                 self.timers.append(clock.callLater(64 * T1, self._timer_h))
             else:
-                self.end()  # 2xx retransmission belongs to the dialog (RFC 3261 13.3.1.4)
+                # 2xx retransmission belongs to the dialog's owner (RFC 3261 13.3.1.4); RFC 6026's Accepted state
+                # absorbs retransmissions of the INVITE meanwhile, so that one never starts a second call.
+                self.timers.append(clock.callLater(64 * T1, self.end))
         else:
             # Timer J: absorb retransmissions for 64*T1 over UDP, at once otherwise.
             self.timers.append(clock.callLater(64 * T1 if not self.source.reliable else 0, self.end))

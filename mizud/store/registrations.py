@@ -237,13 +237,14 @@ class Bindings:
         """The spec's status: 0 no such user, 1 offline, 2 online, 3 calling, 4 speaking.
 
         Calling and speaking come from the live calls of every node (tb_calls): a call one of whose legs
-        is the user (its username as anum or bnum), connected (4) or still being set up (3).
+        is the user (its username as anum or bnum, or as the callee of a call from a phone, cnum of a
+        C{sip} call: a DID names its user there), connected (4) or still being set up (3).
         """
         result = await self.db.run_query(
             "user_status",
             "SELECT u.id, (SELECT count(*) FROM tb_registrations r WHERE r.userid = u.id AND r.expires > ?), "
             "(SELECT max(CASE WHEN c.state = 'connected' THEN 4 ELSE 3 END) FROM tb_calls c "
-            "WHERE c.anum = u.username OR c.bnum = u.username) "
+            "WHERE c.anum = u.username OR c.bnum = u.username OR (c.kind = 'sip' AND c.cnum = u.username)) "
             "FROM tb_users u WHERE u.username = ?", (self.now(), username))
         row = result.one()
         if row is None:

@@ -1,0 +1,615 @@
+"""Calls from phones: mizud as a back-to-back user agent for signalling only.
+
+A registered user's INVITE is challenged like a proxy challenges (407,
+the same nonces, lockout and limits as REGISTER).  Once proven, the
+called number is routed (L{mizud.sip.routing.Router}: the user a
+username or DID names, else the gateways by prefix and priority), rated
+for the caller, and the longest call the credit allows is held.  Then
+mizud opens a second dialog towards the target with the caller's session
+description unchanged: media flows between the endpoints, never through
+mizud.  Provisional responses (180, 183 with early media) go back to the
+caller, then the 2xx; both ACKs, BYE from either side, CANCEL, and every
+in-dialog request (re-INVITE and UPDATE for hold or a codec change, INFO
+for DTMF) are relayed to the other dialog and their answers back.
+
+Each dialog keeps its own identifiers (Call-ID, tags, CSeq): the caller's
+dialog is the caller's, the callee's is mizud's (RFC 7092's
+signalling-only B2BUA).  The call is cut with BYE on both sides when the
+held funds run out or the maximum duration passes; at the end one CDR
+(the caller's Call-ID) and the settlement of the hold are written in one
+transaction (L{mizud.sip.calls.CallControl.settle}).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ..billing.rating import Tariff, leg_cost, longest
+from ..store.billing import User
+from ..store.calls import insert_call
+from ..store.database import Txn
+from ..store.money import InsufficientCredit, format_money
+from .backend import Backend
+from .calls import CONNECTED, ENDED, FAILOVER, CallControl, Progress
+from .dialog import Dialog, Outcome, new_tag
+from .message import ParseError, SipMessage
+from .ports import Bridging
+from .responses import ALLOW, SERVER, response_to
+from .routing import Route, Router, Unreachable
+from .transaction import T1, T2, InviteClientTransaction, Source, new_branch
+
+log = Logger()
+
+#: Final responses of a registered contact after which its other contacts are tried.
+NEXT_CONTACT = frozenset({0, 408, 480, 500, 503, 504})
+#: Headers of an in-dialog request or response that travel to the other dialog with the body.
+RELAYED = ("content-type", "content-disposition", "event", "info-package", "recv-info")
+
+
+class Refused(Exception):
+    """The call is not placed: the status and reason phrase the caller gets (nothing was held)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class Side:
+    """One dialog of a relayed call: the caller's (mizud its server) or the callee's (mizud its client)."""
+
+    label: str  # "A" (the caller) or "B" (the callee)
+    call_id: str
+    send: Callable[[bytes], None] | None = None
+    reliable: bool = False
+    #: The host this side's responses must come from.
+    peer: str = ""
+    #: Our host:port as this side reaches us (for Contact), and the transport.
+    local: str = ""
+    transport: str = "udp"
+    dialog: Dialog | None = None
+    #: The ACK sent for each answered INVITE on this side (by CSeq), sent again if its 2xx comes again.
+    acks: dict[int, bytes] = field(default_factory=dict)
+
+    def contact(self) -> str:
+        """Our Contact towards this side."""
+        suffix = f";transport={self.transport}" if self.transport != "udp" else ""
+        return f"<sip:{SERVER}@{self.local}{suffix}>"
+
+
+class Bridge(Progress):
+    """One call from a phone, relayed to its target: dials, relays, cuts at the credit limit, bills."""
+
+    kind = "sip"
+
+    def __init__(self, relay: Relay, callid: int, user: User, invite: SipMessage, source: Source, number: str,
+                 routes: list[Route], tariff: Tariff | None, holdid: int, held: Decimal, currency: str,
+                 callee: str) -> None:
+        super().__init__()
+        self.relay = relay
+        self.core = relay.core
+        self.clock = relay.core.clock
+        self.id = callid
+        self.user = user
+        self.invite = invite
+        self.source = source
+        self.number = number
+        self.routes = routes
+        self.tariff = tariff
+        self.holdid = holdid
+        self.held = held
+        self.currency = currency
+        self.callee = callee
+        self.a = Side("A", invite.call_id, source.send, source.reliable, source.host,
+                      self.core.reachable(source.local, source.host), source.transport)
+        self.b = Side("B", f"{os.urandom(12).hex()}@{SERVER}")
+        self.tag = new_tag()
+        self.route: Route | None = None
+        self.created = self.clock.seconds()
+        self.started: datetime = relay.now()
+        self.answered: float | None = None
+        self.answered_at: datetime | None = None
+        self.ringing = False
+        self.stopping = ""
+        self.cancelled = False
+        self.ended_at: float | None = None
+        self.limit_at: float | None = None
+        self.cost = Decimal(0)
+        self.cdrs: list[int] = []
+        self._limit: Any = None
+        self._transaction: InviteClientTransaction | None = None
+        self._cancel_sent = False
+        self._a_acked = False
+        #: CSeq of an INVITE relayed to the other side whose 2xx waits for this side's ACK -> the other side.
+        self._pending_acks: dict[tuple[str, int], tuple[Side, int]] = {}
+
+    # -- what the API sees (as of a placed call, L{mizud.sip.calls.PlacedCall}) ----------
+
+    @property
+    def state(self) -> str:
+        """A word for where the call is."""
+        if self.level >= ENDED:
+            return "ended"
+        if self.stopping:
+            return "ending"
+        if self.level == CONNECTED:
+            return "connected"
+        return "ringing B" if self.ringing else "calling B"
+
+    def outcome(self) -> str:
+        """Why the call ended (or is ending)."""
+        return self.stopping
+
+    def seconds(self, end: float) -> int:
+        """Whole seconds the call was connected until C{end}."""
+        return max(0, int(end - self.answered)) if self.answered is not None else 0
+
+    def record(self) -> dict[str, Any]:
+        """The call as an API record."""
+        now = self.clock.seconds()
+        left = max(0, round(self.limit_at - now)) if self.limit_at is not None and self.level < ENDED else 0
+        end = self.ended_at or now
+        return {
+            "callid": self.id, "username": self.user.username, "kind": self.kind, "anum": self.user.username,
+            "bnum": self.number, "state": self.state, "duration": self.seconds(end), "connected": self.seconds(end),
+            "maxduration": left, "held": format_money(self.held), "cost": format_money(self.cost),
+            "currency": self.currency, "sipcallida": self.a.call_id, "sipcallidb": self.b.call_id,
+            "reason": self.outcome(), "callee": self.callee, "gateway": self.route.name if self.route else "",
+        }
+
+    def rate(self) -> Decimal:
+        """The price per minute."""
+        return self.tariff.price if self.tariff is not None else Decimal(0)
+
+    # -- setting up ------------------------------------------------------------------------
+
+    async def run(self) -> SipMessage:
+        """Dial the routes in turn; the final response for the caller's INVITE (relayed or ours)."""
+        self.core.progress(self.invite, response_to(self.invite, 100, source=self.source))
+        self.core.on_cancel(self.invite, self._caller_cancelled)
+        final: SipMessage | None = None
+        try:
+            final = await self._dial()
+        except Exception:
+            log.failure("call {id} failed", id=self.id)
+            self.stopping = self.stopping or "internal error"
+        if final is None or final.status >= 300:
+            if final is None:
+                final = response_to(self.invite, 500, source=self.source)
+            if not self.stopping:
+                self.stopping = f"{final.status} {final.reason}".strip()
+            defer.ensureDeferred(self._finish())
+            return final
+        self.core.after_response(self.invite, self._answered_caller)
+        return final
+
+    async def _dial(self) -> SipMessage:
+        last: SipMessage | None = None
+        for route in self.routes:
+            if self.cancelled or self.stopping:
+                break
+            try:
+                response = await self._attempt(route)
+            except Unreachable as problem:
+                log.info("call {id}: {route} unreachable: {problem}", id=self.id, route=route.name, problem=problem)
+                continue
+            if 200 <= response.status < 300:
+                return await self._connected(response)
+            last = response
+            following = NEXT_CONTACT if route.kind == "user" else FAILOVER
+            if response.status not in following or self.cancelled:
+                break
+        if self.cancelled:
+            self.stopping = self.stopping or "A cancelled"
+            return response_to(self.invite, 487, source=self.source)
+        if last is not None and last.status in (401, 407):
+            return response_to(self.invite, 403, "The callee demands authentication", source=self.source)
+        if last is not None and last.status and not (self.routes[-1].kind == "user" and last.status == 408):
+            return self._mirror(last)
+        if self.routes and self.routes[0].kind == "user":
+            return response_to(self.invite, 480, "No answer" if last is not None else "Unreachable",
+                               source=self.source)
+        return response_to(self.invite, 503, "No gateway answered", source=self.source)
+
+    def _mirror(self, response: SipMessage) -> SipMessage:
+        """The callee's final or provisional response as the caller gets it (our To tag, our Contact)."""
+        answer = response_to(self.invite, response.status, response.reason, source=self.source)
+        if response.status < 300 or response.status >= 400 and response.status != 407:
+            for name in ("content-type", "warning", "retry-after", "require"):
+                for value in response.all(name):
+                    answer.add(name, value)
+        if 100 < response.status < 300:
+            answer.add("Contact", self.a.contact())
+            answer.add("Allow", ALLOW)
+        if response.body and 100 < response.status < 300:
+            answer.body = response.body
+        return answer
+
+    async def _attempt(self, route: Route) -> SipMessage:
+        """One INVITE (and its authenticated retry, towards a gateway) along one route."""
+        b = self.b
+        b.send, b.local, b.reliable, b.peer = await self.core.destination(route)
+        b.transport = route.transport
+        self.route = route
+        invite = self._invite_b(route)
+        response = await self._transact(invite)
+        if response.status in (401, 407) and route.kind == "gateway" and not self.cancelled:
+            retry = self.core.authorised(invite, response, await self.relay.calls.account(route.name))
+            if retry is not None:
+                invite = retry
+                response = await self._transact(invite)
+        if 200 <= response.status < 300:
+            dialog = Dialog.from_2xx(invite, response)
+            dialog.on_request = lambda request, source: self._from_side(self.b, request, source)
+            dialog.on_ack = lambda ack: self._acked(self.b, ack)
+            b.dialog = dialog
+            self.core.dialogs.add(dialog)
+        return response
+
+    def _invite_b(self, route: Route) -> SipMessage:
+        b, invite = self.b, self.invite
+        realm = self.core.settings.current.siprealm or route.domain or SERVER
+        to = f"sip:{self.number}@{realm}" if route.kind == "user" else route.target
+        forwards = int(invite.get("max-forwards", "70").strip() or 70) - 1
+        message = SipMessage(method="INVITE", uri=route.target)
+        add = message.headers.append
+        add(("via", f"SIP/2.0/{route.transport.upper()} {b.local};branch={new_branch()};rport"))
+        add(("max-forwards", str(forwards)))
+        display = invite.address("from").display
+        add(("from", (f"{display} " if display else "") + f"<sip:{self.user.username}@{realm}>;tag={self.tag}"))
+        add(("to", f"<{to}>"))
+        add(("call-id", b.call_id))
+        add(("cseq", f"{invite.cseq()[0]} INVITE"))
+        add(("contact", b.contact()))
+        add(("allow", ALLOW))
+        add(("user-agent", SERVER))
+        for name in ("content-type", "content-disposition", "supported", "session-expires", "min-se"):
+            for value in invite.all(name):
+                if name != "supported":
+                    add((name, value))
+        message.body = invite.body
+        return message
+
+    async def _transact(self, invite: SipMessage) -> SipMessage:
+        """Run one INVITE transaction towards B, cancelling it when it rings too long or the caller cancels."""
+        b = self.b
+        assert b.send is not None
+        config = self.core.settings.current
+        result = self.core.clients.start(
+            invite, b.send, b.reliable, on_response=self._progress, timeout=float(config.callsetuptimeout),
+            peer=b.peer, proceeding=config.callringtimeout + 64 * T1)
+        found = self.core.clients.find(invite)
+        self._transaction = found if isinstance(found, InviteClientTransaction) else None
+        self._cancel_sent = False
+        ring = self.clock.callLater(config.callringtimeout, self._cancel_b)
+        try:
+            return await result
+        finally:
+            if ring.active():
+                ring.cancel()
+            self._transaction = None
+            self.ringing = False
+
+    def _progress(self, response: SipMessage) -> None:
+        """A provisional response from B (relayed to A), or a retransmitted 2xx (ACKed again)."""
+        if response.status < 200:
+            if response.status > 100:
+                self.ringing = True
+                if not self.cancelled and not self.stopping:
+                    self.core.progress(self.invite, self._mirror(response))
+            if self.cancelled or self.stopping:
+                self._send_cancel()
+            return
+        if not 200 <= response.status < 300 or self.b.send is None:
+            return
+        dialog = self.b.dialog
+        if dialog is not None and response.address("to").tag != dialog.remote_tag:
+            self._drop_fork(response)
+            return
+        ack = self.b.acks.get(response.cseq()[0])
+        if ack:
+            self.b.send(ack)
+
+    def _drop_fork(self, response: SipMessage) -> None:
+        """A second 2xx from another branch of a forked INVITE: ACK it and end that dialog at once."""
+        b = self.b
+        transaction = self._transaction
+        invite = transaction.request if transaction is not None else None
+        if invite is None or b.send is None:
+            return
+        fork = Dialog.from_2xx(invite, response)
+        b.send(fork.ack().serialize())
+        self.core.clients.start(fork.request("BYE"), b.send, b.reliable, peer=b.peer).addErrback(lambda _: None)
+
+    def _caller_cancelled(self) -> None:
+        """A CANCELs its INVITE: cancel B's ringing INVITE, answer A 487 once B's INVITE ends."""
+        self.cancelled = True
+        self._cancel_b()
+
+    def _cancel_b(self) -> None:
+        transaction = self._transaction
+        if transaction is None or transaction.final is not None:
+            return
+        self._send_cancel()
+
+    def _send_cancel(self) -> None:
+        transaction, b = self._transaction, self.b
+        if transaction is None or b.send is None or self._cancel_sent:
+            return
+        cancel = transaction.cancel_request()
+        if cancel is None:
+            return  # no provisional yet: sent when one comes (RFC 3261 9.1)
+        self._cancel_sent = True
+        self.core.clients.start(cancel, b.send, b.reliable, peer=b.peer).addErrback(lambda _: None)
+        transaction.cancelled()
+
+    async def _connected(self, response: SipMessage) -> SipMessage:
+        """B answered: ACK it (the offer was in A's INVITE), answer A with B's answer, start the clock."""
+        b = self.b
+        assert b.dialog is not None
+        if self.cancelled or self.stopping:
+            self._ack(b)
+            self.stopping = self.stopping or "A cancelled"
+            return response_to(self.invite, 487, source=self.source)
+        if self.invite.body:
+            self._ack(b)
+        self.answered = self.clock.seconds()
+        self.answered_at = self.relay.now()
+        answer = self._mirror(response)
+        dialog = Dialog.as_server(self.invite, answer, self.a.local, self.a.transport)
+        dialog.on_request = lambda request, source: self._from_side(self.a, request, source)
+        dialog.on_ack = lambda ack: self._acked(self.a, ack)
+        self.a.dialog = dialog
+        self.core.dialogs.add(dialog)
+        self._answer = answer.serialize()
+        self._arm_limit()
+        self._reach(CONNECTED)
+        defer.ensureDeferred(self.relay.calls.connected(self))  # type: ignore[arg-type]
+        return answer
+
+    def _ack(self, side: Side, body: bytes = b"", content_type: str = "application/sdp") -> None:
+        """ACK the latest answered INVITE on C{side} (once)."""
+        dialog = side.dialog
+        if dialog is None or side.send is None or dialog.invite_cseq in side.acks:
+            return
+        data = dialog.ack(body, content_type).serialize()
+        side.acks[dialog.invite_cseq] = data
+        side.send(data)
+
+    def _answered_caller(self) -> None:
+        """Our 2xx went to A: over UDP, send it again until A ACKs (RFC 3261 13.3.1.4)."""
+        if not self.a.reliable:
+            self.clock.callLater(T1, self._retransmit_answer, T1, self.clock.seconds())
+
+    def _retransmit_answer(self, interval: float, since: float) -> None:
+        if self._a_acked or self.stopping or self.a.send is None:
+            return
+        if self.clock.seconds() - since >= 64 * T1:
+            self.stop("A did not acknowledge the answer")
+            return
+        self.a.send(self._answer)
+        interval = min(interval * 2, T2)
+        self.clock.callLater(interval, self._retransmit_answer, interval, since)
+
+    def _acked(self, side: Side, ack: SipMessage) -> None:
+        """An ACK from one side: of a relayed re-INVITE's 2xx (on to the other side), or A's of our first
+        2xx (with the SDP answer when A's INVITE had no offer)."""
+        number = ack.cseq()[0]
+        pending = self._pending_acks.pop((side.label, number), None)
+        if pending is not None:
+            self._relay_ack(ack, *pending)
+            return
+        if side is self.a and not self._a_acked and self.a.dialog is not None and number == self.a.dialog.invite_cseq:
+            self._a_acked = True
+            if not self.invite.body:
+                self._ack(self.b, ack.body, ack.get("content-type", "application/sdp"))
+
+    def _relay_ack(self, ack: SipMessage, other: Side, cseq: int) -> None:
+        """The ACK of a relayed re-INVITE's 2xx goes on to the side that answered it (with its body)."""
+        if other.dialog is None:
+            return
+        other.dialog.invite_cseq = cseq
+        self._ack(other, ack.body, ack.get("content-type", "application/sdp"))
+
+    # -- in the call ----------------------------------------------------------------------
+
+    def _from_side(self, side: Side, request: SipMessage, source: Source) -> Outcome:
+        """A request from one side inside its dialog: BYE ends the call, the rest goes to the other side."""
+        if request.method == "BYE":
+            if side.dialog is not None:
+                side.dialog.ended = True
+            self.clock.callLater(0, self.stop, f"{side.label} hung up")
+            return 200
+        if self.stopping:
+            return 481
+        other = self.b if side is self.a else self.a
+        if other.dialog is None or other.dialog.ended or other.send is None:
+            return 491 if request.method == "INVITE" else 481
+        return self._relay(side, other, request, source)
+
+    async def _relay(self, side: Side, other: Side, request: SipMessage, source: Source) -> SipMessage:
+        """Send C{request} (re-INVITE, UPDATE, INFO) into the other side's dialog; its answer back."""
+        assert other.dialog is not None and other.send is not None
+        out = other.dialog.request(request.method)
+        for name in RELAYED:
+            for value in request.all(name):
+                out.add(name, value)
+        out.body = request.body
+        if request.method in ("INVITE", "UPDATE"):
+            out.add("Contact", other.contact())
+        result = self.core.clients.start(out, other.send, other.reliable, peer=other.peer,
+                                         on_response=lambda r: self._again(other, r), proceeding=64 * T1)
+        response = await result
+        answer = response_to(request, response.status or 500, response.reason, source=source)
+        for name in RELAYED:
+            for value in response.all(name):
+                answer.add(name, value)
+        answer.body = response.body
+        if request.method in ("INVITE", "UPDATE") and 200 <= response.status < 300:
+            answer.add("Contact", side.contact())
+        if request.method == "INVITE" and 200 <= response.status < 300:
+            # The ACK of this 2xx is the caller's to send: it goes on to the other side when it comes.
+            self._pending_acks[(side.label, request.cseq()[0])] = (other, out.cseq()[0])
+        return answer
+
+    def _again(self, other: Side, response: SipMessage) -> None:
+        """A retransmitted 2xx of a relayed re-INVITE: ACK it again if we did."""
+        ack = other.acks.get(response.cseq()[0])
+        if 200 <= response.status < 300 and ack and other.send is not None:
+            other.send(ack)
+
+    def _arm_limit(self) -> None:
+        """The timer that cuts the call when its cost would pass what is held (or at maxcallduration)."""
+        if self._limit is not None and self._limit.active():
+            self._limit.cancel()
+        now = self.clock.seconds()
+        most = max(0, round(self.created + self.relay.settings.current.maxcallduration - now))
+        left = longest(lambda seconds: leg_cost(self.tariff, seconds), self.held, most) if most else 0
+        self.limit_at = now + left
+        self._limit = self.clock.callLater(left, self.stop, "credit limit" if left < most else "maximum duration")
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        """End the call: cancel what rings, BYE both dialogs, then bill."""
+        if self.stopping or self.level >= ENDED:
+            return
+        self.stopping = reason
+        self.ended_at = self.clock.seconds()
+        if self.level < CONNECTED:
+            self.cancelled = True
+            self._cancel_b()
+            return  # the dialling loop answers A and bills
+        defer.ensureDeferred(self._finish())
+
+    async def _finish(self) -> None:
+        if self._limit is not None and self._limit.active():
+            self._limit.cancel()
+        end = self.ended_at or self.clock.seconds()
+        for side in (self.a, self.b):
+            self._hang_up(side)
+        cost = leg_cost(self.tariff, self.seconds(end))
+        if cost > self.held:
+            log.warn("call {id}: cost {cost} above the held {held}; charging what was held", id=self.id,
+                     cost=cost, held=self.held)
+            cost = self.held
+        self.cost = cost
+        route = self.route
+        row = {
+            "datum": self.started, "callerid": self.user.username[:64], "callednumber": self.number[:64],
+            "userid": self.user.id, "duration": self.seconds(end), "cost": cost, "sipcallid": self.a.call_id[:200],
+            "disconnectreason": self.stopping[:200], "direction": "out",
+            "gateway": (route.name if route is not None else "")[:64], "callid": self.id, "leg": "A",
+            "answered": self.answered_at, "node": self.relay.calls.node(),
+        }
+        try:
+            self.cdrs = await self.relay.calls.settle(self, [row])  # type: ignore[arg-type]
+        finally:
+            self.relay.calls.live.pop(self.id, None)
+            self._reach(ENDED)
+
+    def _hang_up(self, side: Side) -> None:
+        dialog = side.dialog
+        if dialog is None or side.send is None:
+            return
+        if not dialog.ended:
+            if side is self.b:
+                self._ack(side)  # a 2xx still waiting for A's ACK (A offered nothing, then hung up)
+            bye = dialog.request("BYE")
+            self.core.clients.start(bye, side.send, side.reliable, peer=side.peer).addErrback(lambda _: None)
+        self.core.dialogs.remove(dialog)
+
+
+class Relay:
+    """The INVITE handler of the SIP core: calls from registered users, relayed as L{Bridge}s."""
+
+    def __init__(self, core: Bridging, calls: CallControl) -> None:
+        self.core = core
+        self.settings = core.settings
+        self.calls = calls
+
+    def now(self) -> datetime:
+        """The store's clock (CDR times)."""
+        return self.calls.now()
+
+    async def invite(self, request: SipMessage, source: Source, backend: Backend) -> SipMessage:
+        """A new INVITE: authenticate the caller, route, rate and hold, then relay (the final response)."""
+        forwards = request.get("max-forwards", "70").strip()
+        if not forwards.isdigit() or int(forwards) > 255:
+            return response_to(request, 400, "Bad Max-Forwards", source=source)
+        if int(forwards) == 0:
+            return response_to(request, 483, source=source)
+        user = await self.core.authenticate(request, source, backend, proxy=True)
+        if isinstance(user, SipMessage):
+            return user
+        try:
+            number = request.request_uri().user
+        except ParseError:
+            number = ""
+        if not number or len(number) > 64 or not number.isprintable():
+            return response_to(request, 404, "No such number", source=source)
+        try:
+            bridge = await self._place(user, request, source, backend, number)
+        except Refused as refused:
+            log.info("call from {user} to {number} refused: {status} {reason}", user=user.username,
+                     number=number, status=refused.status, reason=refused.reason)
+            return response_to(request, refused.status, refused.reason, source=source)
+        return await bridge.run()
+
+    async def _place(self, user: User, request: SipMessage, source: Source, backend: Backend,
+                     number: str) -> Bridge:
+        """Route, rate and hold; the call, registered as live (raises L{Refused})."""
+        store, config = backend.store, self.settings.current
+        routes = await Router(store).routes(number)
+        named = await store.routes.user_named(number)
+        callee = named[1] if named is not None else ""
+        if named is not None and not routes:
+            raise Refused(480, f"{callee} is not registered")
+        if not routes:
+            raise Refused(404, "No route to this number")
+        if named is not None and named[0] == user.id:
+            raise Refused(482, "A call to oneself")
+        plan = user.tariffid or config.defaulttariff
+        tariff = backend.rater.table.lookup(plan, number)
+        if tariff is None and routes[0].kind == "gateway":
+            raise Refused(403, "No tariff for this destination")
+        mine = [c for c in self.calls.live.values() if c.user.id == user.id]
+        if len(mine) >= config.sipcallsperuser:
+            raise Refused(486, "Too many calls at once")
+        credit = await store.balance(user.id)
+        available = credit - config.mincreditonroute + (user.creditlimit if user.postpaid else 0)
+        if available <= 0 and tariff is not None:
+            raise Refused(402, "Insufficient credit")
+        seconds = longest(lambda s: leg_cost(tariff, s), max(available, Decimal(0)), config.maxcallduration)
+        if seconds == 0:
+            raise Refused(402, "Insufficient credit")
+        held = leg_cost(tariff, seconds)
+        currency = tariff.currency if tariff is not None else user.currency
+        b_call_id = f"{os.urandom(12).hex()}@{SERVER}"
+
+        async def insert(txn: Txn, holdid: int) -> int:
+            return await insert_call(txn, user.id, "sip", user.username, number, callee, holdid, held,
+                                     request.call_id[:200], b_call_id, store.now(), backend.node)
+
+        if held > 0:
+            try:
+                result = await store.hold(user.id, held, reference=f"call to {number[:64]}", then=insert)
+            except InsufficientCredit:
+                raise Refused(402, "Insufficient credit") from None
+            extra = dict(result.extra)
+            holdid, callid = int(extra["holdid"]), int(extra["then"])
+        else:
+            holdid = 0
+            callid = await backend.db.run_interaction("call_insert", lambda txn: insert(txn, 0))
+        bridge = Bridge(self, callid, user, request, source, number, routes, tariff, holdid, held, currency, callee)
+        bridge.b.call_id = b_call_id
+        self.calls.live[callid] = bridge  # type: ignore[assignment]
+        return bridge

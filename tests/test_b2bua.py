@@ -1,0 +1,335 @@
+"""Calls from phones relayed by mizud (mizud/sip/b2bua.py) on an in-memory rig: what each side sees, the
+money held, cut and settled, the CDR, and the live state the API reports."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import pytest_twisted
+
+from mizud.sip.message import SipMessage, parse_datagram
+from sipkit import Phone, Rig, digest_header, make_rig, settle
+from test_calls import Peer
+
+ADMIN = "127.0.0.1"
+ALICE_AT = ("192.0.2.10", 5062)
+BOB_AT = ("192.0.2.20", 5080)
+GW = ("192.0.2.50", 5070)
+OFFER = (b"v=0\r\no=alice 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+         b"m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+ANSWER = OFFER.replace(b"alice", b"bob").replace(b"192.0.2.10", b"192.0.2.20").replace(b"4000", b"5000")
+
+
+class Caller:
+    """Alice's phone: one dialog's requests (one Call-ID and From tag, rising CSeq), answered by the rig."""
+
+    def __init__(self, rig: Rig, target: str, username: str = "alice", password: str = "alicepw") -> None:
+        self.rig = rig
+        self.username, self.password = username, password
+        self.uri = f"sip:{target}@example.com"
+        self.call_id = os.urandom(6).hex() + "@alice"
+        self.tag = os.urandom(3).hex()
+        self.cseq = 0
+        self.to = f"<{self.uri}>"
+        self.invite_branch = ""
+
+    def request(self, method: str, *headers: tuple[str, str], body: bytes = b"", cseq: int = 0,
+                branch: str = "") -> bytes:
+        """A request of this dialog (a fresh branch and the next CSeq unless given)."""
+        if not cseq:
+            self.cseq += 1
+        branch = branch or "z9hG4bK" + os.urandom(5).hex()
+        if method == "INVITE":
+            self.invite_branch = branch
+        lines = [f"{method} {self.uri} SIP/2.0", f"Via: SIP/2.0/UDP {ALICE_AT[0]}:{ALICE_AT[1]};branch={branch};rport",
+                 "Max-Forwards: 70", f"From: <sip:{self.username}@example.com>;tag={self.tag}", f"To: {self.to}",
+                 f"Call-ID: {self.call_id}", f"CSeq: {cseq or self.cseq} {method}",
+                 f"Contact: <sip:{self.username}@{ALICE_AT[0]}:{ALICE_AT[1]}>",
+                 *(f"{name}: {value}" for name, value in headers)]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines += [f"Content-Length: {len(body)}", "", ""]
+        return "\r\n".join(lines).encode() + body
+
+    async def invite(self, body: bytes = OFFER) -> list[SipMessage]:
+        """INVITE, answer the 407 with credentials; the responses to the authenticated INVITE so far."""
+        first = await self.rig.one(self.request("INVITE", body=body), self.rig.source(*ALICE_AT))
+        assert first.status == 407, (first.status, first.reason)
+        credentials = digest_header(first.get("proxy-authenticate"), "INVITE", self.uri, self.username,
+                                    self.password, header="Proxy-Authorization")
+        self.last_invite = self.request("INVITE", credentials, body=body)
+        return await self.rig.exchange(self.last_invite, self.rig.source(*ALICE_AT))
+
+    def answered(self, response: SipMessage) -> None:
+        """Take the dialog's To (with mizud's tag) from a response."""
+        self.to = response.get("to")
+
+    def received(self) -> list[SipMessage]:
+        """Everything mizud sent to alice."""
+        return [parse_datagram(d) for a, d in self.rig.sent if a == ALICE_AT]
+
+
+async def rig_with_bob(tmp_path: Path, *sets: str) -> tuple[Rig, Peer]:
+    """A rig with bob registered at BOB_AT, plan 1 (36... at 0.60 a minute) and a gateway gw for 36."""
+    rig = await make_rig(tmp_path, "defaulttariff=1", *sets)
+    h = rig.h
+    await h.store.create_user("bob", "bobpw")
+    bob = Phone("bob", "bobpw", host=BOB_AT[0], port=BOB_AT[1])
+    assert (await rig.register(bob, source=rig.source(*BOB_AT))).status == 200
+    await h.db.run_statement(
+        "x", "INSERT INTO tb_tariffs (tariffid, prefix, name, price, connectfee, mininterval, interval, currency) "
+             "VALUES (1, '36', 'Hungary', ?, 0, 0, 1, 'USD')", (Decimal("0.60"),))
+    await h.api.rater.rebuild()
+    assert (await h.call("apientry=addserver&u_username=gw&u_ip=192.0.2.50:5070&u_routingpriority=1", ADMIN)).ok
+    return rig, Peer(rig, BOB_AT)
+
+
+async def wait_for(rig: Rig, caller: Caller, status: int) -> SipMessage:
+    """The first response with C{status} mizud sends to alice (waiting for it)."""
+    for _ in range(200):
+        found = [m for m in caller.received() if not m.is_request and m.status == status]
+        if found:
+            return found[-1]
+        rig.h.clock.advance(0)
+        await settle()
+    raise AssertionError(f"no {status} for alice: {[m.status for m in caller.received()]}")
+
+
+async def tick(rig: Rig) -> None:
+    """Run what mizud scheduled for now on its clock, and let the database work finish."""
+    rig.h.clock.advance(0)
+    await settle()
+
+
+async def status_of(rig: Rig, name: str) -> str:
+    """The API's status of a user (3 calling, 4 speaking)."""
+    return (await rig.h.call(f"apientry=verifyuser&username={name}", ADMIN)).text
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_between_two_registered_phones(tmp_path: Path) -> None:
+    """alice calls bob by username: challenged with 407, then bob's phone gets an INVITE with alice's SDP
+    unchanged; bob's 180 and 200 (with his SDP) reach alice, her ACK reaches bob, her BYE ends both sides;
+    status says 3 while ringing and 4 while connected, calls lists it, and one free CDR (no tariff for a
+    username) carries alice's Call-ID."""
+    rig, bob = await rig_with_bob(tmp_path)
+    alice = Caller(rig, "bob")
+    early = await alice.invite()
+    assert [m.status for m in early if not m.is_request] == [100]
+    invite = await bob.next("INVITE")
+    assert invite.body == OFFER and invite.call_id != alice.call_id
+    assert invite.uri.startswith("sip:bob@192.0.2.20:5080")
+    assert invite.address("from").uri.user == "alice"
+    bob.reply(invite, 180)
+    ringing = await wait_for(rig, alice, 180)
+    assert ringing.address("to").tag
+    assert await status_of(rig, "alice") == "OK: 3" and await status_of(rig, "bob") == "OK: 3"
+    bob.reply(invite, 200, ANSWER)
+    ok = await wait_for(rig, alice, 200)
+    assert ok.body == ANSWER and ok.get("contact") and ok.get("to") == ringing.get("to")
+    alice.answered(ok)
+    rig.core.datagram(alice.last_invite, rig.source(*ALICE_AT))  # a retransmission: no second call
+    await tick(rig)
+    assert len([m for m in (parse_datagram(d) for a, d in rig.sent if a == BOB_AT) if m.method == "INVITE"]) == 1
+    await settle()  # the connected state is written in the background
+    assert await status_of(rig, "bob") == "OK: 4"
+    listed = await rig.h.call("apientry=calls", ADMIN)
+    assert listed.records and listed.records[0]["state"] == "connected" and listed.records[0]["bnum"] == "bob"
+    rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    ack = await bob.next("ACK")
+    assert ack.call_id == invite.call_id
+    rig.h.clock.advance(30)
+    rig.core.datagram(alice.request("BYE"), rig.source(*ALICE_AT))
+    bye = await bob.next("BYE")
+    bob.reply(bye, 200)
+    assert (await wait_for(rig, alice, 200)).cseq()[1] in ("INVITE", "BYE")
+    await settle()
+    rows = (await rig.h.db.run_query("x", "SELECT callerid, callednumber, duration, cost, sipcallid, "
+                                          "disconnectreason, direction, gateway FROM tb_cdrs")).rows
+    assert len(rows) == 1
+    callerid, called, duration, cost, sipcallid, reason, direction, gateway = rows[0]
+    assert (callerid, called, duration, sipcallid, reason, direction, gateway) == (
+        "alice", "bob", 30, alice.call_id, "A hung up", "out", "bob")
+    assert rig.h.db.engine.money(cost) == 0
+    assert await status_of(rig, "bob") == "OK: 2"
+    assert not (await rig.h.db.run_query("x", "SELECT id FROM tb_calls")).rows
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_gateway_call_is_held_cut_at_the_credit_limit_and_billed(tmp_path: Path) -> None:
+    """alice (0.20 USD) calls 3612345 through gw at 0.60 a minute: 0.20 is held, the call is cut with BYE on
+    both sides after 20 seconds, and the CDR's cost and her balance agree to the cent."""
+    rig, _ = await rig_with_bob(tmp_path)
+    h = rig.h
+    await h.db.run_statement("x", "UPDATE tb_users SET credit = ? WHERE username = 'alice'", (Decimal("0.20"),))
+    gateway = Peer(rig, GW)
+    alice = Caller(rig, "3612345")
+    await alice.invite()
+    invite = await gateway.next("INVITE")
+    assert invite.body == OFFER and invite.uri.startswith("sip:3612345@192.0.2.50:5070")
+    gateway.reply(invite, 200, ANSWER)
+    ok = await wait_for(rig, alice, 200)
+    alice.answered(ok)
+    rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    await gateway.next("ACK")
+    assert (await h.call("apientry=callrating&authkey=apikey123&authid=alice&authpwd=alicepw")).ok
+    rig.h.clock.advance(20)
+    bye = await gateway.next("BYE")
+    gateway.reply(bye, 200)
+    to_alice = [m for m in alice.received() if m.is_request and m.method == "BYE"]
+    assert to_alice, "alice got no BYE"
+    await settle()
+    rows = (await h.db.run_query("x", "SELECT duration, cost, disconnectreason, gateway FROM tb_cdrs")).rows
+    assert len(rows) == 1 and rows[0][0] == 20 and h.db.engine.money(rows[0][1]) == Decimal("0.20")
+    assert rows[0][2:] == ("credit limit", "gw")
+    user = await h.store.find_user("alice")
+    assert user is not None and user.credit == Decimal("0.00")
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusals_before_anything_is_dialled(tmp_path: Path) -> None:
+    """No credit: 402; a name that is no user and no number: 404; a user who is not registered: 480; a
+    number without a tariff: 403; nothing goes to the gateway and no money is held."""
+    rig, _ = await rig_with_bob(tmp_path)
+    h = rig.h
+    await h.store.create_user("carol", "carolpw")
+    await h.db.run_statement("x", "UPDATE tb_users SET credit = 0 WHERE username = 'alice'")
+    for target, status in (("3612345", 402), ("carol", 480), ("nosuchuser", 404)):
+        alice = Caller(rig, target)
+        answers = await alice.invite()
+        assert [m.status for m in answers if not m.is_request] == [status], target
+    await h.db.run_statement("x", "UPDATE tb_users SET credit = 5 WHERE username = 'alice'")
+    answers = await Caller(rig, "4412345").invite()  # gw is the default route, but plan 1 has no 44
+    assert [(m.status, m.reason) for m in answers if not m.is_request] == [(403, "No tariff for this destination")]
+    assert not [a for a, _ in rig.sent if a == GW]
+    assert not (await h.db.run_query("x", "SELECT id FROM tb_holds")).rows
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_while_ringing_reaches_the_callee(tmp_path: Path) -> None:
+    """alice CANCELs while bob rings: bob gets a CANCEL, his 487 makes alice's INVITE end with 487, the
+    CDR says so and nothing is charged."""
+    rig, bob = await rig_with_bob(tmp_path)
+    alice = Caller(rig, "bob")
+    await alice.invite()
+    invite = await bob.next("INVITE")
+    bob.reply(invite, 180)
+    await wait_for(rig, alice, 180)
+    cancel = alice.request("CANCEL", cseq=alice.cseq, branch=alice.invite_branch).replace(
+        b"To: <sip:bob@example.com>\r\n", b"To: <sip:bob@example.com>\r\n")
+    rig.core.datagram(cancel, rig.source(*ALICE_AT))
+    cancelled = await bob.next("CANCEL")
+    bob.reply(cancelled, 200)
+    bob.reply(invite, 487)
+    assert (await wait_for(rig, alice, 487)).cseq()[1] == "INVITE"
+    await settle()
+    rows = (await rig.h.db.run_query("x", "SELECT duration, disconnectreason FROM tb_cdrs")).rows
+    assert rows == [(0, "A cancelled")]
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_dialog_requests_are_relayed_both_ways(tmp_path: Path) -> None:
+    """bob puts the call on hold with a re-INVITE: alice gets it in her dialog (her Call-ID, mizud's tag as
+    From) with bob's SDP, her 200 goes back to bob, his ACK comes on to her; alice's INFO (DTMF) reaches bob;
+    bob's BYE ends both sides."""
+    rig, bob = await rig_with_bob(tmp_path)
+    alice = Caller(rig, "bob")
+    await alice.invite()
+    invite = await bob.next("INVITE")
+    bob.reply(invite, 200, ANSWER)
+    ok = await wait_for(rig, alice, 200)
+    alice.answered(ok)
+    rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    await bob.next("ACK")
+    ours = invite.address("from").tag
+    theirs = "bobtag"
+    hold = ANSWER + b"a=sendonly\r\n"
+    reinvite = (f"INVITE sip:mizud@192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5080;branch=z9hG4bKre1\r\n"
+                f"Max-Forwards: 70\r\nFrom: {invite.get('to')};tag={theirs}\r\nTo: {invite.get('from')}\r\n"
+                f"Call-ID: {invite.call_id}\r\nCSeq: 2 INVITE\r\nContact: <sip:bob@192.0.2.20:5080>\r\n"
+                f"Content-Type: application/sdp\r\nContent-Length: {len(hold)}\r\n\r\n").encode() + hold
+    assert ours
+    # The peer's 2xx carried a To tag of its own: use the one mizud keeps in its dialog.
+    dialog = next(d for d in rig.core.dialogs.live.values() if d.call_id == invite.call_id)
+    reinvite = reinvite.replace(f";tag={theirs}".encode(), f";tag={dialog.remote_tag}".encode())
+    before = len(alice.received())
+    rig.core.datagram(reinvite, rig.source(*BOB_AT))
+    for _ in range(100):
+        relayed = [m for m in alice.received()[before:] if m.is_request and m.method == "INVITE"]
+        if relayed:
+            break
+        await tick(rig)
+    assert relayed and relayed[0].call_id == alice.call_id and relayed[0].body == hold
+    assert relayed[0].address("from").tag == ok.address("to").tag
+    answer = SipMessage(status=200, reason="OK", headers=[(k, v) for k, v in relayed[0].headers
+                                                             if k in ("via", "from", "to", "call-id", "cseq")])
+    answer.add("Contact", f"<sip:alice@{ALICE_AT[0]}:{ALICE_AT[1]}>")
+    answer.add("Content-Type", "application/sdp")
+    answer.body = OFFER + b"a=recvonly\r\n"
+    rig.core.datagram(answer.serialize(), rig.source(*ALICE_AT))
+    for _ in range(100):
+        back = [parse_datagram(d) for a, d in rig.sent if a == BOB_AT]
+        back = [m for m in back if not m.is_request and m.cseq() == (2, "INVITE")]
+        if back:
+            break
+        await tick(rig)
+    assert back and back[0].status == 200 and back[0].body == OFFER + b"a=recvonly\r\n"
+    ack = reinvite.replace(b"INVITE sip", b"ACK sip").replace(b"CSeq: 2 INVITE", b"CSeq: 2 ACK").replace(
+        b"z9hG4bKre1", b"z9hG4bKre1ack")
+    rig.core.datagram(ack.split(b"Content-Type")[0] + b"Content-Length: 0\r\n\r\n", rig.source(*BOB_AT))
+    for _ in range(100):
+        acks = [m for m in alice.received() if m.is_request and m.method == "ACK"]
+        if acks:
+            break
+        await tick(rig)
+    assert acks and acks[0].cseq()[0] == relayed[0].cseq()[0]
+    info = alice.request("INFO", ("Content-Type", "application/dtmf-relay"), body=b"Signal=5\r\nDuration=160\r\n")
+    info = info.replace(b"Content-Type: application/sdp\r\n", b"")
+    rig.core.datagram(info, rig.source(*ALICE_AT))
+    relayed_info = await bob.next("INFO")
+    assert relayed_info.body == b"Signal=5\r\nDuration=160\r\n"
+    assert relayed_info.get("content-type") == "application/dtmf-relay"
+    bob.reply(relayed_info, 200)
+    info_ok = await wait_for(rig, alice, 200)
+    assert info_ok.status == 200
+    bye = reinvite.replace(b"INVITE sip", b"BYE sip").replace(b"CSeq: 2 INVITE", b"CSeq: 3 BYE").replace(
+        b"z9hG4bKre1", b"z9hG4bKbye")
+    rig.core.datagram(bye.split(b"Content-Type")[0] + b"Content-Length: 0\r\n\r\n", rig.source(*BOB_AT))
+    for _ in range(100):
+        byes = [m for m in alice.received() if m.is_request and m.method == "BYE"]
+        if byes:
+            break
+        await tick(rig)
+    assert byes and byes[0].call_id == alice.call_id
+    await settle()
+    rows = (await rig.h.db.run_query("x", "SELECT disconnectreason FROM tb_cdrs")).rows
+    assert rows == [("B hung up",)]
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_caller_that_never_acks_gets_the_2xx_again_then_the_call_ends(tmp_path: Path) -> None:
+    """Over UDP mizud sends its 2xx again (T1, 2*T1, ... up to T2) until the caller ACKs; after 64*T1 without
+    an ACK the call is ended with BYE on both sides and billed as such."""
+    rig, bob = await rig_with_bob(tmp_path)
+    alice = Caller(rig, "bob")
+    await alice.invite()
+    invite = await bob.next("INVITE")
+    bob.reply(invite, 200, ANSWER)
+    await wait_for(rig, alice, 200)
+    for _ in range(80):  # 40 s
+        rig.h.clock.advance(0.5)
+    await tick(rig)
+    oks = [m for m in alice.received() if not m.is_request and m.status == 200 and m.cseq()[1] == "INVITE"]
+    assert 6 <= len(oks) <= 12, len(oks)
+    assert await bob.next("BYE")
+    await settle()
+    rows = (await rig.h.db.run_query("x", "SELECT disconnectreason FROM tb_cdrs")).rows
+    assert rows == [("A did not acknowledge the answer",)]
+    await rig.h.db.close()
