@@ -333,3 +333,178 @@ async def test_a_caller_that_never_acks_gets_the_2xx_again_then_the_call_ends(tm
     rows = (await rig.h.db.run_query("x", "SELECT disconnectreason FROM tb_cdrs")).rows
     assert rows == [("A did not acknowledge the answer",)]
     await rig.h.db.close()
+
+
+def sender_invite(number: str, call_id: str = "gwcall1@gw", branch: str = "z9hG4bKgw1") -> bytes:
+    """An INVITE a gateway at 192.0.2.60 sends for a caller 3620000000 to C{number}."""
+    return (f"INVITE sip:{number}@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.60:5060;branch={branch}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:3620000000@192.0.2.60>;tag=gwtag\r\nTo: <sip:{number}@192.0.2.1>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:gw@192.0.2.60:5060>\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(OFFER)}\r\n\r\n").encode() + OFFER
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_incoming_call_from_a_gateway_rings_the_did_owner(tmp_path: Path) -> None:
+    """A traffic sender authenticated by its address (u_auth=1) calls a DID assigned to bob: no challenge,
+    bob's phone rings with the gateway's caller id, the call is free, and its CDR says direction in, on bob's
+    account, through the sender; to a number that is not ours it gets 404 and nothing is dialled (no relay),
+    and the same INVITE from another address is challenged."""
+    rig, bob = await rig_with_bob(tmp_path)
+    h = rig.h
+    assert (await h.call("apientry=addserver&u_username=carrier&u_ip=192.0.2.60&u_type=5&u_auth=1", ADMIN)).ok
+    bobid = (await h.store.find_user("bob")).id  # type: ignore[union-attr]
+    await h.db.run_statement("x", "INSERT INTO tb_phonenumbers (number, userid, status, created) VALUES "
+                                  "('3612340000', ?, 1, ?)", (bobid, h.store.now()))
+    gateway = rig.source("192.0.2.60", 5060)
+    first = await rig.exchange(sender_invite("3612340000"), gateway)
+    assert [m.status for m in first if not m.is_request] == [100]
+    invite = await bob.next("INVITE")
+    assert invite.address("from").uri.user == "3620000000" and invite.body == OFFER
+    bob.reply(invite, 200, ANSWER)
+    for _ in range(100):
+        oks = [m for m in (parse_datagram(d) for a, d in rig.sent if a == ("192.0.2.60", 5060))
+               if not m.is_request and m.status == 200]
+        if oks:
+            break
+        await tick(rig)
+    assert oks and oks[0].body == ANSWER
+    to = oks[0].get("to")
+    ack = (f"ACK sip:mizud@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.60:5060;branch=z9hG4bKgwack\r\n"
+           f"Max-Forwards: 70\r\nFrom: <sip:3620000000@192.0.2.60>;tag=gwtag\r\nTo: {to}\r\n"
+           f"Call-ID: gwcall1@gw\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n").encode()
+    rig.core.datagram(ack, gateway)
+    await bob.next("ACK")
+    forged = ack.replace(b"ACK sip", b"BYE sip").replace(b"CSeq: 1 ACK", b"CSeq: 2 BYE").replace(
+        b"z9hG4bKgwack", b"z9hG4bKgwbye")
+    assert [m.status for m in await rig.exchange(forged, rig.source("192.0.2.99", 5060))] == [403]
+    assert not [m for m in (parse_datagram(d) for a, d in rig.sent if a == BOB_AT) if m.method == "BYE"]
+    h.clock.advance(12)
+    real = forged.replace(b"z9hG4bKgwbye", b"z9hG4bKgwbye2")
+    assert [m.status for m in await rig.exchange(real, gateway) if not m.is_request] == [200]
+    bye = await bob.next("BYE")
+    bob.reply(bye, 200)
+    await settle()
+    rows = (await h.db.run_query("x", "SELECT userid, callerid, callednumber, duration, cost, direction, gateway, "
+                                      "disconnectreason FROM tb_cdrs")).rows
+    assert len(rows) == 1
+    userid, callerid, called, duration, cost, direction, gateway_name, reason = rows[0]
+    assert (userid, callerid, called, duration, direction, gateway_name, reason) == (
+        bobid, "3620000000", "3612340000", 12, "in", "carrier", "A hung up")
+    assert h.db.engine.money(cost) == 0
+    relay = await rig.exchange(sender_invite("3699999999", "gwcall2@gw", "z9hG4bKgw2"), gateway)
+    assert [(m.status, m.reason) for m in relay if not m.is_request] == [(404, "No such number here")]
+    assert not [a for a, _ in rig.sent if a == GW]
+    other = await rig.exchange(sender_invite("3612340000", "gwcall3@gw", "z9hG4bKgw3"), rig.source("192.0.2.61", 5060))
+    assert [m.status for m in other if not m.is_request] == [407]
+    await h.db.close()
+
+
+CAROL_AT = ("192.0.2.30", 5090)
+
+
+async def with_carol(rig: Rig) -> Peer:
+    """carol registered at CAROL_AT; bob given 1.00 USD to pay for forwarded legs."""
+    h = rig.h
+    await h.store.create_user("carol", "carolpw")
+    carol = Phone("carol", "carolpw", host=CAROL_AT[0], port=CAROL_AT[1])
+    assert (await rig.register(carol, source=rig.source(*CAROL_AT))).status == 200
+    await h.db.run_statement("x", "UPDATE tb_users SET credit = ? WHERE username = 'bob'", (Decimal("1"),))
+    return Peer(rig, CAROL_AT)
+
+
+async def forwarding(rig: Rig, user: str, **fields: object) -> None:
+    """Set forwarding fields of a user."""
+    for name, value in fields.items():
+        await rig.h.db.run_statement("x", f"UPDATE tb_users SET {name} = ? WHERE username = ?", (value, user))
+
+
+@pytest_twisted.ensureDeferred
+async def test_forward_always_to_a_gateway_is_billed_to_the_forwarding_user(tmp_path: Path) -> None:
+    """bob forwards every call to 3612345: alice's call to bob goes to the gateway (bob's phone never rings),
+    alice gets 181 then the answer; after 10 s the forwarded leg costs bob 0.10 (his CDR, leg B) and alice's
+    own CDR for calling bob is free."""
+    rig, bob = await rig_with_bob(tmp_path)
+    await with_carol(rig)
+    await forwarding(rig, "bob", forwardalways="3612345")
+    gateway = Peer(rig, GW)
+    alice = Caller(rig, "bob")
+    await alice.invite()
+    invite = await gateway.next("INVITE")
+    assert invite.body == OFFER and invite.uri.startswith("sip:3612345@")
+    await wait_for(rig, alice, 181)
+    gateway.reply(invite, 200, ANSWER)
+    ok = await wait_for(rig, alice, 200)
+    alice.answered(ok)
+    rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    await gateway.next("ACK")
+    rig.h.clock.advance(10)
+    rig.core.datagram(alice.request("BYE"), rig.source(*ALICE_AT))
+    gateway.reply(await gateway.next("BYE"), 200)
+    await settle()
+    rows = (await rig.h.db.run_query("x", "SELECT u.username, c.callednumber, c.cost, c.leg, c.gateway, c.duration "
+                                          "FROM tb_cdrs c JOIN tb_users u ON u.id = c.userid ORDER BY c.leg")).rows
+    money = rig.h.db.engine.money
+    assert [(r[0], r[1], money(r[2]), r[3], r[4], r[5]) for r in rows] == [
+        ("alice", "bob", Decimal("0"), "A", "bob", 10), ("bob", "3612345", Decimal("0.10"), "B", "gw", 10)]
+    bob_user = await rig.h.store.find_user("bob")
+    assert bob_user is not None and bob_user.credit == Decimal("0.90")
+    assert not [a for a, _ in rig.sent if a == BOB_AT and b"INVITE sip" in _]
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_forward_on_busy_and_on_no_answer(tmp_path: Path) -> None:
+    """bob busy (486) forwards to carol (forwardonbusy); bob not answering within noanswertimeout (3 s) is
+    cancelled and the call goes to carol (forwardonnoanswer); carol answers both times."""
+    rig, bob = await rig_with_bob(tmp_path)
+    carol = await with_carol(rig)
+    await forwarding(rig, "bob", forwardonbusy="carol", forwardonnoanswer="carol", noanswertimeout=3)
+    alice = Caller(rig, "bob")
+    await alice.invite()
+    bob.reply(await bob.next("INVITE"), 486)
+    invite = await carol.next("INVITE")
+    assert invite.body == OFFER
+    carol.reply(invite, 200, ANSWER)
+    assert (await wait_for(rig, alice, 200)).body == ANSWER
+    alice.answered((await wait_for(rig, alice, 200)))
+    rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    rig.core.datagram(alice.request("BYE"), rig.source(*ALICE_AT))
+    carol.reply(await carol.next("BYE"), 200)
+    await settle()
+    second = Caller(rig, "bob")
+    await second.invite()
+    ringing = await bob.next("INVITE")
+    bob.reply(ringing, 180)
+    await wait_for(rig, second, 180)
+    rig.h.clock.advance(3)
+    cancel = await bob.next("CANCEL")
+    bob.reply(cancel, 200)
+    bob.reply(ringing, 487)
+    invite = await carol.next("INVITE")
+    carol.reply(invite, 486)
+    final = await wait_for(rig, second, 486)
+    assert final.cseq()[1] == "INVITE"
+    await settle()
+    reasons = [r[0] for r in (await rig.h.db.run_query("x", "SELECT disconnectreason FROM tb_cdrs WHERE leg = 'A' "
+                                                            "ORDER BY id")).rows]
+    assert reasons == ["A hung up", "486 Busy Here"]
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forwarding_loop_is_refused(tmp_path: Path) -> None:
+    """bob forwards to carol and carol back to bob: the caller gets 482 and nothing rings."""
+    rig, bob = await rig_with_bob(tmp_path)
+    await with_carol(rig)
+    await forwarding(rig, "bob", forwardalways="carol")
+    await forwarding(rig, "carol", forwardalways="bob")
+    alice = Caller(rig, "bob")
+    answers = await alice.invite()
+    statuses = [m.status for m in answers if not m.is_request]
+    if 482 not in statuses:
+        statuses.append((await wait_for(rig, alice, 482)).status)
+    assert 482 in statuses
+    assert not [d for a, d in rig.sent if a in (BOB_AT, CAROL_AT) and d.startswith(b"INVITE")]
+    await settle()
+    assert not (await rig.h.db.run_query("x", "SELECT id FROM tb_calls")).rows
+    await rig.h.db.close()

@@ -32,7 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..billing.rating import Tariff, leg_cost, longest
-from ..store.billing import User
+from ..store.billing import USER_SIPSERVER, USER_TRAFFICSENDER, User
 from ..store.calls import insert_call
 from ..store.database import Txn
 from ..store.money import InsufficientCredit, format_money
@@ -42,6 +42,7 @@ from .dialog import Dialog, Outcome, new_tag
 from .message import ParseError, SipMessage
 from .ports import Bridging
 from .responses import ALLOW, SERVER, response_to
+from ..store.routes import Forwards
 from .routing import Route, Router, Unreachable
 from .transaction import T1, T2, InviteClientTransaction, Source, new_branch
 
@@ -51,6 +52,30 @@ log = Logger()
 NEXT_CONTACT = frozenset({0, 408, 480, 500, 503, 504})
 #: Headers of an in-dialog request or response that travel to the other dialog with the body.
 RELAYED = ("content-type", "content-disposition", "event", "info-package", "recv-info")
+
+
+#: The most forwards one call follows (a forward to a user who forwards too counts again).
+MAX_FORWARDS = 5
+
+
+@dataclass(eq=False)
+class Payment:
+    """Who pays for a stretch of the call: the caller for the number dialled, and each user who forwards
+    the call for the forwarded leg; each with its own tariff and hold."""
+
+    user: User
+    tariff: Tariff | None
+    holdid: int
+    held: Decimal
+    #: The number this payment is for, and who is shown calling it (the CDR's callednumber and callerid).
+    number: str
+    callerid: str
+    #: The gateway (or user) the leg went to, once known.
+    gateway: str = ""
+
+    def cost(self, seconds: int) -> Decimal:
+        """What this payment owes for C{seconds} connected (never more than held)."""
+        return min(leg_cost(self.tariff, seconds), self.held)
 
 
 class Refused(Exception):
@@ -92,9 +117,13 @@ class Bridge(Progress):
 
     def __init__(self, relay: Relay, callid: int, user: User, invite: SipMessage, source: Source, number: str,
                  routes: list[Route], tariff: Tariff | None, holdid: int, held: Decimal, currency: str,
-                 callee: str) -> None:
+                 callee: str, caller_id: str = "", sender: str = "") -> None:
         super().__init__()
         self.relay = relay
+        #: Who the callee sees calling, and the CDR's callerid: the user, or the number a gateway sent.
+        self.caller_id = caller_id or user.username
+        #: The traffic sender an incoming call came from ("": a call from one of our users).
+        self.sender = sender
         self.core = relay.core
         self.clock = relay.core.clock
         self.id = callid
@@ -108,6 +137,11 @@ class Bridge(Progress):
         self.held = held
         self.currency = currency
         self.callee = callee
+        self.payments = [Payment(user, tariff, holdid, held, number, self.caller_id)]
+        #: The forwarding of the user being called (None: not a user of ours).
+        self.forwards: Forwards | None = None
+        #: The users this call was forwarded from, to stop a loop.
+        self.visited: set[str] = {callee} if callee else set()
         self.a = Side("A", invite.call_id, source.send, source.reliable, source.host,
                       self.core.reachable(source.local, source.host), source.transport)
         self.b = Side("B", f"{os.urandom(12).hex()}@{SERVER}")
@@ -128,6 +162,7 @@ class Bridge(Progress):
         self._transaction: InviteClientTransaction | None = None
         self._cancel_sent = False
         self._a_acked = False
+        self._rang_out = False
         #: CSeq of an INVITE relayed to the other side whose 2xx waits for this side's ACK -> the other side.
         self._pending_acks: dict[tuple[str, int], tuple[Side, int]] = {}
 
@@ -158,7 +193,7 @@ class Bridge(Progress):
         left = max(0, round(self.limit_at - now)) if self.limit_at is not None and self.level < ENDED else 0
         end = self.ended_at or now
         return {
-            "callid": self.id, "username": self.user.username, "kind": self.kind, "anum": self.user.username,
+            "callid": self.id, "username": self.user.username, "kind": self.kind, "anum": self.caller_id,
             "bnum": self.number, "state": self.state, "duration": self.seconds(end), "connected": self.seconds(end),
             "maxduration": left, "held": format_money(self.held), "cost": format_money(self.cost),
             "currency": self.currency, "sipcallida": self.a.call_id, "sipcallidb": self.b.call_id,
@@ -166,8 +201,13 @@ class Bridge(Progress):
         }
 
     def rate(self) -> Decimal:
-        """The price per minute."""
+        """The caller's price per minute."""
         return self.tariff.price if self.tariff is not None else Decimal(0)
+
+    def charges(self) -> list[tuple[int, Decimal]]:
+        """The holds to settle at the end and what each is charged."""
+        return [(p.holdid, p.cost(self.seconds(self.ended_at or self.clock.seconds()))) for p in self.payments
+                if p.holdid]
 
     # -- setting up ------------------------------------------------------------------------
 
@@ -192,31 +232,78 @@ class Bridge(Progress):
         return final
 
     async def _dial(self) -> SipMessage:
+        """Ring the target, following its forwarding (always, on busy, on no answer); the final response."""
+        routes, hops = self.routes, 0
+        while True:
+            forwards = self.forwards
+            if forwards is not None and forwards.always:
+                outcome, last = "always", None
+            else:
+                timeout = forwards.timeout if forwards is not None and forwards.noanswer and forwards.timeout else 0
+                outcome, last = await self._ring(routes, timeout)
+                if outcome == "answered" and last is not None:
+                    return await self._connected(last)
+            if self.cancelled or self.stopping:
+                self.stopping = self.stopping or "A cancelled"
+                return response_to(self.invite, 487, source=self.source)
+            target = ""
+            if forwards is not None:
+                target = {"always": forwards.always, "busy": forwards.busy, "noanswer": forwards.noanswer,
+                          "unreachable": forwards.noanswer}.get(outcome, "")
+            if not target:
+                return self._final(routes, last, outcome)
+            hops += 1
+            if hops > MAX_FORWARDS:
+                return response_to(self.invite, 482, "Too many forwards", source=self.source)
+            try:
+                routes = await self.relay.forward(self, target)
+            except Refused as refused:
+                log.info("call {id}: forward to {target} refused: {reason}", id=self.id, target=target,
+                         reason=refused.reason)
+                return response_to(self.invite, refused.status, refused.reason, source=self.source)
+            self.core.progress(self.invite, response_to(self.invite, 181, source=self.source))
+
+    async def _ring(self, routes: list[Route], timeout: int) -> tuple[str, SipMessage | None]:
+        """Try C{routes} in turn (each ringing at most C{timeout} seconds, 0: callringtimeout): answered,
+        busy, noanswer, unreachable or failed, with the last final response."""
         last: SipMessage | None = None
-        for route in self.routes:
+        outcome = "unreachable"
+        for route in routes:
             if self.cancelled or self.stopping:
                 break
+            self._rang_out = False
             try:
-                response = await self._attempt(route)
+                response = await self._attempt(route, timeout)
             except Unreachable as problem:
                 log.info("call {id}: {route} unreachable: {problem}", id=self.id, route=route.name, problem=problem)
                 continue
             if 200 <= response.status < 300:
-                return await self._connected(response)
+                return "answered", response
             last = response
-            following = NEXT_CONTACT if route.kind == "user" else FAILOVER
-            if response.status not in following or self.cancelled:
-                break
-        if self.cancelled:
-            self.stopping = self.stopping or "A cancelled"
-            return response_to(self.invite, 487, source=self.source)
+            if route.kind == "user":
+                if response.status in (486, 600):
+                    return "busy", response
+                if self._rang_out:
+                    outcome = "noanswer"
+                elif response.status not in NEXT_CONTACT:
+                    return "failed", response
+            elif response.status not in FAILOVER:
+                return "failed", response
+        if last is not None and outcome == "unreachable" and routes and routes[0].kind == "gateway":
+            outcome = "failed"
+        return outcome, last
+
+    def _final(self, routes: list[Route], last: SipMessage | None, outcome: str) -> SipMessage:
+        """What A gets when no route answered."""
         if last is not None and last.status in (401, 407):
             return response_to(self.invite, 403, "The callee demands authentication", source=self.source)
-        if last is not None and last.status and not (self.routes[-1].kind == "user" and last.status == 408):
-            return self._mirror(last)
-        if self.routes and self.routes[0].kind == "user":
-            return response_to(self.invite, 480, "No answer" if last is not None else "Unreachable",
+        if outcome in ("noanswer", "unreachable") and routes and routes[0].kind == "user":
+            return response_to(self.invite, 480, "No answer" if outcome == "noanswer" else "Unreachable",
                                source=self.source)
+        if last is not None and last.status:
+            return self._mirror(last)
+        if routes and routes[0].kind == "user":
+            return response_to(self.invite, 480, "Unreachable", source=self.source)
         return response_to(self.invite, 503, "No gateway answered", source=self.source)
 
     def _mirror(self, response: SipMessage) -> SipMessage:
@@ -233,23 +320,26 @@ class Bridge(Progress):
             answer.body = response.body
         return answer
 
-    async def _attempt(self, route: Route) -> SipMessage:
-        """One INVITE (and its authenticated retry, towards a gateway) along one route."""
+    async def _attempt(self, route: Route, timeout: int = 0) -> SipMessage:
+        """One INVITE (and its authenticated retry, towards a gateway) along one route, ringing at most
+        C{timeout} seconds (0: callringtimeout)."""
         b = self.b
         b.send, b.local, b.reliable, b.peer = await self.core.destination(route)
         b.transport = route.transport
         self.route = route
+        self.payments[-1].gateway = route.name
         invite = self._invite_b(route)
-        response = await self._transact(invite)
+        response = await self._transact(invite, timeout)
         if response.status in (401, 407) and route.kind == "gateway" and not self.cancelled:
             retry = self.core.authorised(invite, response, await self.relay.calls.account(route.name))
             if retry is not None:
                 invite = retry
-                response = await self._transact(invite)
+                response = await self._transact(invite, timeout)
         if 200 <= response.status < 300:
             dialog = Dialog.from_2xx(invite, response)
             dialog.on_request = lambda request, source: self._from_side(self.b, request, source)
             dialog.on_ack = lambda ack: self._acked(self.b, ack)
+            dialog.peer = b.peer
             b.dialog = dialog
             self.core.dialogs.add(dialog)
         return response
@@ -264,7 +354,7 @@ class Bridge(Progress):
         add(("via", f"SIP/2.0/{route.transport.upper()} {b.local};branch={new_branch()};rport"))
         add(("max-forwards", str(forwards)))
         display = invite.address("from").display
-        add(("from", (f"{display} " if display else "") + f"<sip:{self.user.username}@{realm}>;tag={self.tag}"))
+        add(("from", (f"{display} " if display else "") + f"<sip:{self.caller_id}@{realm}>;tag={self.tag}"))
         add(("to", f"<{to}>"))
         add(("call-id", b.call_id))
         add(("cseq", f"{invite.cseq()[0]} INVITE"))
@@ -278,8 +368,9 @@ class Bridge(Progress):
         message.body = invite.body
         return message
 
-    async def _transact(self, invite: SipMessage) -> SipMessage:
-        """Run one INVITE transaction towards B, cancelling it when it rings too long or the caller cancels."""
+    async def _transact(self, invite: SipMessage, timeout: int = 0) -> SipMessage:
+        """Run one INVITE transaction towards B, cancelling it when it rings too long (C{timeout} seconds,
+        0: callringtimeout) or the caller cancels."""
         b = self.b
         assert b.send is not None
         config = self.core.settings.current
@@ -289,7 +380,7 @@ class Bridge(Progress):
         found = self.core.clients.find(invite)
         self._transaction = found if isinstance(found, InviteClientTransaction) else None
         self._cancel_sent = False
-        ring = self.clock.callLater(config.callringtimeout, self._cancel_b)
+        ring = self.clock.callLater(timeout or config.callringtimeout, self._ring_out)
         try:
             return await result
         finally:
@@ -329,6 +420,11 @@ class Bridge(Progress):
         b.send(fork.ack().serialize())
         self.core.clients.start(fork.request("BYE"), b.send, b.reliable, peer=b.peer).addErrback(lambda _: None)
 
+    def _ring_out(self) -> None:
+        """The callee rang too long: cancel its INVITE (no answer)."""
+        self._rang_out = True
+        self._cancel_b()
+
     def _caller_cancelled(self) -> None:
         """A CANCELs its INVITE: cancel B's ringing INVITE, answer A 487 once B's INVITE ends."""
         self.cancelled = True
@@ -367,6 +463,7 @@ class Bridge(Progress):
         dialog = Dialog.as_server(self.invite, answer, self.a.local, self.a.transport)
         dialog.on_request = lambda request, source: self._from_side(self.a, request, source)
         dialog.on_ack = lambda ack: self._acked(self.a, ack)
+        dialog.peer = self.a.peer
         self.a.dialog = dialog
         self.core.dialogs.add(dialog)
         self._answer = answer.serialize()
@@ -472,7 +569,7 @@ class Bridge(Progress):
             self._limit.cancel()
         now = self.clock.seconds()
         most = max(0, round(self.created + self.relay.settings.current.maxcallduration - now))
-        left = longest(lambda seconds: leg_cost(self.tariff, seconds), self.held, most) if most else 0
+        left = min(_affordable(payment, most) for payment in self.payments) if most else 0
         self.limit_at = now + left
         self._limit = self.clock.callLater(left, self.stop, "credit limit" if left < most else "maximum duration")
 
@@ -493,25 +590,25 @@ class Bridge(Progress):
     async def _finish(self) -> None:
         if self._limit is not None and self._limit.active():
             self._limit.cancel()
-        end = self.ended_at or self.clock.seconds()
+        end = self.ended_at = self.ended_at or self.clock.seconds()
         for side in (self.a, self.b):
             self._hang_up(side)
-        cost = leg_cost(self.tariff, self.seconds(end))
-        if cost > self.held:
-            log.warn("call {id}: cost {cost} above the held {held}; charging what was held", id=self.id,
-                     cost=cost, held=self.held)
-            cost = self.held
-        self.cost = cost
-        route = self.route
-        row = {
-            "datum": self.started, "callerid": self.user.username[:64], "callednumber": self.number[:64],
-            "userid": self.user.id, "duration": self.seconds(end), "cost": cost, "sipcallid": self.a.call_id[:200],
-            "disconnectreason": self.stopping[:200], "direction": "out",
-            "gateway": (route.name if route is not None else "")[:64], "callid": self.id, "leg": "A",
-            "answered": self.answered_at, "node": self.relay.calls.node(),
-        }
+        seconds = self.seconds(end)
+        if any(leg_cost(p.tariff, seconds) > p.held for p in self.payments):
+            log.warn("call {id}: cost above what was held; charging what was held", id=self.id)
+        self.cost = sum((p.cost(seconds) for p in self.payments), Decimal(0))
+        rows = []
+        for index, payment in enumerate(self.payments):
+            rows.append({
+                "datum": self.started, "callerid": payment.callerid[:64], "callednumber": payment.number[:64],
+                "userid": payment.user.id, "duration": seconds, "cost": payment.cost(seconds),
+                "sipcallid": (self.a.call_id if index == 0 else self.b.call_id)[:200],
+                "disconnectreason": self.stopping[:200], "direction": "in" if self.sender and index == 0 else "out",
+                "gateway": (self.sender if index == 0 and self.sender else payment.gateway)[:64], "callid": self.id,
+                "leg": "A" if index == 0 else "B", "answered": self.answered_at, "node": self.relay.calls.node(),
+            })
         try:
-            self.cdrs = await self.relay.calls.settle(self, [row])  # type: ignore[arg-type]
+            self.cdrs = await self.relay.calls.settle(self, rows)  # type: ignore[arg-type]
         finally:
             self.relay.calls.live.pop(self.id, None)
             self._reach(ENDED)
@@ -526,6 +623,11 @@ class Bridge(Progress):
             bye = dialog.request("BYE")
             self.core.clients.start(bye, side.send, side.reliable, peer=side.peer).addErrback(lambda _: None)
         self.core.dialogs.remove(dialog)
+
+
+def _affordable(payment: Payment, most: int) -> int:
+    """The longest a payment's hold lasts, up to C{most} seconds."""
+    return longest(lambda seconds: leg_cost(payment.tariff, seconds), payment.held, most)
 
 
 class Relay:
@@ -547,9 +649,16 @@ class Relay:
             return response_to(request, 400, "Bad Max-Forwards", source=source)
         if int(forwards) == 0:
             return response_to(request, 483, source=source)
-        user = await self.core.authenticate(request, source, backend, proxy=True)
-        if isinstance(user, SipMessage):
-            return user
+        store = backend.store
+        by_address = await store.routes.sender_by_address(source.host)
+        found = await store.get_user(by_address) if by_address is not None else None
+        if found is not None:
+            user = found
+        else:
+            proven = await self.core.authenticate(request, source, backend, proxy=True)
+            if isinstance(proven, SipMessage):
+                return proven
+            user = proven
         try:
             number = request.request_uri().user
         except ParseError:
@@ -557,12 +666,93 @@ class Relay:
         if not number or len(number) > 64 or not number.isprintable():
             return response_to(request, 404, "No such number", source=source)
         try:
-            bridge = await self._place(user, request, source, backend, number)
+            if user.type in (USER_TRAFFICSENDER, USER_SIPSERVER):
+                bridge = await self._incoming(user, request, source, backend, number)
+            else:
+                bridge = await self._place(user, request, source, backend, number)
         except Refused as refused:
             log.info("call from {user} to {number} refused: {status} {reason}", user=user.username,
                      number=number, status=refused.status, reason=refused.reason)
             return response_to(request, refused.status, refused.reason, source=source)
         return await bridge.run()
+
+    async def forward(self, bridge: Bridge, target: str) -> list[Route]:
+        """The call goes on from the user being called (who forwards it) to C{target}: its routes, with the
+        forwarded leg rated for and held on the forwarding user (raises L{Refused})."""
+        backend = self.calls.backend()
+        store, config = backend.store, self.settings.current
+        forwarder = await store.find_user(bridge.callee)
+        if forwarder is None:
+            raise Refused(480, "The forwarding user is gone")
+        routes = await Router(store).routes(target)
+        named = await store.routes.user_named(target)
+        if named is not None:
+            if named[1] in bridge.visited:
+                raise Refused(482, "Forwarding loop")
+            if not routes:
+                raise Refused(480, f"{named[1]} is not registered")
+        elif not routes:
+            raise Refused(404, "No route to the forwarding number")
+        tariff = backend.rater.table.lookup(forwarder.tariffid or config.defaulttariff, target)
+        if tariff is None and routes[0].kind == "gateway":
+            raise Refused(403, "No tariff for the forwarding number")
+        held = Decimal(0)
+        holdid = 0
+        if tariff is not None:
+            credit = await store.balance(forwarder.id)
+            available = credit - config.mincreditonroute + (forwarder.creditlimit if forwarder.postpaid else 0)
+            seconds = longest(lambda s: leg_cost(tariff, s), max(available, Decimal(0)), config.maxcallduration)
+            if seconds == 0:
+                raise Refused(402, "The forwarding user has insufficient credit")
+            held = leg_cost(tariff, seconds)
+            try:
+                result = await store.hold(forwarder.id, held, reference=f"forwarded call {bridge.id} to {target[:40]}")
+            except InsufficientCredit:
+                raise Refused(402, "The forwarding user has insufficient credit") from None
+            holdid = int(dict(result.extra)["holdid"])
+        bridge.payments[-1].gateway = bridge.payments[-1].gateway or forwarder.username
+        bridge.payments.append(Payment(forwarder, tariff, holdid, held, target, forwarder.username))
+        bridge.forwards = await store.routes.forwards(named[0]) if named is not None else None
+        if named is not None:
+            bridge.visited.add(named[1])
+            bridge.callee = named[1]
+        return routes
+
+    async def _incoming(self, sender: User, request: SipMessage, source: Source, backend: Backend,
+                        number: str) -> Bridge:
+        """A call from a gateway or traffic sender to one of our users (a username or DID), free, on the
+        callee's account; never on to another gateway (mizud is no open relay). Raises L{Refused}."""
+        store = backend.store
+        if not await store.routes.may_send(sender.id):
+            raise Refused(403, "This server may not send calls")
+        named = await store.routes.user_named(number)
+        if named is None:
+            raise Refused(404, "No such number here")
+        callee = await store.get_user(named[0])
+        if callee is None or not callee.enabled or callee.temporarydisabled:
+            raise Refused(480, "Temporarily unavailable")
+        routes = [route for route in await Router(store).routes(number) if route.kind == "user"]
+        forwards = await store.routes.forwards(callee.id)
+        if not routes and not (forwards.always or forwards.noanswer):
+            raise Refused(480, f"{named[1]} is not registered")
+        try:
+            presented = request.address("from").uri.user
+        except ParseError:
+            presented = ""
+        caller_id = "".join(c for c in presented if c.isalnum() or c in "+-_.")[:32] or "anonymous"
+        b_call_id = f"{os.urandom(12).hex()}@{SERVER}"
+
+        async def insert(txn: Txn) -> int:
+            return await insert_call(txn, callee.id, "sip", caller_id, number, named[1], 0, Decimal(0),
+                                     request.call_id[:200], b_call_id, store.now(), backend.node)
+
+        callid = await backend.db.run_interaction("call_insert", insert)
+        bridge = Bridge(self, callid, callee, request, source, number, routes, None, 0, Decimal(0), callee.currency,
+                        named[1], caller_id=caller_id, sender=sender.username)
+        bridge.b.call_id = b_call_id
+        bridge.forwards = forwards
+        self.calls.live[callid] = bridge  # type: ignore[assignment]
+        return bridge
 
     async def _place(self, user: User, request: SipMessage, source: Source, backend: Backend,
                      number: str) -> Bridge:
@@ -571,15 +761,16 @@ class Relay:
         routes = await Router(store).routes(number)
         named = await store.routes.user_named(number)
         callee = named[1] if named is not None else ""
-        if named is not None and not routes:
+        forwards = await store.routes.forwards(named[0]) if named is not None else None
+        if named is not None and not routes and not (forwards is not None and (forwards.always or forwards.noanswer)):
             raise Refused(480, f"{callee} is not registered")
-        if not routes:
+        if not routes and named is None:
             raise Refused(404, "No route to this number")
         if named is not None and named[0] == user.id:
             raise Refused(482, "A call to oneself")
         plan = user.tariffid or config.defaulttariff
         tariff = backend.rater.table.lookup(plan, number)
-        if tariff is None and routes[0].kind == "gateway":
+        if tariff is None and routes and routes[0].kind == "gateway":
             raise Refused(403, "No tariff for this destination")
         mine = [c for c in self.calls.live.values() if c.user.id == user.id]
         if len(mine) >= config.sipcallsperuser:
@@ -611,5 +802,6 @@ class Relay:
             callid = await backend.db.run_interaction("call_insert", lambda txn: insert(txn, 0))
         bridge = Bridge(self, callid, user, request, source, number, routes, tariff, holdid, held, currency, callee)
         bridge.b.call_id = b_call_id
+        bridge.forwards = forwards
         self.calls.live[callid] = bridge  # type: ignore[assignment]
         return bridge

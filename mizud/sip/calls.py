@@ -221,6 +221,10 @@ class PlacedCall(Progress):
             "sipcallida": self.a.call_id, "sipcallidb": self.b.call_id, "reason": self.outcome(),
         }
 
+    def charges(self) -> list[tuple[int, Decimal]]:
+        """The holds to settle at the end and what each is charged."""
+        return [(self.holdid, self.cost)] if self.holdid else []
+
     def rate(self) -> Decimal:
         """The price per minute of the two legs together."""
         return sum((leg.tariff.price for leg in (self.a, self.b) if leg.tariff is not None), Decimal(0))
@@ -352,6 +356,7 @@ class PlacedCall(Progress):
             return response.status
         dialog = Dialog.from_2xx(invite, response)
         dialog.on_request = lambda request, source: self._in_dialog(leg, request)
+        dialog.peer = leg.peer
         leg.dialog = dialog
         core.dialogs.add(dialog)
         leg.sdp = response.body
@@ -582,6 +587,10 @@ class CallControl:
         self.settings = core.settings
         self.live: dict[int, PlacedCall] = {}
 
+    def backend(self) -> Backend:
+        """The backend; raises L{CallError} while the server starts."""
+        return self._backend()
+
     def _backend(self) -> Backend:
         backend = self.core.backend_of()
         if backend is None:
@@ -683,8 +692,9 @@ class CallControl:
 
         for attempt in range(1, SETTLE_ATTEMPTS + 1):
             try:
-                if call.holdid:
-                    await backend.store.settle(call.holdid, call.cost, then=write)
+                charges = call.charges()
+                if charges:
+                    await backend.store.settle_many(charges, then=write)
                 else:
                     await backend.db.run_interaction("call_cdrs", write)
                 return list(ids)

@@ -212,7 +212,7 @@ class SipCore:
             # The ACK of a 2xx goes to its dialog's owner (a relayed call); one for a transaction long gone
             # needs nothing.
             if message.address("to").tag:
-                self.dialogs.acknowledged(message)
+                self.dialogs.acknowledged(message, source)
             return
         if message.method == "CANCEL":
             invite = self.transactions.find_invite(message)

@@ -47,6 +47,9 @@ class Dialog:
     #: Called with the ACK of a 2xx this dialog's peer got from us (the peer's ACKs of our responses).
     on_ack: Callable[[SipMessage], None] | None = None
     remote_cseq: int = -1
+    #: The host the peer's requests must come from ("": any): knowing a dialog's Call-ID and tags is not
+    #: enough to end or change someone's call.
+    peer: str = ""
     ended: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -148,6 +151,8 @@ class Dialogs:
         dialog = self.find(request)
         if dialog is None:
             return None, 481
+        if dialog.peer and source.host.strip("[]") != dialog.peer:
+            return dialog, 403
         number = request.cseq()[0]
         if dialog.remote_cseq >= 0 and number < dialog.remote_cseq:
             return dialog, 500
@@ -159,10 +164,11 @@ class Dialogs:
             self.remove(dialog)
         return dialog, outcome
 
-    def acknowledged(self, ack: SipMessage) -> bool:
-        """An ACK outside any transaction (the ACK of a 2xx): to its dialog's owner; False if it has none."""
+    def acknowledged(self, ack: SipMessage, source: Source) -> bool:
+        """An ACK outside any transaction (the ACK of a 2xx) from C{source}: to its dialog's owner; False if
+        there is none (or the ACK comes from elsewhere than the dialog's peer)."""
         dialog = self.find(ack)
-        if dialog is None:
+        if dialog is None or dialog.ended or (dialog.peer and source.host.strip("[]") != dialog.peer):
             return False
         if dialog.on_ack is not None:
             dialog.on_ack(ack)

@@ -643,25 +643,42 @@ class BillingStore:
         C{then(txn, userid)}, if given, runs in the same transaction first (a
         call's CDRs, say): its failure leaves the hold open.
         """
-        value = parse_amount(cost, allow_zero=True)
+        return (await self.settle_many([(holdid, cost)], then))[0]
 
-        async def settle_txn(txn: Txn) -> MoneyResult:
-            row = await self._close_hold_txn(txn, holdid, HOLD_SETTLED, value)
-            userid, held = row
-            if value > held:
-                raise InvalidAmount(f"cost {value} exceeds the held {held}")
+    async def settle_many(self, charges: Sequence[tuple[int, Any]],
+                          then: Callable[[Txn, int], Awaitable[Any]] | None = None) -> list[MoneyResult]:
+        """Close several holds in one transaction, each charging its cost (at most its held amount) and
+        refunding the rest (a call billed to two users: the caller, and a user who forwards it).
+
+        C{then(txn, userid)}, with the first hold's user, runs in the same transaction after the holds are
+        closed and before the refunds; any failure leaves every hold open.
+        """
+        values = [(holdid, parse_amount(cost, allow_zero=True)) for holdid, cost in charges]
+        if not values:
+            raise ValueError("no hold to settle")
+
+        async def settle_txn(txn: Txn) -> list[MoneyResult]:
+            closed = []
+            for holdid, value in values:
+                userid, held = await self._close_hold_txn(txn, holdid, HOLD_SETTLED, value)
+                if value > held:
+                    raise InvalidAmount(f"cost {value} exceeds the held {held}")
+                closed.append((holdid, userid, held - value))
             if then is not None:
-                await then(txn, userid)
-            back = held - value
-            if back == 0:
-                balance = self.engine.money(
-                    (await txn.execute("SELECT credit FROM tb_users WHERE id = ?", (userid,))).rows[0][0]
+                await then(txn, closed[0][1])
+            results = []
+            for holdid, userid, back in closed:
+                if back == 0:
+                    balance = self.engine.money(
+                        (await txn.execute("SELECT credit FROM tb_users WHERE id = ?", (userid,))).rows[0][0]
+                    )
+                    results.append(MoneyResult(userid, balance, None))
+                    continue
+                balance, ledgerid = await self._change_balance_txn(
+                    txn, userid, back, "settle", now=self.now(), reference=f"hold:{holdid}", refund=True
                 )
-                return MoneyResult(userid, balance, None)
-            balance, ledgerid = await self._change_balance_txn(
-                txn, userid, back, "settle", now=self.now(), reference=f"hold:{holdid}", refund=True
-            )
-            return MoneyResult(userid, balance, ledgerid)
+                results.append(MoneyResult(userid, balance, ledgerid))
+            return results
 
         return await self.db.run_interaction("settle", settle_txn)
 

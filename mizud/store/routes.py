@@ -27,6 +27,17 @@ class GatewayRoute:
     proxy: str
 
 
+@dataclass(frozen=True, slots=True)
+class Forwards:
+    """A user's call forwarding (tb_users): always, on busy, on no answer after C{timeout} seconds (0: the
+    ring timeout)."""
+
+    always: str
+    busy: str
+    noanswer: str
+    timeout: int
+
+
 class RouteRows:
     """The routing queries (see the module doc)."""
 
@@ -69,6 +80,35 @@ class RouteRows:
         )
         row = result.one()
         return str(row[0]) if row else None
+
+    async def sender_by_address(self, address: str) -> int | None:
+        """The id of the enabled traffic sender that authenticates by its IP address (u_auth 1) at
+        C{address}, if any: its calls need no digest."""
+        result = await self.db.run_query(
+            "route_ip_sender",
+            "SELECT id FROM tb_users WHERE enabled <> 0 AND serverrole <> ? AND type IN (5, 9) AND ip = ? "
+            "AND needauth = 1 ORDER BY id",
+            (ROLE_SERVER, address.strip("[]")),
+        )
+        row = result.one()
+        return int(row[0]) if row else None
+
+    async def forwards(self, userid: int) -> Forwards:
+        """The user's forwarding numbers (empty when none)."""
+        row = (await self.db.run_query(
+            "route_forwards", "SELECT forwardalways, forwardonbusy, forwardonnoanswer, noanswertimeout "
+                              "FROM tb_users WHERE id = ?", (userid,))).one()
+        if row is None:
+            return Forwards("", "", "", 0)
+        return Forwards(str(row[0] or "").strip(), str(row[1] or "").strip(), str(row[2] or "").strip(),
+                        int(row[3] or 0))
+
+    async def may_send(self, userid: int) -> bool:
+        """Whether the server account C{userid} may send calls in (a traffic sender, or both roles)."""
+        result = await self.db.run_query(
+            "route_may_send", "SELECT id FROM tb_users WHERE id = ? AND enabled <> 0 AND serverrole <> ? "
+                              "AND type IN (5, 9)", (userid, ROLE_SERVER))
+        return result.one() is not None
 
     async def owns(self, userid: int, number: str, normalised: str) -> bool:
         """Whether C{number} is one of the user's DIDs, or C{normalised} a number they added and proved."""
