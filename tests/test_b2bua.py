@@ -201,10 +201,10 @@ async def test_refusals_before_anything_is_dialled(tmp_path: Path) -> None:
     for target, status in (("3612345", 402), ("carol", 480), ("nosuchuser", 404)):
         alice = Caller(rig, target)
         answers = await alice.invite()
-        assert [m.status for m in answers if not m.is_request] == [status], target
+        assert [m.status for m in answers if not m.is_request] == [100, status], target
     await h.db.run_statement("x", "UPDATE tb_users SET credit = 5 WHERE username = 'alice'")
     answers = await Caller(rig, "4412345").invite()  # gw is the default route, but plan 1 has no 44
-    assert [(m.status, m.reason) for m in answers if not m.is_request] == [(403, "No tariff for this destination")]
+    assert [(m.status, m.reason) for m in answers if not m.is_request][-1] == (403, "No tariff for this destination")
     assert not [a for a, _ in rig.sent if a == GW]
     assert not (await h.db.run_query("x", "SELECT id FROM tb_holds")).rows
     await h.db.close()
@@ -392,7 +392,7 @@ async def test_an_incoming_call_from_a_gateway_rings_the_did_owner(tmp_path: Pat
         bobid, "3620000000", "3612340000", 12, "in", "carrier", "A hung up")
     assert h.db.engine.money(cost) == 0
     relay = await rig.exchange(sender_invite("3699999999", "gwcall2@gw", "z9hG4bKgw2"), gateway)
-    assert [(m.status, m.reason) for m in relay if not m.is_request] == [(404, "No such number here")]
+    assert [(m.status, m.reason) for m in relay if not m.is_request][-1] == (404, "No such number here")
     assert not [a for a, _ in rig.sent if a == GW]
     other = await rig.exchange(sender_invite("3612340000", "gwcall3@gw", "z9hG4bKgw3"), rig.source("192.0.2.61", 5060))
     assert [m.status for m in other if not m.is_request] == [407]
@@ -507,4 +507,47 @@ async def test_a_forwarding_loop_is_refused(tmp_path: Path) -> None:
     assert not [d for a, d in rig.sent if a in (BOB_AT, CAROL_AT) and d.startswith(b"INVITE")]
     await settle()
     assert not (await rig.h.db.run_query("x", "SELECT id FROM tb_calls")).rows
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancel_that_comes_while_the_call_is_rated_still_ends_it(tmp_path: Path) -> None:
+    """A CANCEL that arrives while mizud still reads the routes and holds the money (before it dials) is
+    not lost: the callee never rings and the caller gets 487."""
+    rig, bob = await rig_with_bob(tmp_path)
+    alice = Caller(rig, "bob")
+    first = await rig.one(alice.request("INVITE", body=OFFER), rig.source(*ALICE_AT))
+    credentials = digest_header(first.get("proxy-authenticate"), "INVITE", alice.uri, "alice", "alicepw",
+                                header="Proxy-Authorization")
+    invite = alice.request("INVITE", credentials, body=OFFER)
+    rig.core.datagram(invite, rig.source(*ALICE_AT))  # served in the background; the CANCEL comes at once
+    cancel = alice.request("CANCEL", cseq=alice.cseq, branch=alice.invite_branch)
+    rig.core.datagram(cancel, rig.source(*ALICE_AT))
+    final = await wait_for(rig, alice, 487)
+    assert final.cseq()[1] == "INVITE"
+    assert not [d for a, d in rig.sent if a == BOB_AT and d.startswith(b"INVITE")]
+    await settle()
+    assert not (await rig.h.db.run_query("x", "SELECT id FROM tb_calls")).rows
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_free_call_of_a_node_that_stopped_is_ended_at_its_next_start(tmp_path: Path) -> None:
+    """A call between two users holds no money; if the node stops with it live, its tb_calls row goes at the
+    next start (release_own) with CDRs saying so, so status no longer says 3 or 4."""
+    from datetime import timedelta
+
+    from mizud.store.nodes import release_own
+
+    rig, bob = await rig_with_bob(tmp_path)
+    alice = Caller(rig, "bob")
+    await alice.invite()
+    bob.reply(await bob.next("INVITE"), 180)
+    await wait_for(rig, alice, 180)
+    assert await status_of(rig, "bob") == "OK: 3"
+    ended = await release_own(rig.h.store, "", rig.h.store.now() + timedelta(seconds=1))
+    assert ended == 1
+    assert await status_of(rig, "bob") == "OK: 2"
+    reasons = [r[0] for r in (await rig.h.db.run_query("x", "SELECT disconnectreason FROM tb_cdrs")).rows]
+    assert reasons and all("died" in r for r in reasons)
     await rig.h.db.close()

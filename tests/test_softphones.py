@@ -35,13 +35,13 @@ needs_baresip = pytest.mark.skipif(BARESIP is None, reason="baresip (Debian pack
 class Daemon:
     """mizud with SIP on an ephemeral port and two users, alice and bob."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *sets: str) -> None:
         self.http = free_port()
         self.sip = free_udp_and_tcp_port()
         self.process, self.lines = start_daemon(
             folder, "listenaddress=127.0.0.1", f"mainaport={self.http}", "mainaportudp=0", "httpserver=0",
             "sslportmain=0", f"sipport={self.sip}", "localtsport=0", "siprealm=mizud.test",
-            "bootstrapadmin=admin:admin-password")
+            "bootstrapadmin=admin:admin-password", *sets)
         threading.Thread(target=self._drain, daemon=True).start()
         for name in ("alice", "bob"):
             assert self.api(apientry="newuseri", u_username=name, u_password=f"{name}-password")["status"] == "OK"
@@ -219,6 +219,7 @@ class Linphone(_Console):
             f"[rtp]\naudio_rtp_port={rtp}-{rtp + 9}\nvideo_rtp_port={rtp + 10}-{rtp + 19}\nbind_address=127.0.0.1\n\n"
             "[sound]\nechocancellation=0\n\n[video]\ncapture=0\ndisplay=0\n\n"
             f"[proxy_0]\nreg_proxy=<sip:127.0.0.1:{daemon.sip};transport=udp>\nreg_identity=sip:{user}@mizud.test\n"
+            f"reg_route=<sip:127.0.0.1:{daemon.sip};transport=udp;lr>\n"
             "reg_expires=60\nreg_sendregister=1\npublish=0\n\n"
             f"[auth_info_0]\nusername={user}\npasswd={user}-password\nrealm=mizud.test\ndomain=mizud.test\n")
         # stdin stays a pipe: at its end linphonec exits before registering.

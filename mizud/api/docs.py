@@ -212,9 +212,9 @@ client transaction id (`txid=`) adds ` (repeated transaction)`.
 | sendsms, sendsmsunicode, asendsms | `OK: SMS ID queued (held C)` (or as above for SMS to users) |
 | smsreceive | `OK: delivered to USER` / `OK: stored for USER until online`; with `smscommands=true`, a text from a user's proven number that is a command (balance, rating BNUM, charge PIN, cb/callback [NUM], p2p [ANUM] BNUM; never cli) runs as that user: `OK: command F run for USER, answered by SMS: ANSWER` |
 | p2p, callback | `OK: call ID placed (max H CUR held)` at once; with waitfor=1 `OK: call ID answered by A (...)`, waitfor=2 `OK: call ID connected (...)`, or `ERROR: call ID failed: WHY`; a record callid, username, kind, anum, bnum, state, duration, connected, maxduration, held, cost, currency, sipcallida, sipcallidb, reason. Refusals hold nothing: `ERROR: not enough credit to call B (C CUR)`, `ERROR: no route to N`, `ERROR: N is not registered`, `ERROR: no tariff for N (leg A/B)`, `ERROR: N is not one of your numbers ...` |
-| calls, call | `OK: N calls: ID ANUM->BNUM STATE, ...`, a record per live call (on other nodes: callid, username, kind, anum, bnum, state, held, node) |
+| calls, call | `OK: N calls: ID ANUM->BNUM STATE, ...`, a record per live call: p2p, callback and calls from phones (kind `sip`, with callee and gateway); on other nodes: callid, username, kind, anum, bnum, state, held, node |
 | discall | `OK: call ID ended (cost C CUR)` once both legs are down and the call is billed |
-| callrating | `OK: credit C CUR, maxduration S, rating R CUR/min` (S: seconds the call may still last; R: both legs' price per minute) |
+| callrating | `OK: credit C CUR, maxduration S, rating R CUR/min` (S: seconds the call may still last; R: both legs' price per minute, or a phone's call's price per minute); without callid, the user's own live call |
 | showlog, log / logsearch | `OK: N lines of the main log` (or sip: SIP events only) and the lines / `OK: N lines` containing the text (latest 200) |
 | threadlist, threads, threads2 | `OK: N threads; reactor thread pool: W workers (min, max), I idle, Q queued` and a line per thread |
 | querylist | `OK: N transactions in flight` and a line per transaction: its name and seconds |

@@ -23,6 +23,7 @@ transaction (L{mizud.sip.calls.CallControl.settle}).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -39,7 +40,7 @@ from ..store.money import InsufficientCredit, format_money
 from .backend import Backend
 from .calls import CONNECTED, ENDED, FAILOVER, CallControl, Progress
 from .dialog import Dialog, Outcome, new_tag
-from .message import ParseError, SipMessage
+from .message import ParseError, SipMessage, parse_uri
 from .ports import Bridging
 from .responses import ALLOW, SERVER, response_to
 from ..store.routes import Forwards
@@ -163,6 +164,8 @@ class Bridge(Progress):
         self._cancel_sent = False
         self._a_acked = False
         self._rang_out = False
+        #: The latest INVITE sent to B (a forked 2xx's dialog is built from it).
+        self._b_invite: SipMessage | None = None
         #: CSeq of an INVITE relayed to the other side whose 2xx waits for this side's ACK -> the other side.
         self._pending_acks: dict[tuple[str, int], tuple[Side, int]] = {}
 
@@ -213,8 +216,7 @@ class Bridge(Progress):
 
     async def run(self) -> SipMessage:
         """Dial the routes in turn; the final response for the caller's INVITE (relayed or ours)."""
-        self.core.progress(self.invite, response_to(self.invite, 100, source=self.source))
-        self.core.on_cancel(self.invite, self._caller_cancelled)
+        self.core.on_cancel(self.invite, self._caller_cancelled)  # at once if A cancelled already
         final: SipMessage | None = None
         try:
             final = await self._dial()
@@ -287,6 +289,8 @@ class Bridge(Progress):
                     outcome = "noanswer"
                 elif response.status not in NEXT_CONTACT:
                     return "failed", response
+            elif self._rang_out:
+                return "noanswer", response
             elif response.status not in FAILOVER:
                 return "failed", response
         if last is not None and outcome == "unreachable" and routes and routes[0].kind == "gateway":
@@ -297,9 +301,10 @@ class Bridge(Progress):
         """What A gets when no route answered."""
         if last is not None and last.status in (401, 407):
             return response_to(self.invite, 403, "The callee demands authentication", source=self.source)
-        if outcome in ("noanswer", "unreachable") and routes and routes[0].kind == "user":
-            return response_to(self.invite, 480, "No answer" if outcome == "noanswer" else "Unreachable",
-                               source=self.source)
+        if outcome == "noanswer":
+            return response_to(self.invite, 480, "No answer", source=self.source)
+        if outcome == "unreachable" and routes and routes[0].kind == "user":
+            return response_to(self.invite, 480, "Unreachable", source=self.source)
         if last is not None and last.status:
             return self._mirror(last)
         if routes and routes[0].kind == "user":
@@ -309,11 +314,13 @@ class Bridge(Progress):
     def _mirror(self, response: SipMessage) -> SipMessage:
         """The callee's final or provisional response as the caller gets it (our To tag, our Contact)."""
         answer = response_to(self.invite, response.status, response.reason, source=self.source)
-        if response.status < 300 or response.status >= 400 and response.status != 407:
-            for name in ("content-type", "warning", "retry-after", "require"):
-                for value in response.all(name):
-                    answer.add(name, value)
+        for name in ("content-type", "warning", "retry-after"):
+            for value in response.all(name):
+                answer.add(name, value)
         if 100 < response.status < 300:
+            # The caller's dialog keeps the route set its INVITE came with (RFC 3261 12.1.1).
+            for value in self.invite.all("record-route"):
+                answer.add("Record-Route", value)
             answer.add("Contact", self.a.contact())
             answer.add("Allow", ALLOW)
         if response.body and 100 < response.status < 300:
@@ -325,6 +332,8 @@ class Bridge(Progress):
         C{timeout} seconds (0: callringtimeout)."""
         b = self.b
         b.send, b.local, b.reliable, b.peer = await self.core.destination(route)
+        if self.cancelled or self.stopping:
+            raise Unreachable("the call was stopped")
         b.transport = route.transport
         self.route = route
         self.payments[-1].gateway = route.name
@@ -339,7 +348,7 @@ class Bridge(Progress):
             dialog = Dialog.from_2xx(invite, response)
             dialog.on_request = lambda request, source: self._from_side(self.b, request, source)
             dialog.on_ack = lambda ack: self._acked(self.b, ack)
-            dialog.peer = b.peer
+            dialog.peers = _peers(b.peer, dialog.remote_target)
             b.dialog = dialog
             self.core.dialogs.add(dialog)
         return response
@@ -353,8 +362,7 @@ class Bridge(Progress):
         add = message.headers.append
         add(("via", f"SIP/2.0/{route.transport.upper()} {b.local};branch={new_branch()};rport"))
         add(("max-forwards", str(forwards)))
-        display = invite.address("from").display
-        add(("from", (f"{display} " if display else "") + f"<sip:{self.caller_id}@{realm}>;tag={self.tag}"))
+        add(("from", f"<sip:{self.caller_id}@{realm}>;tag={self.tag}"))
         add(("to", f"<{to}>"))
         add(("call-id", b.call_id))
         add(("cseq", f"{invite.cseq()[0]} INVITE"))
@@ -379,6 +387,7 @@ class Bridge(Progress):
             peer=b.peer, proceeding=config.callringtimeout + 64 * T1)
         found = self.core.clients.find(invite)
         self._transaction = found if isinstance(found, InviteClientTransaction) else None
+        self._b_invite = invite
         self._cancel_sent = False
         ring = self.clock.callLater(timeout or config.callringtimeout, self._ring_out)
         try:
@@ -411,9 +420,7 @@ class Bridge(Progress):
 
     def _drop_fork(self, response: SipMessage) -> None:
         """A second 2xx from another branch of a forked INVITE: ACK it and end that dialog at once."""
-        b = self.b
-        transaction = self._transaction
-        invite = transaction.request if transaction is not None else None
+        b, invite = self.b, self._b_invite
         if invite is None or b.send is None:
             return
         fork = Dialog.from_2xx(invite, response)
@@ -463,13 +470,13 @@ class Bridge(Progress):
         dialog = Dialog.as_server(self.invite, answer, self.a.local, self.a.transport)
         dialog.on_request = lambda request, source: self._from_side(self.a, request, source)
         dialog.on_ack = lambda ack: self._acked(self.a, ack)
-        dialog.peer = self.a.peer
+        dialog.peers = (self.a.peer,)
         self.a.dialog = dialog
         self.core.dialogs.add(dialog)
         self._answer = answer.serialize()
         self._arm_limit()
         self._reach(CONNECTED)
-        defer.ensureDeferred(self.relay.calls.connected(self))  # type: ignore[arg-type]
+        defer.ensureDeferred(self.relay.calls.connected(self))
         return answer
 
     def _ack(self, side: Side, body: bytes = b"", content_type: str = "application/sdp") -> None:
@@ -479,20 +486,35 @@ class Bridge(Progress):
             return
         data = dialog.ack(body, content_type).serialize()
         side.acks[dialog.invite_cseq] = data
-        side.send(data)
+        self._send(side, data)
+
+    def _send(self, side: Side, data: bytes) -> None:
+        """Send to a side; a connection gone meanwhile is logged, never raised into the call's logic."""
+        if side.send is None:
+            return
+        try:
+            side.send(data)
+        except Exception as problem:
+            log.info("call {id}: could not send to {side}: {problem}", id=self.id, side=side.label, problem=problem)
 
     def _answered_caller(self) -> None:
-        """Our 2xx went to A: over UDP, send it again until A ACKs (RFC 3261 13.3.1.4)."""
+        """Our 2xx went to A: over UDP, send it again until A ACKs; on any transport, end the call if no ACK
+        comes within 64*T1 (RFC 3261 13.3.1.4)."""
+        since = self.clock.seconds()
         if not self.a.reliable:
-            self.clock.callLater(T1, self._retransmit_answer, T1, self.clock.seconds())
+            self.clock.callLater(T1, self._retransmit_answer, T1, since)
+        self.clock.callLater(64 * T1, self._unacknowledged)
+
+    def _unacknowledged(self) -> None:
+        if self._a_acked or self.stopping:
+            return
+        self.answered = None  # a call A never confirmed is not charged
+        self.stop("A did not acknowledge the answer")
 
     def _retransmit_answer(self, interval: float, since: float) -> None:
-        if self._a_acked or self.stopping or self.a.send is None:
+        if self._a_acked or self.stopping or self.a.send is None or self.clock.seconds() - since >= 64 * T1:
             return
-        if self.clock.seconds() - since >= 64 * T1:
-            self.stop("A did not acknowledge the answer")
-            return
-        self.a.send(self._answer)
+        self._send(self.a, self._answer)
         interval = min(interval * 2, T2)
         self.clock.callLater(interval, self._retransmit_answer, interval, since)
 
@@ -575,6 +597,11 @@ class Bridge(Progress):
 
     # -- ending ---------------------------------------------------------------------------
 
+    def abandon(self) -> None:
+        """Stop waiting for the callee's final response (shutdown): the INVITE counts as not answered."""
+        if self._transaction is not None and self._transaction.final is None:
+            self._transaction.give_up()
+
     def stop(self, reason: str) -> None:
         """End the call: cancel what rings, BYE both dialogs, then bill."""
         if self.stopping or self.level >= ENDED:
@@ -588,11 +615,21 @@ class Bridge(Progress):
         defer.ensureDeferred(self._finish())
 
     async def _finish(self) -> None:
+        try:
+            await self._bill()
+        finally:
+            self.relay.calls.live.pop(self.id, None)
+            self._reach(ENDED)
+
+    async def _bill(self) -> None:
         if self._limit is not None and self._limit.active():
             self._limit.cancel()
         end = self.ended_at = self.ended_at or self.clock.seconds()
         for side in (self.a, self.b):
-            self._hang_up(side)
+            try:
+                self._hang_up(side)
+            except Exception:
+                log.failure("call {id}: hanging up {side} failed", id=self.id, side=side.label)
         seconds = self.seconds(end)
         if any(leg_cost(p.tariff, seconds) > p.held for p in self.payments):
             log.warn("call {id}: cost above what was held; charging what was held", id=self.id)
@@ -607,11 +644,7 @@ class Bridge(Progress):
                 "gateway": (self.sender if index == 0 and self.sender else payment.gateway)[:64], "callid": self.id,
                 "leg": "A" if index == 0 else "B", "answered": self.answered_at, "node": self.relay.calls.node(),
             })
-        try:
-            self.cdrs = await self.relay.calls.settle(self, rows)  # type: ignore[arg-type]
-        finally:
-            self.relay.calls.live.pop(self.id, None)
-            self._reach(ENDED)
+        self.cdrs = await self.relay.calls.settle(self, rows)
 
     def _hang_up(self, side: Side) -> None:
         dialog = side.dialog
@@ -623,6 +656,16 @@ class Bridge(Progress):
             bye = dialog.request("BYE")
             self.core.clients.start(bye, side.send, side.reliable, peer=side.peer).addErrback(lambda _: None)
         self.core.dialogs.remove(dialog)
+
+
+def _peers(peer: str, target: str) -> tuple[str, ...]:
+    """The hosts a callee's in-dialog requests may come from: where we sent its INVITE, and the host of
+    its 2xx's Contact (a carrier may send BYE from another signalling address than its proxy's)."""
+    try:
+        host = parse_uri(target).host.strip("[]")
+    except ParseError:
+        host = ""
+    return tuple(dict.fromkeys(h for h in (peer, host) if h))
 
 
 def _affordable(payment: Payment, most: int) -> int:
@@ -637,6 +680,8 @@ class Relay:
         self.core = core
         self.settings = core.settings
         self.calls = calls
+        #: Calls of each user being set up (rated, held) and not yet live.
+        self._starting: Counter[int] = Counter()
 
     def now(self) -> datetime:
         """The store's clock (CDR times)."""
@@ -659,6 +704,8 @@ class Relay:
             if isinstance(proven, SipMessage):
                 return proven
             user = proven
+        # Proven: from here on the INVITE has state (RFC 3261 17.2.1: a 100 before the database work).
+        self.core.progress(request, response_to(request, 100, source=source))
         try:
             number = request.request_uri().user
         except ParseError:
@@ -669,7 +716,17 @@ class Relay:
             if user.type in (USER_TRAFFICSENDER, USER_SIPSERVER):
                 bridge = await self._incoming(user, request, source, backend, number)
             else:
-                bridge = await self._place(user, request, source, backend, number)
+                # The slot is taken before the database work: concurrent INVITEs cannot all pass.
+                live = sum(1 for c in self.calls.live.values() if c.user.id == user.id)
+                if live + self._starting[user.id] >= self.settings.current.sipcallsperuser:
+                    raise Refused(486, "Too many calls at once")
+                self._starting[user.id] += 1
+                try:
+                    bridge = await self._place(user, request, source, backend, number)
+                finally:
+                    self._starting[user.id] -= 1
+                    if not self._starting[user.id]:
+                        del self._starting[user.id]
         except Refused as refused:
             log.info("call from {user} to {number} refused: {status} {reason}", user=user.username,
                      number=number, status=refused.status, reason=refused.reason)
@@ -693,8 +750,9 @@ class Relay:
                 raise Refused(480, f"{named[1]} is not registered")
         elif not routes:
             raise Refused(404, "No route to the forwarding number")
-        tariff = backend.rater.table.lookup(forwarder.tariffid or config.defaulttariff, target)
-        if tariff is None and routes[0].kind == "gateway":
+        tariff = None if named is not None else backend.rater.table.lookup(
+            forwarder.tariffid or config.defaulttariff, target)
+        if tariff is None and named is None:
             raise Refused(403, "No tariff for the forwarding number")
         held = Decimal(0)
         holdid = 0
@@ -751,7 +809,7 @@ class Relay:
                         named[1], caller_id=caller_id, sender=sender.username)
         bridge.b.call_id = b_call_id
         bridge.forwards = forwards
-        self.calls.live[callid] = bridge  # type: ignore[assignment]
+        self.calls.live[callid] = bridge
         return bridge
 
     async def _place(self, user: User, request: SipMessage, source: Source, backend: Backend,
@@ -769,12 +827,12 @@ class Relay:
         if named is not None and named[0] == user.id:
             raise Refused(482, "A call to oneself")
         plan = user.tariffid or config.defaulttariff
-        tariff = backend.rater.table.lookup(plan, number)
-        if tariff is None and routes and routes[0].kind == "gateway":
+        # A call to one of our users is free (as p2p's legs to users): a numeric username or a DID is no
+        # PSTN destination.
+        on_net = named is not None
+        tariff = None if on_net else backend.rater.table.lookup(plan, number)
+        if tariff is None and not on_net:
             raise Refused(403, "No tariff for this destination")
-        mine = [c for c in self.calls.live.values() if c.user.id == user.id]
-        if len(mine) >= config.sipcallsperuser:
-            raise Refused(486, "Too many calls at once")
         credit = await store.balance(user.id)
         available = credit - config.mincreditonroute + (user.creditlimit if user.postpaid else 0)
         if available <= 0 and tariff is not None:
@@ -803,5 +861,5 @@ class Relay:
         bridge = Bridge(self, callid, user, request, source, number, routes, tariff, holdid, held, currency, callee)
         bridge.b.call_id = b_call_id
         bridge.forwards = forwards
-        self.calls.live[callid] = bridge  # type: ignore[assignment]
+        self.calls.live[callid] = bridge
         return bridge

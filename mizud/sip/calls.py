@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -60,6 +60,37 @@ SETTLE_ATTEMPTS = 4
 SHUTDOWN_WAIT = 10.0
 #: Levels a caller can wait for: leg A answered, both legs connected, the call over.
 ANSWERED, CONNECTED, ENDED = 1, 2, 3
+
+
+class LiveCall(Protocol):
+    """What the node's live calls have in common (a placed call, a relayed call from a phone): what the API
+    shows and ends, and what settlement and shutdown need."""
+
+    id: int
+    user: Any
+    holdid: int
+    cost: Decimal
+    currency: str
+    a: Any
+    b: Any
+
+    def stop(self, reason: str) -> None:
+        """End the call (it is billed once down)."""
+
+    def abandon(self) -> None:
+        """Stop waiting for final responses (shutdown)."""
+
+    async def wait(self, level: int) -> None:
+        """Until the call reached C{level}."""
+
+    def record(self) -> dict[str, Any]:
+        """The call as an API record."""
+
+    def rate(self) -> Decimal:
+        """Its price per minute."""
+
+    def charges(self) -> list[tuple[int, Decimal]]:
+        """The holds to settle and what each is charged."""
 
 
 class CallError(Exception):
@@ -356,7 +387,7 @@ class PlacedCall(Progress):
             return response.status
         dialog = Dialog.from_2xx(invite, response)
         dialog.on_request = lambda request, source: self._in_dialog(leg, request)
-        dialog.peer = leg.peer
+        dialog.peers = (leg.peer,) if leg.peer else ()
         leg.dialog = dialog
         core.dialogs.add(dialog)
         leg.sdp = response.body
@@ -504,8 +535,8 @@ class PlacedCall(Progress):
         if request.method == "BYE":
             self.clock.callLater(0, self.stop, f"{leg.label} hung up")
             return 200
-        if request.method == "INVITE":
-            return 488  # the session stays as it is (RFC 3261 14.2); mizud does not relay re-offers
+        if request.method == "INVITE" or (request.method == "UPDATE" and request.body):
+            return 488  # the session stays as it is (RFC 3261 14.2, RFC 3311); mizud does not relay re-offers
         return 200
 
     # -- money -------------------------------------------------------------------------
@@ -585,7 +616,7 @@ class CallControl:
     def __init__(self, core: Calling) -> None:
         self.core = core
         self.settings = core.settings
-        self.live: dict[int, PlacedCall] = {}
+        self.live: dict[int, LiveCall] = {}
 
     def backend(self) -> Backend:
         """The backend; raises L{CallError} while the server starts."""
@@ -606,7 +637,7 @@ class CallControl:
         backend = self.core.backend_of()
         return str(backend.node) if backend is not None else ""
 
-    def find(self, callid: int) -> PlacedCall | None:
+    def find(self, callid: int) -> LiveCall | None:
         """A live call of this node by id."""
         return self.live.get(callid)
 
@@ -620,6 +651,8 @@ class CallControl:
 
         backend = self._backend()
         config = self.settings.current
+        if sum(1 for c in self.live.values() if c.user.id == user.id) >= config.sipcallsperuser:
+            raise CallError(f"too many calls at once (sipcallsperuser={config.sipcallsperuser})")
         router = Router(backend.store)
         plan = user.tariffid or config.defaulttariff
         legs = []
@@ -671,14 +704,14 @@ class CallControl:
         defer.ensureDeferred(call.run()).addErrback(lambda failure: log.failure("call {id}", failure, id=callid))
         return call
 
-    async def connected(self, call: PlacedCall) -> None:
+    async def connected(self, call: LiveCall) -> None:
         """Both legs are up: say so in tb_calls (for every node's listings)."""
         try:
             await self._backend().store.calls.connected(call.id, self.now())
         except Exception:
             log.failure("call {id}: could not mark it connected", id=call.id)
 
-    async def settle(self, call: PlacedCall, rows: list[dict[str, Any]]) -> list[int]:
+    async def settle(self, call: LiveCall, rows: list[dict[str, Any]]) -> list[int]:
         """Write the CDRs, settle the hold and drop the live-call row in one transaction.
 
         Retried when it fails; the live-call row going away with the CDRs
@@ -712,7 +745,7 @@ class CallControl:
                      hold=call.holdid, rows=rows)
         return []
 
-    async def _taken_over(self, call: PlacedCall, rows: list[dict[str, Any]]) -> list[int]:
+    async def _taken_over(self, call: LiveCall, rows: list[dict[str, Any]]) -> list[int]:
         """The hold was closed by someone else: our own earlier attempt (settled), or another node that
         took this node for dead (released). Then the call's real CDRs are still written, uncharged."""
         backend = self._backend()
@@ -726,14 +759,14 @@ class CallControl:
                      for row in rows]
         return await backend.db.run_interaction("call_cdrs_uncharged", insert_cdrs, uncharged)
 
-    async def _settled(self, call: PlacedCall) -> bool:
+    async def _settled(self, call: LiveCall) -> bool:
         """Whether the call's settlement committed already (its live-call row is gone)."""
         try:
             return not await self._backend().store.calls.is_live(call.id)
         except Exception:
             return False
 
-    async def _cdr_ids(self, call: PlacedCall) -> list[int]:
+    async def _cdr_ids(self, call: LiveCall) -> list[int]:
         return await self._backend().store.calls.cdr_ids(call.id)
 
     def shutdown(self) -> defer.Deferred[Any]:

@@ -206,6 +206,9 @@ class SipCore:
         if existing is not None:
             if existing.source.host == source.host and existing.source.port == source.port:
                 existing.retransmitted(message)
+                if message.method == "ACK" and existing.accepted:
+                    # An ACK of our 2xx that reuses the INVITE's branch (or an RFC 2543 peer's): the dialog's.
+                    self.dialogs.acknowledged(message, source)
             # A copy from elsewhere never makes us resend to the first sender (reflection).
             return
         if message.method == "ACK":
@@ -219,9 +222,12 @@ class SipCore:
             same_peer = invite is not None and invite.source.host == source.host
             status = 200 if same_peer else 481
             self._send(source, response_to(message, status, source=source).serialize())
-            if same_peer and invite is not None and not invite.final and invite.on_cancel is not None:
-                hook, invite.on_cancel = invite.on_cancel, None
-                hook()
+            if same_peer and invite is not None and not invite.final:
+                if invite.on_cancel is None:
+                    invite.cancelled = True  # the INVITE's handler is still at work: it hears of it when it asks
+                else:
+                    hook, invite.on_cancel = invite.on_cancel, None
+                    hook()
             return
         transaction = self.transactions.create(message, source)
         if transaction is None:
@@ -300,7 +306,11 @@ class SipCore:
     def on_cancel(self, request: SipMessage, hook: Callable[[], None]) -> None:
         """Call C{hook} when the peer CANCELs C{request}, an INVITE being served."""
         transaction = self.transactions.find(request)
-        if transaction is not None:
+        if transaction is None:
+            return
+        if transaction.cancelled:
+            hook()
+        else:
             transaction.on_cancel = hook
 
     async def _in_dialog(self, request: SipMessage, source: Source) -> SipMessage:

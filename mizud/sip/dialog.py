@@ -47,11 +47,15 @@ class Dialog:
     #: Called with the ACK of a 2xx this dialog's peer got from us (the peer's ACKs of our responses).
     on_ack: Callable[[SipMessage], None] | None = None
     remote_cseq: int = -1
-    #: The host the peer's requests must come from ("": any): knowing a dialog's Call-ID and tags is not
-    #: enough to end or change someone's call.
-    peer: str = ""
+    #: The hosts the peer's requests may come from (empty: any): knowing a dialog's Call-ID and tags is
+    #: not enough to end or change someone's call.
+    peers: tuple[str, ...] = ()
     ended: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def accepts(self, source: Source) -> bool:
+        """Whether a request from C{source} may be the peer's."""
+        return not self.peers or source.host.strip("[]") in self.peers
 
     @property
     def id(self) -> DialogId:
@@ -151,7 +155,7 @@ class Dialogs:
         dialog = self.find(request)
         if dialog is None:
             return None, 481
-        if dialog.peer and source.host.strip("[]") != dialog.peer:
+        if not dialog.accepts(source):
             return dialog, 403
         number = request.cseq()[0]
         if dialog.remote_cseq >= 0 and number < dialog.remote_cseq:
@@ -168,7 +172,7 @@ class Dialogs:
         """An ACK outside any transaction (the ACK of a 2xx) from C{source}: to its dialog's owner; False if
         there is none (or the ACK comes from elsewhere than the dialog's peer)."""
         dialog = self.find(ack)
-        if dialog is None or dialog.ended or (dialog.peer and source.host.strip("[]") != dialog.peer):
+        if dialog is None or dialog.ended or not dialog.accepts(source):
             return False
         if dialog.on_ack is not None:
             dialog.on_ack(ack)

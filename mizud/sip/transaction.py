@@ -93,6 +93,10 @@ class ServerTransaction:
     interval: float = T1
     #: For an INVITE: called when the peer CANCELs it before the final response.
     on_cancel: Callable[[], None] | None = None
+    #: For an INVITE: CANCELed before anyone asked to hear of it (L{on_cancel} is then called at once).
+    cancelled: bool = False
+    #: For an INVITE: answered with a 2xx (an ACK matching it still belongs to the dialog).
+    accepted: bool = False
 
     @property
     def proceeding(self) -> bool:
@@ -130,6 +134,7 @@ class ServerTransaction:
             else:
                 # 2xx retransmission belongs to the dialog's owner (RFC 3261 13.3.1.4); RFC 6026's Accepted state
                 # absorbs retransmissions of the INVITE meanwhile, so that one never starts a second call.
+                self.accepted = True
                 self.timers.append(clock.callLater(64 * T1, self.end))
         else:
             # Timer J: absorb retransmissions for 64*T1 over UDP, at once otherwise.

@@ -68,7 +68,7 @@ class Nodes:
         return [str(row[0]) for row in result.rows]
 
     async def sweep(self, after: float) -> int:
-        """Release the open holds of dead nodes; returns how many were released.
+        """Release the open holds of dead nodes and end their free calls; returns how many.
 
         Only a node whose own heartbeats have all succeeded for C{after}
         seconds sweeps: after a database outage every node's heartbeat is
@@ -89,6 +89,8 @@ class Nodes:
                     continue  # closed first by another node or by its owner, or the owner beat again
                 released += 1
                 log.warn("node {node} is dead: hold {hold} released by {me}", node=node, hold=holdid, me=self.name)
+            limit = self.store.now() - timedelta(seconds=after)
+            released += await end_free_calls(self.store, node, limit, limit)
         return released
 
 
@@ -97,7 +99,8 @@ class StillAlive(Exception):
 
 
 async def release_own(store: BillingStore, name: str, before: datetime) -> int:
-    """At start: release this node's holds opened before it started (it stopped with them open)."""
+    """At start: release this node's holds opened before it started (it stopped with them open) and end its
+    free calls begun before then."""
     holds = await store.db.run_query(
         "own_stale_holds", "SELECT id FROM tb_holds WHERE node = ? AND status = ? AND created < ? ORDER BY id",
         (name, HOLD_OPEN, before))
@@ -108,6 +111,7 @@ async def release_own(store: BillingStore, name: str, before: datetime) -> int:
         except HoldClosed:
             continue
         released += 1
+    released += await end_free_calls(store, name, before)
     if released:
         log.warn("released {count} holds left open when this node ({me}) last stopped", count=released, me=name)
     return released
@@ -128,12 +132,35 @@ def _end_calls(store: BillingStore, holdid: int, node: str, limit: datetime | No
         calls = await txn.execute(
             "DELETE FROM tb_calls WHERE holdid = ? RETURNING id, userid, anum, bnum, sipcallida, sipcallidb, created",
             (holdid,))
-        for callid, userid, anum, bnum, sipcallida, sipcallidb, created in calls.rows:
-            for leg, caller, number, sipcallid in (("A", "", anum, sipcallida), ("B", anum, bnum, sipcallidb)):
-                await txn.execute(
-                    "INSERT INTO tb_cdrs (datum, callerid, callednumber, userid, duration, cost, sipcallid, "
-                    "disconnectreason, callid, leg, node) VALUES (?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?)",
-                    (created, caller, number, userid, sipcallid, f"node {node} died; call not billed"[:200],
-                     callid, leg, node))
+        await _dead_cdrs(txn, calls.rows, node)
 
     return end
+
+
+async def _dead_cdrs(txn: Txn, calls: Any, node: str) -> None:
+    """A CDR per leg of each call of a dead node (deleted tb_calls rows), saying so."""
+    for callid, userid, anum, bnum, sipcallida, sipcallidb, created in calls:
+        for leg, caller, number, sipcallid in (("A", "", anum, sipcallida), ("B", anum, bnum, sipcallidb)):
+            await txn.execute(
+                "INSERT INTO tb_cdrs (datum, callerid, callednumber, userid, duration, cost, sipcallid, "
+                "disconnectreason, callid, leg, node) VALUES (?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?)",
+                (created, caller, number, userid, sipcallid, f"node {node} died; call not billed"[:200],
+                 callid, leg, node))
+
+
+async def end_free_calls(store: BillingStore, node: str, before: datetime, limit: datetime | None = None) -> int:
+    """Remove a stopped or dead node's free calls (no hold: calls between our users) begun before C{before},
+    each with CDRs saying so; how many.  With C{limit}, only while the node has not beaten since then."""
+
+    async def end(txn: Txn) -> int:
+        if limit is not None:
+            silent = await txn.execute("SELECT name FROM tb_nodes WHERE name = ? AND seen < ?", (node, limit))
+            if not silent.rows:
+                return 0
+        calls = await txn.execute(
+            "DELETE FROM tb_calls WHERE node = ? AND holdid = 0 AND created < ? "
+            "RETURNING id, userid, anum, bnum, sipcallida, sipcallidb, created", (node, before))
+        await _dead_cdrs(txn, calls.rows, node)
+        return len(calls.rows)
+
+    return int(await store.db.run_interaction("end_free_calls", end))
