@@ -457,6 +457,14 @@ OPTIONS: tuple[Option, ...] = (
     _opt("maxcallduration", int_range(60, 86400), "7200",
          "The longest a call (from a phone, p2p or callback) may last, whatever the credit (seconds).",
          live=True, group="calls"),
+    _opt("sipinviterate", parse_decimal, "5",
+         "New INVITEs per second one source address may send (bursts of three times that); more get 503 with "
+         "Retry-After before any work is done. 0 for no limit (a trunk sending many calls).", live=True,
+         group="calls"),
+    _opt("webrtcgateways", parse_str, "",
+         "Gateways (addserver usernames, comma separated) that accept WebRTC media (ICE, DTLS-SRTP); a WebRTC "
+         "phone's call to any other gateway is refused with 488, since mizud carries no media to convert it.",
+         live=True, group="calls"),
     _opt("sipcallsperuser", int_range(1, 1000), "4",
          "The most calls one user may have at once through mizud (phones' calls and p2p/callback); "
          "one more is refused with 486.", live=True, group="calls"),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest_twisted
 
 from mizud.sip.message import SipMessage, parse_datagram
+from mizud.sip.responses import response_to
 from sipkit import Phone, Rig, digest_header, make_rig, settle
 from test_calls import Peer
 
@@ -71,9 +72,9 @@ class Caller:
         return [parse_datagram(d) for a, d in self.rig.sent if a == ALICE_AT]
 
 
-async def rig_with_bob(tmp_path: Path, *sets: str) -> tuple[Rig, Peer]:
+async def rig_with_bob(tmp_path: Path, *sets: str, database: str | None = None) -> tuple[Rig, Peer]:
     """A rig with bob registered at BOB_AT, plan 1 (36... at 0.60 a minute) and a gateway gw for 36."""
-    rig = await make_rig(tmp_path, "defaulttariff=1", *sets)
+    rig = await make_rig(tmp_path, "defaulttariff=1", *sets, database=database)
     h = rig.h
     await h.store.create_user("bob", "bobpw")
     bob = Phone("bob", "bobpw", host=BOB_AT[0], port=BOB_AT[1])
@@ -159,10 +160,10 @@ async def test_a_call_between_two_registered_phones(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_gateway_call_is_held_cut_at_the_credit_limit_and_billed(tmp_path: Path) -> None:
+async def test_a_gateway_call_is_held_cut_at_the_credit_limit_and_billed(tmp_path: Path, database_option: str) -> None:
     """alice (0.20 USD) calls 3612345 through gw at 0.60 a minute: 0.20 is held, the call is cut with BYE on
-    both sides after 20 seconds, and the CDR's cost and her balance agree to the cent."""
-    rig, _ = await rig_with_bob(tmp_path)
+    both sides after 20 seconds, and the CDR's cost and her balance agree to the cent (on both engines)."""
+    rig, _ = await rig_with_bob(tmp_path, database=database_option)
     h = rig.h
     await h.db.run_statement("x", "UPDATE tb_users SET credit = ? WHERE username = 'alice'", (Decimal("0.20"),))
     gateway = Peer(rig, GW)
@@ -419,11 +420,12 @@ async def forwarding(rig: Rig, user: str, **fields: object) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_forward_always_to_a_gateway_is_billed_to_the_forwarding_user(tmp_path: Path) -> None:
+async def test_forward_always_to_a_gateway_is_billed_to_the_forwarding_user(tmp_path: Path,
+                                                                           database_option: str) -> None:
     """bob forwards every call to 3612345: alice's call to bob goes to the gateway (bob's phone never rings),
     alice gets 181 then the answer; after 10 s the forwarded leg costs bob 0.10 (his CDR, leg B) and alice's
-    own CDR for calling bob is free."""
-    rig, bob = await rig_with_bob(tmp_path)
+    own CDR for calling bob is free (on both engines: two holds settled in one transaction)."""
+    rig, bob = await rig_with_bob(tmp_path, database=database_option)
     await with_carol(rig)
     await forwarding(rig, "bob", forwardalways="3612345")
     gateway = Peer(rig, GW)
@@ -550,4 +552,67 @@ async def test_a_free_call_of_a_node_that_stopped_is_ended_at_its_next_start(tmp
     assert await status_of(rig, "bob") == "OK: 2"
     reasons = [r[0] for r in (await rig.h.db.run_query("x", "SELECT disconnectreason FROM tb_cdrs")).rows]
     assert reasons and all("died" in r for r in reasons)
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_invite_floods_glare_and_answers_from_elsewhere(tmp_path: Path) -> None:
+    """More new INVITEs from one address than sipinviterate allows get 503 with Retry-After before any work;
+    a 200 to bob's INVITE from another host is ignored; a second re-INVITE while one is relayed gets 491;
+    a WebRTC offer towards a plain gateway is refused with 488 and nothing is dialled."""
+    rig, bob = await rig_with_bob(tmp_path, "sipinviterate=1")
+    alice = Caller(rig, "bob")
+    await alice.invite()
+    invite = await bob.next("INVITE")
+    forged = Peer(rig, ("192.0.2.66", 5060))
+    forged.reply(invite, 200, ANSWER)
+    await tick(rig)
+    assert not [m for m in alice.received() if not m.is_request and m.status == 200]
+    bob.reply(invite, 200, ANSWER)
+    ok = await wait_for(rig, alice, 200)
+    alice.answered(ok)
+    rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    await bob.next("ACK")
+    first = alice.request("INVITE", body=OFFER + b"a=sendonly\r\n")
+    second = alice.request("INVITE", body=OFFER + b"a=inactive\r\n")
+    rig.core.datagram(first, rig.source(*ALICE_AT))
+    await bob.next("INVITE")
+    answers = await rig.exchange(second, rig.source(*ALICE_AT))
+    assert 491 in [m.status for m in answers if not m.is_request]
+    statuses = []
+    for _ in range(4):
+        answers = await rig.exchange(Caller(rig, "3612345").request("INVITE", body=OFFER), rig.source(*ALICE_AT))
+        statuses += [m.status for m in answers if not m.is_request]
+    assert 503 in statuses
+    rig.h.clock.advance(10)
+    webrtc = (b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+              b"m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-256 AB:CD\r\na=rtpmap:111 opus/48000/2\r\n")
+    refused = await Caller(rig, "3612345").invite(body=webrtc)
+    assert [(m.status, m.reason) for m in refused if not m.is_request][-1][0] == 488
+    assert not [a for a, _ in rig.sent if a == GW]
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_2xx_of_a_forked_invite_is_acked_and_ended(tmp_path: Path) -> None:
+    """bob's INVITE forked downstream: a 200 from a second branch (another To tag) after the first is ACKed
+    and sent a BYE at once; the call goes on with the first."""
+    rig, bob = await rig_with_bob(tmp_path)
+    alice = Caller(rig, "bob")
+    await alice.invite()
+    invite = await bob.next("INVITE")
+    bob.reply(invite, 200, ANSWER)
+    ok = await wait_for(rig, alice, 200)
+    alice.answered(ok)
+    other = response_to(invite, 200)
+    other.set("to", invite.get("to") + ";tag=secondbranch")
+    other.add("Contact", f"<sip:fork@{BOB_AT[0]}:{BOB_AT[1]}>")
+    other.add("Content-Type", "application/sdp")
+    other.body = ANSWER
+    rig.core.datagram(other.serialize(), rig.source(*BOB_AT))
+    acks = [await bob.next("ACK"), await bob.next("ACK")]
+    assert {a.address("to").tag for a in acks} >= {"secondbranch"}
+    bye = await bob.next("BYE")
+    assert bye.address("to").tag == "secondbranch"
+    assert [c["state"] for c in (await rig.h.call("apientry=calls", ADMIN)).records or []] == ["connected"]
     await rig.h.db.close()

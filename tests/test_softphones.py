@@ -126,6 +126,19 @@ def tone(path: Path, seconds: int = 60) -> None:
                                  for i in range(8000 * seconds)))
 
 
+def sip_listen_port() -> int:
+    """A port for baresip's sip_listen: free for UDP and TCP, and the next one free for TCP too (baresip
+    binds SIP over TLS there; a port taken there stops it with "Address already in use")."""
+    while True:
+        port = free_udp_and_tcp_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
 class Baresip:
     """A baresip phone running in the background: registered, answering calls at once, RTP on its own ports;
     driven by commands over its TCP control socket (ctrl_tcp: netstrings of JSON)."""
@@ -139,7 +152,7 @@ class Baresip:
         (folder / "config").write_text(
             "module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule_app account.so\n"
             f"module_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{self.control}\n"
-            f"net_interface 127.0.0.1\nsip_listen 127.0.0.1:{free_udp_and_tcp_port()}\n"
+            f"net_interface 127.0.0.1\nsip_listen 127.0.0.1:{sip_listen_port()}\n"
             f"audio_player aufile,{folder}/heard.wav\naudio_source aufile,{folder}/tone.wav\n"
             f"rtp_ports {rtp}-{rtp + 9}\n")
         (folder / "accounts").write_text(
@@ -308,7 +321,7 @@ def baresip(folder: Path, account: str, seconds: int) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config").write_text(
         "module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule_app account.so\n"
-        f"sip_listen 127.0.0.1:{free_udp_and_tcp_port()}\naudio_player ausine,nil\naudio_source ausine,440\n")
+        f"sip_listen 127.0.0.1:{sip_listen_port()}\naudio_player ausine,nil\naudio_source ausine,440\n")
     (folder / "accounts").write_text(account + "\n")
     done = subprocess.run([BARESIP or "baresip", "-f", str(folder), "-t", str(seconds), "-s"],
                           capture_output=True, text=True, timeout=seconds + 30)

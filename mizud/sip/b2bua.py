@@ -33,6 +33,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..billing.rating import Tariff, leg_cost, longest
+from ..ratelimit import LeakyBucket
 from ..store.billing import USER_SIPSERVER, USER_TRAFFICSENDER, User
 from ..store.calls import insert_call
 from ..store.database import Txn
@@ -166,6 +167,8 @@ class Bridge(Progress):
         self._rang_out = False
         #: The latest INVITE sent to B (a forked 2xx's dialog is built from it).
         self._b_invite: SipMessage | None = None
+        #: A relayed re-INVITE or UPDATE waits for its answer.
+        self._offering = False
         #: CSeq of an INVITE relayed to the other side whose 2xx waits for this side's ACK -> the other side.
         self._pending_acks: dict[tuple[str, int], tuple[Side, int]] = {}
 
@@ -369,10 +372,10 @@ class Bridge(Progress):
         add(("contact", b.contact()))
         add(("allow", ALLOW))
         add(("user-agent", SERVER))
-        for name in ("content-type", "content-disposition", "supported", "session-expires", "min-se"):
+        # The body's own headers only: no Supported, Require or session timers (mizud offers none of them).
+        for name in ("content-type", "content-disposition"):
             for value in invite.all(name):
-                if name != "supported":
-                    add((name, value))
+                add((name, value))
         message.body = invite.body
         return message
 
@@ -552,10 +555,22 @@ class Bridge(Progress):
         other = self.b if side is self.a else self.a
         if other.dialog is None or other.dialog.ended or other.send is None:
             return 491 if request.method == "INVITE" else 481
+        if request.method in ("INVITE", "UPDATE") and self._offering:
+            return 491  # one offer at a time across the call (RFC 3261 14.1, RFC 3311 5.2): glare, or a flood
         return self._relay(side, other, request, source)
 
     async def _relay(self, side: Side, other: Side, request: SipMessage, source: Source) -> SipMessage:
         """Send C{request} (re-INVITE, UPDATE, INFO) into the other side's dialog; its answer back."""
+        offer = request.method in ("INVITE", "UPDATE")
+        if offer:
+            self._offering = True
+        try:
+            return await self._relay_once(side, other, request, source)
+        finally:
+            if offer:
+                self._offering = False
+
+    async def _relay_once(self, side: Side, other: Side, request: SipMessage, source: Source) -> SipMessage:
         assert other.dialog is not None and other.send is not None
         out = other.dialog.request(request.method)
         for name in RELAYED:
@@ -658,6 +673,12 @@ class Bridge(Progress):
         self.core.dialogs.remove(dialog)
 
 
+def is_webrtc(offer: bytes) -> bool:
+    """Whether an SDP offer is a WebRTC one: media over DTLS-SRTP (UDP/TLS/RTP/SAVPF and a fingerprint)."""
+    text = offer.decode("utf-8", "replace")
+    return "UDP/TLS/RTP/SAVP" in text or ("a=fingerprint:" in text and "RTP/SAVP" in text)
+
+
 def _peers(peer: str, target: str) -> tuple[str, ...]:
     """The hosts a callee's in-dialog requests may come from: where we sent its INVITE, and the host of
     its 2xx's Contact (a carrier may send BYE from another signalling address than its proxy's)."""
@@ -682,6 +703,9 @@ class Relay:
         self.calls = calls
         #: Calls of each user being set up (rated, held) and not yet live.
         self._starting: Counter[int] = Counter()
+        rate = float(self.settings.current.sipinviterate)
+        #: New INVITEs per source address.
+        self.invites = LeakyBucket(core.clock, rate, rate * 3)
 
     def now(self) -> datetime:
         """The store's clock (CDR times)."""
@@ -697,6 +721,10 @@ class Relay:
         store = backend.store
         by_address = await store.routes.sender_by_address(source.host)
         found = await store.get_user(by_address) if by_address is not None else None
+        if found is None and not self._admitted(source):
+            response = response_to(request, 503, "Too many calls from this address", source=source)
+            response.add("Retry-After", "5")
+            return response
         if found is not None:
             user = found
         else:
@@ -733,6 +761,25 @@ class Relay:
             return response_to(request, refused.status, refused.reason, source=source)
         return await bridge.run()
 
+    def _admitted(self, source: Source) -> bool:
+        """Whether a new INVITE from this address is within C{sipinviterate} (a trunk known by its address
+        is not limited: it sends many calls)."""
+        rate = float(self.settings.current.sipinviterate)
+        self.invites.rate, self.invites.burst = rate, rate * 3
+        return self.invites.allow(source.host)
+
+    def _media_capable(self, routes: list[Route], offer: bytes) -> list[Route]:
+        """The routes that can take the caller's media: a WebRTC offer (DTLS-SRTP) only reaches our users'
+        phones and the gateways of C{webrtcgateways}, since mizud has no media path to convert it; raises
+        L{Refused} (488) when none is left."""
+        if not is_webrtc(offer):
+            return routes
+        capable = {name.strip() for name in self.settings.current.webrtcgateways.split(",") if name.strip()}
+        kept = [route for route in routes if route.kind == "user" or route.name in capable]
+        if not kept:
+            raise Refused(488, "WebRTC media cannot reach this gateway (mizud carries no media)")
+        return kept
+
     async def forward(self, bridge: Bridge, target: str) -> list[Route]:
         """The call goes on from the user being called (who forwards it) to C{target}: its routes, with the
         forwarded leg rated for and held on the forwarding user (raises L{Refused})."""
@@ -750,6 +797,7 @@ class Relay:
                 raise Refused(480, f"{named[1]} is not registered")
         elif not routes:
             raise Refused(404, "No route to the forwarding number")
+        routes = self._media_capable(routes, bridge.invite.body)
         tariff = None if named is not None else backend.rater.table.lookup(
             forwarder.tariffid or config.defaulttariff, target)
         if tariff is None and named is None:
@@ -833,6 +881,7 @@ class Relay:
         tariff = None if on_net else backend.rater.table.lookup(plan, number)
         if tariff is None and not on_net:
             raise Refused(403, "No tariff for this destination")
+        routes = self._media_capable(routes, request.body)
         credit = await store.balance(user.id)
         available = credit - config.mincreditonroute + (user.creditlimit if user.postpaid else 0)
         if available <= 0 and tariff is not None:
