@@ -252,3 +252,36 @@ def dial(phone: Any, target: str) -> None:
         phone.send(f"call sip:{target}@mizud.test")
     else:
         phone.send(f"call sip:{target}@mizud.test")
+
+
+@needs_phones
+def test_baresip_phones_call_each_other_over_tls(tmp_path: Path) -> None:
+    """alice and bob register and call over SIP/TLS (localtsport, mizud's certificate trusted as their CA):
+    the call connects and RTP flows both ways."""
+    from test_twistd import free_port
+
+    tls = free_port()
+    (tmp_path / "mizud").mkdir()
+    daemon = Daemon(tmp_path / "mizud", f"localtsport={tls}")
+    try:
+        certificates = sorted((tmp_path / "mizud" / "var").glob("*.pem"))
+        assert certificates, list((tmp_path / "mizud" / "var").iterdir())
+        cafile = str(certificates[0])
+        alice = Baresip(tmp_path / "alice", daemon, "alice", 31000, transport="tls", port=tls, cafile=cafile)
+        bob = Baresip(tmp_path / "bob", daemon, "bob", 32000, transport="tls", port=tls, cafile=cafile)
+        try:
+            wait_registered(daemon, "alice", "bob")
+            counter = RtpCounter(alice.rtp, bob.rtp)
+            alice.command("dial", "bob")
+            wait_for_calls(daemon, "connected")
+            time.sleep(3)
+            to_alice, to_bob = counter.stop()
+            assert to_alice > 50 and to_bob > 50, (to_alice, to_bob)
+            alice.command("hangup")
+            wait_for_calls(daemon, None)
+        finally:
+            logs = alice.stop() + bob.stop()
+        assert "SIP/2.0 488" not in logs, logs[-3000:]
+    finally:
+        output = daemon.stop()
+        assert "Traceback" not in output, output

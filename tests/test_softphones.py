@@ -144,7 +144,7 @@ class Baresip:
     driven by commands over its TCP control socket (ctrl_tcp: netstrings of JSON)."""
 
     def __init__(self, folder: Path, daemon: Daemon, user: str, rtp: int, seconds: int = 40,
-                 transport: str = "udp", answer: str = "auto") -> None:
+                 transport: str = "udp", answer: str = "auto", port: int = 0, cafile: str = "") -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tone(folder / "tone.wav")
         self.rtp = range(rtp, rtp + 10)
@@ -154,10 +154,10 @@ class Baresip:
             f"module_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{self.control}\n"
             f"net_interface 127.0.0.1\nsip_listen 127.0.0.1:{sip_listen_port()}\n"
             f"audio_player aufile,{folder}/heard.wav\naudio_source aufile,{folder}/tone.wav\n"
-            f"rtp_ports {rtp}-{rtp + 9}\n")
+            f"rtp_ports {rtp}-{rtp + 9}\n" + (f"sip_cafile {cafile}\n" if cafile else ""))
         (folder / "accounts").write_text(
-            f'<sip:{user}@mizud.test;transport={transport}>;outbound="sip:127.0.0.1:{daemon.sip};transport={transport}"'
-            f";auth_pass={user}-password;regint=60;answermode={answer}\n")
+            f'<sip:{user}@mizud.test;transport={transport}>;outbound="sip:127.0.0.1:{port or daemon.sip};'
+            f'transport={transport}";auth_pass={user}-password;regint=60;answermode={answer}\n')
         self.log = folder / "log"
         self.process = subprocess.Popen([BARESIP or "baresip", "-f", str(folder), "-t", str(seconds), "-s"],
                                         stdout=self.log.open("w"), stderr=subprocess.STDOUT)
