@@ -616,3 +616,70 @@ async def test_a_second_2xx_of_a_forked_invite_is_acked_and_ended(tmp_path: Path
     assert bye.address("to").tag == "secondbranch"
     assert [c["state"] for c in (await rig.h.call("apientry=calls", ADMIN)).records or []] == ["connected"]
     await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postpaid_users_call_down_to_their_credit_limit(tmp_path: Path) -> None:
+    """A postpaid user with 0.00 and a credit limit of 0.30 may call 3612345: 0.30 (30 s at 0.60 a minute)
+    is held, the call is cut after 30 s and the balance ends at -0.30."""
+    rig, _ = await rig_with_bob(tmp_path)
+    h = rig.h
+    await h.db.run_statement("x", "UPDATE tb_users SET credit = 0, postpaid = 1, creditlimit = ? "
+                                  "WHERE username = 'alice'", (Decimal("0.30"),))
+    gateway = Peer(rig, GW)
+    alice = Caller(rig, "3612345")
+    await alice.invite()
+    invite = await gateway.next("INVITE")
+    gateway.reply(invite, 200, ANSWER)
+    alice.answered(await wait_for(rig, alice, 200))
+    rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    await gateway.next("ACK")
+    h.clock.advance(30)
+    gateway.reply(await gateway.next("BYE"), 200)
+    await settle()
+    user = await h.store.find_user("alice")
+    assert user is not None and user.credit == Decimal("-0.30")
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_traffic_sender_proven_by_digest_calls_a_user(tmp_path: Path) -> None:
+    """A traffic sender added with u_auth=0 is challenged like a phone; with its account's credentials its
+    call to bob's username rings bob (direction in, free)."""
+    rig, bob = await rig_with_bob(tmp_path)
+    h = rig.h
+    assert (await h.call("apientry=addserver&u_username=trunk&u_password=trunkpw&u_ip=192.0.2.70&u_type=5"
+                         "&u_auth=0", ADMIN)).ok
+    trunk = Caller(rig, "bob", username="trunk", password="trunkpw")
+    answers = await trunk.invite()
+    assert [m.status for m in answers if not m.is_request] == [100]
+    invite = await bob.next("INVITE")
+    assert invite.address("from").uri.user == "trunk"
+    bob.reply(invite, 486)
+    assert (await wait_for(rig, trunk, 486)).cseq()[1] == "INVITE"
+    await settle()
+    rows = (await h.db.run_query("x", "SELECT direction, gateway, cost FROM tb_cdrs")).rows
+    assert [(r[0], r[1], h.db.engine.money(r[2])) for r in rows] == [("in", "trunk", Decimal("0"))]
+    await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancel_from_elsewhere_and_a_callee_that_never_answers(tmp_path: Path) -> None:
+    """A CANCEL for alice's INVITE sent from another address gets 481 and cancels nothing; bob ringing
+    past callringtimeout is cancelled and alice gets 480 No answer."""
+    rig, bob = await rig_with_bob(tmp_path, "callringtimeout=5")
+    alice = Caller(rig, "bob")
+    await alice.invite()
+    invite = await bob.next("INVITE")
+    bob.reply(invite, 180)
+    await wait_for(rig, alice, 180)
+    cancel = alice.request("CANCEL", cseq=alice.cseq, branch=alice.invite_branch)
+    answers = await rig.exchange(cancel, rig.source("192.0.2.99", 5062))
+    assert [m.status for m in answers] == [481]
+    assert not [d for a, d in rig.sent if a == BOB_AT and d.startswith(b"CANCEL")]
+    rig.h.clock.advance(5)
+    bob.reply(await bob.next("CANCEL"), 200)
+    bob.reply(invite, 487)
+    final = await wait_for(rig, alice, 480)
+    assert final.reason == "No answer"
+    await rig.h.db.close()
