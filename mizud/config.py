@@ -166,6 +166,14 @@ def parse_decimal(raw: str) -> Decimal:
     return value
 
 
+def parse_rate(raw: str) -> Decimal:
+    """Parse a rate: a decimal number, zero or more."""
+    value = parse_decimal(raw)
+    if value < 0:
+        raise ValueError(f"expected a rate of zero or more, got {raw!r}")
+    return value
+
+
 def parse_currency(raw: str) -> str:
     """Parse a three-letter ISO 4217 currency code."""
     value = raw.strip().upper()
@@ -457,16 +465,19 @@ OPTIONS: tuple[Option, ...] = (
     _opt("maxcallduration", int_range(60, 86400), "7200",
          "The longest a call (from a phone, p2p or callback) may last, whatever the credit (seconds).",
          live=True, group="calls"),
-    _opt("sipinviterate", parse_decimal, "5",
-         "New INVITEs per second one source address may send (bursts of three times that); more get 503 with "
-         "Retry-After before any work is done. 0 for no limit (a trunk sending many calls).", live=True,
+    _opt("sipinviterate", parse_rate, "5",
+         "New INVITEs per second one source address may send (bursts of three times that, at least one; a "
+         "phone's call is two INVITEs, the challenged one and the answered one); more get 503 with Retry-After "
+         "before the caller is authenticated or the call routed. 0 for no limit. A trunk known by its address "
+         "is not limited.", live=True,
          group="calls"),
     _opt("webrtcgateways", parse_str, "",
          "Gateways (addserver usernames, comma separated) that accept WebRTC media (ICE, DTLS-SRTP); a WebRTC "
          "phone's call to any other gateway is refused with 488, since mizud carries no media to convert it.",
          live=True, group="calls"),
     _opt("sipcallsperuser", int_range(1, 1000), "4",
-         "The most calls one user may have at once through mizud (phones' calls and p2p/callback); "
+         "The most calls one user may make or pay for at once on this node (phones' calls, forwarded legs, "
+         "p2p and callback; calls in from trunks do not count); "
          "one more is refused with 486.", live=True, group="calls"),
     _opt("p2panyanum", parse_bool, "false",
          "Let users place p2p and callback calls whose first leg (anum/num) is any number; by default it must "

@@ -424,7 +424,7 @@ async def test_forward_always_to_a_gateway_is_billed_to_the_forwarding_user(tmp_
                                                                            database_option: str) -> None:
     """bob forwards every call to 3612345: alice's call to bob goes to the gateway (bob's phone never rings),
     alice gets 181 then the answer; after 10 s the forwarded leg costs bob 0.10 (his CDR, leg B) and alice's
-    own CDR for calling bob is free (on both engines: two holds settled in one transaction)."""
+    own CDR for calling bob is free (on both engines: bob's hold settled with both CDRs in one transaction)."""
     rig, bob = await rig_with_bob(tmp_path, database=database_option)
     await with_carol(rig)
     await forwarding(rig, "bob", forwardalways="3612345")
@@ -683,3 +683,27 @@ async def test_a_cancel_from_elsewhere_and_a_callee_that_never_answers(tmp_path:
     final = await wait_for(rig, alice, 480)
     assert final.reason == "No answer"
     await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trunk_known_by_address_is_not_forwarded_out_at_a_users_expense(tmp_path: Path) -> None:
+    """A call from a trunk trusted by its (forgeable) address to bob, who forwards always to 3612345, is not
+    sent to the gateway: bob would pay for a call anyone could forge. The caller gets a neutral 480 and bob
+    nothing is held."""
+    rig, bob = await rig_with_bob(tmp_path)
+    h = rig.h
+    assert (await h.call("apientry=addserver&u_username=carrier&u_ip=192.0.2.60&u_type=5&u_auth=1", ADMIN)).ok
+    await h.db.run_statement("x", "UPDATE tb_users SET credit = 1, forwardalways = '3612345' WHERE username = 'bob'")
+    answers = await rig.exchange(sender_invite("bob"), rig.source("192.0.2.60", 5060))
+    final = [m for m in answers if not m.is_request and m.status >= 200]
+    if not final:
+        for _ in range(100):
+            final = [m for m in (parse_datagram(d) for a, d in rig.sent if a == ("192.0.2.60", 5060))
+                     if not m.is_request and m.status >= 200]
+            if final:
+                break
+            await tick(rig)
+    assert (final[0].status, final[0].reason) == (480, "Temporarily unavailable")
+    assert not [a for a, _ in rig.sent if a == GW]
+    assert not (await h.db.run_query("x", "SELECT id FROM tb_holds")).rows
+    await h.db.close()

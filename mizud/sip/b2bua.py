@@ -40,8 +40,8 @@ from ..store.database import Txn
 from ..store.money import InsufficientCredit, format_money
 from .backend import Backend
 from .calls import CONNECTED, ENDED, FAILOVER, CallControl, Progress
-from .dialog import Dialog, Outcome, new_tag
-from .message import ParseError, SipMessage, parse_uri
+from .dialog import Dialog, Outcome, new_tag, peer_hosts
+from .message import ParseError, SipMessage
 from .ports import Bridging
 from .responses import ALLOW, SERVER, response_to
 from ..store.routes import Forwards
@@ -126,6 +126,8 @@ class Bridge(Progress):
         self.caller_id = caller_id or user.username
         #: The traffic sender an incoming call came from ("": a call from one of our users).
         self.sender = sender
+        #: Whether that sender was trusted by its source address alone (no digest).
+        self.trusted_by_address = False
         self.core = relay.core
         self.clock = relay.core.clock
         self.id = callid
@@ -143,7 +145,7 @@ class Bridge(Progress):
         #: The forwarding of the user being called (None: not a user of ours).
         self.forwards: Forwards | None = None
         #: The users this call was forwarded from, to stop a loop.
-        self.visited: set[str] = {callee} if callee else set()
+        self.visited: set[str] = {name for name in (callee, "" if sender else user.username) if name}
         self.a = Side("A", invite.call_id, source.send, source.reliable, source.host,
                       self.core.reachable(source.local, source.host), source.transport)
         self.b = Side("B", f"{os.urandom(12).hex()}@{SERVER}")
@@ -244,7 +246,9 @@ class Bridge(Progress):
             if forwards is not None and forwards.always:
                 outcome, last = "always", None
             else:
-                timeout = forwards.timeout if forwards is not None and forwards.noanswer and forwards.timeout else 0
+                ring = self.relay.settings.current.callringtimeout
+                timeout = min(max(forwards.timeout, 1), ring) if (
+                    forwards is not None and forwards.noanswer and forwards.timeout) else 0
                 outcome, last = await self._ring(routes, timeout)
                 if outcome == "answered" and last is not None:
                     return await self._connected(last)
@@ -263,9 +267,14 @@ class Bridge(Progress):
             try:
                 routes = await self.relay.forward(self, target)
             except Refused as refused:
+                # The caller learns nothing of the forwarding user's credit or target: the callee's own outcome.
                 log.info("call {id}: forward to {target} refused: {reason}", id=self.id, target=target,
                          reason=refused.reason)
-                return response_to(self.invite, refused.status, refused.reason, source=self.source)
+                if refused.status == 482:
+                    return response_to(self.invite, 482, "Forwarding loop", source=self.source)
+                if outcome == "always":
+                    return response_to(self.invite, 480, "Temporarily unavailable", source=self.source)
+                return self._final(routes, last, outcome)
             self.core.progress(self.invite, response_to(self.invite, 181, source=self.source))
 
     async def _ring(self, routes: list[Route], timeout: int) -> tuple[str, SipMessage | None]:
@@ -289,8 +298,8 @@ class Bridge(Progress):
                 if response.status in (486, 600):
                     return "busy", response
                 if self._rang_out:
-                    outcome = "noanswer"
-                elif response.status not in NEXT_CONTACT:
+                    return "noanswer", response  # the ring time covers the whole hunt, not each contact
+                if response.status not in NEXT_CONTACT:
                     return "failed", response
             elif self._rang_out:
                 return "noanswer", response
@@ -351,7 +360,7 @@ class Bridge(Progress):
             dialog = Dialog.from_2xx(invite, response)
             dialog.on_request = lambda request, source: self._from_side(self.b, request, source)
             dialog.on_ack = lambda ack: self._acked(self.b, ack)
-            dialog.peers = _peers(b.peer, dialog.remote_target)
+            dialog.peers = peer_hosts(b.peer, dialog.remote_target)
             b.dialog = dialog
             self.core.dialogs.add(dialog)
         return response
@@ -648,7 +657,8 @@ class Bridge(Progress):
         seconds = self.seconds(end)
         if any(leg_cost(p.tariff, seconds) > p.held for p in self.payments):
             log.warn("call {id}: cost above what was held; charging what was held", id=self.id)
-        self.cost = sum((p.cost(seconds) for p in self.payments), Decimal(0))
+        # The call's cost is the caller's; what a forwarding user pays is in that user's own CDR.
+        self.cost = self.payments[0].cost(seconds)
         rows = []
         for index, payment in enumerate(self.payments):
             rows.append({
@@ -679,16 +689,6 @@ def is_webrtc(offer: bytes) -> bool:
     return "UDP/TLS/RTP/SAVP" in text or ("a=fingerprint:" in text and "RTP/SAVP" in text)
 
 
-def _peers(peer: str, target: str) -> tuple[str, ...]:
-    """The hosts a callee's in-dialog requests may come from: where we sent its INVITE, and the host of
-    its 2xx's Contact (a carrier may send BYE from another signalling address than its proxy's)."""
-    try:
-        host = parse_uri(target).host.strip("[]")
-    except ParseError:
-        host = ""
-    return tuple(dict.fromkeys(h for h in (peer, host) if h))
-
-
 def _affordable(payment: Payment, most: int) -> int:
     """The longest a payment's hold lasts, up to C{most} seconds."""
     return longest(lambda seconds: leg_cost(payment.tariff, seconds), payment.held, most)
@@ -703,9 +703,9 @@ class Relay:
         self.calls = calls
         #: Calls of each user being set up (rated, held) and not yet live.
         self._starting: Counter[int] = Counter()
-        rate = float(self.settings.current.sipinviterate)
+        rate = max(0.0, float(self.settings.current.sipinviterate))
         #: New INVITEs per source address.
-        self.invites = LeakyBucket(core.clock, rate, rate * 3)
+        self.invites = LeakyBucket(core.clock, rate, max(1.0, rate * 3))
 
     def now(self) -> datetime:
         """The store's clock (CDR times)."""
@@ -742,10 +742,11 @@ class Relay:
             return response_to(request, 404, "No such number", source=source)
         try:
             if user.type in (USER_TRAFFICSENDER, USER_SIPSERVER):
-                bridge = await self._incoming(user, request, source, backend, number)
+                bridge = await self._incoming(user, request, source, backend, number, trusted=found is not None)
             else:
                 # The slot is taken before the database work: concurrent INVITEs cannot all pass.
-                live = sum(1 for c in self.calls.live.values() if c.user.id == user.id)
+                live = sum(1 for c in self.calls.live.values()
+                           if c.user.id == user.id and not (isinstance(c, Bridge) and c.sender))
                 if live + self._starting[user.id] >= self.settings.current.sipcallsperuser:
                     raise Refused(486, "Too many calls at once")
                 self._starting[user.id] += 1
@@ -764,8 +765,8 @@ class Relay:
     def _admitted(self, source: Source) -> bool:
         """Whether a new INVITE from this address is within C{sipinviterate} (a trunk known by its address
         is not limited: it sends many calls)."""
-        rate = float(self.settings.current.sipinviterate)
-        self.invites.rate, self.invites.burst = rate, rate * 3
+        rate = max(0.0, float(self.settings.current.sipinviterate))
+        self.invites.rate, self.invites.burst = rate, max(1.0, rate * 3)
         return self.invites.allow(source.host)
 
     def _media_capable(self, routes: list[Route], offer: bytes) -> list[Route]:
@@ -786,17 +787,27 @@ class Relay:
         backend = self.calls.backend()
         store, config = backend.store, self.settings.current
         forwarder = await store.find_user(bridge.callee)
-        if forwarder is None:
-            raise Refused(480, "The forwarding user is gone")
+        if forwarder is None or not forwarder.enabled or forwarder.temporarydisabled:
+            raise Refused(480, "The forwarding user may not forward")
+        if bridge.cancelled or bridge.stopping:
+            raise Refused(487, "Cancelled")
         routes = await Router(store).routes(target)
         named = await store.routes.user_named(target)
         if named is not None:
             if named[1] in bridge.visited:
                 raise Refused(482, "Forwarding loop")
-            if not routes:
+            forwards = await store.routes.forwards(named[0])
+            if not routes and not (forwards.always or forwards.noanswer):
                 raise Refused(480, f"{named[1]} is not registered")
         elif not routes:
             raise Refused(404, "No route to the forwarding number")
+        elif bridge.sender and bridge.trusted_by_address:
+            # A call trusted by its source address alone (forgeable over UDP) never goes out through a
+            # gateway at a user's expense.
+            raise Refused(403, "A trunk's call is forwarded to our users only")
+        if sum(1 for call in self.calls.live.values() for payment in getattr(call, "payments", ())
+               if payment.user.id == forwarder.id) >= config.sipcallsperuser:
+            raise Refused(486, "The forwarding user has too many calls")
         routes = self._media_capable(routes, bridge.invite.body)
         tariff = None if named is not None else backend.rater.table.lookup(
             forwarder.tariffid or config.defaulttariff, target)
@@ -811,23 +822,26 @@ class Relay:
             if seconds == 0:
                 raise Refused(402, "The forwarding user has insufficient credit")
             held = leg_cost(tariff, seconds)
-            try:
-                result = await store.hold(forwarder.id, held, reference=f"forwarded call {bridge.id} to {target[:40]}")
-            except InsufficientCredit:
-                raise Refused(402, "The forwarding user has insufficient credit") from None
-            holdid = int(dict(result.extra)["holdid"])
+            if held > 0:
+                try:
+                    result = await store.hold(forwarder.id, held,
+                                              reference=f"forwarded call {bridge.id} to {target[:40]}")
+                except InsufficientCredit:
+                    raise Refused(402, "The forwarding user has insufficient credit") from None
+                holdid = int(dict(result.extra)["holdid"])
         bridge.payments[-1].gateway = bridge.payments[-1].gateway or forwarder.username
         bridge.payments.append(Payment(forwarder, tariff, holdid, held, target, forwarder.username))
-        bridge.forwards = await store.routes.forwards(named[0]) if named is not None else None
+        bridge.forwards = forwards if named is not None else None
         if named is not None:
             bridge.visited.add(named[1])
             bridge.callee = named[1]
         return routes
 
     async def _incoming(self, sender: User, request: SipMessage, source: Source, backend: Backend,
-                        number: str) -> Bridge:
+                        number: str, trusted: bool = False) -> Bridge:
         """A call from a gateway or traffic sender to one of our users (a username or DID), free, on the
-        callee's account; never on to another gateway (mizud is no open relay). Raises L{Refused}."""
+        callee's account; on to a gateway only by the callee's forwarding, at the callee's expense, and
+        never for a sender trusted by its address alone (C{trusted}). Raises L{Refused}."""
         store = backend.store
         if not await store.routes.may_send(sender.id):
             raise Refused(403, "This server may not send calls")
@@ -857,6 +871,7 @@ class Relay:
                         named[1], caller_id=caller_id, sender=sender.username)
         bridge.b.call_id = b_call_id
         bridge.forwards = forwards
+        bridge.trusted_by_address = trusted
         self.calls.live[callid] = bridge
         return bridge
 
@@ -872,6 +887,10 @@ class Relay:
             raise Refused(480, f"{callee} is not registered")
         if not routes and named is None:
             raise Refused(404, "No route to this number")
+        if named is not None:
+            callee_user = await store.get_user(named[0])
+            if callee_user is None or not callee_user.enabled or callee_user.temporarydisabled:
+                raise Refused(480, "Temporarily unavailable")
         if named is not None and named[0] == user.id:
             raise Refused(482, "A call to oneself")
         plan = user.tariffid or config.defaulttariff

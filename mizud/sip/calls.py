@@ -34,14 +34,14 @@ from twisted.logger import Logger
 
 from ..billing.rating import Tariff, leg_cost, longest
 from ..store.billing import HOLD_SETTLED
-from ..store.calls import close_call, insert_call, insert_cdrs
+from ..store.calls import close_call, end_call, insert_call
 from ..store.database import Txn
 from ..store.money import HoldClosed
 from ..store.money import format_money
 from .backend import Backend
 from .ports import Calling
 from .responses import ALLOW, SERVER
-from .dialog import Dialog, new_tag
+from .dialog import Dialog, new_tag, peer_hosts
 from .message import SipMessage
 from .sdp import hold_offer, new_session, reorigin
 from .routing import Route, Unreachable
@@ -387,7 +387,7 @@ class PlacedCall(Progress):
             return response.status
         dialog = Dialog.from_2xx(invite, response)
         dialog.on_request = lambda request, source: self._in_dialog(leg, request)
-        dialog.peers = (leg.peer,) if leg.peer else ()
+        dialog.peers = peer_hosts(leg.peer, dialog.remote_target)
         leg.dialog = dialog
         core.dialogs.add(dialog)
         leg.sdp = response.body
@@ -741,23 +741,24 @@ class CallControl:
                     from twisted.internet.task import deferLater
 
                     await deferLater(self.core.clock, 2.0 ** attempt, lambda: None)
-        log.critical("call {id}: not settled; hold {hold} stays open; CDRs {rows!r}", id=call.id,
-                     hold=call.holdid, rows=rows)
+        log.critical("call {id}: not settled; holds {holds} stay open; CDRs {rows!r}", id=call.id,
+                     holds=[holdid for holdid, _ in call.charges()], rows=rows)
         return []
 
     async def _taken_over(self, call: LiveCall, rows: list[dict[str, Any]]) -> list[int]:
         """The hold was closed by someone else: our own earlier attempt (settled), or another node that
         took this node for dead (released). Then the call's real CDRs are still written, uncharged."""
         backend = self._backend()
-        if await backend.store.calls.hold_status(call.holdid) == HOLD_SETTLED:
+        holds = [holdid for holdid, _ in call.charges()]
+        if all([await backend.store.calls.hold_status(holdid) == HOLD_SETTLED for holdid in holds]):
             return await self._cdr_ids(call)
-        log.critical("call {id}: hold {hold} was released by another node (this node looked dead); the call "
-                     "is not charged: cost {cost}, CDRs {rows!r}", id=call.id, hold=call.holdid, cost=call.cost,
+        log.critical("call {id}: holds {holds} were released by another node (this node looked dead); the call "
+                     "is not charged: cost {cost}, CDRs {rows!r}", id=call.id, holds=holds, cost=call.cost,
                      rows=rows)
         uncharged = [{**row, "cost": Decimal(0),
                       "disconnectreason": (row["disconnectreason"] + "; not charged: hold released by another node")[:200]}
                      for row in rows]
-        return await backend.db.run_interaction("call_cdrs_uncharged", insert_cdrs, uncharged)
+        return await backend.db.run_interaction("call_cdrs_uncharged", end_call, call.id, uncharged)
 
     async def _settled(self, call: LiveCall) -> bool:
         """Whether the call's settlement committed already (its live-call row is gone)."""

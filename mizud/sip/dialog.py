@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from .message import ParseError, SipMessage, parse_name_addr
+from .message import ParseError, SipMessage, parse_name_addr, parse_uri
 from .transaction import Source, new_branch
 
 #: Dialog identifiers: (Call-ID, local tag, remote tag).
@@ -177,6 +177,16 @@ class Dialogs:
         if dialog.on_ack is not None:
             dialog.on_ack(ack)
         return True
+
+
+def peer_hosts(peer: str, target: str) -> tuple[str, ...]:
+    """The hosts a callee's in-dialog requests may come from: where we sent its INVITE, and the host of its
+    2xx's Contact (a carrier may send BYE from another signalling address than its proxy's)."""
+    try:
+        host = parse_uri(target).host.strip("[]")
+    except ParseError:
+        host = ""
+    return tuple(dict.fromkeys(h for h in (peer, host) if h))
 
 
 def new_tag() -> str:

@@ -7,6 +7,8 @@ calls, SMS), so that none of them has to import the core.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 import re
 
 from .message import ParseError, SipMessage
@@ -54,10 +56,15 @@ def response_to(request: SipMessage, status: int, reason: str = "", source: Sour
     return response
 
 
+#: Keys the To tags of this process: a tag must be the same for every response of one transaction
+#: (retransmitted requests included) yet unguessable, or whoever forges a request could forge the ACK or
+#: BYE of its dialog too.
+_TAG_KEY = os.urandom(16)
+
+
 def _tag_for(request: SipMessage) -> str:
-    # The same To tag for every response of one transaction (retransmitted requests included).
     seed = request.get("via") + request.call_id + request.get("cseq")
-    return hashlib.sha1(seed.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return hmac.new(_TAG_KEY, seed.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:16]
 
 
 def _received(via: str, request: SipMessage, source: Source) -> str:

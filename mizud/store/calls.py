@@ -50,6 +50,13 @@ async def close_call(txn: Txn, callid: int, rows: list[dict[str, Any]]) -> list[
     return await insert_cdrs(txn, rows)
 
 
+async def end_call(txn: Txn, callid: int, rows: list[dict[str, Any]]) -> list[int]:
+    """Delete the live call if it is still there and write its CDRs inside C{txn} (a call whose holds
+    another node released: its row must not outlive it); the CDRs' ids."""
+    await txn.execute("DELETE FROM tb_calls WHERE id = ?", (callid,))
+    return await insert_cdrs(txn, rows)
+
+
 @dataclass(frozen=True)
 class LiveCall:
     """One row of tb_calls, with the caller's username."""
