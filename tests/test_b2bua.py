@@ -707,3 +707,21 @@ async def test_a_trunk_known_by_address_is_not_forwarded_out_at_a_users_expense(
     assert not [a for a, _ in rig.sent if a == GW]
     assert not (await h.db.run_query("x", "SELECT id FROM tb_holds")).rows
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_routingtest_shows_the_route_a_real_call_takes(tmp_path: Path) -> None:
+    """routingtest for bob lists his phone; with forwardalways=3612345 it lists the gateway the real call goes
+    to (as test_forward_always_... shows it does), and names forwarding on busy and on no answer."""
+    rig, _ = await rig_with_bob(tmp_path)
+    h = rig.h
+    direct = await h.call("apientry=routingtest&called=bob", ADMIN)
+    assert direct.records and direct.records[0]["kind"] == "user", direct.text
+    await forwarding(rig, "bob", forwardalways="3612345")
+    forwarded = await h.call("apientry=routingtest&called=bob", ADMIN)
+    assert forwarded.records and forwarded.records[0]["name"] == "gw", forwarded.text
+    assert "bob forwards always to 3612345" in forwarded.text
+    await forwarding(rig, "bob", forwardalways="", forwardonbusy="carol")
+    named = await h.call("apientry=routingtest&called=bob", ADMIN)
+    assert "bob forwards on busy to carol" in named.text and named.records[0]["kind"] == "user"  # type: ignore[index]
+    await h.db.close()

@@ -206,7 +206,7 @@ client transaction id (`txid=`) adds ` (repeated transaction)`.
 | reguser, endpoints, epreg, fastregusers | `OK: N registered users: ...` / `OK: N contacts` / `OK: N endpoints` / `OK: N registrations` / `OK: N users`, a record per contact or device |
 | unreg | `OK: unregistered N users: ...` (`USER was not registered`) |
 | addserver | `OK: USERID; routing entry NAME prefix 'P' priority N`, record id, username, password |
-| routingtest | `OK: N routes: NAME TARGET, ...`, a record per route in the order a call tries them; `ERROR: no route to NUMBER` |
+| routingtest | `OK: N routes: NAME TARGET, ...`, a record per route in the order a call tries them (a user's forwardalways followed, other forwarding named); `ERROR: no route to NUMBER` |
 | sendmail / asendemail | `OK: sent to N of M recipients` / `OK: queued for M recipients` |
 | sms, sendsmssync, sendsmsunicodesync, asendsmssync | `OK: SMS ID delivered through GATEWAY (cost C)`, `OK: SMS ID sent to the user` / `stored for the user`; `ERROR: SMS ID not delivered: REASONS` |
 | sendsms, sendsmsunicode, asendsms | `OK: SMS ID queued (held C)` (or as above for SMS to users) |

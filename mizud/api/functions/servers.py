@@ -189,8 +189,18 @@ class ServerFunctions:
         routes = await router.routes(called)
         source = invocation.arg("ip").strip()
         sender = await router.sender(source) if source else None
-        records = [route.record(order) for order, route in enumerate(routes, 1)]
         origin = f" (from traffic sender {sender})" if sender else ""
+        # As a call from a phone goes: a user's forwarding first (always: straight to it).
+        named = await self.store.routes.user_named(called)
+        if named is not None:
+            forwards = await self.store.routes.forwards(named[0])
+            if forwards.always:
+                origin += f" ({named[1]} forwards always to {forwards.always[:64]})"
+                routes = await router.routes(forwards.always)
+            elif forwards.busy or forwards.noanswer:
+                origin += (f" ({named[1]} forwards" + (f" on busy to {forwards.busy[:64]}" if forwards.busy else "")
+                           + (f" on no answer to {forwards.noanswer[:64]}" if forwards.noanswer else "") + ")")
+        records = [route.record(order) for order, route in enumerate(routes, 1)]
         if not routes:
             return error(f"no route to {called[:64]}{origin}", 404)
         listing = ", ".join(f"{r.name} {r.target}" for r in routes)
