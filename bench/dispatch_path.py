@@ -2,6 +2,7 @@
 
     python bench/dispatch_path.py [--requests 20000] [--rounds 5] [--tree DIR ...]
     python bench/dispatch_path.py --instructions [--tree DIR ...]
+    python bench/dispatch_path.py --profile [--requests 20000]
 
 Each tree (a checkout of mizud; default: this one) runs in its own
 process, in turn, for several interleaved rounds: a fresh SQLite
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import platform
 import statistics
 import subprocess
@@ -116,6 +118,41 @@ def instructions(tree: Path, requests: int) -> int:
     return int(counted[-1].split(":")[-1].strip())
 
 
+def profile(tree: Path, requests: int, top: int = 25) -> None:
+    """Where the time of C{requests} requests goes: cProfile's functions by own time (tottime), then the
+    share of the whole that the API's own modules (mizud/), twisted, and the rest take."""
+    import pstats
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp())
+    script, output = folder / "run.py", folder / "run.prof"
+    script.write_text(RUN)
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(output), str(script), str(requests)], env=env,
+                          cwd=tree, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"{tree}: failed\n{done.stdout}\n{done.stderr[-2000:]}")
+    stats = pstats.Stats(str(output))
+    rows = stats.stats  # type: ignore[attr-defined]
+    total = sum(row[2] for row in rows.values())
+    shares: dict[str, float] = {}
+    for (filename, _, _), row in rows.items():
+        part = ("mizud" if "/mizud/" in filename else "twisted" if "/twisted/" in filename
+                else "sqlite3" if "sqlite3" in filename else "other")
+        shares[part] = shares.get(part, 0.0) + row[2]
+    print(f"# dispatch_path --profile {time.strftime('%Y-%m-%d %H:%M:%S')} on {platform.node()} "
+          f"{platform.machine()}, Python {platform.python_version()}; {requests} requests, start-up included")
+    print("| part | own time share |")
+    print("|---|---|")
+    for part, value in sorted(shares.items(), key=lambda item: -item[1]):
+        print(f"| {part} | {100 * value / total:.1f}% |")
+    print(f"\n| function | calls | own time share |\n|---|---|---|")
+    ranked = sorted(rows.items(), key=lambda item: -item[1][2])[:top]
+    for (filename, line, name), row in ranked:
+        where = re.split(r"/site-packages/|/lib/python3\.\d+/", filename)[-1].split(str(tree) + "/")[-1]
+        print(f"| {where}:{line} {name} | {row[1]} | {100 * row[2] / total:.1f}% |")
+
+
 def count_instructions(trees: list[Path]) -> None:
     """Instructions per request for each tree (the difference of two runs)."""
     few, many = 500, 2500
@@ -139,8 +176,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tree", action="append", type=Path, help="a checkout to measure (repeatable)")
     parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind instead")
+    parser.add_argument("--profile", action="store_true", help="where the time goes (cProfile), first tree only")
     args = parser.parse_args()
     trees = [tree.resolve() for tree in (args.tree or [ROOT])]
+    if args.profile:
+        profile(trees[0], args.requests)
+        return
     if args.instructions:
         count_instructions(trees)
         return

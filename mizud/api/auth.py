@@ -16,6 +16,7 @@ under the C{allowtrustedip} and C{trustlanip} options.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -60,7 +61,10 @@ def secret_equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address C{text} names (an IPv4-mapped IPv6 address as IPv4), or None; remembered for the most
+    recent sources (addresses are immutable, and a request's source is looked at several times)."""
     try:
         address = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
