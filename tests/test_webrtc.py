@@ -9,21 +9,18 @@ site.  Chromium runs headless with fake audio devices.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import threading
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from test_portal import CHROMEDRIVER, CHROMIUM
-from test_twistd import free_port, start_daemon
+from test_softphones import Daemon
+from test_twistd import free_port
 
 PAGES = Path(__file__).resolve().parent / "webrtc"
 JSSIP = PAGES / "jssip.js"
@@ -33,53 +30,26 @@ pytestmark = pytest.mark.skipif(
     reason="JsSIP (bundled by .ci/run) or Debian's chromium/chromedriver missing")
 
 
-class Daemon:
-    """mizud serving the phone page under /mvweb/ and SIP over WebSocket on the shared port."""
+def serving_the_phone(folder: Path) -> Daemon:
+    """The softphone tests' daemon (users alice and bob), also serving the phone page under /mvweb/."""
+    web = folder / "web"
+    web.mkdir(parents=True)
+    for name in ("phone.html", "jssip.js"):
+        shutil.copy(PAGES / name, web / name)
+    return Daemon(folder, f"mvwebdir={web}", "defaulttariff=1")
 
-    def __init__(self, folder: Path) -> None:
-        web = folder / "web"
-        web.mkdir()
-        for name in ("phone.html", "jssip.js"):
-            shutil.copy(PAGES / name, web / name)
-        self.port = free_port()
-        self.process, self.lines = start_daemon(
-            folder, "listenaddress=127.0.0.1", f"mainaport={self.port}", "mainaportudp=0", "httpserver=0",
-            "sslportmain=0", "sipport=0", "localtsport=0", "bootstrapadmin=admin:admin-password",
-            f"mvwebdir={web}", "siprealm=mizud.test", "defaulttariff=1")
-        threading.Thread(target=self._drain, daemon=True).start()
-        for name in ("alice", "bob"):
-            created = self.api(apientry="newuseri", u_username=name, u_password=f"{name}-password")
-            assert created["status"] == "OK", created
 
-    def _drain(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def api(self, **params: str) -> dict[str, Any]:
-        """A request from this machine (trusted); the JSON answer."""
-        query = urllib.parse.urlencode({**params, "format": "json"})
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/mvapireq/?{query}", timeout=30) as answer:
-            return json.loads(answer.read())  # type: ignore[no-any-return]
-
-    def page(self, user: str) -> str:
-        """The phone page for a user."""
-        ws = f"ws://127.0.0.1:{self.port}/mfstwebsock"
-        return (f"http://127.0.0.1:{self.port}/mvweb/phone.html?"
-                + urllib.parse.urlencode({"ws": ws, "user": user, "password": f"{user}-password"}))
-
-    def stop(self) -> str:
-        """Stop it; its output."""
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
-        time.sleep(0.1)
-        return "".join(self.lines)
+def page(daemon: Daemon, user: str) -> str:
+    """The phone page for a user, on the daemon's shared port (its SIP WebSocket the page's own site)."""
+    ws = f"ws://127.0.0.1:{daemon.http}/mfstwebsock"
+    return (f"http://127.0.0.1:{daemon.http}/mvweb/phone.html?"
+            + urllib.parse.urlencode({"ws": ws, "user": user, "password": f"{user}-password"}))
 
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
     """A running daemon."""
-    running = Daemon(tmp_path)
+    running = serving_the_phone(tmp_path)
     try:
         yield running
     finally:
@@ -124,8 +94,8 @@ def test_two_browsers_call_each_other_through_mizud(daemon: Daemon) -> None:
     fingerprints included); calls lists the call; alice's hang-up ends it with one CDR."""
     alice, bob = chromium(), chromium()
     try:
-        alice.get(daemon.page("alice"))
-        bob.get(daemon.page("bob"))
+        alice.get(page(daemon, "alice"))
+        bob.get(page(daemon, "bob"))
         until(alice, lambda s: s.get("registered"), "alice's registration")
         until(bob, lambda s: s.get("registered"), "bob's registration")
         alice.execute_script("window.dial('bob')")
@@ -158,7 +128,7 @@ def test_a_webrtc_call_to_a_plain_gateway_is_refused(daemon: Daemon) -> None:
     assert daemon.api(apientry="addcredit", pin="alice", credit="5")["status"] == "OK"
     alice = chromium()
     try:
-        alice.get(daemon.page("alice"))
+        alice.get(page(daemon, "alice"))
         until(alice, lambda s: s.get("registered"), "alice's registration")
         alice.execute_script("window.dial('4930123')")
         refused = until(alice, lambda s: s.get("failed"), "the refusal")

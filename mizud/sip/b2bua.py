@@ -39,7 +39,7 @@ from ..store.calls import insert_call
 from ..store.database import Txn
 from ..store.money import InsufficientCredit, format_money
 from .backend import Backend
-from .calls import CONNECTED, ENDED, FAILOVER, CallControl, Progress
+from .calls import CONNECTED, ENDED, FAILOVER, CallControl, Progress, cancel_invite, end_fork
 from .dialog import Dialog, Outcome, new_tag, peer_hosts
 from .message import ParseError, SipMessage
 from .ports import Bridging
@@ -424,20 +424,13 @@ class Bridge(Progress):
             return
         dialog = self.b.dialog
         if dialog is not None and response.address("to").tag != dialog.remote_tag:
-            self._drop_fork(response)
+            if self._b_invite is not None:
+                end_fork(self.core.clients, self._b_invite, response, self.b.send, self.b.reliable, self.b.peer)
             return
         ack = self.b.acks.get(response.cseq()[0])
         if ack:
             self.b.send(ack)
 
-    def _drop_fork(self, response: SipMessage) -> None:
-        """A second 2xx from another branch of a forked INVITE: ACK it and end that dialog at once."""
-        b, invite = self.b, self._b_invite
-        if invite is None or b.send is None:
-            return
-        fork = Dialog.from_2xx(invite, response)
-        b.send(fork.ack().serialize())
-        self.core.clients.start(fork.request("BYE"), b.send, b.reliable, peer=b.peer).addErrback(lambda _: None)
 
     def _ring_out(self) -> None:
         """The callee rang too long: cancel its INVITE (no answer)."""
@@ -459,12 +452,8 @@ class Bridge(Progress):
         transaction, b = self._transaction, self.b
         if transaction is None or b.send is None or self._cancel_sent:
             return
-        cancel = transaction.cancel_request()
-        if cancel is None:
-            return  # no provisional yet: sent when one comes (RFC 3261 9.1)
-        self._cancel_sent = True
-        self.core.clients.start(cancel, b.send, b.reliable, peer=b.peer).addErrback(lambda _: None)
-        transaction.cancelled()
+        # Without a provisional yet, it is sent when one comes.
+        self._cancel_sent = cancel_invite(self.core.clients, transaction, b.send, b.reliable, b.peer)
 
     async def _connected(self, response: SipMessage) -> SipMessage:
         """B answered: ACK it (the offer was in A's INVITE), answer A with B's answer, start the clock."""
@@ -791,8 +780,7 @@ class Relay:
             raise Refused(480, "The forwarding user may not forward")
         if bridge.cancelled or bridge.stopping:
             raise Refused(487, "Cancelled")
-        routes = await Router(store).routes(target)
-        named = await store.routes.user_named(target)
+        named, routes = await Router(store).resolve(target)
         if named is not None:
             if named[1] in bridge.visited:
                 raise Refused(482, "Forwarding loop")
@@ -845,13 +833,12 @@ class Relay:
         store = backend.store
         if not await store.routes.may_send(sender.id):
             raise Refused(403, "This server may not send calls")
-        named = await store.routes.user_named(number)
+        named, routes = await Router(store).resolve(number)
         if named is None:
             raise Refused(404, "No such number here")
         callee = await store.get_user(named[0])
         if callee is None or not callee.enabled or callee.temporarydisabled:
             raise Refused(480, "Temporarily unavailable")
-        routes = [route for route in await Router(store).routes(number) if route.kind == "user"]
         forwards = await store.routes.forwards(callee.id)
         if not routes and not (forwards.always or forwards.noanswer):
             raise Refused(480, f"{named[1]} is not registered")
@@ -879,8 +866,7 @@ class Relay:
                      number: str) -> Bridge:
         """Route, rate and hold; the call, registered as live (raises L{Refused})."""
         store, config = backend.store, self.settings.current
-        routes = await Router(store).routes(number)
-        named = await store.routes.user_named(number)
+        named, routes = await Router(store).resolve(number)
         callee = named[1] if named is not None else ""
         forwards = await store.routes.forwards(named[0]) if named is not None else None
         if named is not None and not routes and not (forwards is not None and (forwards.always or forwards.noanswer)):

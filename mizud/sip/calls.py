@@ -45,7 +45,7 @@ from .dialog import Dialog, new_tag, peer_hosts
 from .message import SipMessage
 from .sdp import hold_offer, new_session, reorigin
 from .routing import Route, Unreachable
-from .transaction import T1, InviteClientTransaction, new_branch
+from .transaction import T1, ClientTransactions, InviteClientTransaction, new_branch
 
 log = Logger()
 
@@ -60,6 +60,25 @@ SETTLE_ATTEMPTS = 4
 SHUTDOWN_WAIT = 10.0
 #: Levels a caller can wait for: leg A answered, both legs connected, the call over.
 ANSWERED, CONNECTED, ENDED = 1, 2, 3
+
+
+def cancel_invite(clients: ClientTransactions, transaction: InviteClientTransaction, send: Callable[[bytes], None],
+                  reliable: bool, peer: str) -> bool:
+    """Send the CANCEL of a ringing INVITE; False when none may go yet (no provisional: RFC 3261 9.1)."""
+    cancel = transaction.cancel_request()
+    if cancel is None:
+        return False
+    clients.start(cancel, send, reliable, peer=peer).addErrback(lambda _: None)
+    transaction.cancelled()
+    return True
+
+
+def end_fork(clients: ClientTransactions, invite: SipMessage, response: SipMessage, send: Callable[[bytes], None],
+             reliable: bool, peer: str) -> None:
+    """A second 2xx from another branch of a forked INVITE: ACK it and end that dialog at once."""
+    fork = Dialog.from_2xx(invite, response)
+    send(fork.ack().serialize())
+    clients.start(fork.request("BYE"), send, reliable, peer=peer).addErrback(lambda _: None)
 
 
 class LiveCall(Protocol):
@@ -301,12 +320,8 @@ class PlacedCall(Progress):
         transaction = leg.transaction
         if transaction is None or leg.send is None or leg.cancel_sent:
             return
-        cancel = transaction.cancel_request()
-        if cancel is None:
-            return  # no provisional yet: sent when one comes (RFC 3261 9.1)
-        leg.cancel_sent = True
-        self.core.clients.start(cancel, leg.send, leg.reliable, peer=leg.peer).addErrback(lambda _: None)
-        transaction.cancelled()
+        # Without a provisional yet, it is sent when one comes.
+        leg.cancel_sent = cancel_invite(self.core.clients, transaction, leg.send, leg.reliable, leg.peer)
 
     # -- the call --------------------------------------------------------------------
 
@@ -453,19 +468,12 @@ class PlacedCall(Progress):
             return
         dialog = leg.dialog
         if dialog is not None and response.address("to").tag != dialog.remote_tag and leg.invite is not None:
-            self._drop_fork(leg, leg.invite, response)
+            end_fork(self.core.clients, leg.invite, response, leg.send, leg.reliable, leg.peer)
             return
         ack = leg.acks.get(response.cseq()[0])
         if ack:
             leg.send(ack)
 
-    def _drop_fork(self, leg: Leg, invite: SipMessage, response: SipMessage) -> None:
-        """A second 2xx from another branch of a forked INVITE: ACK it and end that dialog at once."""
-        assert leg.send is not None
-        fork = Dialog.from_2xx(invite, response)
-        leg.send(fork.ack().serialize())
-        self.core.clients.start(fork.request("BYE"), leg.send, leg.reliable, peer=leg.peer).addErrback(
-            lambda _: None)
 
     def _ack(self, leg: Leg, body: bytes = b"") -> None:
         """ACK the leg's latest answered INVITE (once)."""

@@ -64,24 +64,22 @@ class Router:
 
     async def routes(self, called: str) -> list[Route]:
         """Every route for C{called}, in the order a call would try them."""
-        local = await self._local(called)
-        if local is not None:
-            return local
+        return (await self.resolve(called))[1]
+
+    async def resolve(self, called: str) -> tuple[tuple[int, str] | None, list[Route]]:
+        """(id, username) of the user C{called} names (a username or DID; None: no user), and every route
+        for it in the order a call tries them: that user's contacts, else the gateways."""
+        named = await self.rows.user_named(called)
+        if named is not None:
+            userid, username = named
+            return named, [Route("user", username, b.contact, transport=b.transport, address=b.address,
+                                 domain=b.domain) for b in await self.bindings.of_user(userid)]
         digits = normalise(called)
         if digits is None:
-            return []
-        return [Route("gateway", g.username, server_uri(digits, g.domain, g.ip, g.port, g.transport), g.prefix,
-                      g.priority, g.routing, g.transport, g.proxy)
-                for g in await self.rows.gateways(digits)]
-
-    async def _local(self, called: str) -> list[Route] | None:
-        """The contacts of the user C{called} names (username or DID); None if it names no user."""
-        named = await self.rows.user_named(called)
-        if named is None:
-            return None
-        userid, username = named
-        return [Route("user", username, b.contact, transport=b.transport, address=b.address, domain=b.domain)
-                for b in await self.bindings.of_user(userid)]
+            return None, []
+        return None, [Route("gateway", g.username, server_uri(digits, g.domain, g.ip, g.port, g.transport),
+                            g.prefix, g.priority, g.routing, g.transport, g.proxy)
+                      for g in await self.rows.gateways(digits)]
 
     async def sender(self, address: str) -> str | None:
         """The traffic sender (a server allowed to send calls) at this IP address, if any."""

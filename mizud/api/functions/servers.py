@@ -186,12 +186,11 @@ class ServerFunctions:
         if len(called) > 64 or not called.isprintable():
             return error("called must be at most 64 printable characters", 412)
         router = Router(self.store)
-        routes = await router.routes(called)
+        named, routes = await router.resolve(called)
         source = invocation.arg("ip").strip()
         sender = await router.sender(source) if source else None
         origin = f" (from traffic sender {sender})" if sender else ""
         # As a call from a phone goes: a user's forwarding first (always: straight to it).
-        named = await self.store.routes.user_named(called)
         if named is not None:
             forwards = await self.store.routes.forwards(named[0])
             if forwards.always:
