@@ -34,6 +34,7 @@ from .service import LogFileService, MizudService
 from .sip.service import SipService
 from .sip.transport import SipDatagramProtocol, SipStreamFactory
 from .store.billing import BillingStore
+from .store.cache import Reload
 from .store.nodes import BEAT
 from .store.service import StoreService
 from .wire.demux import ApiDatagramProtocol, DemuxFactory, NoSip
@@ -153,7 +154,9 @@ class ApiService(Service):
             notifications.subscribe("tariffs", api.rater.rebuild)
             notifications.subscribe("access", api.reload_access)
             notifications.subscribe("bans", api.bans.refresh)
-            api.bans.changed = lambda: notifications.publish("bans")
+        # Changes of tb_banned and tb_api, by this node, another one or anybody's SQL (mizud.store.changes).
+        api.db.changes.after("tb_banned", Reload(api.bans.refresh, "reloading the bans"))
+        api.db.changes.after("tb_api", Reload(api.reload_access, "reloading the tb_api rules"))
         rules = await api.reload_access()
         table = await api.rater.rebuild()
         log.info("rating table loaded: {count} tariffs", count=table.size)

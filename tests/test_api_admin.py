@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest_twisted
+from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 
 from test_api_dispatch import KEY, SALT, Harness, make_harness
@@ -141,3 +142,41 @@ async def test_rebill(tmp_path: Path, database_option: str) -> None:
     assert (await h.call("apientry=rebill&days=today", "127.0.0.1")).text == "OK: 3 CDRs checked, 0 repriced"
     assert await h.store.audit() == []
     await h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_password_changed_by_sql_is_refused_at_once_despite_the_cache(tmp_path: Path,
+                                                                             database_option: str) -> None:
+    """The attack a user cache invites: an old password (or a disabled account) still accepted from memory.
+    After db changes alice's password, the next request with the old one is refused and the new one works;
+    after db disables her, she is refused.  fastusers lists the cache, syncusers empties it."""
+    from twisted.internet import reactor
+    from mizud.store.notify import Notifications
+
+    h = await make_harness(tmp_path, database=database_option)
+    listener = None
+    if database_option.startswith("postgresql"):
+        listener = Notifications(h.db, reactor, database_option)
+        listener.start()
+        while not h.db.changes.trusted():
+            await deferLater(reactor, 0.01, lambda: None)
+    try:
+        assert (await h.call(f"apientry=balance&{ALICE}")).ok
+        assert (await h.call(f"apientry=balance&{ALICE}")).ok
+        listed = await h.call("apientry=fastusers", "127.0.0.1")
+        assert "alice" in {r["username"] for r in listed.records}, listed.text
+        assert h.store.users.hits >= 1
+        sql = "UPDATE tb_users SET password = 'newpw' WHERE username = 'alice'"
+        assert (await h.call(f"apientry=db&txt={quote(sql)}", "127.0.0.1")).ok
+        assert (await h.call(f"apientry=balance&{ALICE}")).text == "ERROR: wrong authentication"
+        assert (await h.call(f"apientry=balance&authkey={KEY}&authid=alice&authpwd=newpw")).ok
+        sql = "UPDATE tb_users SET enabled = 0 WHERE username = 'alice'"
+        assert (await h.call(f"apientry=db&txt={quote(sql)}", "127.0.0.1")).ok
+        assert not (await h.call(f"apientry=balance&authkey={KEY}&authid=alice&authpwd=newpw")).ok
+        forgotten = await h.call("apientry=syncusers", "127.0.0.1")
+        assert forgotten.ok and forgotten.text.endswith("cached keys forgotten")
+        assert "alice" not in {r["username"] for r in (await h.call("apientry=fastusers", "127.0.0.1")).records}
+    finally:
+        if listener is not None:
+            listener.stop()
+        await h.db.close()

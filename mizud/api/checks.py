@@ -13,6 +13,7 @@ L{Attempt}; the first refusal is the answer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from decimal import Decimal
 from typing import Awaitable, Callable, Optional, Union
 
 from ..config import Settings
@@ -242,10 +243,16 @@ class UserConditions(Check):
         if not hosts or (register == 2 and attempt.request.source not in hosts):
             return error("the user is not registered" + (" from this address" if hosts else ""),
                          answer.AUTH_FAILED)
-        return self._credit(attempt, user)
+        return await self._after(self._credit(attempt, user))
 
     @staticmethod
-    def _credit(attempt: Attempt, user: User) -> ApiAnswer | None:
+    async def _after(verdict: Verdict) -> ApiAnswer | None:
+        """A verdict, awaited if it must wait."""
+        if verdict is None or isinstance(verdict, ApiAnswer):
+            return verdict
+        return await verdict
+
+    def _credit(self, attempt: Attempt, user: User) -> Verdict:
         """C{req_user_credit}: 2 means mincreditonroute, 0 and 1 no threshold."""
         rule, config = attempt.rule, attempt.config
         threshold = rule.req_user_credit
@@ -253,10 +260,15 @@ class UserConditions(Check):
             threshold = config.mincreditonroute
         elif threshold in (0, 1):
             threshold = None
-        if threshold is not None:
-            available = user.credit + (user.creditlimit if user.postpaid else 0)
-            if available < threshold:
-                return error("not enough credit", answer.FAILED)
+        if threshold is None:
+            return None
+        return self._enough(user, threshold)
+
+    async def _enough(self, user: User, threshold: Decimal) -> ApiAnswer | None:
+        """412 unless the balance now (never a stale cached one) reaches C{threshold}."""
+        available = await self.store.current_credit(user) + (user.creditlimit if user.postpaid else 0)
+        if available < threshold:
+            return error("not enough credit", answer.FAILED)
         return None
 
 

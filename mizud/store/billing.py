@@ -33,6 +33,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from ..ratelimit import Clock, utcnow
 from .authstate import BanRows
+from .cache import RowCache
 from .calls import CallRows
 from .database import Database, Result, Txn
 from .introspect import Columns
@@ -179,7 +180,8 @@ def _check_txid(txid: str | None) -> str | None:
 class BillingStore:
     """Users and money on one L{Database} (SQLite or PostgreSQL)."""
 
-    def __init__(self, db: Database, clock: Clock, default_currency: str = "USD", node: str = "") -> None:
+    def __init__(self, db: Database, clock: Clock, default_currency: str = "USD", node: str = "",
+                 cached_users: int = 100_000) -> None:
         self.db = db
         self.engine = db.engine
         self.clock = clock
@@ -208,6 +210,9 @@ class BillingStore:
         self.names = Names(db)
         #: The tables and their columns (setfield, getfield, addserver), read once.
         self.columns = Columns(db)
+        #: Users by username and by id, exact (L{mizud.store.cache}); at most C{cached_users} keys.
+        self.users: RowCache[tuple[str, Any], User] = RowCache(db.changes, "tb_users", cached_users,
+                                                               lambda user: user.id)
 
     def now(self) -> datetime:
         """The current time from the injected clock, as naive UTC."""
@@ -299,16 +304,32 @@ class BillingStore:
         return dict(zip(result.columns, result.rows[0])) if result.rows else None
 
     async def get_user(self, userid: int) -> User | None:
-        """The user with this id, or None."""
-        sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE id = ?"
-        row = (await self.db.run_query("get_user", sql, (userid,))).one()
-        return self._user(row) if row else None
+        """The user with this id, or None (from the exact cache when it may answer).
+
+        Its C{credit} is current only where the feed tells credit changes
+        (SQLite); show or check a balance through L{current_credit}.
+        """
+        return await self.users.get(("id", userid), lambda: self._read_user("get_user", "id", userid))
 
     async def find_user(self, username: str) -> User | None:
-        """The user with this username, or None."""
-        sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE username = ?"
-        row = (await self.db.run_query("find_user", sql, (username,))).one()
+        """The user with this username, or None (from the exact cache, as L{get_user})."""
+        return await self.users.get(("username", username),
+                                    lambda: self._read_user("find_user", "username", username))
+
+    async def _read_user(self, name: str, column: str, value: Any) -> User | None:
+        sql = f"SELECT {_USER_COLUMNS} FROM tb_users WHERE {column} = ?"
+        row = (await self.db.run_query(name, sql, (value,))).one()
         return self._user(row) if row else None
+
+    async def current_credit(self, user: User) -> Decimal:
+        """The user's balance now: the cached one where credit changes are told (SQLite), else read
+        (PostgreSQL does not notify every debit); raises L{UnknownUser} if the user is gone."""
+        if self.db.changes.credit and self.db.changes.trusted():
+            return user.credit
+        row = (await self.db.run_query("user_credit", "SELECT credit FROM tb_users WHERE id = ?", (user.id,))).one()
+        if row is None:
+            raise UnknownUser(f"no user with id {user.id}")
+        return self.engine.money(row[0])
 
     async def find_user_by_pin(self, pin: str) -> User | None:
         """The user whose PIN this is, or None."""
@@ -392,11 +413,11 @@ class BillingStore:
         await self.db.run_statement("set_password", "UPDATE tb_users SET password = ? WHERE id = ?", (password, userid))
 
     async def balance(self, userid: int) -> Decimal:
-        """The user's credit; raises L{UnknownUser}."""
+        """The user's credit now; raises L{UnknownUser}."""
         user = await self.get_user(userid)
         if user is None:
             raise UnknownUser(f"no user with id {userid}")
-        return user.credit
+        return await self.current_credit(user)
 
     # -- ledger primitives (run inside a transaction) --------------------------
 

@@ -31,10 +31,13 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .changes import CHANNEL, Change, ChangeFeed, parse_change, sqlite_triggers
 from .engines import Engine, PostgresEngine, SqliteEngine, is_postgres
 
 T = TypeVar("T")
 log = Logger()
+#: How a change trigger's NOTICE begins (the rest is the change, see L{parse_change}).
+CHANGE_NOTICE = CHANNEL + " "
 
 
 class DatabaseError(Exception):
@@ -73,6 +76,8 @@ class Database(Protocol):
     engine: Engine
     #: The transactions queued or running now (for the console's querylist).
     running: Running
+    #: Every change to the cached tables (L{mizud.store.changes}).
+    changes: ChangeFeed
 
     def run_interaction(self, name: str, func: TxnFunction[T], *args: Any) -> Awaitable[T]:
         """Run C{func(txn, *args)} in one transaction; complete after commit."""
@@ -196,15 +201,30 @@ class _Writer:
     def __init__(self, path: str, engine: Engine) -> None:
         self.path = path
         self.engine = engine
+        #: The rows of cached tables changed since L{take} was last called.
+        self.changed: list[Change] = []
         self.connection = self.open()
         self.txn = _SqliteTxn(self.connection, engine)
 
     def open(self) -> sqlite3.Connection:
-        """A writer connection: WAL, fully synced commits."""
+        """A writer connection: WAL, fully synced commits, every change of a cached table recorded."""
         connection = connect_sqlite(self.path)
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = FULL")
+        connection.create_function("mizud_changed", 3, self._record)
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for statement in sqlite_triggers(tables):
+            connection.execute(statement)
         return connection
+
+    def _record(self, table: str, rowid: Any, server: Any) -> None:
+        """Called by the temporary triggers for each changed row (on this thread, inside the statement)."""
+        self.changed.append(Change(table, int(rowid) if rowid is not None else None, bool(server)))
+
+    def take(self) -> list[Change]:
+        """The changes recorded since the last call."""
+        changed, self.changed = self.changed, []
+        return changed
 
     def reopen(self) -> None:
         """Open a new connection, then close the old one."""
@@ -235,6 +255,7 @@ class SqliteDatabase:
         self.commits = 0
         self.transactions = 0
         self.running = Running()
+        self.changes = ChangeFeed(reactor)  # type: ignore[arg-type, unused-ignore]  # the reactor has seconds()
 
     def start(self) -> defer.Deferred[None]:
         """Open the connection (WAL, fully synced commits) and start the writer."""
@@ -351,7 +372,8 @@ class SqliteDatabase:
                     break
                 batch.append(job)
             outcomes = self._run_batch(writer.connection, writer.txn, batch)
-            self._reactor.callFromThread(_deliver, batch, outcomes)
+            # The caches hear of the group's changes before any of its callers is answered.
+            self._reactor.callFromThread(self._deliver, batch, outcomes, writer.take())
         writer.connection.close()
         assert self._stopped is not None
         self._reactor.callFromThread(self._stopped.callback, None)
@@ -361,7 +383,19 @@ class SqliteDatabase:
             outcome: Any = job.func(writer)
         except Exception:
             outcome = Failure()
-        self._reactor.callFromThread(_deliver_one, job.deferred, outcome)
+        writer.take()
+        self._reactor.callFromThread(self._deliver_exclusive, job.deferred, outcome)
+
+    def _deliver(self, batch: list[_Job], outcomes: list[Any], changes: list[Change]) -> None:
+        """On the reactor thread: tell the changes, then answer the group's callers."""
+        if changes:
+            self.changes.tell(changes)
+        _deliver(batch, outcomes)
+
+    def _deliver_exclusive(self, deferred: defer.Deferred[Any], outcome: Any) -> None:
+        """On the reactor thread: an exclusive job (a restore, VACUUM) may have changed anything."""
+        self.changes.everything()
+        _deliver_one(deferred, outcome)
 
     def _run_batch(
         self, connection: sqlite3.Connection, txn: _SqliteTxn, batch: list[_Job]
@@ -470,6 +504,26 @@ def pg_connection(reactor: Any) -> Any:
     from txpostgres import txpostgres
 
     class QuietConnection(txpostgres.Connection):  # type: ignore[misc, unused-ignore]
+        def backend_pid(self) -> int:
+            """The server process of this (connected) connection."""
+            return int(self._connection.get_backend_pid())
+
+        def capture_notices(self, sink: Notices) -> None:
+            """Give the server's notices on this (connected) connection to C{sink}."""
+            self._connection.notices = sink
+
+        def checkForNotifies(self) -> None:
+            """Tell the observers of each NOTIFY now, before the answer that came with it is delivered
+            (txpostgres would tell them on a later turn of the reactor): the change feed relies on it."""
+            raw = self._connection
+            while raw.notifies:
+                notify = raw.notifies.pop(0)
+                for observer in self.getNotifyObservers():
+                    try:
+                        observer(notify)
+                    except Exception:
+                        log.failure("a NOTIFY observer failed")
+
         def doRead(self) -> None:
             try:
                 super().doRead()
@@ -482,6 +536,33 @@ def pg_connection(reactor: Any) -> Any:
                     pass
 
     return QuietConnection(reactor=reactor)
+
+
+class Notices:
+    """What the server told one connection besides its answers (psycopg2 appends each message here).
+
+    The change triggers' NOTICEs (C{mizud_rows TABLE ID}) are kept until
+    the statement or transaction that caused them has ended; anything else
+    is logged at debug level.
+    """
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    def append(self, message: str) -> None:
+        """One message, C{"NOTICE:  text"}."""
+        text = message.partition(":")[2].strip()
+        if text.startswith(CHANGE_NOTICE):
+            change = parse_change(text[len(CHANGE_NOTICE):])
+            if change is not None:
+                self.changes.append(change)
+                return
+        log.debug("PostgreSQL: {message}", message=message.strip())
+
+    def take(self) -> list[Change]:
+        """The changes kept since the last call."""
+        changes, self.changes = self.changes, []
+        return changes
 
 
 #: Seconds a PostgreSQL transaction waits for a free pool connection before it is refused.
@@ -509,13 +590,28 @@ class PostgresDatabase:
         #: Bumped by reset(); a connection opened under an older generation is replaced when released.
         self._generation = 0
         self._born: dict[Any, int] = {}
+        self._notices: dict[Any, Notices] = {}
+        self._pids: dict[Any, int] = {}
         self.running = Running()
+        #: Trusted only while the listener (L{mizud.store.notify}) confirms it.
+        self.changes = ChangeFeed(reactor, confirmed=False, credit=False)
 
     async def _connect(self) -> Any:
         connection = pg_connection(self._reactor)
         try:
             await connection.connect(self.dsn)
+            # The change triggers tell the connection that made a change by a NOTICE (see mizud.store.changes).
+            notices = self._notices[connection] = Notices()
+            connection.capture_notices(notices)
+            await connection.runOperation("SET mizud.capture = 'on'")
+            self._pids[connection] = connection.backend_pid()
+            self.changes.own_sessions.add(self._pids[connection])
         except Exception as error:
+            self._notices.pop(connection, None)
+            try:
+                connection.close()
+            except Exception:
+                pass
             raise DatabaseError(f"cannot connect to PostgreSQL: {_first_line(error)}") from None
         self._connections.add(connection)
         self._born[connection] = self._generation
@@ -580,6 +676,10 @@ class PostgresDatabase:
                     continue
                 raise
             finally:
+                notices = self._notices.get(connection)
+                if notices is not None and notices.changes:
+                    # The statement or transaction has ended: the caches hear of it before its caller.
+                    self.changes.tell(notices.take())
                 if broken and not self._closing:
                     self._replace(connection)
                 else:
@@ -615,6 +715,8 @@ class PostgresDatabase:
     def _forget(self, connection: Any) -> None:
         self._connections.discard(connection)
         self._born.pop(connection, None)
+        if self._notices.pop(connection, None) is not None:
+            self.changes.own_sessions.discard(self._pids.pop(connection, -1))
 
     async def reset(self) -> int:
         """Replace every connection: idle ones now (each after its replacement has opened, so requests

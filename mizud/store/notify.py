@@ -10,6 +10,13 @@ publishing runs the handlers locally.
 The listening connection is a dedicated txpostgres connection.  When it
 breaks, it reconnects with backoff, and every handler then runs once: what
 changed meanwhile is reloaded.
+
+The same connection listens on C{mizud_rows}, where the change triggers
+tell every node which rows of the cached tables changed; each arrives at
+the database's change feed (L{mizud.store.changes}) at once, and the
+listener confirms the feed by a trivial question every
+L{mizud.store.changes.CONFIRM_EVERY} seconds (caches answer from memory
+only while it is confirmed).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .changes import CHANNEL as ROWS_CHANNEL, CONFIRM_EVERY, parse_change
 from .database import Database, background
 
 log = Logger()
@@ -90,7 +98,7 @@ class Notifications:
             try:
                 await connection.connect(self.dsn)
                 connection.addNotifyObserver(self._notified)
-                await connection.runOperation(f"LISTEN {CHANNEL}")
+                await connection.runOperation(f"LISTEN {CHANNEL}; LISTEN {ROWS_CHANNEL}")
             except Exception as error:
                 log.warn("LISTEN {channel} failed ({error}); retrying in {delay}s", channel=CHANNEL,
                          error=str(error).splitlines()[0] if str(error) else type(error).__name__, delay=delay)
@@ -108,7 +116,8 @@ class Notifications:
                 return
             self._connection = connection
             log.info("listening for changes from other nodes")
-            for topic in self.handlers:  # whatever changed while we were not listening
+            self.db.changes.everything()  # whatever changed while nobody listened
+            for topic in self.handlers:
                 self._arrived(topic)
             lost: defer.Deferred[None] = defer.Deferred()
             self._watch(connection, lost)
@@ -118,46 +127,63 @@ class Notifications:
             delay = 0.5
 
     def _watch(self, connection: Any, lost: defer.Deferred[None]) -> None:
-        """Notice when the listening connection breaks: a cheap query every few seconds.
+        """Confirm the change feed, and notice when the listening connection breaks: a trivial question
+        every L{CONFIRM_EVERY} seconds.
 
-        A query that does not answer in time is abandoned, never cancelled:
-        cancelling makes libpq block the reactor (PQcancel) on a network
-        that stopped passing traffic.
+        Its answer proves that every notification committed before it was
+        asked has arrived (the server sends them first), so the feed is
+        confirmed up to the time it was asked.  A question not answered in
+        L{WATCH} seconds means the connection is broken; it is abandoned,
+        never cancelled: cancelling makes libpq block the reactor (PQcancel)
+        on a network that stopped passing traffic.
         """
         from twisted.internet.task import LoopingCall
 
-        pending: list[Any] = []
+        feed = self.db.changes
+        pending: list[float] = []
 
         def broken(_: Any = None) -> None:
+            feed.unconfirm()
             if loop.running:
                 loop.stop()
             if not lost.called:
                 log.warn("the LISTEN connection broke; reconnecting")
                 lost.callback(None)
 
-        def answered(_: Any) -> None:
+        def answered(_: Any, asked: float) -> None:
             pending.clear()
+            feed.confirm(asked)
 
         def check() -> None:
-            if self._stopping or pending:
-                broken()  # stopping, or the previous check never answered
+            now = self.reactor.seconds()
+            if self._stopping or (pending and now - pending[0] > WATCH):
+                broken()  # stopping, or the question was never answered
                 return
-            pending.append(True)
+            if pending:
+                return
+            pending.append(now)
             d = connection.runQuery("SELECT 1")
-            d.addCallbacks(answered, broken)
+            d.addCallbacks(answered, broken, callbackArgs=(now,))
 
         loop = LoopingCall(check)
         loop.clock = self.reactor
-        loop.start(WATCH, now=False)
+        loop.start(CONFIRM_EVERY, now=True)
 
     def _notified(self, notify: Any) -> None:
         payload = getattr(notify, "payload", "")
-        if payload in TOPICS:
+        if getattr(notify, "channel", "") == ROWS_CHANNEL:
+            if getattr(notify, "pid", None) in self.db.changes.own_sessions:
+                return  # this node's own change, told when it was made
+            change = parse_change(payload)
+            if change is not None:
+                self.db.changes.tell((change,))
+        elif payload in TOPICS:
             self._arrived(payload)
 
     def stop(self) -> None:
         """Stop listening."""
         self._stopping = True
+        self.db.changes.unconfirm()
         for call in self._pending.values():
             if call.active():
                 call.cancel()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .cache import SnapshotCache, always
+from .changes import Change
 from .database import Database
 
 #: tb_users.serverrole: what a server added by addserver may do.
@@ -38,25 +40,52 @@ class Forwards:
     timeout: int
 
 
+def _servers(change: Change) -> bool:
+    """A change of a tb_users row that is or was a traffic sender or SIP server."""
+    return change.server
+
+
 class RouteRows:
-    """The routing queries (see the module doc)."""
+    """The routing queries (see the module doc).
+
+    The routes and the traffic senders by address, read on every call, come
+    from exact snapshots (L{mizud.store.cache}): a change of tb_routing, or
+    of a server's tb_users row, is seen by the next call.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._routes: SnapshotCache[list[GatewayRoute]] = SnapshotCache(
+            db.changes, {"tb_routing": always, "tb_users": _servers})
+        self._senders: SnapshotCache[list[tuple[int, str, str, bool]]] = SnapshotCache(
+            db.changes, {"tb_users": _servers})
 
     async def gateways(self, digits: str) -> list[GatewayRoute]:
         """The enabled routes whose prefix begins C{digits}: longest prefix first, then priority, then age."""
+        routes = await self._routes.get(self._read_routes)
+        return [route for route in routes if digits.startswith(route.prefix)]
+
+    async def _read_routes(self) -> list[GatewayRoute]:
         result = await self.db.run_query(
             "routes",
             "SELECT r.name, r.prefix, r.priority, u.username, u.domain, u.ip, u.port, u.transport, u.proxy "
             "FROM tb_routing r JOIN tb_users u ON u.id = r.serverid "
             "WHERE r.enabled <> 0 AND u.enabled <> 0 AND u.serverrole <> ? AND u.type IN (?, ?) "
-            "AND substr(?, 1, length(r.prefix)) = r.prefix "
             "ORDER BY length(r.prefix) DESC, r.priority, r.id",
-            (ROLE_SENDER, 9, 5, digits),
+            (ROLE_SENDER, 9, 5),
         )
         return [GatewayRoute(row[0], row[1], int(row[2]), row[3], row[4], row[5], int(row[6]), row[7], row[8])
                 for row in result.rows]
+
+    async def _read_senders(self) -> list[tuple[int, str, str, bool]]:
+        """Every enabled server that may send calls: (id, username, ip, authenticates by its address)."""
+        result = await self.db.run_query(
+            "route_senders",
+            "SELECT id, username, ip, needauth FROM tb_users WHERE enabled <> 0 AND serverrole <> ? "
+            "AND type IN (5, 9) ORDER BY id",
+            (ROLE_SERVER,),
+        )
+        return [(int(row[0]), str(row[1]), str(row[2] or ""), row[3] == 1) for row in result.rows]
 
     async def user_named(self, called: str) -> tuple[int, str] | None:
         """(id, username) of the user C{called} names: its username (not a server's) or an assigned DID."""
@@ -72,26 +101,20 @@ class RouteRows:
 
     async def sender_at(self, address: str) -> str | None:
         """The traffic sender (a server allowed to send calls) at this IP address, if any."""
-        result = await self.db.run_query(
-            "route_sender",
-            "SELECT username FROM tb_users WHERE enabled <> 0 AND serverrole <> ? AND type IN (5, 9) AND ip = ? "
-            "ORDER BY id",
-            (ROLE_SERVER, address.strip("[]")),
-        )
-        row = result.one()
-        return str(row[0]) if row else None
+        host = address.strip("[]")
+        for _, username, ip, _ in await self._senders.get(self._read_senders):
+            if ip == host:
+                return username
+        return None
 
     async def sender_by_address(self, address: str) -> int | None:
         """The id of the enabled traffic sender that authenticates by its IP address (u_auth 1) at
         C{address}, if any: its calls need no digest."""
-        result = await self.db.run_query(
-            "route_ip_sender",
-            "SELECT id FROM tb_users WHERE enabled <> 0 AND serverrole <> ? AND type IN (5, 9) AND ip = ? "
-            "AND needauth = 1 ORDER BY id",
-            (ROLE_SERVER, address.strip("[]")),
-        )
-        row = result.one()
-        return int(row[0]) if row else None
+        host = address.strip("[]")
+        for userid, _, ip, by_address in await self._senders.get(self._read_senders):
+            if by_address and ip == host:
+                return userid
+        return None
 
     async def forwards(self, userid: int) -> Forwards:
         """The user's forwarding numbers (empty when none)."""

@@ -75,7 +75,8 @@ class StoreService(Service):
 
     async def _open(self, database: Database) -> None:
         await database.start()
-        store = BillingStore(database, self.reactor, self.config.defaultcurrency, node=self.node)
+        store = BillingStore(database, self.reactor, self.config.defaultcurrency, node=self.node,
+                             cached_users=self.config.usercache)
         dsn = self.config.database if self.config.engine == "postgresql" else ""
         self.notifications = Notifications(database, self.reactor, dsn)
         self.notifications.start()

@@ -1,4 +1,4 @@
-"""Admin functions: db, showcfg, checkcredits, quickstat and rebill."""
+"""Admin functions: db, showcfg, checkcredits, quickstat, rebill, and the user cache (fastusers, syncusers)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,23 @@ class AdminFunctions:
     settings: Settings
     store: BillingStore
     traffic: Traffic
+
+    @fn("fastusers", Category.ADMIN)
+    async def fastusers(self, invocation: Invocation) -> ApiAnswer:
+        """the users in the exact user cache (id, username, type, enabled), with its hits and misses"""
+        cache = self.store.users
+        users = cache.rows()
+        records = [{"id": u.id, "username": u.username, "type": u.type, "enabled": int(u.enabled)} for u in users]
+        lines = [f"{r['id']} {r['username']} type {r['type']}" + ("" if r["enabled"] else " disabled") for r in records]
+        head = (f"{len(records)} users cached ({len(cache)} keys, at most {cache.size}); "
+                f"{cache.hits} hits, {cache.misses} misses")
+        return ok(head + ("\n" + "\n".join(lines) if lines else ""), records)
+
+    @fn("syncusers", Category.ADMIN)
+    async def syncusers(self, invocation: Invocation) -> ApiAnswer:
+        """forget every cached user: each is read from the database when next needed (the cache is exact
+        anyway; this is for an operator who wants to be sure)"""
+        return ok(f"{self.store.users.forget()} cached keys forgotten")
 
     @fn("db", Category.ADMIN, params=("txt",))
     async def run_db(self, invocation: Invocation) -> ApiAnswer:

@@ -51,7 +51,7 @@ class MoneyFunctions:
         """credit request: the caller's balance and currency"""
         user = invocation.user()
         # "OK: 12.34 USD": the number first, as Mizu clients parse it.
-        return ok(f"{format_money(user.credit)} {user.currency}")
+        return ok(f"{format_money(await self.store.current_credit(user))} {user.currency}")
 
     @fn("charge", Category.USER, params=("pin", "txid"), aliases=("recharge",))
     async def charge(self, invocation: Invocation) -> ApiAnswer:

@@ -1,0 +1,166 @@
+"""The change feed: which rows of the cached tables changed, told to the caches the moment it is known.
+
+The caches of what every request reads (users, the tb_api rules, bans,
+routes and traffic senders) are exact because every change to their tables
+reaches this feed, however it was made:
+
+  - SQLite (one process): temporary triggers on the writer's connection
+    call back into Python for every changed row, so the store's own
+    statements, the C{db} function and custom SQL are all seen; the writer
+    hands the changes of a group to the reactor thread just before it
+    answers the group's callers (L{SqliteDatabase}).  A backup restore or
+    any other exclusive job counts as a change of everything.
+  - PostgreSQL: triggers (schema delta 17) raise a NOTICE on the
+    connection that made the change, read when its statement or
+    transaction ends, so this node's own changes are seen before their
+    caller is answered; and they send C{NOTIFY mizud_rows}, which every
+    node's listener (L{mizud.store.notify}) passes to its feed, so changes
+    by other nodes or by anyone's SQL arrive within milliseconds.
+
+On PostgreSQL a cache may only answer while the feed is I{confirmed}: the
+listener asks the server a trivial question every L{CONFIRM_EVERY} seconds
+on the listening connection, and an answer proves that every notification
+committed before the question was asked has been delivered.  A cache
+answers from memory only when the last confirmed question was asked less
+than L{FRESH} seconds ago; otherwise it reads the database.  So a change
+committed anywhere is visible everywhere within L{FRESH} seconds, or the
+cache is not used at all.  After the listening connection is replaced,
+everything counts as changed.
+
+Caches never decide money: conditional updates stay in the database, and
+on PostgreSQL a user's credit is not even notified (a NOTIFY per debit
+would serialise every commit on the server's notification lock), so
+L{ChangeFeed.credit} tells the store whether a cached balance may be shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from ..ratelimit import Clock
+
+#: The watched tables.
+WATCHED = ("tb_users", "tb_api", "tb_banned", "tb_routing")
+#: tb_users columns whose change is told (the cached ones); tb_users.credit only on SQLite.
+USER_COLUMNS = (
+    "username", "password", "type", "currency", "postpaid", "creditlimit", "tariffid", "enabled",
+    "temporarydisabled", "pin", "domain", "ip", "port", "proxy", "transport", "needauth", "serverrole",
+)
+#: The NOTIFY channel of row changes, and the prefix of the NOTICE telling the changing connection.
+CHANNEL = "mizud_rows"
+#: A confirmed feed is trusted for this long after the confirming question was asked (seconds).
+FRESH = 0.1
+#: Seconds between the listener's confirming questions.
+CONFIRM_EVERY = 0.03
+#: tb_users.type of rows that routing reads (traffic senders and SIP servers).
+SERVER_TYPES = (5, 9)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One changed row (C{id} None: possibly every row of C{table}); C{server} for a tb_users row that is
+    (or was) a traffic sender or SIP server, which the routing caches read."""
+
+    table: str
+    id: int | None
+    server: bool = False
+
+
+def parse_change(payload: str) -> Change | None:
+    """A change from its trigger text C{"table id"} or C{"table id s"}; None for anything else."""
+    parts = payload.split()
+    if len(parts) not in (2, 3) or parts[0] not in WATCHED or not parts[1].isdigit():
+        return None
+    return Change(parts[0], int(parts[1]), len(parts) == 3 and parts[2] == "s")
+
+
+Listener = Callable[[Change], None]
+
+
+class ChangeFeed:
+    """Tells each table's listeners of its changed rows, synchronously, on the reactor thread."""
+
+    def __init__(self, clock: Clock, confirmed: bool = True, credit: bool = True) -> None:
+        """C{confirmed} False: caches may not answer until L{confirm} is called (PostgreSQL); C{credit}
+        False: changes of tb_users.credit are not told (PostgreSQL), so a cached balance is not current."""
+        self.clock = clock
+        #: Whether changes of a user's credit are told (a cached balance is then current).
+        self.credit = credit
+        self._listeners: dict[str, list[Listener]] = {}
+        self._after: dict[str, list[Callable[[], None]]] = {}
+        self._needs_confirmation = not confirmed
+        self._confirmed = float("-inf")
+        #: How many changes have been told (tests, metrics).
+        self.told = 0
+        #: The database sessions (PostgreSQL backend pids) whose changes this feed is told directly, so
+        #: their notifications, arriving later, are not told again.
+        self.own_sessions: set[int] = set()
+
+    def watch(self, table: str, listener: Listener) -> None:
+        """Call C{listener(change)} for every change of C{table}."""
+        if table not in WATCHED:
+            raise ValueError(f"{table} is not watched")
+        self._listeners.setdefault(table, []).append(listener)
+
+    def after(self, table: str, callback: Callable[[], None]) -> None:
+        """Call C{callback()} once after each telling that changed C{table} (to reload a whole table once
+        for a group of changes)."""
+        if table not in WATCHED:
+            raise ValueError(f"{table} is not watched")
+        self._after.setdefault(table, []).append(callback)
+
+    def tell(self, changes: Iterable[Change]) -> None:
+        """These rows changed: tell their listeners now."""
+        tables = set()
+        for change in changes:
+            self.told += 1
+            tables.add(change.table)
+            for listener in self._listeners.get(change.table, ()):
+                listener(change)
+        for table in tables:
+            for callback in self._after.get(table, ()):
+                callback()
+
+    def everything(self) -> None:
+        """Anything may have changed (a restore, a lost listening connection)."""
+        self.tell(Change(table, None, True) for table in WATCHED)
+
+    def confirm(self, asked: float) -> None:
+        """Every change committed before time C{asked} has been told (the listener's question answered)."""
+        self._confirmed = max(self._confirmed, asked)
+
+    def unconfirm(self) -> None:
+        """The listening connection is gone: nothing is confirmed until it is back."""
+        self._confirmed = float("-inf")
+
+    def trusted(self) -> bool:
+        """Whether a cache may answer from memory now."""
+        return not self._needs_confirmation or self.clock.seconds() - self._confirmed < FRESH
+
+
+def sqlite_triggers(tables: Iterable[str]) -> list[str]:
+    """The temporary triggers that tell a SQLite connection's function C{mizud_changed(table, id, server)}
+    of every change to those of the watched tables that exist (C{tables})."""
+    statements = []
+    for table in WATCHED:
+        if table not in tables:
+            continue
+        users = table == "tb_users"
+        # A user's status (written by every registration) is not cached, so changing it tells nothing.
+        columns = f"OF {', '.join(('id', 'credit') + USER_COLUMNS)} " if users else ""
+        server_new = "NEW.type IN (5, 9)" if users else "0"
+        server_old = "OLD.type IN (5, 9)" if users else "0"
+        statements += [
+            f"CREATE TEMP TRIGGER IF NOT EXISTS mizud_{table}_inserted AFTER INSERT ON main.{table} "
+            f"BEGIN SELECT mizud_changed('{table}', NEW.id, {server_new}); END",
+            f"CREATE TEMP TRIGGER IF NOT EXISTS mizud_{table}_updated AFTER UPDATE {columns}ON main.{table} "
+            f"BEGIN SELECT mizud_changed('{table}', OLD.id, {server_old} OR {server_new}); "
+            f"SELECT mizud_changed('{table}', NEW.id, {server_new}) WHERE NEW.id <> OLD.id; END",
+            f"CREATE TEMP TRIGGER IF NOT EXISTS mizud_{table}_deleted AFTER DELETE ON main.{table} "
+            f"BEGIN SELECT mizud_changed('{table}', OLD.id, {server_old}); END",
+        ]
+    return statements
+
+
+__all__ = ["CHANNEL", "Change", "ChangeFeed", "FRESH", "USER_COLUMNS", "WATCHED", "parse_change", "sqlite_triggers"]
