@@ -447,6 +447,14 @@ OPTIONS: tuple[Option, ...] = (
     _opt("sipratelimitip", parse_decimal, "200",
          "SIP requests per second one source address may sustain (bursts of twice that); "
          "0 for no limit. Requests over it are dropped.", live=True, group="sip"),
+    _opt("sipmaxserving", int_range(0, 1_000_000), "2000",
+         "Admission control: at most this many SIP requests being worked on at once (waiting for the "
+         "database or a route); past it, new requests outside a dialog get 503 with Retry-After at once, so "
+         "an overloaded node keeps answering at its best rate instead of drowning in retransmissions. "
+         "0 for no limit.", live=True, group="sip"),
+    _opt("sipoverloadlag", parse_duration, "250ms",
+         "Admission control: while the event loop runs this late (it is out of CPU), new SIP requests "
+         "outside a dialog get 503 with Retry-After. 0 for no limit.", live=True, group="sip"),
     _opt("sipidletimeout", parse_duration, "15m",
          "Close a SIP TCP, TLS or WebSocket connection that sent nothing for this long "
          "(phones keep theirs open with CRLF keep-alives or re-registrations).", group="sip"),

@@ -9,6 +9,7 @@ import pytest_twisted
 
 from mizud.store.registrations import Bindings
 from mizud.sip.digest import DigestAuth, parse_credentials
+from mizud.sip.message import parse_datagram
 from sipkit import Phone, digest_header, make_rig, settle
 
 
@@ -193,4 +194,108 @@ async def test_register_rules(tmp_path: Path) -> None:
     bad_to = await rig.one(root.request("REGISTER", "", to="tel:+123"))
     assert bad_to.status == 400
     await settle()
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_admission_control_answers_503_early_and_lets_dialogs_through(tmp_path: Path) -> None:
+    """Over sipmaxserving requests in the works, or with the event loop late past sipoverloadlag, a new
+    REGISTER gets 503 Overloaded with Retry-After before anything is looked up, and no transaction is
+    kept; requests inside a dialog still pass; when the load is gone, registrations work again."""
+    from mizud.sip.core import LAG_EVERY
+
+    rig = await make_rig(tmp_path, "sipmaxserving=2", "sipoverloadlag=100ms")
+    phone = Phone("alice", "alicepw")
+    core = rig.core
+    core.serving = 2  # two requests waiting for the database
+    shed = await rig.one(phone.register())
+    assert (shed.status, shed.reason, shed.get("retry-after")) == (503, "Overloaded", "1")
+    assert core.stats["shed"] == 1 and core.transactions.find(parse_datagram(phone.register())) is None
+    bye = phone.request("BYE", "sip:alice@192.0.2.1", to="sip:bob@example.com").replace(
+        b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=x")
+    in_dialog = await rig.one(bye)
+    assert in_dialog.status == 481  # judged, not shed
+    core.serving = 0
+    assert (await rig.register(phone)).status == 200
+    # The event loop ran late: sampled by the lag watch (here with the harness's fake clock).
+    core.sample_lag()
+    rig.h.clock.advance(LAG_EVERY + 0.15)
+    core.sample_lag()
+    assert core.lag > 0.1 and core.overloaded()
+    assert (await rig.one(phone.register())).status == 503
+    rig.h.clock.advance(LAG_EVERY)
+    core.sample_lag()
+    assert not core.overloaded()
+    assert (await rig.register(phone)).status == 200
+    await rig.h.db.close()
+
+
+async def stored_expiry(rig: object, contact: str) -> object:
+    """The expiry stored in tb_registrations for a contact."""
+    db = rig.h.db  # type: ignore[attr-defined]
+    row = (await db.run_query("x", "SELECT expires, cseq FROM tb_registrations WHERE contact = ?", (contact,))).rows[0]
+    return db.engine.time(row[0]), int(row[1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unchanged_refresh_writes_nothing_until_its_stored_expiry_nears(
+        tmp_path: Path, database_option: str) -> None:
+    """A refresh that changes only the expiry is answered from one read, with no write; the new expiry is
+    written in one transaction once the stored one is within REFRESH_HORIZON; a replay of the refreshed
+    CSeq is still out of order; a REGISTER that changes something writes at once."""
+    from mizud.store.registrations import REFRESH_HORIZON
+
+    rig = await make_rig(tmp_path, database=database_option)
+    store, clock = rig.h.store, rig.h.clock
+    bindings = store.registrations
+    phone = Phone("alice", "alicepw")
+    contact = "sip:alice@192.0.2.10:5062"
+    assert (await rig.register(phone, expires=120)).status == 200
+    first_expiry, first_cseq = await stored_expiry(rig, contact)
+    clock.advance(60)
+    writes = [0]
+    real = rig.h.db.run_interaction
+
+    def counting(name: str, *args: object) -> object:
+        writes[0] += 1
+        return real(name, *args)  # type: ignore[arg-type]
+
+    rig.h.db.run_interaction = counting  # type: ignore[method-assign]
+    refreshed = await rig.register(phone, expires=120)
+    assert refreshed.status == 200 and refreshed.all("contact") == [f"<{contact}>;expires=120"]
+    assert writes[0] == 0 and bindings.unwritten == 1
+    assert await stored_expiry(rig, contact) == (first_expiry, first_cseq)  # nothing written
+    phone.cseq -= 2  # the next authenticated REGISTER repeats the refresh's CSeq, known only in memory
+    challenge = await rig.one(phone.register(expires=120))
+    replay = await rig.one(phone.register(phone.answer(challenge, "REGISTER"), expires=120))
+    assert (replay.status, replay.reason) == (400, "Out of order CSeq")
+    assert await bindings.flush() == 0  # the stored expiry is 60 s away
+    clock.advance(60 - REFRESH_HORIZON + 1)
+    assert await bindings.flush() == 1 and writes[0] == 1
+    expiry, cseq = await stored_expiry(rig, contact)
+    assert expiry == first_expiry + timedelta(seconds=60) and cseq > first_cseq
+    # Another contact is a change: written before the 200.
+    assert (await rig.register(phone, contact="<sip:alice@192.0.2.10:5070>", expires=120)).status == 200
+    assert writes[0] == 2
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_crash_loses_no_acknowledged_binding(tmp_path: Path) -> None:
+    """A node that dies with refreshes unwritten leaves every binding it acknowledged stored and live
+    until its stored expiry (which no refresh moved closer); the next node serves it from there."""
+    rig = await make_rig(tmp_path)
+    phone = Phone("alice", "alicepw")
+    contact = "sip:alice@192.0.2.10:5062"
+    assert (await rig.register(phone, expires=300)).status == 200
+    stored, _ = await stored_expiry(rig, contact)
+    rig.h.clock.advance(100)
+    assert (await rig.register(phone, expires=300)).status == 200
+    assert rig.h.store.registrations.unwritten == 1
+    # The crash: this node's memory is gone; another store on the same database takes over.
+    from mizud.store.registrations import Bindings
+
+    survivor = Bindings(rig.h.db, rig.h.store.now)
+    live = await survivor.of_user((await rig.h.store.find_user("alice")).id)  # type: ignore[union-attr]
+    assert [(b.contact, b.expires) for b in live] == [(contact, stored)]
     await rig.h.db.close()

@@ -71,6 +71,10 @@ MAX_IM = 4000
 MAX_FAILED_CALLS = 100_000
 #: How long a rejected credential in a Call-ID is remembered (seconds).
 FAILED_CALL_MEMORY = 3600.0
+#: Seconds between the event loop's lateness samples (admission control).
+LAG_EVERY = 0.05
+#: Methods that open new work, refused with 503 under overload (outside a dialog).
+SHEDDABLE = frozenset({"REGISTER", "INVITE", "MESSAGE", "PUBLISH", "SUBSCRIBE", "OPTIONS"})
 
 
 class SipCore:
@@ -102,6 +106,11 @@ class SipCore:
         self._after: dict[int, Callable[[], Any]] = {}
         #: (Call-ID, username) of recent requests whose credentials were rejected.
         self._failed_calls: OrderedDict[tuple[str, str], float] = OrderedDict()
+        #: Requests being worked on now (admission control, sipmaxserving).
+        self.serving = 0
+        #: How late the event loop's last lateness sample ran (seconds; admission control, sipoverloadlag).
+        self.lag = 0.0
+        self._lag_due = 0.0
         from .calls import CallControl
         from .messaging import Messenger
         from .registrar import Registrar
@@ -229,6 +238,12 @@ class SipCore:
                     hook, invite.on_cancel = invite.on_cancel, None
                     hook()
             return
+        if message.method in SHEDDABLE and self.overloaded() and not message.address("to").tag:
+            self.stats["shed"] += 1
+            response = response_to(message, 503, "Overloaded", source=source)
+            response.add("Retry-After", "1")
+            self._send(source, response.serialize())
+            return
         transaction = self.transactions.create(message, source)
         if transaction is None:
             response = response_to(message, 503, source=source)
@@ -237,12 +252,37 @@ class SipCore:
             return
         defer.ensureDeferred(self._serve(message, source, transaction))
 
+    def overloaded(self) -> bool:
+        """Admission control: too many requests in the works (sipmaxserving), or the event loop running
+        late (sipoverloadlag)."""
+        config = self.settings.current
+        most, lag = config.sipmaxserving, config.sipoverloadlag
+        return bool((most and self.serving >= most) or (lag and self.lag > lag))
+
+    def sample_lag(self) -> None:
+        """Called every L{LAG_EVERY} seconds (L{watch_lag}): how late this call came."""
+        now = self.clock.seconds()
+        self.lag = max(0.0, now - self._lag_due) if self._lag_due else 0.0
+        self._lag_due = now + LAG_EVERY
+
+    def watch_lag(self) -> Any:
+        """Start sampling the event loop's lateness; the LoopingCall (stop it when stopping)."""
+        from twisted.internet.task import LoopingCall
+
+        loop = LoopingCall(self.sample_lag)
+        loop.clock = self.clock
+        loop.start(LAG_EVERY, now=True)
+        return loop
+
     async def _serve(self, request: SipMessage, source: Source, transaction: Any) -> None:
+        self.serving += 1
         try:
             response = await self.respond(request, source)
         except Exception:
             log.failure("SIP {method} from {source} failed", method=request.method, source=source.address)
             response = response_to(request, 500, source=source)
+        finally:
+            self.serving -= 1
         # An INVITE outside a dialog refused here created no state: answer statelessly (once per INVITE received),
         # so a forged INVITE gets one response, not eleven over 32 s (RFC 3261 timer G).
         # (Once a provisional went out the INVITE has state: its final response is retransmitted until ACKed.)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..chores import every
 from ..config import Settings
+from ..store.database import background
 from .backend import Backend
 from .core import SipCore
 from .transport import SipEntry
@@ -18,6 +20,8 @@ log = Logger()
 
 #: Seconds between sweeps of expired registrations.
 SWEEP = 15.0
+#: Seconds between writes of the refreshes that are due (see L{mizud.store.registrations.Bindings.flush}).
+FLUSH = 1.0
 
 
 class SipService(Service):
@@ -33,6 +37,8 @@ class SipService(Service):
         self.core = SipCore(settings, lambda: self.backend, reactor)
         self.entry = SipEntry(self.core, reactor)
         self._sweep: LoopingCall | None = None
+        self._lag: LoopingCall | None = None
+        self._flush: LoopingCall | None = None
         self._trigger: Any = None
 
     def startService(self) -> None:
@@ -41,6 +47,7 @@ class SipService(Service):
         # Registered now, before twistd registers the services' stop: live calls are hung up and
         # billed while the listeners and the database are still there.
         self._trigger = self.reactor.addSystemEventTrigger("before", "shutdown", self.core.calls.shutdown)
+        self._lag = self.core.watch_lag()  # admission control (sipoverloadlag)
 
     def attach(self, backend: Backend, registrations: Callable[[int], Any] | None = None) -> None:
         """Start serving with C{backend}, and sweeping expired registrations (telling C{registrations}
@@ -56,16 +63,26 @@ class SipService(Service):
                 registrations(await bindings.count())
 
         self._sweep = every(self.reactor, SWEEP, sweep_registrations, now=True)
+        # Unchanged refreshes are written shortly before their stored expiry (mizud.store.registrations).
+        self._flush = every(self.reactor, FLUSH, bindings.flush)
 
     def stopService(self) -> Any:
         """Stop sweeping; end live calls (if the shutdown trigger has not)."""
         super().stopService()
-        if self._sweep is not None and self._sweep.running:
-            self._sweep.stop()
+        for loop in (self._sweep, self._lag, self._flush):
+            if loop is not None and loop.running:
+                loop.stop()
         if self._trigger is not None:
             try:
                 self.reactor.removeSystemEventTrigger(self._trigger)
             except (ValueError, KeyError):
                 pass
             self._trigger = None
-        return self.core.calls.shutdown()
+        ending = defer.maybeDeferred(self.core.calls.shutdown)
+        if self.backend is None:
+            return ending
+        bindings = self.backend.store.registrations
+        # The refreshes not yet written (the database closes after this service has stopped).
+        flushing = defer.ensureDeferred(background(lambda: bindings.flush(everything=True),
+                                                   "writing the last refreshes"))
+        return defer.gatherResults([ending, flushing])

@@ -10,7 +10,7 @@ registered users.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,6 +20,8 @@ from .database import Database, Txn
 ONLINE = 2
 #: While a user stays registered, its statusdate is rewritten at most this often.
 STATUS_REFRESH = timedelta(minutes=10)
+#: An unchanged refresh is written once its stored expiry is this near (seconds; see L{Bindings.flush}).
+REFRESH_HORIZON = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,17 @@ class Change:
     q: Decimal = Decimal(1)
 
 
+@dataclass(slots=True)
+class _Refresh:
+    """An unchanged binding's refresh not yet written: its Call-ID and CSeq, the expiry it was granted, and
+    the expiry stored in the row."""
+
+    callid: str
+    cseq: int
+    expires: datetime
+    stored: datetime
+
+
 class OutOfOrder(Exception):
     """A REGISTER older than the binding it would change (RFC 3261 10.3 step 7)."""
 
@@ -65,12 +78,26 @@ _COLUMNS = "userid, username, contact, address, transport, useragent, q, expires
 
 
 class Bindings:
-    """tb_registrations on one L{Database}."""
+    """tb_registrations on one L{Database}.
+
+    A REGISTER that changes something (a new contact, another address or
+    Call-ID, a removal) is one transaction, durable before it is answered.
+    A refresh that changes nothing but the expiry (the common REGISTER)
+    costs one indexed read and no write: the new expiry is kept in memory
+    and written by L{flush} only once the stored expiry is within
+    L{REFRESH_HORIZON} seconds, many in one transaction.  A crash loses
+    only such extensions: every acknowledged binding stays stored, live
+    until at least its stored expiry (which a refresh never moved closer).
+    """
 
     def __init__(self, db: Database, now: Any) -> None:
         self.db = db
         self.engine = db.engine
         self.now = now
+        #: Unwritten refreshes: user id -> contact -> refresh.
+        self._refreshes: dict[int, dict[str, _Refresh]] = {}
+        #: How many REGISTERs were answered without a write.
+        self.unwritten = 0
 
     def _binding(self, row: tuple[Any, ...]) -> Binding:
         engine = self.engine
@@ -96,10 +123,18 @@ class Bindings:
 
         Raises L{OutOfOrder} or L{TooManyContacts} (then nothing is changed).
         """
+        agent = useragent[:200]
+        if not wildcard and changes and all(change.expires > 0 for change in changes):
+            refreshed = await self._refresh(userid, changes, callid, cseq, (address, transport, agent, domain))
+            if refreshed is not None:
+                return refreshed
+        refreshes = self._refreshes.pop(userid, {})
 
         async def register_txn(txn: Txn) -> list[Binding]:
             now = self.now()
             engine = self.engine
+            if refreshes:
+                await self._write_refreshes(txn, [(userid, contact, r) for contact, r in refreshes.items()], now)
             # Locks the user's row on PostgreSQL, so one user's REGISTERs are serialised
             # (SQLite has one writer anyway).
             user = (await txn.execute(
@@ -138,7 +173,6 @@ class Bindings:
                 if known is None and len(current) >= most:
                     raise TooManyContacts()
                 expires = now + timedelta(seconds=change.expires)
-                agent = useragent[:200]
                 values = (address, transport, agent, change.q, expires, callid, cseq, now, domain)
                 if known is not None:
                     await txn.execute(
@@ -163,6 +197,87 @@ class Bindings:
             return bindings
 
         return await self.db.run_interaction("register", register_txn)
+
+    async def _refresh(self, userid: int, changes: list[Change], callid: str, cseq: int,
+                       origin: tuple[str, str, str, str]) -> list[Binding] | None:
+        """Answer a REGISTER that only refreshes the user's stored bindings, from one read and without a
+        write; None when it changes anything else (the transaction then decides)."""
+        now = self.now()
+        result = await self.db.run_query(
+            "register_refresh",
+            f"SELECT {', '.join('r.' + c.strip() for c in _COLUMNS.split(','))}, r.callid, r.cseq, u.status, "
+            "u.statusdate FROM tb_registrations r JOIN tb_users u ON u.id = r.userid WHERE r.userid = ?",
+            (userid,))
+        if not result.rows:
+            return None
+        status, when = int(result.rows[0][12] or 0), self.engine.time(result.rows[0][13])
+        if status < ONLINE or when is None or now - when >= STATUS_REFRESH:
+            return None  # the status must be written (it would be by the transaction)
+        known = self._refreshes.get(userid, {})
+        current: dict[str, tuple[Binding, str, int]] = {}
+        for row in result.rows:
+            binding = self._binding(row)
+            if binding.expires <= now:
+                return None  # a lapsed binding to clear away
+            order = (str(row[10]), int(row[11]))
+            pending = known.get(binding.contact)
+            if pending is not None and pending.callid == order[0] and pending.cseq > order[1]:
+                order = (pending.callid, pending.cseq)
+                binding = replace(binding, expires=pending.expires)
+            current[binding.contact] = (binding, *order)
+        for change in changes:
+            entry = current.get(change.contact)
+            if entry is None:
+                return None
+            binding, old_callid, old_cseq = entry
+            if (binding.address, binding.transport, binding.useragent, binding.domain) != origin \
+                    or binding.q != change.q or old_callid != callid:
+                return None
+            if cseq <= old_cseq:
+                raise OutOfOrder(change.contact)
+        stored = {self._binding(row).contact: self._binding(row).expires for row in result.rows}
+        refreshes = self._refreshes.setdefault(userid, {})
+        for change in changes:
+            expires = now + timedelta(seconds=change.expires)
+            refreshes[change.contact] = _Refresh(callid, cseq, expires, stored[change.contact])
+            current[change.contact] = (replace(current[change.contact][0], expires=expires), callid, cseq)
+        self.unwritten += 1
+        return sorted((entry[0] for entry in current.values()), key=lambda b: (-b.q, b.created, b.contact))
+
+    async def flush(self, everything: bool = False) -> int:
+        """Write the refreshes whose stored expiry is within L{REFRESH_HORIZON} (C{everything}: all of
+        them, when stopping), in one transaction; how many were written."""
+        now = self.now()
+        due: list[tuple[int, str, _Refresh]] = []
+        for userid, refreshes in list(self._refreshes.items()):
+            for contact, refresh in list(refreshes.items()):
+                if everything or (refresh.stored - now).total_seconds() < REFRESH_HORIZON:
+                    due.append((userid, contact, refresh))
+                    del refreshes[contact]
+            if not refreshes:
+                del self._refreshes[userid]
+        if not due:
+            return 0
+
+        async def refreshes_txn(txn: Txn) -> None:
+            await self._write_refreshes(txn, due, now)
+
+        try:
+            await self.db.run_interaction("register_refreshes", refreshes_txn)
+        except Exception:
+            for userid, contact, refresh in due:  # tried again at the next flush
+                self._refreshes.setdefault(userid, {}).setdefault(contact, refresh)
+            raise
+        return len(due)
+
+    @staticmethod
+    async def _write_refreshes(txn: Txn, due: list[tuple[int, str, _Refresh]], now: datetime) -> None:
+        """Store refreshed expiries; only where the row is still the refreshed binding and not newer."""
+        for userid, contact, refresh in due:
+            await txn.execute(
+                "UPDATE tb_registrations SET expires = ?, cseq = ?, updated = ? WHERE userid = ? AND contact = ? "
+                "AND callid = ? AND cseq < ? AND expires < ?",
+                (refresh.expires, refresh.cseq, now, userid, contact, refresh.callid, refresh.cseq, refresh.expires))
 
     @staticmethod
     async def _set_status(txn: Txn, userid: int, online: bool, now: datetime) -> None:
