@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -299,3 +300,78 @@ async def test_a_crash_loses_no_acknowledged_binding(tmp_path: Path) -> None:
     live = await survivor.of_user((await rig.h.store.find_user("alice")).id)  # type: ignore[union-attr]
     assert [(b.contact, b.expires) for b in live] == [(contact, stored)]
     await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_with_a_new_call_id_and_a_row_rewritten_meanwhile(tmp_path: Path, database_option: str) -> None:
+    """A refresh under a new Call-ID (as sipp sends them) is unchanged too; its unwritten expiry never
+    overwrites a row that another node (or SQL) rewrote meanwhile."""
+    rig = await make_rig(tmp_path, database=database_option)
+    phone = Phone("alice", "alicepw")
+    contact = "sip:alice@192.0.2.10:5062"
+    assert (await rig.register(phone, expires=120)).status == 200
+    rig.h.clock.advance(10)
+    phone.call_id = "another@phone"
+    phone.cseq = 0
+    assert (await rig.register(phone, expires=120)).status == 200
+    assert rig.h.store.registrations.unwritten == 1
+    elsewhere = rig.h.store.now() + timedelta(seconds=500)
+    await rig.h.db.run_statement("x", "UPDATE tb_registrations SET expires = ? WHERE contact = ?", (elsewhere, contact))
+    assert await rig.h.store.registrations.flush(everything=True) == 1
+    assert (await stored_expiry(rig, contact))[0] == elsewhere  # left as the other writer made it
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_datagram_that_waited_in_the_receive_queue_turns_admission_control_on(tmp_path: Path) -> None:
+    """On a real UDP socket: a REGISTER that sat 300 ms in the kernel's receive queue (the reactor busy
+    elsewhere) is measured by its kernel timestamp; past sipoverloadlag it and the next new request get 503
+    at once, and an empty queue at the next samples turns admission control off again."""
+    import socket
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    from mizud.sip.transport import SipDatagramProtocol
+
+    rig = await make_rig(tmp_path, "sipoverloadlag=200ms")
+    core = rig.core
+    protocol = SipDatagramProtocol(core)
+    port = reactor.listenUDP(0, protocol, interface="127.0.0.1")
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+
+    async def receive() -> object:
+        for _ in range(1000):
+            try:
+                return parse_datagram(client.recv(65536))
+            except BlockingIOError:
+                await deferLater(reactor, 0.005, lambda: None)
+        raise AssertionError("no answer")
+
+    try:
+        if protocol.arrival is None:
+            import pytest
+
+            pytest.skip("no SIOCGSTAMP on this system")
+        address = ("127.0.0.1", port.getHost().port)
+        phone = Phone("alice", "alicepw", host="127.0.0.1", port=client.getsockname()[1])
+        core.wants_sojourn = True
+        port.stopReading()  # the event loop is busy: datagrams queue in the kernel
+        client.sendto(phone.register(), address)
+        time.sleep(0.3)
+        port.startReading()
+        first = await receive()
+        assert first.status == 503 and core.sojourn > 0.25, core.sojourn  # type: ignore[attr-defined]
+        client.sendto(phone.register(), address)
+        assert (await receive()).status == 503  # type: ignore[attr-defined]
+        core.sample_lag()  # a sample asks again; an idle sample clears the estimate
+        core.sample_lag()
+        assert core.sojourn == 0 and not core.overloaded()
+        client.sendto(phone.register(), address)
+        assert (await receive()).status == 401  # type: ignore[attr-defined]
+    finally:
+        client.close()
+        await port.stopListening()
+        await deferLater(reactor, 0, lambda: None)
+        await rig.h.db.close()

@@ -111,6 +111,10 @@ class SipCore:
         #: How late the event loop's last lateness sample ran (seconds; admission control, sipoverloadlag).
         self.lag = 0.0
         self._lag_due = 0.0
+        #: How long the last sampled datagram waited in the kernel's receive queue (seconds).
+        self.sojourn = 0.0
+        #: Whether the next datagram should tell how long it waited (L{queued_for}).
+        self.wants_sojourn = False
         from .calls import CallControl
         from .messaging import Messenger
         from .registrar import Registrar
@@ -253,17 +257,26 @@ class SipCore:
         defer.ensureDeferred(self._serve(message, source, transaction))
 
     def overloaded(self) -> bool:
-        """Admission control: too many requests in the works (sipmaxserving), or the event loop running
-        late (sipoverloadlag)."""
+        """Admission control: too many requests in the works (sipmaxserving), or requests waiting too long
+        before mizud starts on them (sipoverloadlag): in the receive queue, or for a late event loop."""
         config = self.settings.current
         most, lag = config.sipmaxserving, config.sipoverloadlag
-        return bool((most and self.serving >= most) or (lag and self.lag > lag))
+        return bool((most and self.serving >= most) or (lag and max(self.lag, self.sojourn) > lag))
 
     def sample_lag(self) -> None:
-        """Called every L{LAG_EVERY} seconds (L{watch_lag}): how late this call came."""
+        """Called every L{LAG_EVERY} seconds (L{watch_lag}): how late this call came; and ask the next
+        datagram how long it waited in the receive queue (L{queued_for})."""
         now = self.clock.seconds()
         self.lag = max(0.0, now - self._lag_due) if self._lag_due else 0.0
         self._lag_due = now + LAG_EVERY
+        if self.wants_sojourn:
+            self.sojourn = 0.0  # no datagram since the last sample: nothing is queued
+        self.wants_sojourn = True
+
+    def queued_for(self, waited: float) -> None:
+        """A datagram read now had waited C{waited} seconds in its socket's receive queue."""
+        self.sojourn = max(0.0, waited)
+        self.wants_sojourn = False
 
     def watch_lag(self) -> Any:
         """Start sampling the event loop's lateness; the LoopingCall (stop it when stopping)."""

@@ -10,6 +10,8 @@ Datagrams and WebSocket messages carry one message each (RFC 7118).
 
 from __future__ import annotations
 
+import errno
+import time
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IAddress
@@ -208,10 +210,13 @@ class SipDatagramProtocol(DatagramProtocol):
 
     def __init__(self, core: SipCore) -> None:
         self.core = core
+        #: The kernel's arrival time of the datagram just read (None: not available here).
+        self.arrival: Callable[[], float] | None = None
 
     def startProtocol(self) -> None:
         """Offer this socket for requests mizud sends."""
         self.local = _local(self.transport)
+        self.arrival = arrival_probe(self.transport)
         self.write = self.transport.write
         self.core.add_udp_socket(self.write, self.local)
 
@@ -220,8 +225,41 @@ class SipDatagramProtocol(DatagramProtocol):
         self.core.remove_udp_socket(self.write)
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Hand one datagram to the SIP core."""
+        """Hand one datagram to the SIP core (telling it, when it asks, how long the datagram waited)."""
+        if self.core.wants_sojourn and self.arrival is not None:
+            arrived = self.arrival()
+            if arrived:
+                self.core.queued_for(time.time() - arrived)
         entry_datagram(self.core, data, addr, self.transport, self.local)
+
+
+#: ioctl SIOCGSTAMP (Linux): the kernel's arrival time of the datagram last read from a socket.
+SIOCGSTAMP = 0x8906
+
+
+def arrival_probe(transport: Any) -> Callable[[], float] | None:
+    """A function giving the arrival time (epoch seconds) of the datagram just read from C{transport}'s
+    socket, from the kernel's timestamp; None where the system has no such ioctl."""
+    import fcntl
+    import struct
+
+    try:
+        fd = transport.getHandle().fileno()
+        fcntl.ioctl(fd, SIOCGSTAMP, bytes(16))
+    except OSError as error:
+        if error.errno != errno.ENOENT:  # ENOENT: nothing received yet, which is fine
+            return None
+    except Exception:
+        return None
+
+    def arrival() -> float:
+        try:
+            seconds, micros = struct.unpack("ll", fcntl.ioctl(fd, SIOCGSTAMP, bytes(16)))
+        except OSError:
+            return 0.0
+        return seconds + micros / 1e6
+
+    return arrival
 
 
 def entry_datagram(core: SipCore, data: bytes, addr: tuple[str, int], transport: Any, local: str) -> None:

@@ -82,7 +82,8 @@ class Bindings:
 
     A REGISTER that changes something (a new contact, another address or
     Call-ID, a removal) is one transaction, durable before it is answered.
-    A refresh that changes nothing but the expiry (the common REGISTER)
+    A refresh that changes nothing but the expiry (the common REGISTER;
+    its Call-ID may be new, as sipp's are)
     costs one indexed read and no write: the new expiry is kept in memory
     and written by L{flush} only once the stored expiry is within
     L{REFRESH_HORIZON} seconds, many in one transaction.  A crash loses
@@ -221,7 +222,7 @@ class Bindings:
                 return None  # a lapsed binding to clear away
             order = (str(row[10]), int(row[11]))
             pending = known.get(binding.contact)
-            if pending is not None and pending.callid == order[0] and pending.cseq > order[1]:
+            if pending is not None and pending.stored == binding.expires:  # the row is as it was refreshed from
                 order = (pending.callid, pending.cseq)
                 binding = replace(binding, expires=pending.expires)
             current[binding.contact] = (binding, *order)
@@ -231,9 +232,9 @@ class Bindings:
                 return None
             binding, old_callid, old_cseq = entry
             if (binding.address, binding.transport, binding.useragent, binding.domain) != origin \
-                    or binding.q != change.q or old_callid != callid:
+                    or binding.q != change.q:
                 return None
-            if cseq <= old_cseq:
+            if old_callid == callid and cseq <= old_cseq:
                 raise OutOfOrder(change.contact)
         stored = {self._binding(row).contact: self._binding(row).expires for row in result.rows}
         refreshes = self._refreshes.setdefault(userid, {})
@@ -272,12 +273,13 @@ class Bindings:
 
     @staticmethod
     async def _write_refreshes(txn: Txn, due: list[tuple[int, str, _Refresh]], now: datetime) -> None:
-        """Store refreshed expiries; only where the row is still the refreshed binding and not newer."""
+        """Store refreshed expiries (with their Call-ID and CSeq), only where the row still holds the expiry
+        it was refreshed from: a binding removed or rewritten meanwhile (here or by another node) is left."""
         for userid, contact, refresh in due:
             await txn.execute(
-                "UPDATE tb_registrations SET expires = ?, cseq = ?, updated = ? WHERE userid = ? AND contact = ? "
-                "AND callid = ? AND cseq < ? AND expires < ?",
-                (refresh.expires, refresh.cseq, now, userid, contact, refresh.callid, refresh.cseq, refresh.expires))
+                "UPDATE tb_registrations SET expires = ?, callid = ?, cseq = ?, updated = ? "
+                "WHERE userid = ? AND contact = ? AND expires = ?",
+                (refresh.expires, refresh.callid, refresh.cseq, now, userid, contact, refresh.stored))
 
     @staticmethod
     async def _set_status(txn: Txn, userid: int, online: bool, now: datetime) -> None:
