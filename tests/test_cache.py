@@ -119,8 +119,11 @@ def test_trigger_payloads_are_parsed_strictly() -> None:
     """Only 'table id' or 'table id s' of a watched table is a change."""
     assert parse_change("tb_users 5") == Change("tb_users", 5, False)
     assert parse_change("tb_users 5 s") == Change("tb_users", 5, True)
-    for bad in ("", "tb_users", "tb_users x", "tb_credits 5", "tb_users 5 s extra", "tb_users -1"):
-        assert parse_change(bad) is None
+    assert parse_change("tb_routing *") == Change("tb_routing", None, True)  # a TRUNCATE
+    hostile = ("", "tb_users", "tb_users x", "tb_credits 5", "tb_users 5 s extra", "tb_users -1", "tb_users 5 x",
+               "tb_users \u00b2", "tb_users " + "9" * 5000, "tb_users * s", "tb_users 99999999999999999999")
+    for bad in hostile:
+        assert parse_change(bad) is None, bad
 
 
 def test_a_read_that_raced_a_change_is_not_kept() -> None:
@@ -181,6 +184,36 @@ def test_an_untrusted_feed_answers_nothing_from_memory() -> None:
     defer.ensureDeferred(cache.get("alice", read))
     defer.ensureDeferred(cache.get("alice", read))
     assert count[0] == 4
+
+
+def test_a_failing_listener_does_not_stop_the_others() -> None:
+    """A cache that raises while taking a change is logged; the other caches still hear of it."""
+    feed = ChangeFeed(Clock())
+    seen: list[Change] = []
+
+    def broken(change: Change) -> None:
+        raise RuntimeError("broken cache")
+
+    feed.watch("tb_users", broken)
+    feed.watch("tb_users", seen.append)
+    feed.tell([Change("tb_users", 1)])
+    assert seen == [Change("tb_users", 1)]
+
+
+def test_a_notify_is_not_told_twice_only_when_its_notice_was() -> None:
+    """A NOTIFY from a session whose change was told by NOTICE is an echo (once per NOTICE); any other
+    (another session, or a NOTICE that never came) is a change to tell; expected echoes are forgotten."""
+    clock = Clock()
+    feed = ChangeFeed(clock)
+    change = Change("tb_users", 5)
+    feed.told_directly(101, [change, change])
+    assert feed.echo(101, change) and feed.echo(101, change)
+    assert not feed.echo(101, change)  # a third NOTIFY: its NOTICE never came
+    assert not feed.echo(202, Change("tb_users", 6))
+    feed.told_directly(101, [change])
+    clock.advance(11)
+    feed.told_directly(101, [Change("tb_users", 7)])  # the old expectation is dropped
+    assert not feed.echo(101, change)
 
 
 def test_a_reload_asked_for_while_it_runs_runs_once_more() -> None:
@@ -421,3 +454,87 @@ async def test_a_lost_listener_stops_the_cache_and_its_return_empties_it(pg_data
         assert (await node.store.find_user("alice")).password == "two"  # type: ignore[union-attr]
     finally:
         await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_truncate_or_a_delete_of_everything_empties_the_caches(node: Node) -> None:
+    """TRUNCATE (PostgreSQL, delta 18) or DELETE without WHERE (SQLite): every route is gone at the next
+    lookup (SQLite) or within 100 ms (PostgreSQL)."""
+    store, db, routes = node.store, node.db, node.store.routes
+    server = await store.create_user("gw", "pw", type=USER_SIPSERVER, ip="192.0.2.7", port=5060)
+    await db.run_statement("db", "INSERT INTO tb_routing (name, prefix, priority, serverid, enabled, created) "
+                                 "VALUES ('hu', '36', 1, ?, 1, ?)", (server, store.now()))
+
+    async def route_count() -> int:
+        return len(await routes.gateways("3612345"))
+
+    await wait_for(node, route_count, 1)
+    statement = "TRUNCATE tb_routing" if node.listener is not None else "DELETE FROM tb_routing"
+    await db.run_statement("db", statement)
+    await wait_for(node, route_count, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_table_rebuilt_or_a_trigger_dropped_by_sql_counts_as_everything(sqlite_database: str) -> None:
+    """SQLite: rebuilding tb_users or dropping a change trigger through SQL (the db function) would stop the
+    changes being told; the writer notices the schema change, counts everything as changed and makes the
+    triggers again, so the next password change is still seen."""
+    node = await Node.open(sqlite_database)
+    try:
+        store, db = node.store, node.db
+        userid = await store.create_user("alice", "one")
+        await store.find_user("alice")
+        for sql in ("ALTER TABLE tb_users RENAME TO tb_users_old", "CREATE TABLE tb_users AS SELECT * FROM tb_users_old",
+                    "DROP TABLE tb_users_old"):
+            await db.run_statement("db", sql)
+        await db.run_statement("db", "UPDATE tb_users SET password = 'two' WHERE id = ?", (userid,))
+        assert (await store.find_user("alice")).password == "two"  # type: ignore[union-attr]
+        await db.run_statement("db", "DROP TRIGGER temp.mizud_tb_users_updated")
+        await db.run_statement("db", "UPDATE tb_users SET password = 'three' WHERE id = ?", (userid,))
+        assert (await store.find_user("alice")).password == "three"  # type: ignore[union-attr]
+        await db.run_statement("db", "UPDATE tb_users SET password = 'four' WHERE id = ?", (userid,))
+        assert (await store.find_user("alice")).password == "four"  # type: ignore[union-attr]
+    finally:
+        await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_whose_notices_stop_still_sees_its_changes_by_notify(pg_database: str) -> None:
+    """A pool connection whose capture is switched off (RESET ALL through the db function, say) sends no
+    NOTICE; its change's NOTIFY is then not taken for an echo, and is told within 100 ms."""
+    migrate(pg_database, "2026-01-02T03:04:05")
+    db = open_database(pg_database, global_reactor, pool_size=1)
+    await db.start()
+    listener = Notifications(db, global_reactor, pg_database)
+    listener.start()
+    node = Node(db, BillingStore(db, global_reactor), listener)
+    try:
+        await until(db.changes.trusted)
+        userid = await node.store.create_user("alice", "one")
+        await node.store.find_user("alice")
+        await db.run_statement("db", "RESET ALL")  # the only pool connection: no more NOTICEs
+
+        async def password() -> str:
+            return (await node.store.find_user("alice")).password  # type: ignore[union-attr]
+
+        await db.run_statement("db", "UPDATE tb_users SET password = 'two' WHERE id = ?", (userid,))
+        await wait_for(node, password, "two")
+    finally:
+        await node.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restore_elsewhere_empties_this_nodes_caches(two_nodes: tuple[Node, Node]) -> None:
+    """A restore writes rows the triggers never see; the restoring node publishes "everything", and the
+    other node forgets every cached user within 100 ms."""
+    a, b = two_nodes
+    await a.store.create_user("alice", "one")
+    await a.store.find_user("alice")
+    assert len(a.store.users) == 1
+    assert b.listener is not None
+    await b.listener.publish("everything")
+
+    async def cached() -> int:
+        return len(a.store.users)
+
+    await wait_for(a, cached, 0)

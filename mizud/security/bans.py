@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from ..ratelimit import Clock, utcnow
 from ..store.authstate import Ban, BanRows
@@ -21,9 +21,10 @@ class Bans:
     """Bans of addresses and users, kept in the database, checked from memory.
 
     L{is_banned} reads an in-memory copy, so the check costs nothing on the
-    request path.  L{refresh} reloads the copy from the database; the daemon
-    runs it every few seconds, so a ban made on one node reaches the others
-    within that time.  A node sees its own bans at once.
+    request path.  L{refresh} reloads the copy from the database: the
+    daemon runs it whenever tb_banned changes (the change feed of
+    L{mizud.store.changes}: on another node, or by SQL) and every few seconds.
+    A node sees its own bans at once.
     """
 
     def __init__(self, rows: BanRows, clock: Clock) -> None:
@@ -32,8 +33,6 @@ class Bans:
         self._until: dict[tuple[str, str], float] = {}
         #: Bans this node made lately: (until, when made), so a reload that raced them keeps them.
         self._made: dict[tuple[str, str], tuple[float, float]] = {}
-        #: Called after a ban is added or lifted (to tell the other nodes).
-        self.changed: Callable[[], Awaitable[Any]] | None = None
         #: Called with the kind of each new ban (metrics).
         self.counted: Callable[[str], Any] | None = None
 
@@ -62,12 +61,6 @@ class Bans:
         if self.counted is not None:
             self.counted(kind)
         await self.rows.add(kind, value, reason, now, until)
-        await self._tell()
-
-    async def _tell(self) -> None:
-        """Let the other nodes reload the bans (when a notifier is attached)."""
-        if self.changed is not None:
-            await self.changed()
 
     async def active(self) -> list[Ban]:
         """Every ban in force, soonest ending first."""
@@ -84,5 +77,4 @@ class Bans:
                 del self._until[key]
             for key in [k for k in self._made if k[1] == value]:
                 del self._made[key]
-        await self._tell()
         return lifted

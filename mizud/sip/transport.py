@@ -257,7 +257,7 @@ def arrival_probe(transport: Any) -> Callable[[], float] | None:
             seconds, micros = struct.unpack("ll", fcntl.ioctl(fd, SIOCGSTAMP, bytes(16)))
         except OSError:
             return 0.0
-        return seconds + micros / 1e6
+        return float(seconds + micros / 1e6)
 
     return arrival
 

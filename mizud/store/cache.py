@@ -110,17 +110,37 @@ class SnapshotCache(Generic[V]):
         self.feed = feed
         self._value: V | None = None
         self._generation = 0
+        #: The read in flight (its generation, and who waits for it), shared by concurrent callers.
+        self._reading: tuple[int, list[defer.Deferred[V]]] | None = None
         for table, relevant in tables.items():
             feed.watch(table, self._listener(relevant))
 
     async def get(self, read: Callable[[], Awaitable[V]]) -> V:
-        """The snapshot: from memory when the feed allows, else C{read()} (kept if still current)."""
+        """The snapshot: from memory when the feed allows, else C{read()} (kept if still current).  Callers
+        that come while a read is in flight and no change arrived since it began share its result."""
         if self._value is not None and self.feed.trusted():
             return self._value
+        reading = self._reading
+        if reading is not None and reading[0] == self._generation:
+            waiter: defer.Deferred[V] = defer.Deferred()
+            reading[1].append(waiter)
+            return await waiter
         generation = self._generation
-        value = await read()
+        waiters: list[defer.Deferred[V]] = []
+        self._reading = (generation, waiters)
+        try:
+            value = await read()
+        except Exception:
+            for waiter in waiters:
+                waiter.errback()
+            raise
+        finally:
+            if self._reading is not None and self._reading[1] is waiters:
+                self._reading = None
         if generation == self._generation and self.feed.trusted():
             self._value = value
+        for waiter in waiters:
+            waiter.callback(value)
         return value
 
     def _listener(self, relevant: Callable[[Change], bool]) -> Callable[[Change], None]:

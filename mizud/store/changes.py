@@ -15,7 +15,11 @@ reaches this feed, however it was made:
     transaction ends, so this node's own changes are seen before their
     caller is answered; and they send C{NOTIFY mizud_rows}, which every
     node's listener (L{mizud.store.notify}) passes to its feed, so changes
-    by other nodes or by anyone's SQL arrive within milliseconds.
+    by other nodes or by anyone's SQL arrive within milliseconds.  A
+    node's NOTIFY of a change it was told by NOTICE is matched and not told
+    again; one whose NOTICE never came (a session whose client_min_messages
+    hides notices, say) is told when it arrives.  A TRUNCATE tells "every
+    row" (delta 18).
 
 On PostgreSQL a cache may only answer while the feed is I{confirmed}: the
 listener asks the server a trivial question every L{CONFIRM_EVERY} seconds
@@ -35,10 +39,16 @@ L{ChangeFeed.credit} tells the store whether a cached balance may be shown.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
+
+from twisted.logger import Logger
 
 from ..ratelimit import Clock
+
+log = Logger()
 
 #: The watched tables.
 WATCHED = ("tb_users", "tb_api", "tb_banned", "tb_routing")
@@ -68,11 +78,32 @@ class Change:
 
 
 def parse_change(payload: str) -> Change | None:
-    """A change from its trigger text C{"table id"} or C{"table id s"}; None for anything else."""
-    parts = payload.split()
-    if len(parts) not in (2, 3) or parts[0] not in WATCHED or not parts[1].isdigit():
+    """A change from its trigger text C{"table id"}, C{"table id s"} or C{"table *"} (every row: a
+    TRUNCATE); None for anything else (hostile text included: anyone who may NOTIFY can send some)."""
+    parts = payload.split() if len(payload) <= 80 else []
+    if len(parts) not in (2, 3) or parts[0] not in WATCHED:
         return None
-    return Change(parts[0], int(parts[1]), len(parts) == 3 and parts[2] == "s")
+    if parts[1] == "*" and len(parts) == 2:
+        return Change(parts[0], None, True)
+    if not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 19):
+        return None
+    if len(parts) == 3 and parts[2] != "s":
+        return None
+    return Change(parts[0], int(parts[1]), len(parts) == 3)
+
+
+class _Monotonic:
+    """Seconds from the monotonic clock (a wall-clock step must not stretch the trust window)."""
+
+    def seconds(self) -> float:
+        """Monotonic seconds."""
+        return time.monotonic()
+
+
+#: The clock of the feeds' trust window and of the listener's questions.
+MONOTONIC = _Monotonic()
+#: How long a change told by its NOTICE waits for its own NOTIFY (which is then not told again).
+ECHO_WAIT = 10.0
 
 
 Listener = Callable[[Change], None]
@@ -93,9 +124,8 @@ class ChangeFeed:
         self._confirmed = float("-inf")
         #: How many changes have been told (tests, metrics).
         self.told = 0
-        #: The database sessions (PostgreSQL backend pids) whose changes this feed is told directly, so
-        #: their notifications, arriving later, are not told again.
-        self.own_sessions: set[int] = set()
+        #: Changes told from a NOTICE, by (session, change): their NOTIFY, arriving later, is not told again.
+        self._echoes: OrderedDict[tuple[int, Change], tuple[int, float]] = OrderedDict()
 
     def watch(self, table: str, listener: Listener) -> None:
         """Call C{listener(change)} for every change of C{table}."""
@@ -111,16 +141,43 @@ class ChangeFeed:
         self._after.setdefault(table, []).append(callback)
 
     def tell(self, changes: Iterable[Change]) -> None:
-        """These rows changed: tell their listeners now."""
+        """These rows changed: tell their listeners now (a failing listener is logged; the rest are told)."""
         tables = set()
         for change in changes:
             self.told += 1
             tables.add(change.table)
             for listener in self._listeners.get(change.table, ()):
-                listener(change)
+                _safely(listener, change)
         for table in tables:
             for callback in self._after.get(table, ()):
-                callback()
+                _safely(callback)
+
+    def told_directly(self, session: int, changes: Iterable[Change]) -> None:
+        """These changes of database session C{session} were told from its NOTICEs: expect their NOTIFYs."""
+        now = self.clock.seconds()
+        echoes = self._echoes
+        for change in changes:
+            count, _ = echoes.pop((session, change), (0, now))
+            echoes[(session, change)] = (count + 1, now)
+        while echoes:
+            key, (_, when) = next(iter(echoes.items()))
+            if now - when < ECHO_WAIT and len(echoes) <= 100_000:
+                break
+            del echoes[key]
+
+    def echo(self, session: int, change: Change) -> bool:
+        """Whether this NOTIFY (from C{session}) repeats a change already told from its NOTICE; if so, it is
+        taken off the expected ones.  Anything unexpected (a NOTICE that never came) is told."""
+        key = (session, change)
+        entry = self._echoes.get(key)
+        if entry is None:
+            return False
+        count, when = entry
+        if count > 1:
+            self._echoes[key] = (count - 1, when)
+        else:
+            del self._echoes[key]
+        return True
 
     def everything(self) -> None:
         """Anything may have changed (a restore, a lost listening connection)."""
@@ -137,6 +194,14 @@ class ChangeFeed:
     def trusted(self) -> bool:
         """Whether a cache may answer from memory now."""
         return not self._needs_confirmation or self.clock.seconds() - self._confirmed < FRESH
+
+
+def _safely(callback: Callable[..., Any], *args: Any) -> None:
+    """Call a listener; its failure is logged and goes no further (the caller must still answer)."""
+    try:
+        callback(*args)
+    except Exception:
+        log.failure("a cache failed to take a change")
 
 
 def sqlite_triggers(tables: Iterable[str]) -> list[str]:
@@ -163,4 +228,4 @@ def sqlite_triggers(tables: Iterable[str]) -> list[str]:
     return statements
 
 
-__all__ = ["CHANNEL", "Change", "ChangeFeed", "FRESH", "USER_COLUMNS", "WATCHED", "parse_change", "sqlite_triggers"]
+__all__ = ["CHANNEL", "Change", "ChangeFeed", "FRESH", "MONOTONIC", "USER_COLUMNS", "WATCHED", "parse_change", "sqlite_triggers"]

@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .changes import CHANNEL, Change, ChangeFeed, parse_change, sqlite_triggers
+from .changes import CHANNEL, MONOTONIC, Change, ChangeFeed, parse_change, sqlite_triggers
 from .engines import Engine, PostgresEngine, SqliteEngine, is_postgres
 
 T = TypeVar("T")
@@ -203,6 +203,8 @@ class _Writer:
         self.engine = engine
         #: The rows of cached tables changed since L{take} was last called.
         self.changed: list[Change] = []
+        #: The schema versions (main, temp) the change triggers were made for.
+        self.schema = (0, 0)
         self.connection = self.open()
         self.txn = _SqliteTxn(self.connection, engine)
 
@@ -211,11 +213,32 @@ class _Writer:
         connection = connect_sqlite(self.path)
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = FULL")
+        # A REPLACE that deletes a conflicting row fires its delete trigger too.
+        connection.execute("PRAGMA recursive_triggers = ON")
         connection.create_function("mizud_changed", 3, self._record)
+        self._install(connection)
+        return connection
+
+    def _install(self, connection: sqlite3.Connection) -> None:
+        """Create the change triggers on the watched tables that exist now; note the schema's version."""
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for statement in sqlite_triggers(tables):
             connection.execute(statement)
-        return connection
+        self.schema = self._versions(connection)
+
+    @staticmethod
+    def _versions(connection: sqlite3.Connection) -> tuple[int, int]:
+        return (connection.execute("PRAGMA main.schema_version").fetchone()[0],
+                connection.execute("PRAGMA temp.schema_version").fetchone()[0])
+
+    def schema_changed(self) -> bool:
+        """Whether the schema changed since the triggers were made (a table rebuilt, or a trigger dropped,
+        through the db function): if so they are made again, and the caller must count everything as
+        changed."""
+        if self._versions(self.connection) == self.schema:
+            return False
+        self._install(self.connection)
+        return True
 
     def _record(self, table: str, rowid: Any, server: Any) -> None:
         """Called by the temporary triggers for each changed row (on this thread, inside the statement)."""
@@ -255,7 +278,7 @@ class SqliteDatabase:
         self.commits = 0
         self.transactions = 0
         self.running = Running()
-        self.changes = ChangeFeed(reactor)  # type: ignore[arg-type, unused-ignore]  # the reactor has seconds()
+        self.changes = ChangeFeed(MONOTONIC)
 
     def start(self) -> defer.Deferred[None]:
         """Open the connection (WAL, fully synced commits) and start the writer."""
@@ -372,8 +395,11 @@ class SqliteDatabase:
                     break
                 batch.append(job)
             outcomes = self._run_batch(writer.connection, writer.txn, batch)
+            changes: list[Change] | None = writer.take()
+            if writer.schema_changed():
+                changes = None  # everything
             # The caches hear of the group's changes before any of its callers is answered.
-            self._reactor.callFromThread(self._deliver, batch, outcomes, writer.take())
+            self._reactor.callFromThread(self._deliver, batch, outcomes, changes)
         writer.connection.close()
         assert self._stopped is not None
         self._reactor.callFromThread(self._stopped.callback, None)
@@ -386,9 +412,11 @@ class SqliteDatabase:
         writer.take()
         self._reactor.callFromThread(self._deliver_exclusive, job.deferred, outcome)
 
-    def _deliver(self, batch: list[_Job], outcomes: list[Any], changes: list[Change]) -> None:
-        """On the reactor thread: tell the changes, then answer the group's callers."""
-        if changes:
+    def _deliver(self, batch: list[_Job], outcomes: list[Any], changes: list[Change] | None) -> None:
+        """On the reactor thread: tell the changes (None: everything), then answer the group's callers."""
+        if changes is None:
+            self.changes.everything()
+        elif changes:
             self.changes.tell(changes)
         _deliver(batch, outcomes)
 
@@ -550,14 +578,17 @@ class Notices:
         self.changes: list[Change] = []
 
     def append(self, message: str) -> None:
-        """One message, C{"NOTICE:  text"}."""
-        text = message.partition(":")[2].strip()
-        if text.startswith(CHANGE_NOTICE):
-            change = parse_change(text[len(CHANGE_NOTICE):])
-            if change is not None:
-                self.changes.append(change)
-                return
-        log.debug("PostgreSQL: {message}", message=message.strip())
+        """One message, C{"NOTICE:  text"} (nothing escapes: psycopg2 would drop the rest of the batch)."""
+        try:
+            text = str(message).partition(":")[2].strip()
+            if text.startswith(CHANGE_NOTICE):
+                change = parse_change(text[len(CHANGE_NOTICE):])
+                if change is not None:
+                    self.changes.append(change)
+                    return
+            log.debug("PostgreSQL: {message}", message=str(message).strip()[:500])
+        except Exception:
+            log.failure("reading a PostgreSQL notice")
 
     def take(self) -> list[Change]:
         """The changes kept since the last call."""
@@ -594,7 +625,7 @@ class PostgresDatabase:
         self._pids: dict[Any, int] = {}
         self.running = Running()
         #: Trusted only while the listener (L{mizud.store.notify}) confirms it.
-        self.changes = ChangeFeed(reactor, confirmed=False, credit=False)
+        self.changes = ChangeFeed(MONOTONIC, confirmed=False, credit=False)
 
     async def _connect(self) -> Any:
         connection = pg_connection(self._reactor)
@@ -603,9 +634,9 @@ class PostgresDatabase:
             # The change triggers tell the connection that made a change by a NOTICE (see mizud.store.changes).
             notices = self._notices[connection] = Notices()
             connection.capture_notices(notices)
-            await connection.runOperation("SET mizud.capture = 'on'")
+            # (Notices shown, whatever the role's or server's client_min_messages says.)
+            await connection.runOperation("SET mizud.capture = 'on'; SET client_min_messages = notice")
             self._pids[connection] = connection.backend_pid()
-            self.changes.own_sessions.add(self._pids[connection])
         except Exception as error:
             self._notices.pop(connection, None)
             try:
@@ -679,7 +710,9 @@ class PostgresDatabase:
                 notices = self._notices.get(connection)
                 if notices is not None and notices.changes:
                     # The statement or transaction has ended: the caches hear of it before its caller.
-                    self.changes.tell(notices.take())
+                    told = notices.take()
+                    self.changes.tell(told)
+                    self.changes.told_directly(self._pids.get(connection, 0), told)
                 if broken and not self._closing:
                     self._replace(connection)
                 else:
@@ -715,8 +748,8 @@ class PostgresDatabase:
     def _forget(self, connection: Any) -> None:
         self._connections.discard(connection)
         self._born.pop(connection, None)
-        if self._notices.pop(connection, None) is not None:
-            self.changes.own_sessions.discard(self._pids.pop(connection, -1))
+        self._notices.pop(connection, None)
+        self._pids.pop(connection, None)
 
     async def reset(self) -> int:
         """Replace every connection: idle ones now (each after its replacement has opened, so requests
@@ -771,7 +804,7 @@ class PostgresDatabase:
                 connection.close()
             except Exception:
                 pass
-        self._connections.clear()
+            self._forget(connection)
 
     def close(self) -> defer.Deferred[None]:
         """Close idle connections now and busy ones when they are released."""
@@ -779,7 +812,7 @@ class PostgresDatabase:
         while self._idle.pending:
             connection = self._idle.pending.pop()
             connection.close()
-            self._connections.discard(connection)
+            self._forget(connection)
         if not self._connections:
             return defer.succeed(None)
 

@@ -34,11 +34,13 @@ log = Logger()
 CHANNEL = "mizud"
 #: Seconds a topic's handlers wait after a notification, collecting further ones.
 COALESCE = 0.1
-#: Seconds between checks that the listening connection still works.
+#: Seconds a question on the listening connection may go unanswered before the connection counts as broken.
 WATCH = 5.0
 #: The longest backoff between reconnection attempts (seconds).
 MAX_BACKOFF = 30.0
-TOPICS = frozenset({"tariffs", "access", "bans"})
+#: The topic that tells every node that anything may have changed (a restore).
+EVERYTHING = "everything"
+TOPICS = frozenset({"tariffs", "access", "bans", EVERYTHING})
 
 
 class Notifications:
@@ -74,6 +76,9 @@ class Notifications:
     def _arrived(self, topic: str) -> None:
         """One notification: run the topic's handlers soon, once however many more come meanwhile."""
         self.received += 1
+        if topic == EVERYTHING:
+            self.db.changes.everything()
+            return
         if topic not in self.handlers or topic in self._pending:
             return
         self._pending[topic] = self.reactor.callLater(COALESCE, self._run, topic)
@@ -140,6 +145,7 @@ class Notifications:
         from twisted.internet.task import LoopingCall
 
         feed = self.db.changes
+        clock = feed.clock  # monotonic: a step of the wall clock neither stretches nor breaks the trust
         pending: list[float] = []
 
         def broken(_: Any = None) -> None:
@@ -155,7 +161,7 @@ class Notifications:
             feed.confirm(asked)
 
         def check() -> None:
-            now = self.reactor.seconds()
+            now = clock.seconds()
             if self._stopping or (pending and now - pending[0] > WATCH):
                 broken()  # stopping, or the question was never answered
                 return
@@ -172,11 +178,11 @@ class Notifications:
     def _notified(self, notify: Any) -> None:
         payload = getattr(notify, "payload", "")
         if getattr(notify, "channel", "") == ROWS_CHANNEL:
-            if getattr(notify, "pid", None) in self.db.changes.own_sessions:
-                return  # this node's own change, told when it was made
-            change = parse_change(payload)
-            if change is not None:
+            change = parse_change(str(payload))
+            if change is not None and not self.db.changes.echo(int(getattr(notify, "pid", 0) or 0), change):
                 self.db.changes.tell((change,))
+        elif payload == EVERYTHING:
+            self.db.changes.everything()  # another node restored the database
         elif payload in TOPICS:
             self._arrived(payload)
 

@@ -62,30 +62,42 @@ class RouteRows:
 
     async def gateways(self, digits: str) -> list[GatewayRoute]:
         """The enabled routes whose prefix begins C{digits}: longest prefix first, then priority, then age."""
+        if not self.db.changes.trusted():  # the snapshot may not answer: the one number's routes, indexed
+            return await self._read_routes(digits)
         routes = await self._routes.get(self._read_routes)
         return [route for route in routes if digits.startswith(route.prefix)]
 
-    async def _read_routes(self) -> list[GatewayRoute]:
+    async def _read_routes(self, digits: str | None = None) -> list[GatewayRoute]:
+        """The enabled routes (C{digits}: only those whose prefix begins it), in the order they are tried."""
+        match, params = ("", ()) if digits is None else (" AND substr(?, 1, length(r.prefix)) = r.prefix", (digits,))
         result = await self.db.run_query(
             "routes",
             "SELECT r.name, r.prefix, r.priority, u.username, u.domain, u.ip, u.port, u.transport, u.proxy "
             "FROM tb_routing r JOIN tb_users u ON u.id = r.serverid "
-            "WHERE r.enabled <> 0 AND u.enabled <> 0 AND u.serverrole <> ? AND u.type IN (?, ?) "
-            "ORDER BY length(r.prefix) DESC, r.priority, r.id",
-            (ROLE_SENDER, 9, 5),
+            "WHERE r.enabled <> 0 AND u.enabled <> 0 AND u.serverrole <> ? AND u.type IN (?, ?)" + match +
+            " ORDER BY length(r.prefix) DESC, r.priority, r.id",
+            (ROLE_SENDER, 9, 5, *params),
         )
         return [GatewayRoute(row[0], row[1], int(row[2]), row[3], row[4], row[5], int(row[6]), row[7], row[8])
                 for row in result.rows]
 
-    async def _read_senders(self) -> list[tuple[int, str, str, bool]]:
-        """Every enabled server that may send calls: (id, username, ip, authenticates by its address)."""
+    async def _read_senders(self, host: str | None = None) -> list[tuple[int, str, str, bool]]:
+        """Every enabled server that may send calls (C{host}: only those at that address): (id, username,
+        ip, authenticates by its address)."""
+        match, params = ("", ()) if host is None else (" AND ip = ?", (host,))
         result = await self.db.run_query(
             "route_senders",
             "SELECT id, username, ip, needauth FROM tb_users WHERE enabled <> 0 AND serverrole <> ? "
-            "AND type IN (5, 9) ORDER BY id",
-            (ROLE_SERVER,),
+            "AND type IN (5, 9)" + match + " ORDER BY id",
+            (ROLE_SERVER, *params),
         )
         return [(int(row[0]), str(row[1]), str(row[2] or ""), row[3] == 1) for row in result.rows]
+
+    async def _senders_at(self, host: str) -> list[tuple[int, str, str, bool]]:
+        """The senders at C{host}: from the snapshot when it may answer, else by an indexed read."""
+        if not self.db.changes.trusted():
+            return await self._read_senders(host)
+        return [sender for sender in await self._senders.get(self._read_senders) if sender[2] == host]
 
     async def user_named(self, called: str) -> tuple[int, str] | None:
         """(id, username) of the user C{called} names: its username (not a server's) or an assigned DID."""
@@ -101,18 +113,15 @@ class RouteRows:
 
     async def sender_at(self, address: str) -> str | None:
         """The traffic sender (a server allowed to send calls) at this IP address, if any."""
-        host = address.strip("[]")
-        for _, username, ip, _ in await self._senders.get(self._read_senders):
-            if ip == host:
-                return username
+        for _, username, _, _ in await self._senders_at(address.strip("[]")):
+            return username
         return None
 
     async def sender_by_address(self, address: str) -> int | None:
         """The id of the enabled traffic sender that authenticates by its IP address (u_auth 1) at
         C{address}, if any: its calls need no digest."""
-        host = address.strip("[]")
-        for userid, _, ip, by_address in await self._senders.get(self._read_senders):
-            if by_address and ip == host:
+        for userid, _, _, by_address in await self._senders_at(address.strip("[]")):
+            if by_address:
                 return userid
         return None
 

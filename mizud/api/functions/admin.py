@@ -55,6 +55,8 @@ class AdminFunctions:
         lines = [f"{r['id']} {r['username']} type {r['type']}" + ("" if r["enabled"] else " disabled") for r in records]
         head = (f"{len(records)} users cached ({len(cache)} keys, at most {cache.size}); "
                 f"{cache.hits} hits, {cache.misses} misses")
+        if not cache.feed.trusted():
+            head += "; not answering from memory now (changes from other nodes are not confirmed)"
         return ok(head + ("\n" + "\n".join(lines) if lines else ""), records)
 
     @fn("syncusers", Category.ADMIN)

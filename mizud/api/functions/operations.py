@@ -194,7 +194,10 @@ class OperationFunctions:
         await self.rater.rebuild()
         await self.bans.refresh()
         self.store.columns.forget()
-        for topic in ("access", "tariffs", "bans"):
+        # A restore writes no change triggers' notices (pg_restore makes the triggers after the rows): every
+        # cache, here and on the other nodes, starts afresh.
+        self.db.changes.everything()
+        for topic in ("access", "tariffs", "bans", "everything"):
             await self.publish(topic)
         log.warn("database restored from {path}", path=path)
         return ok(f"database restored from {path}")
