@@ -5,7 +5,12 @@
 SQLite: the same operations with group commit (the default batch) and with
 one synced commit per operation (batch of 1), with the same number of
 callers in flight; goal: group commit at least 10x.  Every caller is
-answered only after its own commit in both modes.
+answered only after its own commit in both modes.  Then the baseline of
+issue 19: a plain Python sqlite3 loop on its own connection (WAL, synced
+commits, the same settings) running the debit's own statements (imported
+from mizud.store.billing) with the same commit grouping as mizud's
+group-commit run had (its transactions per commit); goal: mizud's debits at
+least 50% of it.
 
 PostgreSQL (with --postgres or MIZUD_BENCH_POSTGRES): mizud's debits and
 transfers, then pgbench running the same SQL (bench/pgbench_debit.sql,
@@ -30,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -71,6 +77,7 @@ class StoreRun:
     """A migrated database with seeded users, measured in rounds."""
 
     def __init__(self, reactor: Any, database: str, callers: int, pool: int, batch: int) -> None:
+        self.grouping: list[float] = []
         self.reactor = reactor
         self.database = database
         self.callers = callers
@@ -101,9 +108,13 @@ class StoreRun:
             a, b = rng.sample(users, 2)
             await store.transfer(a, b, "0.01")
 
+        commits, transactions = getattr(self.db, "commits", 0), getattr(self.db, "transactions", 0)
         count, elapsed = await drive(self.reactor, seconds, self.callers, debit if operation == "debits" else transfer)
         if operation == "debits":
             self.debited += count
+            made = getattr(self.db, "commits", 0) - commits
+            if made:
+                self.grouping.append((getattr(self.db, "transactions", 0) - transactions) / made)
         return count / elapsed
 
     async def close(self) -> None:
@@ -114,6 +125,36 @@ class StoreRun:
         await self.db.close()
         if problems or total != expected:
             raise SystemExit(f"LEDGER CHECK FAILED: {problems[:5]} total {total} != {expected}")
+
+
+def plain_sqlite_debits(path: str, users: list[int], seconds: float, grouping: int) -> float:
+    """Debits per second of a plain sqlite3 loop: mizud's debit statements, C{grouping} per synced commit."""
+    from mizud.store.billing import _CAN_PAY, _INSERT_LEDGER, _UPDATE_BALANCE
+    from mizud.store.database import connect_sqlite
+    from mizud.store.engines import SqliteEngine
+
+    engine = SqliteEngine()
+    connection = connect_sqlite(path)
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = FULL")
+    update = _UPDATE_BALANCE.format(check=f"AND {_CAN_PAY} ")
+    amount = -Decimal("0.01")
+    rng = random.Random(1)
+    done = 0
+    started = time.perf_counter()
+    stop = started + seconds
+    while time.perf_counter() < stop:
+        connection.execute("BEGIN IMMEDIATE")
+        for _ in range(grouping):
+            userid = rng.choice(users)
+            changed = connection.execute(update, engine.params((amount, userid, amount))).fetchone()
+            connection.execute(_INSERT_LEDGER, engine.params(
+                (userid, amount, changed[1], "debit", "", None, "", datetime.utcnow()))).fetchone()
+        connection.execute("COMMIT")
+        done += grouping
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return done / elapsed
 
 
 def median(values: list[float]) -> float:
@@ -158,14 +199,20 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     folder = Path(tempfile.mkdtemp(prefix="mizud-bench-", dir=args.dir))
     group = StoreRun(reactor, str(folder / "group.sqlite"), args.callers, 1, 256)
     single = StoreRun(reactor, str(folder / "single.sqlite"), args.callers, 1, 1)
+    plain = StoreRun(reactor, str(folder / "plain.sqlite"), args.callers, 1, 256)
     rates: dict[tuple[str, str], list[float]] = {}
     try:
         await group.open()
         await single.open()
+        await plain.open()
+        await plain.db.close()  # seeded; the plain loop has its own connection
         for _ in range(args.rounds):
             for op in OPERATIONS:
                 for label, run in (("single", single), ("group", group)):
                     rates.setdefault((label, op), []).append(await run.rate(op, args.seconds))
+            grouping = max(1, round(group.grouping[-1]))
+            rates.setdefault(("plain", "debits"), []).append(
+                plain_sqlite_debits(plain.database, plain.users, args.seconds, grouping))
         await group.close()
         await single.close()
     finally:
@@ -177,6 +224,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         one, many = median(rates["single", op]), median(rates["group", op])
         ratio = many / one
         print(f"| {op} | {one:.0f} | {many:.0f} | {ratio:.1f}x | {'met' if ratio >= 10 else 'MISSED'} |")
+    ours, theirs = median(rates["group", "debits"]), median(rates["plain", "debits"])
+    print(f"\n| debits, group commit | plain sqlite3 loop, same statements and grouping "
+          f"({median(group.grouping):.1f} per commit) /s | mizud /s | ratio | goal >= 50% |")
+    print("|---|---|---|---|---|")
+    print(f"| SQLite | {theirs:.0f} | {ours:.0f} | {ours / theirs:.0%} | {'met' if ours / theirs >= 0.5 else 'MISSED'} |")
 
     dsn = args.postgres or os.environ.get("MIZUD_BENCH_POSTGRES")
     if not dsn:

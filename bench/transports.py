@@ -7,7 +7,10 @@ same code for every transport) keeps C{connections} requests in flight and
 counts answers per second.  UDP receive-buffer errors are read from the
 kernel (`nstat UdpRcvbufErrors`, or /proc/net/snmp) before and after the UDP
 run.  Goals: TCP line >= 2x HTTP, UDP >= 1.3x HTTP, WebSocket >= 60% of
-TCP, no UDP receive-buffer errors.
+TCP, no UDP receive-buffer errors.  Issue 19's baselines run in the same
+script: a bare Twisted LineReceiver and a bare DatagramProtocol answering a
+constant (its own process, the same clients); goal: mizud's TCP line and
+UDP `balance` at least 70% of them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,25 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from http_api import free_port, wait_for  # noqa: E402
+
+BARE = """
+import sys
+from twisted.internet import reactor
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.protocols.basic import LineReceiver
+
+class Line(LineReceiver):
+    def lineReceived(self, line):
+        self.sendLine(b"OK: 12.34")
+
+class Datagram(DatagramProtocol):
+    def datagramReceived(self, data, addr):
+        self.transport.write(b"OK: 12.34", addr)
+
+reactor.listenTCP(int(sys.argv[1]), Factory.forProtocol(Line), interface="127.0.0.1")
+reactor.listenUDP(int(sys.argv[1]), Datagram(), interface="127.0.0.1")
+reactor.run()
+"""
 
 USER, PASSWORD, KEY, SALT = "bench", "benchpassword", "benchkey", "4711"
 DIGEST = hashlib.md5(("ck5Gp" + USER + PASSWORD + "srv" + SALT).encode()).hexdigest()
@@ -190,9 +212,14 @@ def main() -> None:
          "--set", "ratelimituser=0", "--set", "ratelimitglobal=0", "--set", "allowtrustedip=0"],
         cwd=folder, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)])
     try:
         wait_for(port, f"/mvapireq/?{QUERY}", b"OK: 0.00 USD")
         results = {}
+        time.sleep(1)  # the bare server's start
+        results["bare tcp"] = closed_loop(lambda: line_client(bare_port), args.seconds, args.connections)
+        results["bare udp"] = closed_loop(lambda: udp_client(bare_port), args.seconds, args.connections)
         for name, client in (("http", http_client), ("tcp", line_client), ("websocket", websocket_client)):
             results[name] = closed_loop(lambda c=client: c(port), args.seconds, args.connections)
         before = udp_errors()
@@ -205,6 +232,8 @@ def main() -> None:
     finally:
         daemon.terminate()
         daemon.wait()
+        bare.terminate()
+        bare.wait()
         shutil.rmtree(folder)
     http = results["http"]
     print(f"# transports {time.strftime('%Y-%m-%d %H:%M:%S')} on {platform.node()} {platform.machine()} "
@@ -217,6 +246,10 @@ def main() -> None:
                                     ("websocket", 0.6, results["tcp"], "TCP")):
         ratio = results[name] / base
         print(f"| {name} | {results[name]:.0f} | {ratio:.2f} of {label} | >= {goal}: {'met' if ratio >= goal else 'MISSED'} |")
+    for name, label in (("tcp", "a bare LineReceiver"), ("udp", "a bare DatagramProtocol")):
+        ratio = results[name] / results["bare " + name]
+        print(f"| {name} (issue 19) | {results[name]:.0f} | {ratio:.2f} of {label} ({results['bare ' + name]:.0f}/s) "
+              f"| >= 0.70: {'met' if ratio >= 0.7 else 'MISSED'} |")
     print(f"\nUDP receive-buffer errors during the closed-loop UDP run: {udp_lost}")
     print(f"Paced UDP at 80% of that maximum ({paced_rate:.0f}/s): {sent} sent, {answered} answered, "
           f"{paced_lost} receive-buffer errors (goal 0: {'met' if paced_lost == 0 else 'MISSED'})")

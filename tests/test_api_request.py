@@ -160,3 +160,41 @@ def test_a_request_has_one_origin() -> None:
     assert Origin(legacy=True).legacy and Origin(sip_user=user).sip_user is user
     with pytest.raises(ValueError, match="one origin"):
         Origin(legacy=True, sip_user=user)
+
+
+def test_the_fast_query_parser_agrees_with_parse_qsl() -> None:
+    """parse_query skips decoding plain text; on random and hostile queries it answers exactly what
+    urllib.parse.parse_qsl(keep_blank_values=True, errors='strict') does, or refuses what it refuses."""
+    import random
+    import urllib.parse
+
+    from mizud.api.request import MAX_PARAMS, RequestError, parse_query
+
+    rng = random.Random(19)
+    alphabet = ["a", "b", "=", "&", "+", "%", "%2", "%20", "%41", "%e2%82%ac", "%ff", "%zz", "é", " ", ";", "?"]
+    samples = ["", "&", "&&a=1&&", "a", "a=", "=b", "a=b=c", "a+b=c+d", "%61=%62", "x=%ff", "€=%E2%82%AC"]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(3000)]
+    for query in samples:
+        text = query.split("?", 1)[1] if "?" in query else query
+        try:
+            expected: object = urllib.parse.parse_qsl(text.strip(), keep_blank_values=True, encoding="utf-8",
+                                                      errors="strict", max_num_fields=MAX_PARAMS)
+        except (UnicodeDecodeError, ValueError):
+            expected = RequestError
+        try:
+            got: object = parse_query(query)
+        except RequestError:
+            got = RequestError
+        assert got == expected, query
+    for count in (MAX_PARAMS, MAX_PARAMS + 1):
+        query = "&".join(f"p{i}=1" for i in range(count))
+        try:
+            urllib.parse.parse_qsl(query, max_num_fields=MAX_PARAMS)
+            refused = False
+        except ValueError:
+            refused = True
+        try:
+            parse_query(query)
+            assert not refused
+        except RequestError:
+            assert refused

@@ -376,3 +376,109 @@ async def test_dns_rebinding_gets_no_address_trust(tmp_path: Path) -> None:
     assert "alicepw" in body  # the operator's own name, same origin, from this machine
     await port.stopListening()  # type: ignore[attr-defined]
     await db.close()
+
+
+async def raw_exchange(port: int, data: bytes, answers: int, seconds: float = 10.0) -> list[bytes]:
+    """Send C{data} on one connection; read until C{answers} complete responses (by Content-Length)."""
+    import socket
+
+    from twisted.internet.task import deferLater
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setblocking(False)
+    sock.sendall(data)
+    buffer, found = b"", []
+    try:
+        for _ in range(int(seconds / 0.005)):
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+            except BlockingIOError:
+                await deferLater(global_reactor, 0.005, lambda: None)
+            while b"\r\n\r\n" in buffer:
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                lowered = head.lower()
+                length = int(lowered.split(b"content-length: ")[1].split(b"\r\n")[0]) \
+                    if b"content-length: " in lowered else 0
+                if len(rest) < length:
+                    break
+                found.append(head + b"\r\n\r\n" + rest[:length])
+                buffer = rest[length:]
+            if len(found) >= answers:
+                break
+    finally:
+        sock.close()
+    return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_requests_are_answered_in_order_on_the_lean_path(server: Server) -> None:
+    """Three pipelined GETs in one segment, the first waiting on the database (a write) and the others not:
+    three answers, in the order asked, each with its own Content-Length and a Date; Connection: close on
+    the last closes after its answer."""
+    key = "authkey=k&authid=alice&authpwd=alicepw"
+    requests = (f"GET /mvapireq/?apientry=setfield&{key}&fieldname=email&fieldvalue=a%40b.c HTTP/1.1\r\nHost: x\r\n\r\n"
+                f"GET /mvapireq/?apientry=balance&{key} HTTP/1.1\r\nHost: x\r\n\r\n"
+                f"GET /mvapireq/?apientry=balance&{key} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answers = await raw_exchange(server.port, requests.encode(), 3)
+    assert len(answers) == 3
+    bodies = [a.partition(b"\r\n\r\n")[2] for a in answers]
+    assert bodies == [b"OK: email set", b"OK: 0.00 USD", b"OK: 0.00 USD"]
+    assert all(b"\r\ndate: " in a.lower() for a in answers)
+    assert b"connection: close" in answers[2].lower()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_the_lean_path_does_not_take_goes_to_twisted_web_after_the_lean_answers(
+        server: Server) -> None:
+    """A lean GET then a POST with a body on the same connection: the GET is answered first, the POST by
+    twisted.web (which keeps the connection from then on), then another GET by twisted.web too."""
+    key = "authkey=k&authid=alice&authpwd=alicepw"
+    body = f"apientry=balance&{key}"
+    requests = (f"GET /mvapireq/?apientry=balance&{key} HTTP/1.1\r\nHost: x\r\n\r\n"
+                f"POST /mvapireq/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}"
+                f"GET /mvapireq/?apientry=balance&{key} HTTP/1.1\r\nHost: x\r\n\r\n")
+    answers = await raw_exchange(server.port, requests.encode(), 3)
+    assert [a.partition(b"\r\n\r\n")[2][:8] for a in answers] == [b"OK: 0.00"] * 3
+    assert b"date: " in answers[0].lower()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ambiguous_heads_are_never_answered_by_the_lean_path(server: Server) -> None:
+    """Request smuggling material: bare LF line ends, a duplicated header, an obsolete folded header, a
+    Transfer-Encoding, control characters: each goes to twisted.web (its answers carry its Server
+    header, the lean path's do not), which answers or refuses it as it always did; none confuses the
+    framing of the request after it."""
+    key = "authkey=k&authid=alice&authpwd=alicepw"
+    good = f"GET /mvapireq/?apientry=balance&{key} HTTP/1.1\r\nHost: x\r\n\r\n"
+    for first in (f"GET /mvapireq/?apientry=balance&{key} HTTP/1.1\nHost: x\n\n",
+                  f"GET /mvapireq/?apientry=balance&{key} HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+                  f"GET /mvapireq/?apientry=balance&{key} HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n b\r\n\r\n",
+                  f"GET /mvapireq/?apientry=balance&{key} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "0\r\n\r\n",
+                  f"GET /mvapireq/?apientry=balance&{key} HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n"):
+        answers = await raw_exchange(server.port, (first + good).encode(), 2, seconds=5)
+        assert answers and all(a.startswith(b"HTTP/1.1 ") for a in answers), first
+        assert answers[-1].partition(b"\r\n\r\n")[2].startswith(b"OK: 0.00") or len(answers) == 1, first
+        assert not any(b"date: " in a.lower() and a.startswith(b"HTTP/1.1 200") and b"server: " not in a.lower()
+                       for a in answers[:1]), "the lean path answered an ambiguous head"
+
+
+def test_the_lean_head_parser_refuses_what_it_cannot_be_sure_of() -> None:
+    """parse_head takes only a plain GET HTTP/1.1 with a Host and single-valued, well-formed headers."""
+    from mizud.wire.lean import head_end, parse_head
+
+    ok = parse_head(b"GET /mvapireq/?a=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nUser-Agent: curl")
+    assert ok is not None and ok.close and ok.header("user-agent") == "curl" and ok.path == "/mvapireq/"
+    for head in (b"POST /mvapireq/ HTTP/1.1\r\nHost: x", b"GET /mvapireq/ HTTP/1.0\r\nHost: x",
+                 b"GET /mvapireq/ HTTP/1.1", b"GET /a b HTTP/1.1\r\nHost: x", b"GET /mvapireq/ HTTP/1.1\r\nHost x",
+                 b"GET /mvapireq/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0",
+                 b"GET /mvapireq/ HTTP/1.1\r\nHost: x\r\nExpect: 100-continue",
+                 b"GET /mvapireq/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket",
+                 b"GET /mvapireq/ HTTP/1.1\r\nHost: x\r\nConnection: upgrade",
+                 b"GET /mvapireq/ HTTP/1.1\r\nHost: x\r\nX\x7f: 1", b"GET /\xff HTTP/1.1\r\nHost: x"):
+        assert parse_head(head) is None, head
+    assert head_end(b"GET / HTTP/1.1\nHost: x\n\n") == -2 and head_end(b"GET / HTTP/1.1\r\nHo") == -1

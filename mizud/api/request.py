@@ -159,14 +159,30 @@ def parse_query(text: str) -> list[tuple[str, str]]:
     """Pairs of a URL query string (values URL-decoded, blank values kept)."""
     if "?" in text:
         text = text.split("?", 1)[1]
+    text = text.strip()
+    if text.count("&") >= MAX_PARAMS:
+        raise RequestError(f"too many parameters (at most {MAX_PARAMS})")
+    # urllib.parse.parse_qsl(keep_blank_values=True, errors="strict"), with the decoding skipped for the
+    # plain names and values most requests are made of (a hot path; tests compare the two).
+    pairs = []
+    unquote = urllib.parse.unquote
     try:
-        return urllib.parse.parse_qsl(
-            text.strip(), keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=MAX_PARAMS
-        )
+        for field in text.split("&"):
+            if not field:
+                continue
+            name, _, value = field.partition("=")
+            if "+" in name:
+                name = name.replace("+", " ")
+            if "%" in name:
+                name = unquote(name, "utf-8", "strict")
+            if "+" in value:
+                value = value.replace("+", " ")
+            if "%" in value:
+                value = unquote(value, "utf-8", "strict")
+            pairs.append((name, value))
     except UnicodeDecodeError:
         raise RequestError("invalid UTF-8 in the request") from None
-    except ValueError:
-        raise RequestError(f"too many parameters (at most {MAX_PARAMS})") from None
+    return pairs
 
 
 def _scalar(value: Any) -> str:

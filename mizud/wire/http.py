@@ -36,6 +36,7 @@ from ..api.request import MAX_BODY, MAX_URL, ApiRequest, RequestError, decode
 from ..config import Settings
 from ..rejections import RejectionLog
 from ..text import ascii_digits
+from .lean import MAX_HEAD, Head, head_end, parse_head, response
 from .static import NOT_FOUND, NotFound
 
 log = Logger()
@@ -113,19 +114,28 @@ def foreign_browser(headers: Any, own: tuple[str, str, int] | None, browser_trus
 
 def cross_site(request: Request, settings: Settings) -> bool:
     """L{foreign_browser} for a twisted.web request."""
+    return cross_site_of(request.getHeader, request.isSecure(), settings)
+
+
+def cross_site_of(header: Callable[[str], str | None], secure: bool, settings: Settings) -> bool:
+    """L{foreign_browser} for a request whose headers C{header} gives by name."""
     config = settings.current
-    own = own_origin((request.getHeader("host") or ""), request.isSecure())
-    return foreign_browser(request.getHeader, own, config.browseraddresstrust, known_host(own, config.httphostnames))
+    own = own_origin((header("host") or ""), secure)
+    return foreign_browser(header, own, config.browseraddresstrust, known_host(own, config.httphostnames))
 
 
 def client_address(request: Request, settings: Settings) -> str:
     """The real client address (see the module doc)."""
     peer = request.getClientAddress()
-    host = getattr(peer, "host", "") or ""
+    return client_of(str(getattr(peer, "host", "") or ""), request.getHeader, settings)
+
+
+def client_of(host: str, header: Callable[[str], str | None], settings: Settings) -> str:
+    """The real client address of a request from the TCP peer C{host} (see the module doc)."""
     proxies = settings.current.trustedproxies
     if not proxies or not in_networks(host, proxies):
         return str(host)
-    forwarded = request.getHeader("x-forwarded-for") or ""
+    forwarded = header("x-forwarded-for") or ""
     hops = [h.strip() for h in forwarded.split(",") if h.strip()]
     while hops:
         hop = hops.pop()
@@ -175,10 +185,7 @@ class ApiResource(Resource):
         callback = None
         try:
             api_request = self._decode(request)
-            fmt = api_request.answer_format
-            callback = api_request.params.get("callback") or api_request.params.get("jsonp")
-            if fmt == "jsonp" and not self.settings.current.enablejsonp:
-                fmt = "json"
+            fmt, callback = self.formatting(api_request)
         except RequestError as problem:
             self._write(request, error(problem.message, problem.status), fmt, None)
             return NOT_DONE_YET
@@ -200,9 +207,6 @@ class ApiResource(Resource):
         return NOT_DONE_YET
 
     def _decode(self, request: Request) -> ApiRequest:
-        uri = request.uri.decode("latin-1")
-        if len(uri) > MAX_URL:
-            raise RequestError(f"request URL over {MAX_URL} characters")
         body = b""
         if request.method == b"POST" and request.content is not None:
             length = request.getHeader("content-length")
@@ -210,22 +214,32 @@ class ApiResource(Resource):
                 raise RequestError(f"request body over {MAX_BODY} bytes")
             request.content.seek(0)
             body = request.content.read(MAX_BODY + 1)
+        return self.decode_parts(request.uri.decode("latin-1"), request.path.decode("latin-1"), body,
+                                 request.getHeader, client_address(request, self.settings), request.isSecure())
+
+    def decode_parts(self, uri: str, path: str, body: bytes, header: Callable[[str], str | None], source: str,
+                     secure: bool) -> ApiRequest:
+        """The API request in an HTTP request's target C{uri} (its C{path} apart), body and headers
+        (C{header}: a value by lower-case name), from C{source}; raises L{RequestError}."""
+        if len(uri) > MAX_URL:
+            raise RequestError(f"request URL over {MAX_URL} characters")
         query = uri.split("?", 1)[1] if "?" in uri else ""
         # /mvapireq/NAME names the function when apientry does not (the OpenAPI document's paths).
-        tail = urllib.parse.unquote(request.path.decode("latin-1")).lower().partition("/mvapireq/")[2].strip("/")
+        tail = urllib.parse.unquote(path).lower().partition("/mvapireq/")[2].strip("/") if "/mvapireq/" in \
+            path.lower() or "%" in path else ""
         api = self.dispatcher()
-        if "/" in tail or self.legacy or api is None or api.registry.get(tail) is None:
+        if tail and ("/" in tail or self.legacy or api is None or api.registry.get(tail) is None):
             tail = ""  # /mvapireq/anything-else?apientry=... stays what it always was
         api_request = decode(
             function=tail or None,
             query=query,
             body=body,
-            content_type=request.getHeader("content-type") or "",
-            source=client_address(request, self.settings),
-            transport="https" if request.isSecure() else "http",
-            secure=request.isSecure(),
+            content_type=header("content-type") or "",
+            source=source,
+            transport="https" if secure else "http",
+            secure=secure,
             encrypt_key=self.settings.current.httpapiencryptkey,
-            cross_site=cross_site(request, self.settings),
+            cross_site=cross_site_of(header, secure, self.settings),
         )
         if api_request.answer_format == "jsonp":
             # A JSONP answer is script any page may include: it never carries what address trust alone allows.
@@ -234,27 +248,40 @@ class ApiResource(Resource):
             # A proxy may allow paths: the path and apientry must not name different functions.
             raise RequestError(f"apientry and the path name different functions ({tail[:40]})")
         if self.legacy:
-            path = request.path.decode("latin-1")
             command = path.lower().split("/xmapi/", 1)[1].strip("/") if "/xmapi/" in path.lower() else ""
             return legacy.to_request(command, api_request)
         return api_request
 
-    def _write(
-        self, request: Request, result: ApiAnswer, fmt: str, callback: str | None, status: int | None = None
-    ) -> None:
+    def formatting(self, api_request: ApiRequest) -> tuple[str, str | None]:
+        """The answer format a request asks for (JSONP only when enabled) and its JSONP callback."""
+        fmt = api_request.answer_format
+        callback = api_request.params.get("callback") or api_request.params.get("jsonp")
+        if fmt == "jsonp" and not self.settings.current.enablejsonp:
+            fmt = "json"
+        return fmt, callback
+
+    def response_parts(self, result: ApiAnswer, fmt: str, callback: str | None,
+                       status: int | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The status, headers (Content-Length aside) and body of an answer."""
         body, content_type = encode(result, fmt, callback)
         if status is None:
             status = 200
             if self.settings.current.httpstrictrtspose and not result.ok:
                 status = result.status
+        headers = [(b"content-type", content_type.encode("ascii")), (b"cache-control", b"no-store"),
+                   # Any page may read an answer: what it may see is decided by the request's own
+                   # credentials, since a request from another site's page earns no trust by address.
+                   (b"access-control-allow-origin", b"*")]
+        headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in result.headers]
+        return status, headers, body
+
+    def _write(
+        self, request: Request, result: ApiAnswer, fmt: str, callback: str | None, status: int | None = None
+    ) -> None:
+        status, headers, body = self.response_parts(result, fmt, callback, status)
         request.setResponseCode(status, http.RESPONSES.get(status, b"API error"))
-        request.setHeader(b"content-type", content_type.encode("ascii"))
-        request.setHeader(b"cache-control", b"no-store")
-        # Any page may read an answer: what it may see is decided by the request's own credentials,
-        # since a request from another site's page earns no trust by address (cross_site).
-        request.setHeader(b"access-control-allow-origin", b"*")
-        for name, value in result.headers:
-            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in headers:
+            request.setHeader(name, value)
         request.setHeader(b"content-length", str(len(body)).encode("ascii"))
         if request.method != b"HEAD":
             request.write(body)
@@ -380,12 +407,111 @@ class _Channel(http.HTTPChannel):
     site: Any
     _deadline: Any = None
     _busy = False
+    #: The lean path (L{mizud.wire.lean}) serves this connection until a request needs twisted.web.
+    _lean = True
+    _lean_buffer = b""
+    _lean_waiting = False
+    _lean_closing = False
+    _lean_secure: bool | None = None
 
     def dataReceived(self, data: bytes) -> None:
         """Start the request's deadline with its first byte (not while a request is being answered)."""
+        if self._lean:
+            self.resetTimeout()
+            if data and not self._lean_waiting and self._deadline is None:
+                self._deadline = self.callLater(self.site.settings.current.requesttimeout, self._too_slow)
+            self._lean_buffer += data
+            self._lean_serve()
+            return
         if data and not self._busy and self._deadline is None:
             self._deadline = self.callLater(self.site.settings.current.requesttimeout, self._too_slow)
         super().dataReceived(data)
+
+    # -- the lean path ----------------------------------------------------------------------------------
+
+    def _lean_serve(self) -> None:
+        """Answer the buffered lean requests in order, one at a time; hand the rest to twisted.web."""
+        while self._lean and not self._lean_waiting and not self._lean_closing:
+            buffer = self._lean_buffer
+            end = head_end(buffer)
+            if end == -1 and len(buffer) <= MAX_HEAD:
+                return  # the head is still arriving
+            head = parse_head(buffer[:end]) if 0 <= end <= MAX_HEAD else None
+            resource = self._lean_resource(head)
+            if head is None or resource is None:
+                self._hand_over()
+                return
+            self._lean_buffer = buffer[end + 4:]
+            self._stop_deadline()
+            self._lean_request(resource, head)
+
+    def _lean_resource(self, head: Head | None) -> ApiResource | None:
+        """The API resource when the site's root would give this request to it, else None."""
+        root = self.site.resource
+        if head is None or not isinstance(root, RootResource):
+            return None
+        lowered = head.path.lower()
+        if "/mvapireq" not in lowered or "/mvstwebsock" in lowered or "/mfstwebsock" in lowered:
+            return None
+        return root.api
+
+    def _hand_over(self) -> None:
+        """From now on twisted.web reads this connection, starting with what is buffered."""
+        self._lean = False
+        data, self._lean_buffer = self._lean_buffer, b""
+        if data:
+            self.dataReceived(data)
+
+    def _lean_request(self, resource: ApiResource, head: Head) -> None:
+        if self._lean_secure is None:
+            self._lean_secure = bool(self.isSecure())
+        peer = self.transport.getPeer()
+        fmt, callback = "text", None
+        try:
+            api_request = resource.decode_parts(head.target, head.path, b"", head.header,
+                                                client_of(str(getattr(peer, "host", "") or ""), head.header,
+                                                          self.site.settings), self._lean_secure)
+            fmt, callback = resource.formatting(api_request)
+        except RequestError as problem:
+            self._lean_write(resource, head, error(problem.message, problem.status), fmt, None)
+            return
+        api = resource.dispatcher()
+        if api is None:
+            self._lean_write(resource, head, error("starting, try again", answer.OTHER), fmt, callback, 503)
+            return
+        d = defer.ensureDeferred(api.dispatch(api_request))
+        if not d.called:
+            self._lean_waiting = True
+        d.addCallback(self._lean_answered, resource, head, fmt, callback)
+        d.addErrback(self._lean_failed)
+
+    def _lean_answered(self, result: ApiAnswer, resource: ApiResource, head: Head, fmt: str,
+                       callback: str | None) -> None:
+        waited, self._lean_waiting = self._lean_waiting, False
+        if self.transport is None or self._lean_closing or getattr(self.transport, "disconnected", False):
+            return
+        self._lean_write(resource, head, result, fmt, callback)
+        if waited:
+            if self._lean_buffer and self._deadline is None:
+                self._deadline = self.callLater(self.site.settings.current.requesttimeout, self._too_slow)
+            self._lean_serve()
+
+    def _lean_failed(self, failure: Any) -> None:
+        log.failure("answering an API request", failure)
+        self._lean_waiting = False
+        if self.transport is not None and not self._lean_closing:
+            self._lean_closing = True
+            self.transport.write(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n"
+                                 b"connection: close\r\n\r\n")
+            self.transport.loseConnection()
+
+    def _lean_write(self, resource: ApiResource, head: Head, result: ApiAnswer, fmt: str, callback: str | None,
+                    status: int | None = None) -> None:
+        code, headers, body = resource.response_parts(result, fmt, callback, status)
+        self.transport.write(response(code, http.RESPONSES.get(code, b"API error"), headers, body, head.close))
+        if head.close:
+            self._lean_closing = True
+            self.transport.loseConnection()
 
     def allContentReceived(self) -> None:
         """The request is complete: its deadline is met."""
