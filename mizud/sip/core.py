@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import random
 import socket
 from collections import Counter, OrderedDict
 from typing import Any, Awaitable, Callable
@@ -75,6 +76,10 @@ FAILED_CALL_MEMORY = 3600.0
 LAG_EVERY = 0.05
 #: Methods that open new work, refused with 503 under overload (outside a dialog).
 SHEDDABLE = frozenset({"REGISTER", "INVITE", "MESSAGE", "PUBLISH", "SUBSCRIBE", "OPTIONS"})
+#: Methods whose handling is this node's own work (no far end to wait for): counted by sipmaxserving.
+LOCAL_WORK = frozenset({"REGISTER", "PUBLISH", "SUBSCRIBE", "OPTIONS"})
+#: The longest receive-queue wait believed (seconds); a stamp further off is the clock's, not the queue's.
+MAX_SOJOURN = 60.0
 
 
 class SipCore:
@@ -242,10 +247,10 @@ class SipCore:
                     hook, invite.on_cancel = invite.on_cancel, None
                     hook()
             return
-        if message.method in SHEDDABLE and self.overloaded() and not message.address("to").tag:
+        if message.method in SHEDDABLE and self._shed(message, source):
             self.stats["shed"] += 1
             response = response_to(message, 503, "Overloaded", source=source)
-            response.add("Retry-After", "1")
+            response.add("Retry-After", str(random.randint(1, 3)))  # spread the retries (RFC 6357)
             self._send(source, response.serialize())
             return
         transaction = self.transactions.create(message, source)
@@ -256,12 +261,35 @@ class SipCore:
             return
         defer.ensureDeferred(self._serve(message, source, transaction))
 
-    def overloaded(self) -> bool:
+    def _shed(self, request: SipMessage, source: Source) -> bool:
+        """Whether admission control refuses this new request: only ever new work (a REGISTER or PUBLISH,
+        or another method outside a dialog this node knows), and work already half done -- the answer to
+        a challenge this node issued to this address -- only past twice the lag bound, so that under
+        overload the node sheds new exchanges first and completes those it started."""
+        if request.method not in ("REGISTER", "PUBLISH") and request.address("to").tag \
+                and self.dialogs.find(request) is not None:
+            return False
+        return self.overloaded(self._answers_challenge(request, source))
+
+    def _answers_challenge(self, request: SipMessage, source: Source) -> bool:
+        """Whether the request carries credentials for a nonce this node issued to its address."""
+        header = request.get("authorization") or request.get("proxy-authorization")
+        if not header:
+            return False
+        credentials = parse_credentials(header)
+        return bool(credentials is not None and self.digest.issued(credentials.get("nonce", ""), source.host) is not None)
+
+    def overloaded(self, begun: bool = False) -> bool:
         """Admission control: too many requests in the works (sipmaxserving), or requests waiting too long
-        before mizud starts on them (sipoverloadlag): in the receive queue, or for a late event loop."""
+        before mizud starts on them (sipoverloadlag): in the receive queue, or for a late event loop;
+        C{begun} (the request finishes an exchange already begun): only past twice the lag bound."""
         config = self.settings.current
         most, lag = config.sipmaxserving, config.sipoverloadlag
-        return bool((most and self.serving >= most) or (lag and max(self.lag, self.sojourn) > lag))
+        if most and self.serving >= most:
+            return True
+        if not lag:
+            return False
+        return bool(max(self.lag, self.sojourn) > (2 * lag if begun else lag))
 
     def sample_lag(self) -> None:
         """Called every L{LAG_EVERY} seconds (L{watch_lag}): how late this call came; and ask the next
@@ -275,7 +303,7 @@ class SipCore:
 
     def queued_for(self, waited: float) -> None:
         """A datagram read now had waited C{waited} seconds in its socket's receive queue."""
-        self.sojourn = max(0.0, waited)
+        self.sojourn = waited if 0.0 <= waited <= MAX_SOJOURN else 0.0
         self.wants_sojourn = False
 
     def watch_lag(self) -> Any:
@@ -288,14 +316,17 @@ class SipCore:
         return loop
 
     async def _serve(self, request: SipMessage, source: Source, transaction: Any) -> None:
-        self.serving += 1
+        # Only work done here counts towards sipmaxserving: a call (or a request inside one) waits for
+        # the far end, for as long as it rings, and must not make the node refuse everything else.
+        local = request.method in LOCAL_WORK
+        self.serving += local
         try:
             response = await self.respond(request, source)
         except Exception:
             log.failure("SIP {method} from {source} failed", method=request.method, source=source.address)
             response = response_to(request, 500, source=source)
         finally:
-            self.serving -= 1
+            self.serving -= local
         # An INVITE outside a dialog refused here created no state: answer statelessly (once per INVITE received),
         # so a forged INVITE gets one response, not eleven over 32 s (RFC 3261 timer G).
         # (Once a provisional went out the INVITE has state: its final response is retransmitted until ACKed.)

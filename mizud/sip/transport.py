@@ -243,9 +243,10 @@ def arrival_probe(transport: Any) -> Callable[[], float] | None:
     import fcntl
     import struct
 
+    size = struct.calcsize("@ll")  # struct timeval
     try:
         fd = transport.getHandle().fileno()
-        fcntl.ioctl(fd, SIOCGSTAMP, bytes(16))
+        fcntl.ioctl(fd, SIOCGSTAMP, bytes(size))
     except OSError as error:
         if error.errno != errno.ENOENT:  # ENOENT: nothing received yet, which is fine
             return None
@@ -254,8 +255,8 @@ def arrival_probe(transport: Any) -> Callable[[], float] | None:
 
     def arrival() -> float:
         try:
-            seconds, micros = struct.unpack("ll", fcntl.ioctl(fd, SIOCGSTAMP, bytes(16)))
-        except OSError:
+            seconds, micros = struct.unpack("@ll", fcntl.ioctl(fd, SIOCGSTAMP, bytes(size)))
+        except Exception:
             return 0.0
         return float(seconds + micros / 1e6)
 

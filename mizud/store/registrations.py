@@ -22,6 +22,8 @@ ONLINE = 2
 STATUS_REFRESH = timedelta(minutes=10)
 #: An unchanged refresh is written once its stored expiry is this near (seconds; see L{Bindings.flush}).
 REFRESH_HORIZON = 30.0
+#: The most refreshes one flush transaction writes.
+FLUSH_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,8 @@ class _Refresh:
     cseq: int
     expires: datetime
     stored: datetime
+    #: The row refreshed (tb_registrations.id).
+    rowid: int = 0
 
 
 class OutOfOrder(Exception):
@@ -97,6 +101,10 @@ class Bindings:
         self.now = now
         #: Unwritten refreshes: user id -> contact -> refresh.
         self._refreshes: dict[int, dict[str, _Refresh]] = {}
+        #: The refreshes due from each second (epoch seconds): (user id, contact); stale entries are skipped.
+        self._due: dict[int, set[tuple[int, str]]] = {}
+        #: Bumped when a write of a user's bindings begins and ends (see L{_refresh}).
+        self._versions: dict[int, int] = {}
         #: How many REGISTERs were answered without a write.
         self.unwritten = 0
 
@@ -129,88 +137,103 @@ class Bindings:
             refreshed = await self._refresh(userid, changes, callid, cseq, (address, transport, agent, domain))
             if refreshed is not None:
                 return refreshed
+        # This user's unwritten refreshes go first, in the same transaction (so the CSeq check sees them);
+        # a fast path whose read is in flight now must not trust that read (the version changes).
         refreshes = self._refreshes.pop(userid, {})
+        self._bump(userid)
 
-        async def register_txn(txn: Txn) -> list[Binding]:
-            now = self.now()
-            engine = self.engine
-            if refreshes:
-                await self._write_refreshes(txn, [(userid, contact, r) for contact, r in refreshes.items()], now)
-            # Locks the user's row on PostgreSQL, so one user's REGISTERs are serialised
-            # (SQLite has one writer anyway).
-            user = (await txn.execute(
-                "SELECT status, statusdate FROM tb_users WHERE id = ?" + engine.for_update, (userid,))).one()
-            rows = (await txn.execute(
-                f"SELECT {_COLUMNS}, callid, cseq FROM tb_registrations WHERE userid = ?", (userid,))).rows
-            current: dict[str, Binding] = {}
-            order: dict[str, tuple[str, int]] = {}
-            lapsed = False
-            for row in rows:
-                binding = self._binding(row)
-                if binding.expires <= now:
-                    lapsed = True
-                    continue
-                current[binding.contact] = binding
-                order[binding.contact] = (row[10], int(row[11]))
-            if lapsed:
-                await txn.execute("DELETE FROM tb_registrations WHERE userid = ? AND expires <= ?", (userid, now))
-            if wildcard:
-                for contact, (old_callid, old_cseq) in order.items():
-                    if old_callid == callid and cseq <= old_cseq:
-                        raise OutOfOrder(contact)
-                await txn.execute("DELETE FROM tb_registrations WHERE userid = ?", (userid,))
-                current.clear()
-            for change in changes:
-                known = current.get(change.contact)
-                previous = order.get(change.contact)
-                if previous is not None and previous[0] == callid and cseq <= previous[1]:
-                    raise OutOfOrder(change.contact)
-                if change.expires <= 0:
-                    if known is not None:
-                        await txn.execute("DELETE FROM tb_registrations WHERE userid = ? AND contact = ?",
-                                          (userid, change.contact))
-                        del current[change.contact]
-                    continue
-                if known is None and len(current) >= most:
-                    raise TooManyContacts()
-                expires = now + timedelta(seconds=change.expires)
-                values = (address, transport, agent, change.q, expires, callid, cseq, now, domain)
+        try:
+            return await self.db.run_interaction("register", self._register_txn, userid, username, changes, wildcard,
+                                                 callid, cseq, (address, transport, agent, domain), most, refreshes)
+        except BaseException:
+            self._keep(userid, refreshes)  # not written: they stay to be written (each was acknowledged)
+            raise
+        finally:
+            self._bump(userid)
+
+    async def _register_txn(self, txn: Txn, userid: int, username: str, changes: list[Change], wildcard: bool,
+                            callid: str, cseq: int, origin: tuple[str, str, str, str], most: int,
+                            refreshes: dict[str, "_Refresh"]) -> list[Binding]:
+        """One REGISTER's transaction (see L{register}); C{origin}: address, transport, user agent, domain."""
+        address, transport, agent, domain = origin
+        now = self.now()
+        engine = self.engine
+        # Locks the user's row on PostgreSQL, so one user's REGISTERs are serialised
+        # (SQLite has one writer anyway); then its bindings, as every other writer does.
+        user = (await txn.execute(
+            "SELECT status, statusdate FROM tb_users WHERE id = ?" + engine.for_update, (userid,))).one()
+        if refreshes:
+            await self._write_refreshes(txn, [(userid, contact, r) for contact, r in refreshes.items()], now)
+        rows = (await txn.execute(
+            f"SELECT {_COLUMNS}, callid, cseq FROM tb_registrations WHERE userid = ?", (userid,))).rows
+        current: dict[str, Binding] = {}
+        order: dict[str, tuple[str, int]] = {}
+        lapsed = False
+        for row in rows:
+            binding = self._binding(row)
+            if binding.expires <= now:
+                lapsed = True
+                continue
+            current[binding.contact] = binding
+            order[binding.contact] = (row[10], int(row[11]))
+        if lapsed:
+            await txn.execute("DELETE FROM tb_registrations WHERE userid = ? AND expires <= ?", (userid, now))
+        if wildcard:
+            for contact, (old_callid, old_cseq) in order.items():
+                if old_callid == callid and cseq <= old_cseq:
+                    raise OutOfOrder(contact)
+            await txn.execute("DELETE FROM tb_registrations WHERE userid = ?", (userid,))
+            current.clear()
+        for change in changes:
+            known = current.get(change.contact)
+            previous = order.get(change.contact)
+            if previous is not None and previous[0] == callid and cseq <= previous[1]:
+                raise OutOfOrder(change.contact)
+            if change.expires <= 0:
                 if known is not None:
-                    await txn.execute(
-                        "UPDATE tb_registrations SET address = ?, transport = ?, useragent = ?, q = ?, expires = ?, "
-                        "callid = ?, cseq = ?, updated = ?, domain = ? WHERE userid = ? AND contact = ?",
-                        (*values, userid, change.contact))
-                    created = known.created
-                else:
-                    await txn.execute(
-                        "INSERT INTO tb_registrations (userid, username, contact, address, transport, useragent, q, "
-                        "expires, callid, cseq, updated, domain, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (userid, username, change.contact, *values, now))
-                    created = now
-                current[change.contact] = Binding(userid, username, change.contact, address, transport, agent,
-                                                  change.q, expires, created, domain)
-            bindings = sorted(current.values(), key=lambda b: (-b.q, b.created, b.contact))
-            status, when = (int(user[0] or 0), engine.time(user[1])) if user else (0, None)
-            online = bool(bindings)
-            # statusdate is refreshed at most every STATUS_REFRESH while nothing else changes.
-            if online != (status >= ONLINE) or when is None or now - when >= STATUS_REFRESH:
-                await self._set_status(txn, userid, online, now)
-            return bindings
-
-        return await self.db.run_interaction("register", register_txn)
+                    await txn.execute("DELETE FROM tb_registrations WHERE userid = ? AND contact = ?",
+                                      (userid, change.contact))
+                    del current[change.contact]
+                continue
+            if known is None and len(current) >= most:
+                raise TooManyContacts()
+            expires = now + timedelta(seconds=change.expires)
+            values = (address, transport, agent, change.q, expires, callid, cseq, now, domain)
+            if known is not None:
+                await txn.execute(
+                    "UPDATE tb_registrations SET address = ?, transport = ?, useragent = ?, q = ?, expires = ?, "
+                    "callid = ?, cseq = ?, updated = ?, domain = ? WHERE userid = ? AND contact = ?",
+                    (*values, userid, change.contact))
+                created = known.created
+            else:
+                await txn.execute(
+                    "INSERT INTO tb_registrations (userid, username, contact, address, transport, useragent, q, "
+                    "expires, callid, cseq, updated, domain, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (userid, username, change.contact, *values, now))
+                created = now
+            current[change.contact] = Binding(userid, username, change.contact, address, transport, agent,
+                                              change.q, expires, created, domain)
+        bindings = sorted(current.values(), key=lambda b: (-b.q, b.created, b.contact))
+        status, when = (int(user[0] or 0), engine.time(user[1])) if user else (0, None)
+        online = bool(bindings)
+        # statusdate is refreshed at most every STATUS_REFRESH while nothing else changes.
+        if online != (status >= ONLINE) or when is None or now - when >= STATUS_REFRESH:
+            await self._set_status(txn, userid, online, now)
+        return bindings
 
     async def _refresh(self, userid: int, changes: list[Change], callid: str, cseq: int,
                        origin: tuple[str, str, str, str]) -> list[Binding] | None:
         """Answer a REGISTER that only refreshes the user's stored bindings, from one read and without a
         write; None when it changes anything else (the transaction then decides)."""
         now = self.now()
+        version = self._versions.get(userid, 0)
         result = await self.db.run_query(
             "register_refresh",
             f"SELECT {', '.join('r.' + c.strip() for c in _COLUMNS.split(','))}, r.callid, r.cseq, u.status, "
-            "u.statusdate FROM tb_registrations r JOIN tb_users u ON u.id = r.userid WHERE r.userid = ?",
+            "u.statusdate, r.id FROM tb_registrations r JOIN tb_users u ON u.id = r.userid WHERE r.userid = ?",
             (userid,))
-        if not result.rows:
-            return None
+        if not result.rows or self._versions.get(userid, 0) != version:
+            return None  # nothing stored, or a write of this user's bindings began since the read did
         status, when = int(result.rows[0][12] or 0), self.engine.time(result.rows[0][13])
         if status < ONLINE or when is None or now - when >= STATUS_REFRESH:
             return None  # the status must be written (it would be by the transaction)
@@ -236,50 +259,101 @@ class Bindings:
                 return None
             if old_callid == callid and cseq <= old_cseq:
                 raise OutOfOrder(change.contact)
-        stored = {self._binding(row).contact: self._binding(row).expires for row in result.rows}
-        refreshes = self._refreshes.setdefault(userid, {})
+        stored = {self._binding(row).contact: (int(row[14]), self._binding(row).expires) for row in result.rows}
+        granted: dict[str, _Refresh] = {}
         for change in changes:
             expires = now + timedelta(seconds=change.expires)
-            refreshes[change.contact] = _Refresh(callid, cseq, expires, stored[change.contact])
-            current[change.contact] = (replace(current[change.contact][0], expires=expires), callid, cseq)
+            rowid, kept = stored[change.contact]
+            # Only an extension, and only while the stored expiry still covers half the new grant: a
+            # shorter grant is written at once (routing must not outlive it), and so is a refresh that
+            # comes late in the interval (were it lost, the binding would lapse long before the next).
+            if expires < current[change.contact][0].expires or (kept - now) * 2 < expires - now:
+                return None
+            granted[change.contact] = _Refresh(callid, cseq, expires, kept, rowid)
+        refreshes = self._refreshes.setdefault(userid, {})
+        for contact, refresh in granted.items():
+            refreshes[contact] = refresh
+            self._due.setdefault(self._due_second(refresh), set()).add((userid, contact))
+            current[contact] = (replace(current[contact][0], expires=refresh.expires), callid, cseq)
         self.unwritten += 1
         return sorted((entry[0] for entry in current.values()), key=lambda b: (-b.q, b.created, b.contact))
 
     async def flush(self, everything: bool = False) -> int:
         """Write the refreshes whose stored expiry is within L{REFRESH_HORIZON} (C{everything}: all of
-        them, when stopping), in one transaction; how many were written."""
+        them, when stopping), at most L{FLUSH_CHUNK} per transaction; how many rows were written."""
         now = self.now()
+        current = int((now - datetime(1970, 1, 1)).total_seconds())
+        seconds = sorted(self._due) if everything else sorted(second for second in self._due if second <= current)
         due: list[tuple[int, str, _Refresh]] = []
-        for userid, refreshes in list(self._refreshes.items()):
-            for contact, refresh in list(refreshes.items()):
-                if everything or (refresh.stored - now).total_seconds() < REFRESH_HORIZON:
+        for second in seconds:
+            for userid, contact in self._due.pop(second):
+                refresh = self._refreshes.get(userid, {}).pop(contact, None)
+                if refresh is not None:
                     due.append((userid, contact, refresh))
-                    del refreshes[contact]
-            if not refreshes:
-                del self._refreshes[userid]
-        if not due:
-            return 0
+                    if not self._refreshes[userid]:
+                        del self._refreshes[userid]
+        due.sort(key=lambda entry: (entry[0], entry[1]))  # one lock order for every node
+        written = 0
+        for start in range(0, len(due), FLUSH_CHUNK):
+            chunk = due[start:start + FLUSH_CHUNK]
+            users = {userid for userid, _, _ in chunk}
+            for userid in users:
+                self._bump(userid)
 
-        async def refreshes_txn(txn: Txn) -> None:
-            await self._write_refreshes(txn, due, now)
+            async def refreshes_txn(txn: Txn, chunk: list[tuple[int, str, _Refresh]] = chunk) -> int:
+                return await self._write_refreshes(txn, chunk, now)
 
-        try:
-            await self.db.run_interaction("register_refreshes", refreshes_txn)
-        except Exception:
-            for userid, contact, refresh in due:  # tried again at the next flush
-                self._refreshes.setdefault(userid, {}).setdefault(contact, refresh)
-            raise
-        return len(due)
+            try:
+                written += await self.db.run_interaction("register_refreshes", refreshes_txn)
+            except BaseException:
+                for userid, contact, refresh in due[start:]:  # tried again at the next flush
+                    self._keep(userid, {contact: refresh})
+                raise
+            finally:
+                for userid in users:
+                    self._bump(userid)
+        return written
+
+    def _keep(self, userid: int, refreshes: dict[str, "_Refresh"]) -> None:
+        """Put refreshes that could not be written back, unless a newer one for the contact came meanwhile."""
+        kept = self._refreshes.setdefault(userid, {})
+        for contact, refresh in refreshes.items():
+            if contact not in kept:
+                kept[contact] = refresh
+                self._due.setdefault(self._due_second(refresh), set()).add((userid, contact))
+        if not kept:
+            del self._refreshes[userid]
+
+    def _bump(self, userid: int) -> None:
+        """A write of this user's bindings begins or ends: a fast-path read in flight is no longer trusted."""
+        self._versions[userid] = self._versions.get(userid, 0) + 1
 
     @staticmethod
-    async def _write_refreshes(txn: Txn, due: list[tuple[int, str, _Refresh]], now: datetime) -> None:
-        """Store refreshed expiries (with their Call-ID and CSeq), only where the row still holds the expiry
-        it was refreshed from: a binding removed or rewritten meanwhile (here or by another node) is left."""
+    def _due_second(refresh: "_Refresh") -> int:
+        """The second from which a refresh is due (its stored expiry, less the horizon)."""
+        return int((refresh.stored - datetime(1970, 1, 1)).total_seconds() - REFRESH_HORIZON)
+
+    async def _write_refreshes(self, txn: Txn, due: list[tuple[int, str, "_Refresh"]], now: datetime) -> int:
+        """Store refreshed expiries (with their Call-ID and CSeq) where the row is still the one refreshed
+        (the same expiry, compared as times, not text), or the same Call-ID's older state; never shortening
+        an expiry or lowering a CSeq; a row removed or rewritten by a newer REGISTER meanwhile is left.
+        How many rows were written."""
+        written = 0
         for userid, contact, refresh in due:
-            await txn.execute(
-                "UPDATE tb_registrations SET expires = ?, callid = ?, cseq = ?, updated = ? "
-                "WHERE userid = ? AND contact = ? AND expires = ?",
-                (refresh.expires, refresh.callid, refresh.cseq, now, userid, contact, refresh.stored))
+            row = (await txn.execute(
+                "SELECT id, expires, callid, cseq FROM tb_registrations WHERE id = ? AND userid = ? AND contact = ?"
+                + self.engine.for_update, (refresh.rowid, userid, contact))).one()
+            if row is None:
+                continue
+            expires = self.engine.time(row[1])
+            same = expires == refresh.stored
+            older = str(row[2]) == refresh.callid and int(row[3]) < refresh.cseq
+            if not (same or older) or expires is None or expires >= refresh.expires:
+                continue
+            await txn.execute("UPDATE tb_registrations SET expires = ?, callid = ?, cseq = ?, updated = ? WHERE id = ?",
+                              (refresh.expires, refresh.callid, refresh.cseq, now, refresh.rowid))
+            written += 1
+        return written
 
     @staticmethod
     async def _set_status(txn: Txn, userid: int, online: bool, now: datetime) -> None:
