@@ -12,7 +12,7 @@ from mizud.api.answer import ApiAnswer, error, ok
 from mizud.api.invocation import Invocation
 from mizud.api.registry import Category
 from mizud.api.request import RequestError, decode
-from test_api_dispatch import KEY, OTHER_IP, PUBLIC_IP, SALT, Harness, make_harness
+from test_api_dispatch import KEY, OTHER_IP, PUBLIC_IP, Harness, make_harness
 
 
 async def old(h: Harness, command: str, query: str, source: str = PUBLIC_IP) -> ApiAnswer:
