@@ -266,10 +266,12 @@ class SipCore:
         or another method outside a dialog this node knows), and work already half done -- the answer to
         a challenge this node issued to this address -- only past twice the lag bound, so that under
         overload the node sheds new exchanges first and completes those it started."""
+        if not self.overloaded():
+            return False  # the common case: nothing more to look at
         if request.method not in ("REGISTER", "PUBLISH") and request.address("to").tag \
                 and self.dialogs.find(request) is not None:
             return False
-        return self.overloaded(self._answers_challenge(request, source))
+        return self.overloaded(begun=True) or not self._answers_challenge(request, source)
 
     def _answers_challenge(self, request: SipMessage, source: Source) -> bool:
         """Whether the request carries credentials for a nonce this node issued to its address."""
