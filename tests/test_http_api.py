@@ -482,3 +482,27 @@ def test_the_lean_head_parser_refuses_what_it_cannot_be_sure_of() -> None:
                  b"GET /mvapireq/ HTTP/1.1\r\nHost: x\r\nX\x7f: 1", b"GET /\xff HTTP/1.1\r\nHost: x"):
         assert parse_head(head) is None, head
     assert head_end(b"GET / HTTP/1.1\nHost: x\n\n") == -2 and head_end(b"GET / HTTP/1.1\r\nHo") == -1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_answer_is_not_cut_by_the_idle_timeout(tmp_path: Path) -> None:
+    """connectionidletimeout counts idleness, not a request's own work: an answer that takes longer than
+    the idle timeout still arrives (on the lean path as on twisted.web's)."""
+    from twisted.internet.task import deferLater
+
+    server, port, db = await start(tmp_path, "connectionidletimeout=1s")
+    real = server.api.dispatch
+
+    async def slow(request: Any) -> Any:
+        await deferLater(global_reactor, 1.6, lambda: None)
+        return await real(request)
+
+    server.api.dispatch = slow  # type: ignore[method-assign]
+    try:
+        key = "authkey=k&authid=alice&authpwd=alicepw"
+        answers = await raw_exchange(server.port, f"GET /mvapireq/?apientry=balance&{key} HTTP/1.1\r\nHost: x\r\n\r\n"
+                                     .encode(), 1, seconds=5)
+        assert len(answers) == 1 and answers[0].partition(b"\r\n\r\n")[2] == b"OK: 0.00 USD"
+    finally:
+        await port.stopListening()  # type: ignore[attr-defined]
+        await db.close()

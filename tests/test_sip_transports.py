@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -259,3 +260,36 @@ async def test_hostile_streams_and_floods(ports: Ports) -> None:
     other = await ports.rig.exchange(Phone("alice", "alicepw").request("OPTIONS", "sip:x@example.com"),
                                      ports.rig.source("192.0.2.200"))
     assert [m.status for m in other] == [200]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_https_api_answer_with_connection_close_closes_at_once(ports: Ports) -> None:
+    """Over TLS on the shared port, a lean API answer to a request with Connection: close is followed by
+    the end of the connection at once (the channel unregisters itself as producer before closing, without
+    which TLS never shuts down), and nothing sent after it is read."""
+    from test_api_dispatch import KEY
+
+    def exchange() -> tuple[bytes, float]:
+        sock = tls_connect(ports.tcp)()
+        sock.settimeout(5)
+        started = time.monotonic()
+        sock.sendall(f"GET /mvapireq/?apientry=balance&authkey={KEY}&authid=alice&authpwd=alicepw HTTP/1.1\r\n"
+                     "Host: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+                if b"\r\n\r\n" in data:
+                    try:
+                        sock.sendall(b"GET /mvapireq/?apientry=balance HTTP/1.1\r\nHost: x\r\n\r\n" * 10)
+                    except OSError:
+                        pass
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            sock.close()
+        return data, time.monotonic() - started
+
+    data, seconds = await deferToThread(exchange)
+    assert data.startswith(b"HTTP/1.1 200") and b"OK: 5.00" in data and data.count(b"HTTP/1.1") == 1, data
+    assert seconds < 2, seconds

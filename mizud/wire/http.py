@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -272,7 +273,10 @@ class ApiResource(Resource):
                    # Any page may read an answer: what it may see is decided by the request's own
                    # credentials, since a request from another site's page earns no trust by address.
                    (b"access-control-allow-origin", b"*")]
-        headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in result.headers]
+        for name, value in result.headers:  # as twisted.web's setHeader: no line breaks, one value per name
+            key = _clean(name).encode("latin-1")
+            headers = [(n, v) for n, v in headers if n.lower() != key.lower()]
+            headers.append((key, _clean(value).encode("latin-1")))
         return status, headers, body
 
     def _write(
@@ -286,6 +290,15 @@ class ApiResource(Resource):
         if request.method != b"HEAD":
             request.write(body)
         request.finish()
+
+
+def _clean(text: str) -> str:
+    """A header name or value with its line breaks made spaces."""
+    return text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+
+
+#: Bytes a connection may queue behind a request that waits before it stops being read (as twisted.web).
+LEAN_BACKLOG = 16 * 1024
 
 
 class RootResource(Resource):
@@ -395,7 +408,9 @@ class LimitedRequest(Request):
                 b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
             )
-            transport.loseConnection()
+            # The channel's own close: it unregisters itself as the transport's producer first, without
+            # which TLS never closes.
+            self.channel.loseConnection()
 
 
 class _Channel(http.HTTPChannel):
@@ -412,15 +427,25 @@ class _Channel(http.HTTPChannel):
     _lean_buffer = b""
     _lean_waiting = False
     _lean_closing = False
+    _lean_paused = False
     _lean_secure: bool | None = None
+    _lean_idle: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         """Start the request's deadline with its first byte (not while a request is being answered)."""
         if self._lean:
-            self.resetTimeout()
-            if data and not self._lean_waiting and self._deadline is None:
-                self._deadline = self.callLater(self.site.settings.current.requesttimeout, self._too_slow)
+            if self._lean_closing:
+                return  # answered with Connection: close, or timed out: nothing more is read
+            if not self._lean_waiting:
+                self.resetTimeout()
+                if data and self._deadline is None:
+                    self._deadline = self.callLater(self.site.settings.current.requesttimeout, self._too_slow)
             self._lean_buffer += data
+            if self._lean_waiting and len(self._lean_buffer) > LEAN_BACKLOG and not self._lean_paused:
+                # Like twisted.web: stop reading while a request waits and more than a little is queued.
+                self._lean_paused = True
+                producer: Any = self._networkProducer
+                producer.pauseProducing()
             self._lean_serve()
             return
         if data and not self._busy and self._deadline is None:
@@ -431,19 +456,24 @@ class _Channel(http.HTTPChannel):
 
     def _lean_serve(self) -> None:
         """Answer the buffered lean requests in order, one at a time; hand the rest to twisted.web."""
-        while self._lean and not self._lean_waiting and not self._lean_closing:
-            buffer = self._lean_buffer
-            end = head_end(buffer)
-            if end == -1 and len(buffer) <= MAX_HEAD:
-                return  # the head is still arriving
-            head = parse_head(buffer[:end]) if 0 <= end <= MAX_HEAD else None
-            resource = self._lean_resource(head)
-            if head is None or resource is None:
-                self._hand_over()
-                return
-            self._lean_buffer = buffer[end + 4:]
-            self._stop_deadline()
-            self._lean_request(resource, head)
+        buffer, start = self._lean_buffer, 0
+        try:
+            while self._lean and not self._lean_waiting and not self._lean_closing:
+                end = head_end(buffer, start)
+                if end == -1 and len(buffer) - start < MAX_HEAD + 4:
+                    return  # the head is still arriving
+                head = parse_head(buffer[start:end]) if start <= end <= start + MAX_HEAD else None
+                resource = self._lean_resource(head)
+                if head is None or resource is None:
+                    self._lean_buffer, start = buffer[start:], 0
+                    self._hand_over()
+                    return
+                start = end + 4  # (the buffer is cut once, below: no copy per pipelined request)
+                self._stop_deadline()
+                self._lean_request(resource, head)
+        finally:
+            if start:
+                self._lean_buffer = buffer[start:]
 
     def _lean_resource(self, head: Head | None) -> ApiResource | None:
         """The API resource when the site's root would give this request to it, else None."""
@@ -463,6 +493,12 @@ class _Channel(http.HTTPChannel):
             self.dataReceived(data)
 
     def _lean_request(self, resource: ApiResource, head: Head) -> None:
+        try:
+            self._lean_dispatch(resource, head)
+        except Exception:
+            self._lean_failed(Failure())
+
+    def _lean_dispatch(self, resource: ApiResource, head: Head) -> None:
         if self._lean_secure is None:
             self._lean_secure = bool(self.isSecure())
         peer = self.transport.getPeer()
@@ -481,13 +517,31 @@ class _Channel(http.HTTPChannel):
             return
         d = defer.ensureDeferred(api.dispatch(api_request))
         if not d.called:
+            # As twisted.web does while a request is handled: no idle timeout, and HTTPChannel's
+            # producer methods keep the reads paused if they were paused.
             self._lean_waiting = True
+            self._handlingRequest = True
+            self._lean_idle = self.setTimeout(None)
         d.addCallback(self._lean_answered, resource, head, fmt, callback)
         d.addErrback(self._lean_failed)
 
+    def _lean_done_waiting(self) -> bool:
+        """The answer a request waited for is here: timeouts and reading as before; whether it waited."""
+        if not self._lean_waiting:
+            return False
+        self._lean_waiting = False
+        self._handlingRequest = False
+        self.setTimeout(self._lean_idle)
+        if self._lean_paused:
+            self._lean_paused = False
+            if not self._waitingForTransport:
+                producer: Any = self._networkProducer
+                producer.resumeProducing()
+        return True
+
     def _lean_answered(self, result: ApiAnswer, resource: ApiResource, head: Head, fmt: str,
                        callback: str | None) -> None:
-        waited, self._lean_waiting = self._lean_waiting, False
+        waited = self._lean_done_waiting()
         if self.transport is None or self._lean_closing or getattr(self.transport, "disconnected", False):
             return
         self._lean_write(resource, head, result, fmt, callback)
@@ -498,12 +552,11 @@ class _Channel(http.HTTPChannel):
 
     def _lean_failed(self, failure: Any) -> None:
         log.failure("answering an API request", failure)
-        self._lean_waiting = False
+        self._lean_done_waiting()
         if self.transport is not None and not self._lean_closing:
             self._lean_closing = True
-            self.transport.write(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n"
-                                 b"connection: close\r\n\r\n")
-            self.transport.loseConnection()
+            self.transport.write(response(500, b"Internal Server Error", [], b"", True))
+            self.loseConnection()
 
     def _lean_write(self, resource: ApiResource, head: Head, result: ApiAnswer, fmt: str, callback: str | None,
                     status: int | None = None) -> None:
@@ -511,7 +564,7 @@ class _Channel(http.HTTPChannel):
         self.transport.write(response(code, http.RESPONSES.get(code, b"API error"), headers, body, head.close))
         if head.close:
             self._lean_closing = True
-            self.transport.loseConnection()
+            self.loseConnection()  # the channel's: it unregisters its producer first (TLS closes only then)
 
     def allContentReceived(self) -> None:
         """The request is complete: its deadline is met."""
@@ -530,9 +583,10 @@ class _Channel(http.HTTPChannel):
         self.site.rejections(str(getattr(peer, "host", "")), "closing HTTP from {source}: a request took over "
                              "{seconds} s", seconds=self.site.settings.current.requesttimeout)
         if self.transport is not None:
+            self._lean_closing = True
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                                  b"connection: close\r\n\r\nERROR: request not finished in time\n")
-            self.transport.loseConnection()
+            self.loseConnection()
 
     def _stop_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -548,7 +602,7 @@ class _Channel(http.HTTPChannel):
         """414, then close."""
         self.transport.write(b"HTTP/1.1 414 URI Too Long\r\ncontent-type: text/plain; charset=utf-8\r\n"
                              b"connection: close\r\n\r\nERROR: request line too long\n")
-        self.transport.loseConnection()
+        self.loseConnection()
 
 
 class QuietSite(Site):

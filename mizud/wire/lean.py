@@ -10,9 +10,9 @@ method, HTTP/1.0, a body, Transfer-Encoding, Expect, Upgrade, a
 duplicated or folded header, an unusual Connection value, a head over
 L{MAX_HEAD} bytes, a path the API does not serve -- is handed to
 twisted.web, with everything still unread, and the connection stays with
-twisted.web from then on.  So the lean path only ever answers requests
-twisted.web would have answered the same way, and refuses to guess about
-the rest.
+twisted.web from then on.  The lean path refuses to guess: a request it
+answers is one twisted.web would have answered the same way (its answers
+differ only in having no Server header).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from twisted.web.http import datetimeToString
 
 #: The longest request head (request line and headers) the lean path reads; longer ones go to twisted.web.
 MAX_HEAD = 8192
+#: The most header lines the lean path takes (twisted.web's own limit); more go to twisted.web.
+MAX_HEADERS = 500
 #: Headers that mean a body, a negotiation or a protocol switch: twisted.web decides those requests.
 _NOT_LEAN = frozenset({"content-length", "transfer-encoding", "expect", "upgrade", "te", "trailer",
                        "http2-settings"})
@@ -49,12 +51,13 @@ class Head:
         return self.headers.get(name)
 
 
-def head_end(buffer: bytes) -> int:
-    """Where the buffered request's head ends (the index of its blank line), -1 if it has not yet
-    arrived, or -2 if it ends some other way (bare LF line ends, which twisted.web accepts)."""
-    end = buffer.find(b"\r\n\r\n")
-    scanned = buffer if end < 0 else buffer[:end + 4]
-    if scanned.count(b"\n") != scanned.count(b"\r\n"):
+def head_end(buffer: bytes, start: int = 0) -> int:
+    """Where the head of the request buffered from C{start} ends (the index of its blank line), -1 if it
+    has not yet arrived, or -2 if a bare LF comes first (twisted.web, which splits lines at CRLF only,
+    then decides what the request is)."""
+    end = buffer.find(b"\r\n\r\n", start)
+    stop = len(buffer) if end < 0 else end + 4
+    if buffer.count(b"\n", start, stop) != buffer.count(b"\r\n", start, stop):
         return -2
     return end
 
@@ -71,6 +74,8 @@ def parse_head(head: bytes) -> Head | None:
     target = first[4:-9]
     if not _TARGET.match(target):
         return None
+    if len(lines) > MAX_HEADERS:
+        return None
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
@@ -79,7 +84,9 @@ def parse_head(head: bytes) -> Head | None:
         key = name.decode("ascii").lower()
         if key in _NOT_LEAN or key in headers:
             return None
-        headers[key] = value.strip(b" \t").decode("latin-1")
+        if not value.isascii():
+            return None  # twisted.web decodes values its own way: let it decide
+        headers[key] = value.strip(b" \t").decode("ascii")
     if "host" not in headers:
         return None
     connection = headers.get("connection", "").strip().lower()
@@ -106,14 +113,19 @@ class _Date:
 _DATE = _Date()
 
 
+def _canonical(name: bytes) -> bytes:
+    """A header name as twisted.web writes it (Content-Type), for clients that match names by case."""
+    return b"-".join(part[:1].upper() + part[1:].lower() for part in name.split(b"-"))
+
+
 def response(status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes, close: bool) -> bytes:
     """An HTTP/1.1 response: status line, C{headers}, Date, Content-Length, Connection: close if asked."""
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    parts += [b"%s: %s\r\n" % (name, value) for name, value in headers]
-    parts.append(b"date: " + _DATE.now() + b"\r\n")
+    parts += [b"%s: %s\r\n" % (_canonical(name), value) for name, value in headers]
+    parts.append(b"Date: " + _DATE.now() + b"\r\n")
     if close:
-        parts.append(b"connection: close\r\n")
-    parts.append(b"content-length: %d\r\n\r\n" % len(body))
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
     parts.append(body)
     return b"".join(parts)
 
