@@ -91,7 +91,7 @@ log "mizud on core $SERVER_CPU (HTTP $HTTP, SIP $SIP)"
     --set listenaddress=127.0.0.1 --set "mainaport=$HTTP" --set mainaportudp=0 --set httpserver=0 \
     --set sslportmain=0 --set "sipport=$SIP" --set localtsport=0 --set bootstrapadmin=admin:admin-password \
     --set sipratelimitip=0 --set ratelimitip=0 --set ratelimituser=0 --set defaulttariff=1 \
-    --set p2panyanum=1 --set maxcallduration=60 --set callsetuptimeout=8 \
+    --set p2panyanum=1 --set maxcallduration=60 --set callsetuptimeout=8 --set sipcallsperuser=1000 \
     >"$TMP/mizud.log" 2>&1) &
 PIDS+=($!)
 for _ in $(seq 1 300); do
