@@ -120,6 +120,14 @@ def test_trigger_payloads_are_parsed_strictly() -> None:
     assert parse_change("tb_users 5") == Change("tb_users", 5, False)
     assert parse_change("tb_users 5 s") == Change("tb_users", 5, True)
     assert parse_change("tb_routing *") == Change("tb_routing", None, True)  # a TRUNCATE
+    from mizud.store.changes import parse_told
+
+    assert parse_told("tb_users 5 s 4711") == (Change("tb_users", 5, True), 4711)  # delta 19's form
+    assert parse_told("tb_users 5 - 4711") == (Change("tb_users", 5, False), 4711)
+    assert parse_told("tb_api * 4711") == (Change("tb_api", None, True), 4711)
+    assert parse_told("tb_users 5") == (Change("tb_users", 5), None)
+    for bad in ("tb_users 5 - x", "tb_users 5 - ", "tb_users 5 q 1", "tb_users * 1 2", "tb_users 5 s 1 2"):
+        assert parse_told(bad) is None, bad
     hostile = ("", "tb_users", "tb_users x", "tb_credits 5", "tb_users 5 s extra", "tb_users -1", "tb_users 5 x",
                "tb_users \u00b2", "tb_users " + "9" * 5000, "tb_users * s", "tb_users 99999999999999999999")
     for bad in hostile:
@@ -201,19 +209,24 @@ def test_a_failing_listener_does_not_stop_the_others() -> None:
 
 
 def test_a_notify_is_not_told_twice_only_when_its_notice_was() -> None:
-    """A NOTIFY from a session whose change was told by NOTICE is an echo (once per NOTICE); any other
-    (another session, or a NOTICE that never came) is a change to tell; expected echoes are forgotten."""
+    """A NOTIFY repeats a NOTICE only when both carry the same transaction's id and change: that one is
+    not told again (once); a NOTIFY of another transaction, even of the same row, is told, so an
+    expectation left by a transaction whose NOTIFY never came (rolled back, two changes of one row) can
+    never swallow a later change; expectations are forgotten after ECHO_WAIT, and on "everything"."""
     clock = Clock()
     feed = ChangeFeed(clock)
     change = Change("tb_users", 5)
-    feed.told_directly(101, [change, change])
-    assert feed.echo(101, change) and feed.echo(101, change)
-    assert not feed.echo(101, change)  # a third NOTIFY: its NOTICE never came
-    assert not feed.echo(202, Change("tb_users", 6))
-    feed.told_directly(101, [change])
+    feed.told_directly([(900, change), (900, change)])
+    assert feed.echo(900, change)
+    assert not feed.echo(900, change)  # told once: a second NOTIFY of it is told
+    assert not feed.echo(901, change)  # a later transaction's change of the same row
+    feed.told_directly([(902, change)])
     clock.advance(11)
-    feed.told_directly(101, [Change("tb_users", 7)])  # the old expectation is dropped
-    assert not feed.echo(101, change)
+    feed.told_directly([(903, Change("tb_users", 7))])  # the old expectation is dropped
+    assert not feed.echo(902, change)
+    feed.told_directly([(904, change)])
+    feed.everything()
+    assert not feed.echo(904, change)
 
 
 def test_a_reload_asked_for_while_it_runs_runs_once_more() -> None:

@@ -88,7 +88,7 @@ USER_FIELDS = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class User:
     """The account fields the billing and auth code needs."""
 

@@ -16,9 +16,10 @@ reaches this feed, however it was made:
     caller is answered; and they send C{NOTIFY mizud_rows}, which every
     node's listener (L{mizud.store.notify}) passes to its feed, so changes
     by other nodes or by anyone's SQL arrive within milliseconds.  A
-    node's NOTIFY of a change it was told by NOTICE is matched and not told
-    again; one whose NOTICE never came (a session whose client_min_messages
-    hides notices, say) is told when it arrives.  A TRUNCATE tells "every
+    node's NOTIFY of a change it was told by NOTICE is matched (by the
+    changing transaction's id, delta 19) and not told again; one whose
+    NOTICE never came (a session whose client_min_messages hides notices,
+    say) is told when it arrives.  A TRUNCATE tells "every
     row" (delta 18).
 
 On PostgreSQL a cache may only answer while the feed is I{confirmed}: the
@@ -77,19 +78,42 @@ class Change:
     server: bool = False
 
 
-def parse_change(payload: str) -> Change | None:
-    """A change from its trigger text C{"table id"}, C{"table id s"} or C{"table *"} (every row: a
-    TRUNCATE); None for anything else (hostile text included: anyone who may NOTIFY can send some)."""
+def parse_told(payload: str) -> tuple[Change, int | None] | None:
+    """A change and the id of the transaction that made it, from its trigger text: C{"table id"},
+    C{"table id s"}, C{"table *"} (deltas 17 and 18), C{"table id s|- xid"} or C{"table * xid"} (delta
+    19; C{*}: every row, a TRUNCATE); None for anything else (hostile text included: anyone who may
+    NOTIFY can send some)."""
     parts = payload.split() if len(payload) <= 80 else []
-    if len(parts) not in (2, 3) or parts[0] not in WATCHED:
+    if len(parts) < 2 or parts[0] not in WATCHED:
         return None
-    if parts[1] == "*" and len(parts) == 2:
-        return Change(parts[0], None, True)
-    if not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 19):
+    xid: int | None = None
+    if parts[1] == "*":
+        if len(parts) == 3 and _number(parts[2]):
+            xid = int(parts[2])
+        elif len(parts) != 2:
+            return None
+        return Change(parts[0], None, True), xid
+    if not _number(parts[1]):
         return None
-    if len(parts) == 3 and parts[2] != "s":
+    if len(parts) == 2:
+        return Change(parts[0], int(parts[1])), None
+    if parts[2] not in ("s", "-") or len(parts) > 4 or (len(parts) == 3 and parts[2] != "s"):
         return None
-    return Change(parts[0], int(parts[1]), len(parts) == 3)
+    if len(parts) == 4:
+        if not _number(parts[3]):
+            return None
+        xid = int(parts[3])
+    return Change(parts[0], int(parts[1]), parts[2] == "s"), xid
+
+
+def parse_change(payload: str) -> Change | None:
+    """The change of a trigger text (L{parse_told}), without its transaction."""
+    told = parse_told(payload)
+    return told[0] if told is not None else None
+
+
+def _number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 19
 
 
 class _Monotonic:
@@ -124,8 +148,8 @@ class ChangeFeed:
         self._confirmed = float("-inf")
         #: How many changes have been told (tests, metrics).
         self.told = 0
-        #: Changes told from a NOTICE, by (session, change): their NOTIFY, arriving later, is not told again.
-        self._echoes: OrderedDict[tuple[int, Change], tuple[int, float]] = OrderedDict()
+        #: Changes told from a NOTICE, by (transaction id, change), and when: their NOTIFY is not told again.
+        self._echoes: OrderedDict[tuple[int, Change], float] = OrderedDict()
 
     def watch(self, table: str, listener: Listener) -> None:
         """Call C{listener(change)} for every change of C{table}."""
@@ -152,35 +176,30 @@ class ChangeFeed:
             for callback in self._after.get(table, ()):
                 _safely(callback)
 
-    def told_directly(self, session: int, changes: Iterable[Change]) -> None:
-        """These changes of database session C{session} were told from its NOTICEs: expect their NOTIFYs."""
+    def told_directly(self, told: Iterable[tuple[int, Change]]) -> None:
+        """These changes, by the id of the transaction that made them, were told from its NOTICEs: their
+        NOTIFYs need not be told again.  (An expectation whose NOTIFY never comes -- a transaction rolled
+        back -- can only ever match that same transaction, and is forgotten after L{ECHO_WAIT}.)"""
         now = self.clock.seconds()
         echoes = self._echoes
-        for change in changes:
-            count, _ = echoes.pop((session, change), (0, now))
-            echoes[(session, change)] = (count + 1, now)
+        for key in told:
+            echoes.pop(key, None)
+            echoes[key] = now
         while echoes:
-            key, (_, when) = next(iter(echoes.items()))
+            oldest, when = next(iter(echoes.items()))
             if now - when < ECHO_WAIT and len(echoes) <= 100_000:
                 break
-            del echoes[key]
+            del echoes[oldest]
 
-    def echo(self, session: int, change: Change) -> bool:
-        """Whether this NOTIFY (from C{session}) repeats a change already told from its NOTICE; if so, it is
-        taken off the expected ones.  Anything unexpected (a NOTICE that never came) is told."""
-        key = (session, change)
-        entry = self._echoes.get(key)
-        if entry is None:
-            return False
-        count, when = entry
-        if count > 1:
-            self._echoes[key] = (count - 1, when)
-        else:
-            del self._echoes[key]
-        return True
+    def echo(self, xid: int, change: Change) -> bool:
+        """Whether a NOTIFY of transaction C{xid} repeats a change already told from that transaction's
+        NOTICE (then there is nothing to tell)."""
+        return self._echoes.pop((xid, change), None) is not None
 
     def everything(self) -> None:
-        """Anything may have changed (a restore, a lost listening connection)."""
+        """Anything may have changed (a restore, a lost listening connection); echoes expected so far are
+        forgotten (their NOTIFYs may never come)."""
+        self._echoes.clear()
         self.tell(Change(table, None, True) for table in WATCHED)
 
     def confirm(self, asked: float) -> None:
@@ -228,4 +247,4 @@ def sqlite_triggers(tables: Iterable[str]) -> list[str]:
     return statements
 
 
-__all__ = ["CHANNEL", "Change", "ChangeFeed", "FRESH", "MONOTONIC", "USER_COLUMNS", "WATCHED", "parse_change", "sqlite_triggers"]
+__all__ = ["CHANNEL", "Change", "ChangeFeed", "FRESH", "MONOTONIC", "USER_COLUMNS", "WATCHED", "parse_change", "parse_told", "sqlite_triggers"]

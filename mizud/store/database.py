@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .changes import CHANNEL, MONOTONIC, Change, ChangeFeed, parse_change, sqlite_triggers
+from .changes import CHANNEL, MONOTONIC, Change, ChangeFeed, parse_told, sqlite_triggers
 from .engines import Engine, PostgresEngine, SqliteEngine, is_postgres
 
 T = TypeVar("T")
@@ -532,10 +532,6 @@ def pg_connection(reactor: Any) -> Any:
     from txpostgres import txpostgres
 
     class QuietConnection(txpostgres.Connection):  # type: ignore[misc, unused-ignore]
-        def backend_pid(self) -> int:
-            """The server process of this (connected) connection."""
-            return int(self._connection.get_backend_pid())
-
         def capture_notices(self, sink: Notices) -> None:
             """Give the server's notices on this (connected) connection to C{sink}."""
             self._connection.notices = sink
@@ -575,23 +571,23 @@ class Notices:
     """
 
     def __init__(self) -> None:
-        self.changes: list[Change] = []
+        self.changes: list[tuple[Change, int | None]] = []
 
     def append(self, message: str) -> None:
         """One message, C{"NOTICE:  text"} (nothing escapes: psycopg2 would drop the rest of the batch)."""
         try:
             text = str(message).partition(":")[2].strip()
             if text.startswith(CHANGE_NOTICE):
-                change = parse_change(text[len(CHANGE_NOTICE):])
-                if change is not None:
-                    self.changes.append(change)
+                told = parse_told(text[len(CHANGE_NOTICE):])
+                if told is not None:
+                    self.changes.append(told)
                     return
             log.debug("PostgreSQL: {message}", message=str(message).strip()[:500])
         except Exception:
             log.failure("reading a PostgreSQL notice")
 
-    def take(self) -> list[Change]:
-        """The changes kept since the last call."""
+    def take(self) -> list[tuple[Change, int | None]]:
+        """The changes (with their transactions' ids) kept since the last call."""
         changes, self.changes = self.changes, []
         return changes
 
@@ -622,7 +618,6 @@ class PostgresDatabase:
         self._generation = 0
         self._born: dict[Any, int] = {}
         self._notices: dict[Any, Notices] = {}
-        self._pids: dict[Any, int] = {}
         self.running = Running()
         #: Trusted only while the listener (L{mizud.store.notify}) confirms it.
         self.changes = ChangeFeed(MONOTONIC, confirmed=False, credit=False)
@@ -636,7 +631,6 @@ class PostgresDatabase:
             connection.capture_notices(notices)
             # (Notices shown, whatever the role's or server's client_min_messages says.)
             await connection.runOperation("SET mizud.capture = 'on'; SET client_min_messages = notice")
-            self._pids[connection] = connection.backend_pid()
         except Exception as error:
             self._notices.pop(connection, None)
             try:
@@ -711,8 +705,8 @@ class PostgresDatabase:
                 if notices is not None and notices.changes:
                     # The statement or transaction has ended: the caches hear of it before its caller.
                     told = notices.take()
-                    self.changes.tell(told)
-                    self.changes.told_directly(self._pids.get(connection, 0), told)
+                    self.changes.tell([change for change, _ in told])
+                    self.changes.told_directly([(xid, change) for change, xid in told if xid is not None])
                 if broken and not self._closing:
                     self._replace(connection)
                 else:
@@ -749,7 +743,6 @@ class PostgresDatabase:
         self._connections.discard(connection)
         self._born.pop(connection, None)
         self._notices.pop(connection, None)
-        self._pids.pop(connection, None)
 
     async def reset(self) -> int:
         """Replace every connection: idle ones now (each after its replacement has opened, so requests

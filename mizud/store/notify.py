@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .changes import CHANNEL as ROWS_CHANNEL, CONFIRM_EVERY, parse_change
+from .changes import CHANNEL as ROWS_CHANNEL, CONFIRM_EVERY, parse_told
 from .database import Database, background
 
 log = Logger()
@@ -178,9 +178,9 @@ class Notifications:
     def _notified(self, notify: Any) -> None:
         payload = getattr(notify, "payload", "")
         if getattr(notify, "channel", "") == ROWS_CHANNEL:
-            change = parse_change(str(payload))
-            if change is not None and not self.db.changes.echo(int(getattr(notify, "pid", 0) or 0), change):
-                self.db.changes.tell((change,))
+            told = parse_told(str(payload))
+            if told is not None and (told[1] is None or not self.db.changes.echo(told[1], told[0])):
+                self.db.changes.tell((told[0],))
         elif payload == EVERYTHING:
             self.db.changes.everything()  # another node restored the database
         elif payload in TOPICS:
