@@ -280,7 +280,7 @@ class BillingStore:
         where, params = ("", []) if type is None else (" WHERE type = ?", [type])
         columns = "id, username, type, name, email, phone, credit, currency, enabled" if extended else "id, username, type"
         result = await self.db.run_query(
-            "listusers", f"SELECT {columns} FROM tb_users{where} ORDER BY {order}, id LIMIT {int(count)}", params)
+            "listusers", f"SELECT {columns} FROM tb_users{where} ORDER BY {order}, id LIMIT ?", [*params, int(count)])
         money = self.db.engine.money
         return [{k: (money(v) if k == "credit" else v) for k, v in zip(result.columns, row)} for row in result.rows]
 

@@ -115,7 +115,8 @@ async def cdr_summary(db: Database, where: CdrFilter, by: str, profit: bool = Fa
 
 
 def _count(value: int, what: str) -> int:
-    """A row count written into a statement, checked to be a whole number of at least 0."""
+    """A row count for a statement's LIMIT or OFFSET (bound, like every value), checked to be a whole number
+    of at least 0."""
     if type(value) is not int or value < 0:
         raise ValueError(f"{what} must be a whole number of at least 0")
     return value
@@ -132,9 +133,9 @@ async def cdr_list(db: Database, where: CdrFilter, columns: Sequence[str], order
     condition, params = _where(where)
     sql = (
         f"SELECT {', '.join(names)} FROM tb_cdrs WHERE {condition} "
-        f"ORDER BY {_ORDER_BY[order]}, id DESC LIMIT {_count(count, 'count')} OFFSET {_count(offset, 'offset')}"
+        f"ORDER BY {_ORDER_BY[order]}, id DESC LIMIT ? OFFSET ?"
     )
-    result = await db.run_statement("cdr_list", sql, params)
+    result = await db.run_statement("cdr_list", sql, [*params, _count(count, "count"), _count(offset, "offset")])
     engine = db.engine
     converters = [engine.money if name in MONEY_COLUMNS else engine.time if name == "datum" else None
                   for name in names]

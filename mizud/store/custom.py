@@ -13,8 +13,8 @@ from .database import Database
 
 async def custom_query(db: Database, statement: str, params: Sequence[Any], limit: int) -> list[dict[str, Any]]:
     """At most C{limit} rows of a query, each a dict by column name."""
-    result = await db.run_statement("custom_sql", f"SELECT * FROM ({statement}) AS custom_query LIMIT {int(limit)}",
-                                    params)
+    result = await db.run_statement("custom_sql", f"SELECT * FROM ({statement}) AS custom_query LIMIT ?",
+                                    [*params, int(limit)])
     return [dict(zip(result.columns, row)) for row in result.rows]
 
 
