@@ -41,10 +41,11 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
+from treerun import CLK_TCK, cpu_ticks
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "tests" / "sipp"
 GATEWAY_IP = "127.0.0.3"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -59,18 +60,6 @@ def free_port(host: str = "127.0.0.1") -> int:
                 except OSError:
                     continue
             return int(port)
-
-
-def ticks(pids: list[int]) -> int:
-    """utime+stime of processes (all their threads), in clock ticks."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total
 
 
 def pinned(cpu: int, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
@@ -140,10 +129,10 @@ def kamailio(run: Run) -> dict[str, object]:
     time.sleep(1.5)
     try:
         pids = [server.pid, *children(server.pid)]
-        before = ticks(pids)
+        before = cpu_ticks(pids)
         stats = run.uac("uac_proxy_call.xml", f"127.0.0.1:{port}", "kamailio")
-        cpu = ticks(pids) - before
-        return {"sipp": stats, "cpu_s": cpu / TICK}
+        cpu = cpu_ticks(pids) - before
+        return {"sipp": stats, "cpu_s": cpu / CLK_TCK}
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -200,11 +189,11 @@ def mizud(run: Run) -> dict[str, object]:
         api(apientry="addserver", u_username="gw", u_ip=f"{GATEWAY_IP}:{gateway}", u_auth="0")
         before_money = Decimal(sql("SELECT credit FROM tb_users WHERE username = 'bench'")[0]["credit"])
         pids = [server.pid]
-        before = ticks(pids)
+        before = cpu_ticks(pids)
         # The digest uri must be the Request-URI (sipp would use the server's address).
         stats = run.uac("uac_b2bua_call.xml", f"127.0.0.1:{sip}", "mizud", "-au", "bench", "-ap", "bench-pw",
                         "-auth_uri", f"4930001@127.0.0.1:{sip}")  # sipp puts sip: before it
-        cpu = ticks(pids) - before
+        cpu = cpu_ticks(pids) - before
         for _ in range(240):
             if sql("SELECT count(*) AS n FROM tb_calls")[0]["n"] in ("0", 0):
                 break
@@ -221,7 +210,7 @@ def mizud(run: Run) -> dict[str, object]:
             "checkcredits": str(api(apientry="checkcredits").get("message")),
             "tracebacks": (folder / "log").read_text().count("Traceback"),
         }
-        return {"sipp": stats, "cpu_s": cpu / TICK, "books": books}
+        return {"sipp": stats, "cpu_s": cpu / CLK_TCK, "books": books}
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import platform
 import statistics
 import subprocess
@@ -38,13 +37,16 @@ import sys
 import time
 from pathlib import Path
 
+import treerun
+from treerun import REACTOR_TAIL
+
 ROOT = Path(__file__).resolve().parent.parent
 
 RUN = r'''
 import hashlib, sys, tempfile, time
 from pathlib import Path
 from twisted.internet import defer
-from twisted.internet import reactor as global_reactor
+from twisted.internet import reactor
 from mizud.api.answer import encode
 from mizud.api import dispatcher
 from mizud.api.functions import build_registry
@@ -61,15 +63,15 @@ requests = int(sys.argv[1])
 async def main():
     path = str(Path(tempfile.mkdtemp()) / "bench.sqlite")
     migrate(path, "2026-01-01")
-    db = open_database(path, global_reactor)
+    db = open_database(path, reactor)
     await db.start()
-    store = BillingStore(db, global_reactor)
+    store = BillingStore(db, reactor)
     await store.create_user("alice", "alicepw", credit="12.34")
     settings = Settings(None, (f"apiv2key={KEY}", f"apiv2md5salt={SALT}", "ratelimitip=0", "ratelimituser=0",
                                "ratelimitglobal=0"))
     # Dispatcher since issue 17 (Api before it): the script measures either tree.
     Dispatcher = getattr(dispatcher, "Dispatcher", None) or getattr(dispatcher, "Api")
-    api = Dispatcher(settings, build_registry(), store, global_reactor, Rater(path, global_reactor))
+    api = Dispatcher(settings, build_registry(), store, reactor, Rater(path, reactor))
     await api.reload_access()
     salt = "s1"
     md5 = hashlib.md5(("ck5Gp" + "alice" + "alicepw" + SALT + salt).encode()).hexdigest()
@@ -84,27 +86,13 @@ async def main():
     assert answered.ok, answered.text
     print(f"{spent / requests * 1e6:.2f}")
     await db.close()
-
-def run():
-    d = defer.ensureDeferred(main())
-    d.addErrback(lambda f: (print(f.getTraceback(), file=sys.stderr), setattr(sys, "failed", True)))
-    d.addBoth(lambda _: global_reactor.stop())
-
-global_reactor.callWhenRunning(run)
-global_reactor.run()
-sys.exit(1 if getattr(sys, "failed", False) else 0)
 '''
+RUN += REACTOR_TAIL
 
 
 def measure(tree: Path, requests: int) -> float:
     """CPU microseconds per request in one fresh process running C{tree}'s code."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    done = subprocess.run([sys.executable, "-c", RUN, str(requests)], env=env, cwd=tree, capture_output=True,
-                          text=True, timeout=600)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{tree}: failed\n{done.stdout}\n{done.stderr}")
-    return float(lines[-1])
+    return treerun.measure(tree, RUN, [str(requests)], timeout=600)
 
 
 def instructions(tree: Path, requests: int) -> int:
@@ -121,19 +109,7 @@ def instructions(tree: Path, requests: int) -> int:
 def profile(tree: Path, requests: int, top: int = 25) -> None:
     """Where the time of C{requests} requests goes: cProfile's functions by own time (tottime), then the
     share of the whole that the API's own modules (mizud/), twisted, and the rest take."""
-    import pstats
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp())
-    script, output = folder / "run.py", folder / "run.prof"
-    script.write_text(RUN)
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(output), str(script), str(requests)], env=env,
-                          cwd=tree, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise SystemExit(f"{tree}: failed\n{done.stdout}\n{done.stderr[-2000:]}")
-    stats = pstats.Stats(str(output))
-    rows = stats.stats  # type: ignore[attr-defined]
+    rows = treerun.cprofile(tree, RUN, [str(requests)])
     total = sum(row[2] for row in rows.values())
     shares: dict[str, float] = {}
     for (filename, _, _), row in rows.items():
@@ -146,11 +122,8 @@ def profile(tree: Path, requests: int, top: int = 25) -> None:
     print("|---|---|")
     for part, value in sorted(shares.items(), key=lambda item: -item[1]):
         print(f"| {part} | {100 * value / total:.1f}% |")
-    print(f"\n| function | calls | own time share |\n|---|---|---|")
-    ranked = sorted(rows.items(), key=lambda item: -item[1][2])[:top]
-    for (filename, line, name), row in ranked:
-        where = re.split(r"/site-packages/|/lib/python3\.\d+/", filename)[-1].split(str(tree) + "/")[-1]
-        print(f"| {where}:{line} {name} | {row[1]} | {100 * row[2] / total:.1f}% |")
+    print()
+    treerun.print_functions(rows, tree, top)
 
 
 def count_instructions(trees: list[Path]) -> None:

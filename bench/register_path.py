@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+import treerun
+from treerun import REACTOR_TAIL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,50 +138,21 @@ async def main():
     spent = time.process_time() - started
     print(f"{spent / registrations * 1e6:.2f}")
     await db.close()
-
-def go():
-    d = defer.ensureDeferred(main())
-    d.addErrback(lambda f: (print(f.getTraceback(), file=sys.stderr), setattr(sys, "failed", True)))
-    d.addBoth(lambda _: reactor.stop())
-
-reactor.callWhenRunning(go)
-reactor.run()
-sys.exit(1 if getattr(sys, "failed", False) else 0)
 '''
+RUN += REACTOR_TAIL
 
 
 def measure(tree: Path, registrations: int, users: int) -> float:
     """CPU microseconds per registration in one fresh process running C{tree}'s code."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    done = subprocess.run([sys.executable, "-c", RUN, str(registrations), str(users)], env=env, cwd=tree,
-                          capture_output=True, text=True, timeout=1800)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{tree}: failed\n{done.stdout}\n{done.stderr[-3000:]}")
-    return float(lines[-1])
+    return treerun.measure(tree, RUN, [str(registrations), str(users)], timeout=1800)
 
 
 def profile(tree: Path, registrations: int, users: int, top: int = 30) -> None:
     """cProfile's functions by own time for one run of C{tree}'s code (start-up and warm-up included)."""
-    import pstats
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp())
-    script, output = folder / "run.py", folder / "run.prof"
-    script.write_text(RUN)
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(output), str(script), str(registrations),
-                           str(users)], env=env, cwd=tree, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise SystemExit(f"{tree}: failed\n{done.stdout}\n{done.stderr[-3000:]}")
-    rows = pstats.Stats(str(output)).stats  # type: ignore[attr-defined]
-    total = sum(row[2] for row in rows.values())
+    rows = treerun.cprofile(tree, RUN, [str(registrations), str(users)])
     print(f"# register_path --profile {time.strftime('%Y-%m-%d %H:%M:%S')} on {platform.machine()}, "
           f"Python {platform.python_version()}; {registrations} registrations of {users} users")
-    print("| function | calls | own time share |\n|---|---|---|")
-    for (filename, line, name), row in sorted(rows.items(), key=lambda item: -item[1][2])[:top]:
-        where = re.split(r"/site-packages/|/lib/python3\.\d+/", filename)[-1].split(str(tree) + "/")[-1]
-        print(f"| {where}:{line} {name} | {row[1]} | {100 * row[2] / total:.1f}% |")
+    treerun.print_functions(rows, tree, top)
 
 
 def main() -> None:

@@ -34,8 +34,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from treerun import CLK_TCK, cpu_ticks
+
 REPO = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -47,14 +48,7 @@ def free_port() -> int:
 
 def cpu_seconds(pids: list[int]) -> float:
     """utime+stime of the processes (all threads), in seconds."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+    return cpu_ticks(pids) / CLK_TCK
 
 
 def postgres_pids() -> list[int]:

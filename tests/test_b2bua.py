@@ -98,6 +98,17 @@ async def wait_for(rig: Rig, caller: Caller, status: int) -> SipMessage:
     raise AssertionError(f"no {status} for alice: {[m.status for m in caller.received()]}")
 
 
+async def answered(rig: Rig, alice: Caller, callee: Peer, invite: SipMessage, *, ack: bool = True) -> SipMessage:
+    """C{callee} answers C{invite} with 200: the 200 mizud relays to alice, alice's dialog set from it and,
+    with C{ack}, her ACK sent."""
+    callee.reply(invite, 200, ANSWER)
+    ok = await wait_for(rig, alice, 200)
+    alice.answered(ok)
+    if ack:
+        rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    return ok
+
+
 async def tick(rig: Rig) -> None:
     """Run what mizud scheduled for now on its clock, and let the database work finish."""
     rig.h.clock.advance(0)
@@ -171,10 +182,7 @@ async def test_a_gateway_call_is_held_cut_at_the_credit_limit_and_billed(tmp_pat
     await alice.invite()
     invite = await gateway.next("INVITE")
     assert invite.body == OFFER and invite.uri.startswith("sip:3612345@192.0.2.50:5070")
-    gateway.reply(invite, 200, ANSWER)
-    ok = await wait_for(rig, alice, 200)
-    alice.answered(ok)
-    rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    await answered(rig, alice, gateway, invite)
     await gateway.next("ACK")
     assert (await h.call("apientry=callrating&authkey=apikey123&authid=alice&authpwd=alicepw")).ok
     rig.h.clock.advance(20)
@@ -243,10 +251,7 @@ async def test_in_dialog_requests_are_relayed_both_ways(tmp_path: Path) -> None:
     alice = Caller(rig, "bob")
     await alice.invite()
     invite = await bob.next("INVITE")
-    bob.reply(invite, 200, ANSWER)
-    ok = await wait_for(rig, alice, 200)
-    alice.answered(ok)
-    rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    ok = await answered(rig, alice, bob, invite)
     await bob.next("ACK")
     ours = invite.address("from").tag
     theirs = "bobtag"
@@ -434,10 +439,7 @@ async def test_forward_always_to_a_gateway_is_billed_to_the_forwarding_user(tmp_
     invite = await gateway.next("INVITE")
     assert invite.body == OFFER and invite.uri.startswith("sip:3612345@")
     await wait_for(rig, alice, 181)
-    gateway.reply(invite, 200, ANSWER)
-    ok = await wait_for(rig, alice, 200)
-    alice.answered(ok)
-    rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    await answered(rig, alice, gateway, invite)
     await gateway.next("ACK")
     rig.h.clock.advance(10)
     rig.core.datagram(alice.request("BYE"), rig.source(*ALICE_AT))
@@ -568,10 +570,7 @@ async def test_invite_floods_glare_and_answers_from_elsewhere(tmp_path: Path) ->
     forged.reply(invite, 200, ANSWER)
     await tick(rig)
     assert not [m for m in alice.received() if not m.is_request and m.status == 200]
-    bob.reply(invite, 200, ANSWER)
-    ok = await wait_for(rig, alice, 200)
-    alice.answered(ok)
-    rig.core.datagram(alice.request("ACK", cseq=alice.cseq), rig.source(*ALICE_AT))
+    await answered(rig, alice, bob, invite)
     await bob.next("ACK")
     first = alice.request("INVITE", body=OFFER + b"a=sendonly\r\n")
     second = alice.request("INVITE", body=OFFER + b"a=inactive\r\n")
@@ -601,9 +600,7 @@ async def test_a_second_2xx_of_a_forked_invite_is_acked_and_ended(tmp_path: Path
     alice = Caller(rig, "bob")
     await alice.invite()
     invite = await bob.next("INVITE")
-    bob.reply(invite, 200, ANSWER)
-    ok = await wait_for(rig, alice, 200)
-    alice.answered(ok)
+    await answered(rig, alice, bob, invite, ack=False)
     other = response_to(invite, 200)
     other.set("to", invite.get("to") + ";tag=secondbranch")
     other.add("Contact", f"<sip:fork@{BOB_AT[0]}:{BOB_AT[1]}>")
