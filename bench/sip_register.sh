@@ -34,6 +34,9 @@
 #
 # Environment (defaults in brackets):
 #   USERS [2000]  RATE [3000]  DURATION [20]  BINDINGS [100000]  BIND_RATE [2000]
+#   SETTLE [2]   bindings: seconds between the last registration and the memory
+#                reading (40 lets mizud's server transactions of the 200s end:
+#                timer J keeps each 32 s; Kamailio answers REGISTER statelessly)
 #   SERVERS ["kamailio mizud"]   which servers, in this order
 #   SERVER_CPU [1]  CLIENT_CPU [0]   cores (taskset) of the server and of sipp
 #   SIPP_PROCS [1]   sipp processes sharing the offered rate (each its own users)
@@ -63,6 +66,7 @@ RATE=${RATE:-3000}
 DURATION=${DURATION:-20}
 BINDINGS=${BINDINGS:-100000}
 BIND_RATE=${BIND_RATE:-2000}
+SETTLE=${SETTLE:-2}
 SERVERS=${SERVERS:-kamailio mizud}
 SERVER_CPU=${SERVER_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
@@ -346,7 +350,7 @@ bench_bindings() {  # server
     before=$(server_mem_kb "$server")
     log "$server: registering $BINDINGS users once at $BIND_RATE/s"
     run_sipp "$dir" "$port" "$BIND_RATE" "$BINDINGS" "$SIPP_PROCS" bind
-    sleep 2
+    sleep "$SETTLE"
     after=$(server_mem_kb "$server")
     stop_server
     read -r ok failed _ _ _ <"$dir/bind.result"
@@ -379,7 +383,7 @@ for phase in "${PHASES[@]}"; do
                 printf "mizud / Kamailio CPU per registration: %.2f (schedstat: %.2f)\n",
                     v["mizud"] / v["kamailio"], x["mizud"] / x["kamailio"] }' "$TMP/cpu_per_reg"
     else
-        echo "Memory per binding: BINDINGS distinct users registered once at $BIND_RATE/s"
+        echo "Memory per binding: BINDINGS distinct users registered once at $BIND_RATE/s, memory read ${SETTLE}s after"
         printf '%-9s %9s %9s %7s %10s %10s %10s   %s\n' server users ok failed 'before_MB' \
             'after_MB' 'B/binding' measure
         printf '%s\n' "${RESULTS[@]}"

@@ -32,6 +32,45 @@ async def test_non_invite_retransmission_gets_the_same_response(tmp_path: Path) 
     await rig.h.db.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_challenge_keeps_no_state_and_an_answered_register_does(tmp_path: Path) -> None:
+    """RFC 3261 8.2.7: our 401 to a REGISTER without credentials is stateless (no transaction, no timer J,
+    nothing kept), so each copy of the request is challenged again with a fresh nonce, and the fresh
+    challenges all work; the 200 to the authenticated REGISTER keeps its transaction for retransmissions."""
+    rig = await make_rig(tmp_path)
+    phone = Phone("alice", "alicepw")
+    register = phone.register()
+    first = await rig.one(register)
+    assert first.status == 401 and rig.core.transactions.live == {} and rig.core.transactions.kept == 0
+    assert not [call for call in rig.h.clock.getDelayedCalls() if "ServerTransaction" in repr(call.func)]
+    again = await rig.one(register)  # a retransmission: challenged afresh, not from a kept copy
+    assert again.status == 401 and again.get("www-authenticate") != first.get("www-authenticate")
+    assert rig.core._challenged == {}
+    ok = await rig.one(phone.register(phone.answer(first, "REGISTER")))
+    assert ok.status == 200 and len(rig.core.transactions.live) == 1 and rig.core.transactions.kept > 0
+    rig.h.clock.advance(64 * T1)
+    assert rig.core.transactions.live == {}
+    phone.call_id = "other@phone"  # the second challenge is as good as the first
+    assert (await rig.one(phone.register(phone.answer(again, "REGISTER")))).status == 200
+    await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_password_is_challenged_with_state(tmp_path: Path) -> None:
+    """Credentials that were weighed and failed get a challenge kept in a transaction: a retransmission of
+    the same request (its 401 lost) is answered from it, so it is neither counted as a second failed login
+    nor refused with 403 as a second wrong password in the dialog would be."""
+    rig = await make_rig(tmp_path)
+    phone = Phone("alice", "wrong-password")
+    first = await rig.one(phone.register())
+    wrong = phone.register(phone.answer(first, "REGISTER"))
+    assert (await rig.one(wrong)).status == 401 and rig.core.stats["auth_failures"] == 1
+    assert len(rig.core.transactions.live) == 1
+    again = await rig.one(wrong)
+    assert again.status == 401 and rig.core.stats["auth_failures"] == 1
+    await rig.h.db.close()
+
+
 def _server_invite(reliable: bool = False) -> tuple[Any, Any, SipMessage, list[bytes]]:
     """A live INVITE server transaction on a fake clock, and what it sends."""
     from twisted.internet.task import Clock

@@ -109,6 +109,8 @@ class SipCore:
         self._local_ips: dict[str, str] = {}
         #: Work to start once a request's response has been sent (by id of the request).
         self._after: dict[int, Callable[[], Any]] = {}
+        #: Requests (by id, while they are served) and the stateless challenge made for each: see L{_serve}.
+        self._challenged: dict[int, SipMessage] = {}
         #: (Call-ID, username) of recent requests whose credentials were rejected.
         self._failed_calls: OrderedDict[tuple[str, str], float] = OrderedDict()
         #: Requests being worked on now (admission control, sipmaxserving).
@@ -329,11 +331,16 @@ class SipCore:
             response = response_to(request, 500, source=source)
         finally:
             self.serving -= local
+            challenge = self._challenged.pop(id(request), None)
         # An INVITE outside a dialog refused here created no state: answer statelessly (once per INVITE received),
         # so a forged INVITE gets one response, not eleven over 32 s (RFC 3261 timer G).
         # (Once a provisional went out the INVITE has state: its final response is retransmitted until ACKed.)
         stateless = (request.method == "INVITE" and response.status >= 300 and not request.address("to").tag
                      and not transaction.proceeding)
+        # Our challenge to a request that brought no credentials to weigh is stateless too (RFC 3261 8.2.7: the
+        # stateless UAS role is for exactly this), so unauthenticated floods keep no state for 32 s (timer J):
+        # a retransmission is challenged again, with a fresh nonce, and would be whenever it came.
+        stateless = stateless or (response is challenge and not transaction.proceeding)
         transaction.respond(response, stateless=stateless)
         after = self._after.pop(id(request), None)
         if after is not None:
@@ -491,13 +498,18 @@ class SipCore:
         except ParseError:
             return SERVER
 
-    def challenge(self, request: SipMessage, source: Source, stale: bool = False, proxy: bool = False) -> SipMessage:
+    def challenge(self, request: SipMessage, source: Source, stale: bool = False, proxy: bool = False,
+                  stateless: bool = False) -> SipMessage:
         """401 with a fresh digest challenge (its nonce valid from this source only); with C{proxy}, 407 with
-        Proxy-Authenticate, as a proxy challenges an INVITE (RFC 3261 22.3)."""
+        Proxy-Authenticate, as a proxy challenges an INVITE (RFC 3261 22.3).  C{stateless}: the request's
+        credentials were not weighed (none, or a nonce not ours), so any copy of it gets the same kind of
+        answer, and the challenge is sent without keeping a transaction (L{_serve})."""
         response = response_to(request, 407 if proxy else 401, source=source)
         response.add("Proxy-Authenticate" if proxy else "WWW-Authenticate",
                      self.digest.challenge(self.realm(request), stale, source.host))
         self.stats["challenges"] += 1
+        if stateless:
+            self._challenged[id(request)] = response
         return response
 
     async def authenticate(self, request: SipMessage, source: Source, backend: Backend,
@@ -521,9 +533,9 @@ class SipCore:
             if credentials is not None:
                 break
         if credentials is None:
-            return self.challenge(request, source, proxy=proxy)
+            return self.challenge(request, source, proxy=proxy, stateless=True)
         if self.digest.issued(credentials.get("nonce", ""), source.host) is None:
-            return self.challenge(request, source, stale=True, proxy=proxy)
+            return self.challenge(request, source, stale=True, proxy=proxy, stateless=True)
         if credentials.get("uri", "") != request.uri:
             return response_to(request, 400, "Digest uri does not match the Request-URI", source=source)
         username = credentials.get("username", "")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _PARAM = re.compile(r'\s*([A-Za-z0-9_\-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*(?:,|$)')
+_ESCAPED = re.compile(r"\\(.)")
 #: The most used nonces remembered at once (oldest are forgotten first; a forgotten one is stale).
 MAX_TRACKED = 1_000_000
 
@@ -46,7 +47,9 @@ def parse_credentials(value: str) -> dict[str, str] | None:
             return None
         key, raw = match.group(1).lower(), match.group(2)
         if raw.startswith('"'):
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+            raw = raw[1:-1]
+            if "\\" in raw:
+                raw = _ESCAPED.sub(r"\1", raw)
         if key in params:
             return None  # a repeated parameter is an attack or a bug; refuse both
         params[key] = raw

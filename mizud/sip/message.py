@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 #: RFC 3261 section 7.3.3 and later RFCs' compact header forms.
 COMPACT = {
@@ -213,9 +213,10 @@ class SipMessage:
             lines = [f"{self.method} {self.uri} SIP/2.0"]
         else:
             lines = [f"SIP/2.0 {self.status} {self.reason}"]
-        for key, value in self.headers:
+        canonical = CANONICAL
+        for key, value in self.headers:  # names are kept in lower case
             if key != "content-length":
-                lines.append(f"{_canonical(key)}: {value}")
+                lines.append(f"{canonical.get(key) or key}: {value}")
         lines.append(f"Content-Length: {len(self.body)}")
         lines.append("")
         lines.append("")
@@ -248,16 +249,19 @@ def parse_head(head: bytes) -> SipMessage:
         lines = _unfold(lines)
     message, pending = _start_line(lines[0].rstrip("\r"))
     headers = message.headers
+    names = _NAMES
     for line in lines[1:]:
         line = line.rstrip("\r")
         if not line:
             continue
         name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not _TOKEN.match(name):
+        if not colon:
             raise ParseError(f"malformed header line {line[:40]!r}", 400, message)
-        lower = name.lower()
-        lower = COMPACT.get(lower, lower)
+        lower = names.get(name)
+        if lower is None:
+            lower = _header_name(name)
+            if lower is None:
+                raise ParseError(f"malformed header line {line[:40]!r}", 400, message)
         value = value.strip(" \t")
         if lower in MULTI:
             for part in split_commas(value):
@@ -268,6 +272,29 @@ def parse_head(head: bytes) -> SipMessage:
         pending.message = message
         raise pending
     return message
+
+
+#: Header names as they came (before the colon) -> their lower-case long form: the few dozen names phones
+#: send are checked and folded once.  Only valid names of at most L{_MAX_NAME} characters are kept, at most
+#: L{_MAX_NAMES} of them (emptied when full), so whatever anyone sends pins at most about 100 KB.
+_NAMES: dict[str, str] = {}
+_MAX_NAMES = 1024
+_MAX_NAME = 40
+
+
+def _header_name(name: str) -> str | None:
+    """The lower-case long form of a header name as it came (white space before the colon allowed), or
+    None if it is not a token; remembered in L{_NAMES}."""
+    stripped = name.rstrip(" \t")
+    if not _TOKEN.match(stripped):
+        return None
+    lower = stripped.lower()
+    lower = COMPACT.get(lower, lower)
+    if len(name) <= _MAX_NAME:
+        if len(_NAMES) >= _MAX_NAMES:
+            _NAMES.clear()
+        _NAMES[name] = lower
+    return lower
 
 
 def _unfold(lines: list[str]) -> list[str]:
@@ -362,7 +389,7 @@ def parse_datagram(data: bytes) -> SipMessage:
 # -- structured values ---------------------------------------------------------------
 
 
-Params = list[tuple[str, "str | None"]]
+Params = Sequence[tuple[str, "str | None"]]
 
 
 class _HasParams:
@@ -383,16 +410,17 @@ def _format_params(params: Params) -> str:
     return "".join(f";{key}" if value is None else f";{key}={value}" for key, value in params)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Uri(_HasParams):
-    """A URI; for sip/sips the parts are split out, others keep C{opaque}."""
+    """A URI; for sip/sips the parts are split out, others keep C{opaque}.  Immutable: one parsed URI is
+    shared by every message that carries the same text (L{parse_uri})."""
 
     scheme: str
     user: str = ""
     password: str = ""
     host: str = ""
     port: int | None = None
-    params: list[tuple[str, str | None]] = field(default_factory=list)
+    params: tuple[tuple[str, str | None], ...] = ()
     headers: str = ""
     opaque: str = ""
 
@@ -416,8 +444,28 @@ class Uri(_HasParams):
         return text
 
 
+#: URIs parsed, by their text: a phone sends the same few in every request (the Request-URI, its address of
+#: record in From and To, its Contact), so each is parsed once.  Only URIs that parsed and are at most
+#: L{_MAX_URI} characters long are kept, at most L{_MAX_URIS} of them (emptied when full: a flood of
+#: distinct URIs costs a parse each, as without the memo, and pins a few MB at most).
+_URIS: dict[str, Uri] = {}
+_MAX_URIS = 8192
+_MAX_URI = 160
+
+
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raises L{ParseError} (400) if it is not one."""
+    uri = _URIS.get(text)
+    if uri is None:
+        uri = _parse_uri(text)
+        if len(text) <= _MAX_URI:
+            if len(_URIS) >= _MAX_URIS:
+                _URIS.clear()
+            _URIS[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> Uri:
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME.match(scheme) or not rest:
         raise ParseError(f"malformed URI {text[:60]!r}")
@@ -426,16 +474,15 @@ def parse_uri(text: str) -> Uri:
         raise ParseError(f"malformed URI {text[:60]!r}")
     if scheme not in ("sip", "sips"):
         return Uri(scheme, opaque=rest)
-    uri = Uri(scheme)
+    user = password = ""
     at = rest.rfind("@")  # '@' may not appear unescaped in URI headers
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1:]
         user, _, password = userinfo.partition(":")
         if not _USER.match(user) or not _PASSWORD.match(password):
             raise ParseError(f"malformed user part in {text[:60]!r}")
-        uri.user, uri.password = user, password
-    rest, _, uri.headers = rest.partition("?")
-    hostport, *params = rest.split(";")
+    rest, _, headers = rest.partition("?")
+    hostport, *pieces = rest.split(";")
     if hostport.startswith("["):
         close = hostport.find("]")
         host, port = hostport[:close + 1], hostport[close + 1:]
@@ -446,17 +493,18 @@ def parse_uri(text: str) -> Uri:
         host, _, port = hostport.partition(":")
     if not (_HOST.match(host) or _IPV6.match(host)):
         raise ParseError(f"malformed host in {text[:60]!r}")
-    uri.host = host.lower()
+    number: int | None = None
     if port:
         if not _DIGITS.match(port) or len(port) > 5 or not 0 < int(port) < 65536:
             raise ParseError(f"malformed port in {text[:60]!r}")
-        uri.port = int(port)
-    for param in params:
+        number = int(port)
+    params: list[tuple[str, str | None]] = []
+    for param in pieces:
         key, eq, value = param.partition("=")
         if not key or not _PARAMCHARS.match(key) or (eq and not _PARAMCHARS.match(value)):
             raise ParseError(f"malformed URI parameter in {text[:60]!r}")
-        uri.params.append((key.lower(), value if eq else None))
-    return uri
+        params.append((key.lower(), value if eq else None))
+    return Uri(scheme, user, password, host.lower(), number, tuple(params), headers)
 
 
 @dataclass(slots=True)
@@ -632,16 +680,20 @@ def check_request(message: SipMessage, known: frozenset[str] = frozenset()) -> N
     be, CSeq, Via, From, To, Max-Forwards and the Request-URI well-formed.
     """
     try:
-        for name in ("via", "from", "to", "call-id", "cseq"):
-            if not message.get(name):
+        first: dict[str, str] = {}  # the first value of each header that may appear once, and the top Via
+        repeated = ""
+        for key, value in message.headers:
+            if key in SINGLE or key == "via":
+                if key not in first:
+                    first[key] = value
+                elif key != "via" and not repeated:
+                    repeated = key
+        for name in ("via", "from", "to", "call-id", "cseq"):  # a missing header is told before a repeated one
+            if not first.get(name):
                 raise ParseError(f"missing {_canonical(name)}")
-        seen: set[str] = set()
-        for key, _ in message.headers:
-            if key in SINGLE:
-                if key in seen:
-                    raise ParseError(f"more than one {_canonical(key)}")
-                seen.add(key)
-        _, method = parse_cseq(message.get("cseq"))
+        if repeated:
+            raise ParseError(f"more than one {_canonical(repeated)}")
+        _, method = parse_cseq(first["cseq"])
         if method != message.method:
             if known and message.method not in known:
                 raise ParseError(f"method {message.method[:30]} not implemented", 501)
@@ -651,7 +703,7 @@ def check_request(message: SipMessage, known: frozenset[str] = frozenset()) -> N
             parse_via(value)
         message.address("from")
         message.address("to")
-        forwards = message.get("max-forwards")
+        forwards = first.get("max-forwards")
         if forwards and (not _DIGITS.match(forwards) or len(forwards) > 5 or int(forwards) > 255):
             raise ParseError("malformed Max-Forwards")
         if message.uri.startswith("<"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -43,6 +44,18 @@ def _seconds(text: str, maximum: int) -> int:
     # Absurdly long values (RFC 4475 scalar02) are simply the longest we grant.
     digits = text.lstrip("0")
     return maximum if len(digits) > 9 else min(int(digits or "0"), maximum)
+
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def http_date(seconds: float) -> str:
+    """The Date header value (RFC 1123, GMT) of a time; the same second's text is made once."""
+    global _last_date
+    second = math.floor(round(seconds, 6))  # formatdate rounds to the microsecond, then drops the fraction
+    if _last_date[0] != second:
+        _last_date = (second, formatdate(second, usegmt=True))
+    return _last_date[1]
 
 
 class Registrar:
@@ -111,7 +124,7 @@ class Registrar:
             if binding.q != 1:
                 text += f";q={binding.q.normalize()}"
             response.add("Contact", text)
-        response.add("Date", formatdate(core.clock.seconds(), usegmt=True))
+        response.add("Date", http_date(core.clock.seconds()))
         if bindings and any(change.expires > 0 for change in changes):
             # Stored messages follow the 200, not precede it.
             userid = user.id

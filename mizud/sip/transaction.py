@@ -78,7 +78,7 @@ def new_branch() -> str:
     return MAGIC + os.urandom(10).hex()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ServerTransaction:
     """One server transaction: its last response and its timers."""
 

@@ -10,7 +10,7 @@ registered users.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -76,6 +76,12 @@ class TooManyContacts(Exception):
 def _host(address: str) -> str:
     """The host of a host:port address (IPv6 without its brackets)."""
     return address.rpartition(":")[0].strip("[]") if ":" in address else address
+
+
+def _expiring(binding: Binding, expires: datetime) -> Binding:
+    """The binding with another expiry (dataclasses.replace, without its per-call field introspection)."""
+    return Binding(binding.userid, binding.username, binding.contact, binding.address, binding.transport,
+                   binding.useragent, binding.q, expires, binding.created, binding.domain)
 
 
 _COLUMNS = "userid, username, contact, address, transport, useragent, q, expires, created, domain"
@@ -239,15 +245,17 @@ class Bindings:
             return None  # the status must be written (it would be by the transaction)
         known = self._refreshes.get(userid, {})
         current: dict[str, tuple[Binding, str, int]] = {}
+        stored: dict[str, tuple[int, datetime]] = {}
         for row in result.rows:
             binding = self._binding(row)
             if binding.expires <= now:
                 return None  # a lapsed binding to clear away
+            stored[binding.contact] = (int(row[14]), binding.expires)
             order = (str(row[10]), int(row[11]))
             pending = known.get(binding.contact)
             if pending is not None and pending.stored == binding.expires:  # the row is as it was refreshed from
                 order = (pending.callid, pending.cseq)
-                binding = replace(binding, expires=pending.expires)
+                binding = _expiring(binding, pending.expires)
             current[binding.contact] = (binding, *order)
         for change in changes:
             entry = current.get(change.contact)
@@ -259,7 +267,6 @@ class Bindings:
                 return None
             if old_callid == callid and cseq <= old_cseq:
                 raise OutOfOrder(change.contact)
-        stored = {self._binding(row).contact: (int(row[14]), self._binding(row).expires) for row in result.rows}
         granted: dict[str, _Refresh] = {}
         for change in changes:
             expires = now + timedelta(seconds=change.expires)
@@ -274,7 +281,7 @@ class Bindings:
         for contact, refresh in granted.items():
             refreshes[contact] = refresh
             self._due.setdefault(self._due_second(refresh), set()).add((userid, contact))
-            current[contact] = (replace(current[contact][0], expires=refresh.expires), callid, cseq)
+            current[contact] = (_expiring(current[contact][0], refresh.expires), callid, cseq)
         self.unwritten += 1
         return sorted((entry[0] for entry in current.values()), key=lambda b: (-b.q, b.created, b.contact))
 
