@@ -465,3 +465,103 @@ async def test_a_stored_expiry_written_by_sql_in_another_form_is_still_refreshed
     assert (await rig.register(phone, expires=600)).status == 200
     assert await rig.h.store.registrations.flush(everything=True) == 1
     await rig.h.db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_costs_no_statement_yet_sees_every_change(tmp_path: Path, database_option: str) -> None:
+    """Where the change feed tells every change of the bindings and the stored messages (SQLite), a refresh
+    of unchanged bindings reads nothing (the registrar's read and the stored-messages check come from
+    memory); and plain SQL (as the db function runs it) is seen by the very next REGISTER, each time with
+    the memory in use just before: a binding deleted is written again, a status set offline (by an UPDATE,
+    by a REPLACE of the user's row) is set back, a message stored is delivered.  User ids and binding row
+    ids differ here, so a change told by the wrong id would be missed.  On PostgreSQL, where those tables
+    are not notified, each refresh still reads."""
+    rig = await make_rig(tmp_path, database=database_option)
+    db, store = rig.h.db, rig.h.store
+    for n in range(3):
+        await store.create_user(f"filler{n}", "pw")
+    root = Phone("root", "rootpw", port=5090)
+    assert (await rig.register(root, source=rig.source(port=5090))).status == 200  # binding row 1: root's
+    phone = Phone("alice", "alicepw")
+    userid = (await store.find_user("alice")).id  # type: ignore[union-attr]
+    assert (await rig.register(phone)).status == 200
+    rowid = (await db.run_query("x", "SELECT id FROM tb_registrations WHERE userid = ?", (userid,))).rows[0][0]
+    assert rowid != userid
+    bindings = store.registrations
+    in_memory = db.changes.tells("tb_registrations") and db.changes.tells("tb_messages")
+    assert in_memory == ("://" not in database_option)  # SQLite: a path; PostgreSQL: a DSN
+
+    async def warm() -> None:
+        """Refresh until the memory answers (SQLite), proving each refresh is one and reads nothing."""
+        assert (await rig.register(phone)).status == 200
+        reads, unwritten = bindings.reads, bindings.unwritten
+        assert (await rig.register(phone)).status == 200
+        assert bindings.unwritten == unwritten + 1, "not answered as a refresh"
+        assert bindings.reads == reads + (0 if in_memory else 1)
+
+    reads: list[str] = []
+    real = db.run_query
+
+    def counting(name: str, sql: str, params: tuple[object, ...] = ()) -> defer.Deferred[object]:
+        reads.append(name)
+        return real(name, sql, params)
+
+    await warm()
+    db.run_query = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        assert (await rig.register(phone)).status == 200
+    await settle()
+    db.run_query = real  # type: ignore[method-assign]
+    refresh_reads = [name for name in reads if name in ("register_refresh", "pending_messages")]
+    assert refresh_reads == ([] if in_memory else ["register_refresh", "pending_messages"] * 3)
+
+    await warm()
+    await db.run_statement("db", "DELETE FROM tb_registrations WHERE userid = ?", (userid,))
+    assert (await rig.register(phone)).status == 200
+    assert len(await bindings.of_user(userid)) == 1, "the deleted binding was not written again"
+    await warm()
+    await db.run_statement("db", "UPDATE tb_users SET status = 0 WHERE id = ?", (userid,))
+    assert (await rig.register(phone)).status == 200
+    assert (await status_row(rig, "alice"))[0] == 2, "the status set by SQL was not set back"
+    if "://" not in database_option:  # SQLite's REPLACE: a delete and an insert of the user's row
+        await warm()
+        columns = ", ".join(row[1] for row in (await db.run_query("x", "PRAGMA table_info(tb_users)")).rows
+                            if row[1] != "status")
+        await db.run_statement("db", f"INSERT OR REPLACE INTO tb_users ({columns}, status) "
+                                     f"SELECT {columns}, 0 FROM tb_users WHERE id = ?", (userid,))
+        assert (await status_row(rig, "alice"))[0] == 0
+        assert (await rig.register(phone)).status == 200
+        assert (await status_row(rig, "alice"))[0] == 2, "the status set by REPLACE was not set back"
+    await warm()
+    await db.run_statement("db", "INSERT INTO tb_messages (fromuser, touserid, tousername, body, created) "
+                                 "VALUES ('bob', ?, 'alice', 'stored by SQL', ?)", (userid, store.now()))
+    mark = len(rig.sent)
+    assert (await rig.register(phone)).status == 200
+    await settle()
+    sent = [parse_datagram(data) for _, data in rig.sent[mark:]]
+    assert [m.body for m in sent if m.method == "MESSAGE"] == [b"stored by SQL"]
+    await db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_bindings_kept_in_memory_are_bounded_by_rows(tmp_path: Path, monkeypatch: object) -> None:
+    """At most STORED_ROWS stored bindings are kept (the least recently refreshed users' go first), however
+    many contacts each user has; the ones dropped are read again when needed."""
+    from mizud.store import registrations
+
+    monkeypatch.setattr(registrations, "STORED_ROWS", 3)  # type: ignore[attr-defined]
+    rig = await make_rig(tmp_path)
+    bindings = rig.h.store.registrations
+    phones = []
+    for n in range(4):
+        await rig.h.store.create_user(f"u{n}", "pw")
+        phones.append(Phone(f"u{n}", "pw", port=5100 + n))
+    for phone in phones:
+        for _ in range(2):  # the first writes, the second reads and keeps
+            assert (await rig.register(phone, source=rig.source(port=phone.port))).status == 200
+        assert bindings._stored_rows_kept == sum(len(rows) for rows in bindings._stored.values()) <= 3
+    assert list(bindings._stored) == [(await rig.h.store.find_user(f"u{n}")).id for n in (1, 2, 3)]  # type: ignore[union-attr]
+    reads = bindings.reads
+    assert (await rig.register(phones[0], source=rig.source(port=phones[0].port))).status == 200
+    assert bindings.reads == reads + 1 and bindings._stored_rows_kept <= 3
+    await rig.h.db.close()

@@ -1,7 +1,8 @@
 """The change feed: which rows of the cached tables changed, told to the caches the moment it is known.
 
-The caches of what every request reads (users, the tb_api rules, bans,
-routes and traffic senders) are exact because every change to their tables
+The caches of what every request reads (users, the tb_api rules, bans, routes
+and traffic senders; on SQLite also each user's stored bindings and whether
+messages wait for the user) are exact because every change to their tables
 reaches this feed, however it was made:
 
   - SQLite (one process): temporary triggers on the writer's connection
@@ -9,7 +10,10 @@ reaches this feed, however it was made:
     statements, the C{db} function and custom SQL are all seen; the writer
     hands the changes of a group to the reactor thread just before it
     answers the group's callers (L{SqliteDatabase}).  A backup restore or
-    any other exclusive job counts as a change of everything.
+    any other exclusive job counts as a change of everything.  Another
+    program writing the file is not seen (SQLite is for one process):
+    that includes, since the bindings and stored messages are cached
+    too, registrations and messages written from outside.
   - PostgreSQL: triggers (schema delta 17) raise a NOTICE on the
     connection that made the change, read when its statement or
     transaction ends, so this node's own changes are seen before their
@@ -52,7 +56,13 @@ from ..ratelimit import Clock
 log = Logger()
 
 #: The watched tables.
-WATCHED = ("tb_users", "tb_api", "tb_banned", "tb_routing")
+WATCHED = ("tb_users", "tb_api", "tb_banned", "tb_routing", "tb_registrations", "tb_messages")
+#: The watched tables whose changes reach the feed on PostgreSQL (the triggers of deltas 17 to 19); the others
+#: are told on SQLite only, so their caches answer from memory there only (L{ChangeFeed.tells}).
+EVERY_ENGINE = ("tb_users", "tb_api", "tb_banned", "tb_routing")
+#: The column a change of these tables is told by (their caches are by user): a user's bindings (which the
+#: user's status and statusdate go with), and the messages stored for a user.
+BY_USER = {"tb_registrations": "userid", "tb_messages": "touserid"}
 #: tb_users columns whose change is told (the cached ones); tb_users.credit only on SQLite.
 USER_COLUMNS = (
     "username", "password", "type", "currency", "postpaid", "creditlimit", "tariffid", "enabled",
@@ -136,10 +146,13 @@ Listener = Callable[[Change], None]
 class ChangeFeed:
     """Tells each table's listeners of its changed rows, synchronously, on the reactor thread."""
 
-    def __init__(self, clock: Clock, confirmed: bool = True, credit: bool = True) -> None:
+    def __init__(self, clock: Clock, confirmed: bool = True, credit: bool = True,
+                 tables: Iterable[str] = EVERY_ENGINE) -> None:
         """C{confirmed} False: caches may not answer until L{confirm} is called (PostgreSQL); C{credit}
-        False: changes of tb_users.credit are not told (PostgreSQL), so a cached balance is not current."""
+        False: changes of tb_users.credit are not told (PostgreSQL), so a cached balance is not current;
+        C{tables}: the watched tables whose every change reaches this feed."""
         self.clock = clock
+        self._tables = frozenset(tables)
         #: Whether changes of a user's credit are told (a cached balance is then current).
         self.credit = credit
         self._listeners: dict[str, list[Listener]] = {}
@@ -150,6 +163,10 @@ class ChangeFeed:
         self.told = 0
         #: Changes told from a NOTICE, by (transaction id, change), and when: their NOTIFY is not told again.
         self._echoes: OrderedDict[tuple[int, Change], float] = OrderedDict()
+
+    def tells(self, table: str) -> bool:
+        """Whether every change of C{table} reaches this feed (else no cache of it may answer from memory)."""
+        return table in self._tables
 
     def watch(self, table: str, listener: Listener) -> None:
         """Call C{listener(change)} for every change of C{table}."""
@@ -231,20 +248,34 @@ def sqlite_triggers(tables: Iterable[str]) -> list[str]:
         if table not in tables:
             continue
         users = table == "tb_users"
-        # A user's status (written by every registration) is not cached, so changing it tells nothing.
+        # A user's status (written by registrations) is not in the user cache: its change is told as a
+        # change of the user's bindings (below), which the registrar's snapshot of them goes with.
         columns = f"OF {', '.join(('id', 'credit') + USER_COLUMNS)} " if users else ""
         server_new = "NEW.type IN (5, 9)" if users else "0"
         server_old = "OLD.type IN (5, 9)" if users else "0"
+        key = BY_USER.get(table, "id")
         statements += [
             f"CREATE TEMP TRIGGER IF NOT EXISTS mizud_{table}_inserted AFTER INSERT ON main.{table} "
-            f"BEGIN SELECT mizud_changed('{table}', NEW.id, {server_new}); END",
+            f"BEGIN SELECT mizud_changed('{table}', NEW.{key}, {server_new}); END",
             f"CREATE TEMP TRIGGER IF NOT EXISTS mizud_{table}_updated AFTER UPDATE {columns}ON main.{table} "
-            f"BEGIN SELECT mizud_changed('{table}', OLD.id, {server_old} OR {server_new}); "
-            f"SELECT mizud_changed('{table}', NEW.id, {server_new}) WHERE NEW.id <> OLD.id; END",
+            f"BEGIN SELECT mizud_changed('{table}', OLD.{key}, {server_old} OR {server_new}); "
+            f"SELECT mizud_changed('{table}', NEW.{key}, {server_new}) WHERE NEW.{key} <> OLD.{key}; END",
             f"CREATE TEMP TRIGGER IF NOT EXISTS mizud_{table}_deleted AFTER DELETE ON main.{table} "
-            f"BEGIN SELECT mizud_changed('{table}', OLD.id, {server_old}); END",
+            f"BEGIN SELECT mizud_changed('{table}', OLD.{key}, {server_old}); END",
         ]
+        if users and "tb_registrations" in tables:
+            # Any way a user's status can change -- an UPDATE, a REPLACE (a delete and an insert), a user
+            # deleted or inserted with an id that had bindings -- tells that user's bindings.
+            statements += [
+                "CREATE TEMP TRIGGER IF NOT EXISTS mizud_tb_users_status AFTER UPDATE OF id, status, statusdate "
+                "ON main.tb_users BEGIN SELECT mizud_changed('tb_registrations', OLD.id, 0); "
+                "SELECT mizud_changed('tb_registrations', NEW.id, 0) WHERE NEW.id <> OLD.id; END",
+                "CREATE TEMP TRIGGER IF NOT EXISTS mizud_tb_users_status_inserted AFTER INSERT ON main.tb_users "
+                "BEGIN SELECT mizud_changed('tb_registrations', NEW.id, 0); END",
+                "CREATE TEMP TRIGGER IF NOT EXISTS mizud_tb_users_status_deleted AFTER DELETE ON main.tb_users "
+                "BEGIN SELECT mizud_changed('tb_registrations', OLD.id, 0); END",
+            ]
     return statements
 
 
-__all__ = ["CHANNEL", "Change", "ChangeFeed", "FRESH", "MONOTONIC", "USER_COLUMNS", "WATCHED", "parse_change", "parse_told", "sqlite_triggers"]
+__all__ = ["BY_USER", "CHANNEL", "Change", "ChangeFeed", "EVERY_ENGINE", "FRESH", "MONOTONIC", "USER_COLUMNS", "WATCHED", "parse_change", "parse_told", "sqlite_triggers"]

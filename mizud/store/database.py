@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .changes import CHANNEL, MONOTONIC, Change, ChangeFeed, parse_told, sqlite_triggers
+from .changes import CHANNEL, EVERY_ENGINE, MONOTONIC, WATCHED, Change, ChangeFeed, parse_told, sqlite_triggers
 from .engines import Engine, PostgresEngine, SqliteEngine, is_postgres
 
 T = TypeVar("T")
@@ -278,7 +278,7 @@ class SqliteDatabase:
         self.commits = 0
         self.transactions = 0
         self.running = Running()
-        self.changes = ChangeFeed(MONOTONIC)
+        self.changes = ChangeFeed(MONOTONIC, tables=WATCHED)
 
     def start(self) -> defer.Deferred[None]:
         """Open the connection (WAL, fully synced commits) and start the writer."""
@@ -620,7 +620,7 @@ class PostgresDatabase:
         self._notices: dict[Any, Notices] = {}
         self.running = Running()
         #: Trusted only while the listener (L{mizud.store.notify}) confirms it.
-        self.changes = ChangeFeed(MONOTONIC, confirmed=False, credit=False)
+        self.changes = ChangeFeed(MONOTONIC, confirmed=False, credit=False, tables=EVERY_ENGINE)
 
     async def _connect(self) -> Any:
         connection = pg_connection(self._reactor)

@@ -10,11 +10,13 @@ registered users.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from .changes import Change as ChangeOfRow
 from .database import Database, Txn
 
 ONLINE = 2
@@ -24,6 +26,8 @@ STATUS_REFRESH = timedelta(minutes=10)
 REFRESH_HORIZON = 30.0
 #: The most refreshes one flush transaction writes.
 FLUSH_CHUNK = 500
+#: The most stored bindings kept in memory (L{Bindings._stored}; the least recently used users' go first).
+STORED_ROWS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,17 @@ class Bindings:
         self._versions: dict[int, int] = {}
         #: How many REGISTERs were answered without a write.
         self.unwritten = 0
+        #: Each user's stored bindings (with the user's status) as last read, where the change feed tells
+        #: every change of them (SQLite: the registrations' and the status's triggers), so that a refresh
+        #: of unchanged bindings costs no statement at all; a read that raced a change is not kept.
+        self._stored: OrderedDict[int, list[tuple[Any, ...]]] = OrderedDict()
+        self._stored_generation = 0
+        self._stored_rows_kept = 0
+        self._feed = db.changes
+        if self._feed.tells("tb_registrations"):
+            self._feed.watch("tb_registrations", self._stored_changed)
+        #: How many refreshes read the stored bindings from the database (the others, from memory).
+        self.reads = 0
 
     def _binding(self, row: tuple[Any, ...]) -> Binding:
         engine = self.engine
@@ -233,20 +248,16 @@ class Bindings:
         write; None when it changes anything else (the transaction then decides)."""
         now = self.now()
         version = self._versions.get(userid, 0)
-        result = await self.db.run_query(
-            "register_refresh",
-            f"SELECT {', '.join('r.' + c.strip() for c in _COLUMNS.split(','))}, r.callid, r.cseq, u.status, "
-            "u.statusdate, r.id FROM tb_registrations r JOIN tb_users u ON u.id = r.userid WHERE r.userid = ?",
-            (userid,))
-        if not result.rows or self._versions.get(userid, 0) != version:
+        rows = await self._stored_rows(userid)
+        if not rows or self._versions.get(userid, 0) != version:
             return None  # nothing stored, or a write of this user's bindings began since the read did
-        status, when = int(result.rows[0][12] or 0), self.engine.time(result.rows[0][13])
+        status, when = int(rows[0][12] or 0), self.engine.time(rows[0][13])
         if status < ONLINE or when is None or now - when >= STATUS_REFRESH:
             return None  # the status must be written (it would be by the transaction)
         known = self._refreshes.get(userid, {})
         current: dict[str, tuple[Binding, str, int]] = {}
         stored: dict[str, tuple[int, datetime]] = {}
-        for row in result.rows:
+        for row in rows:
             binding = self._binding(row)
             if binding.expires <= now:
                 return None  # a lapsed binding to clear away
@@ -284,6 +295,39 @@ class Bindings:
             current[contact] = (_expiring(current[contact][0], refresh.expires), callid, cseq)
         self.unwritten += 1
         return sorted((entry[0] for entry in current.values()), key=lambda b: (-b.q, b.created, b.contact))
+
+    async def _stored_rows(self, userid: int) -> list[tuple[Any, ...]]:
+        """The user's stored bindings, each with the user's status and statusdate: from memory where the
+        change feed allows (L{_stored}), else one indexed read."""
+        stored = self._stored
+        feed = self._feed
+        if userid in stored and feed.trusted():
+            stored.move_to_end(userid)
+            return stored[userid]
+        generation = self._stored_generation
+        self.reads += 1
+        result = await self.db.run_query(
+            "register_refresh",
+            f"SELECT {', '.join('r.' + c.strip() for c in _COLUMNS.split(','))}, r.callid, r.cseq, u.status, "
+            "u.statusdate, r.id FROM tb_registrations r JOIN tb_users u ON u.id = r.userid WHERE r.userid = ?",
+            (userid,))
+        if generation == self._stored_generation and feed.tells("tb_registrations") and feed.trusted():
+            self._stored_rows_kept += len(result.rows) - len(stored.pop(userid, ()))
+            stored[userid] = result.rows
+            while self._stored_rows_kept > STORED_ROWS:
+                _, dropped = stored.popitem(last=False)
+                self._stored_rows_kept -= len(dropped)
+        return result.rows
+
+    def _stored_changed(self, change: ChangeOfRow) -> None:
+        """A user's bindings or status changed (C{change.id}: the user; None: anyone's): forget them, and
+        any read of them in flight."""
+        self._stored_generation += 1
+        if change.id is None:
+            self._stored.clear()
+            self._stored_rows_kept = 0
+        else:
+            self._stored_rows_kept -= len(self._stored.pop(change.id, ()))
 
     async def flush(self, everything: bool = False) -> int:
         """Write the refreshes whose stored expiry is within L{REFRESH_HORIZON} (C{everything}: all of
