@@ -89,6 +89,11 @@ def _expiring(binding: Binding, expires: datetime) -> Binding:
 
 
 _COLUMNS = "userid, username, contact, address, transport, useragent, q, expires, created, domain"
+#: A refresh's read: the user's stored bindings, each with its Call-ID, CSeq, the user's status and
+#: statusdate, and its row id (made once, not per REGISTER).
+_REFRESH_SQL = (
+    f"SELECT {', '.join('r.' + c.strip() for c in _COLUMNS.split(','))}, r.callid, r.cseq, u.status, "
+    "u.statusdate, r.id FROM tb_registrations r JOIN tb_users u ON u.id = r.userid WHERE r.userid = ?")
 
 
 class Bindings:
@@ -306,11 +311,7 @@ class Bindings:
             return stored[userid]
         generation = self._stored_generation
         self.reads += 1
-        result = await self.db.run_query(
-            "register_refresh",
-            f"SELECT {', '.join('r.' + c.strip() for c in _COLUMNS.split(','))}, r.callid, r.cseq, u.status, "
-            "u.statusdate, r.id FROM tb_registrations r JOIN tb_users u ON u.id = r.userid WHERE r.userid = ?",
-            (userid,))
+        result = await self.db.run_query("register_refresh", _REFRESH_SQL, (userid,))
         if generation == self._stored_generation and feed.tells("tb_registrations") and feed.trusted():
             self._stored_rows_kept += len(result.rows) - len(stored.pop(userid, ()))
             stored[userid] = result.rows
